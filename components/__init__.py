@@ -1,0 +1,7 @@
+"""The pipeline's steps: one module per step, each a thin KFP component over ``components.lib``.
+
+On Vertex AI every component runs in the project's own image (built from ``docker/``), which
+carries this package and its dependencies; locally ``kfp.local`` runs them in this environment.
+"""
+
+PIPELINE_IMAGE = "us-docker.pkg.dev/your-project/beer-pipeline/beer-pipeline:0.1.0"

@@ -1,0 +1,135 @@
+"""Find, check and copy a dataset in the challenge layout: ``<root>/{train,eval}/<class>/<image>``.
+
+The same code reads a local folder and a ``gs://`` bucket: fsspec picks the file system from the URI
+(gcsfs for ``gs://``), so the layout rules cannot drift between the two.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.core import url_to_fs
+
+logger = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "eval")
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+
+
+class DataLayoutError(ValueError):
+    """The data does not follow ``{train,eval}/<class>/<image>``; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Image paths per split and class, with classes in index order (sorted folder names)."""
+
+    root: str
+    files: Mapping[str, Mapping[str, list[str]]]
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted(self.files[SPLITS[0]])
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {
+            split: {name: len(paths) for name, paths in sorted(classes.items())}
+            for split, classes in self.files.items()
+        }
+
+
+def is_image_file(path: str) -> bool:
+    name = os.path.basename(path)
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _join(fs: fsspec.AbstractFileSystem, *parts: str) -> str:
+    return fs.sep.join(part.rstrip(fs.sep) for part in parts)
+
+
+def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLayout]:
+    """List every image under ``data_uri`` and check the layout before anything is copied.
+
+    Raises DataLayoutError naming the missing or inconsistent part, so a wrong URI or a
+    half-uploaded bucket fails in seconds instead of after training.
+    """
+    try:
+        fs, root = url_to_fs(data_uri)
+    except (ImportError, ValueError) as error:
+        raise DataLayoutError(f"cannot open data_uri {data_uri!r}: {error}") from error
+    root = root.rstrip(fs.sep)
+    if not fs.isdir(root):
+        raise DataLayoutError(
+            f"data_uri {data_uri!r} does not exist or is not a folder; expected a folder holding "
+            f"{' and '.join(SPLITS)} sub-folders with one folder per class"
+        )
+
+    files: dict[str, dict[str, list[str]]] = {}
+    for split in SPLITS:
+        split_dir = _join(fs, root, split)
+        if not fs.isdir(split_dir):
+            raise DataLayoutError(
+                f"split folder {split!r} is missing under {data_uri!r}; expected "
+                f"{data_uri.rstrip('/')}/{split}/<class>/<image>"
+            )
+        class_dirs = sorted(
+            entry["name"].rstrip(fs.sep)
+            for entry in fs.ls(split_dir, detail=True)
+            if entry["type"] == "directory"
+        )
+        if not class_dirs:
+            raise DataLayoutError(f"split {split!r} under {data_uri!r} has no class folders")
+        files[split] = {}
+        for class_dir in class_dirs:
+            paths = sorted(
+                entry["name"]
+                for entry in fs.ls(class_dir, detail=True)
+                if entry["type"] == "file" and is_image_file(entry["name"])
+            )
+            files[split][class_dir.rsplit(fs.sep, 1)[-1]] = paths
+
+    _check_classes(data_uri, files)
+    return fs, DatasetLayout(root=root, files=files)
+
+
+def _check_classes(data_uri: str, files: Mapping[str, Mapping[str, list[str]]]) -> None:
+    reference, other = (set(files[split]) for split in SPLITS)
+    problems = []
+    for split, missing in ((SPLITS[1], reference - other), (SPLITS[0], other - reference)):
+        if missing:
+            problems.append(f"class folder(s) {sorted(missing)} missing from split {split!r}")
+    for split, classes in files.items():
+        empty = sorted(name for name, paths in classes.items() if not paths)
+        if empty:
+            problems.append(f"class folder(s) {empty} in split {split!r} hold no images")
+    if problems:
+        raise DataLayoutError(
+            f"data under {data_uri!r} is not usable: " + "; ".join(problems) + ". Every class "
+            f"needs images in both {' and '.join(SPLITS)} (extensions: "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))})."
+        )
+
+
+def download_dataset(data_uri: str, destination: str) -> DatasetLayout:
+    """Copy the images of ``data_uri`` into ``destination`` in the same layout.
+
+    Returns the layout of the copy, so later steps read local files only.
+    """
+    fs, layout = discover_layout(data_uri)
+    total = sum(len(paths) for classes in layout.files.values() for paths in classes.values())
+    logger.info("copying %d images of %d classes from %s", total, len(layout.class_names), data_uri)
+    copied: dict[str, dict[str, list[str]]] = {}
+    for split, classes in layout.files.items():
+        copied[split] = {}
+        for class_name, paths in classes.items():
+            target_dir = os.path.join(destination, split, class_name)
+            os.makedirs(target_dir, exist_ok=True)
+            targets = [os.path.join(target_dir, path.rsplit(fs.sep, 1)[-1]) for path in paths]
+            fs.get(paths, targets)
+            copied[split][class_name] = targets
+        logger.info("%s: %s", split, layout.counts()[split])
+    return DatasetLayout(root=destination, files=copied)

@@ -1,0 +1,167 @@
+"""Sharded TFRecords of decoded, resized images, and the tf.data pipeline that reads them back.
+
+Preprocessing decodes every image once, so a corrupt file fails here with its path rather than
+in the middle of training, and training reads fixed-size uint8 pixels without any Python loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from components.lib.images import decode_and_resize
+from components.lib.layout import SPLITS, discover_layout
+
+logger = logging.getLogger(__name__)
+
+CLASS_MAP_FILE = "class_map.json"
+STATS_FILE = "stats.json"
+
+
+class UndecodableImageError(ValueError):
+    """One or more images cannot be decoded; the message lists every one of them."""
+
+
+@dataclass(frozen=True)
+class PreprocessedDataset:
+    """What preprocessing wrote: where, class names in index order, and counts per split."""
+
+    directory: str
+    image_size: int
+    class_names: list[str]
+    counts: dict[str, dict[str, int]]
+
+    def split_size(self, split: str) -> int:
+        return sum(self.counts[split].values())
+
+
+def _example(pixels: bytes, label: int, image_size: int) -> tf.train.Example:
+    feature = {
+        "image/pixels": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
+        "image/size": tf.train.Feature(int64_list=tf.train.Int64List(value=[image_size])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _decode_all(
+    labelled_paths: list[tuple[str, int]], image_size: int
+) -> tuple[list[tuple[bytes, int]], list[str]]:
+    decoded, failures = [], []
+    for path, label in labelled_paths:
+        try:
+            with open(path, "rb") as file:
+                pixels = decode_and_resize(tf.constant(file.read()), image_size)
+        except (tf.errors.InvalidArgumentError, OSError) as error:
+            failures.append(f"{path} ({str(error).splitlines()[0][:120]})")
+            continue
+        decoded.append((pixels.numpy().tobytes(), label))
+    return decoded, failures
+
+
+def preprocess_dataset(
+    raw_dir: str,
+    output_dir: str,
+    image_size: int,
+    images_per_shard: int = 256,
+    seed: int = 42,
+) -> PreprocessedDataset:
+    """Decode and resize ``raw_dir`` (challenge layout) into sharded TFRecords under ``output_dir``.
+
+    Training examples are shuffled before sharding so every shard mixes the classes. Raises
+    UndecodableImageError listing every bad file, after checking all of them.
+    """
+    _, layout = discover_layout(raw_dir)
+    class_names = layout.class_names
+    os.makedirs(output_dir, exist_ok=True)
+    failures: list[str] = []
+    for split in SPLITS:
+        labelled = [
+            (path, index)
+            for index, name in enumerate(class_names)
+            for path in layout.files[split][name]
+        ]
+        random.Random(seed).shuffle(labelled)
+        decoded, bad = _decode_all(labelled, image_size)
+        failures.extend(bad)
+        num_shards = max(1, math.ceil(len(decoded) / images_per_shard))
+        for shard in range(num_shards):
+            shard_path = os.path.join(
+                output_dir, f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
+            )
+            with tf.io.TFRecordWriter(shard_path) as writer:
+                for pixels, label in decoded[shard::num_shards]:
+                    writer.write(_example(pixels, label, image_size).SerializeToString())
+        logger.info("%s: %d images in %d shard(s)", split, len(decoded), num_shards)
+    if failures:
+        raise UndecodableImageError(
+            f"{len(failures)} image(s) cannot be decoded as JPEG/PNG/BMP/GIF; remove or replace "
+            "them and run again:\n  " + "\n  ".join(failures)
+        )
+
+    dataset = PreprocessedDataset(
+        directory=output_dir,
+        image_size=image_size,
+        class_names=class_names,
+        counts=layout.counts(),
+    )
+    with open(os.path.join(output_dir, CLASS_MAP_FILE), "w") as file:
+        json.dump({str(index): name for index, name in enumerate(class_names)}, file, indent=2)
+    with open(os.path.join(output_dir, STATS_FILE), "w") as file:
+        json.dump({"image_size": image_size, "counts": dataset.counts}, file, indent=2)
+    return dataset
+
+
+def load_preprocessed(directory: str) -> PreprocessedDataset:
+    """Read back the class map and counts that ``preprocess_dataset`` wrote."""
+    with open(os.path.join(directory, CLASS_MAP_FILE)) as file:
+        class_map = json.load(file)
+    with open(os.path.join(directory, STATS_FILE)) as file:
+        stats = json.load(file)
+    return PreprocessedDataset(
+        directory=directory,
+        image_size=int(stats["image_size"]),
+        class_names=[class_map[str(index)] for index in range(len(class_map))],
+        counts=stats["counts"],
+    )
+
+
+def read_split(
+    dataset: PreprocessedDataset,
+    split: str,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 42,
+) -> tf.data.Dataset:
+    """Stream ``(uint8 image, label)`` batches of one split with parallel reads and prefetching."""
+    pattern = os.path.join(dataset.directory, f"{split}-*.tfrecord")
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no TFRecords match {pattern}; run preprocessing first")
+    size = dataset.image_size
+    features = {
+        "image/pixels": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+    }
+
+    def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        parsed = tf.io.parse_single_example(record, features)
+        image = tf.reshape(tf.io.decode_raw(parsed["image/pixels"], tf.uint8), [size, size, 3])
+        return image, parsed["label"]
+
+    records = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+    if shuffle:
+        records = records.shuffle(
+            dataset.split_size(split), seed=seed, reshuffle_each_iteration=True
+        )
+    return (
+        records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )

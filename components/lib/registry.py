@@ -1,0 +1,185 @@
+"""A local model registry and local endpoints that mirror Vertex AI's nouns.
+
+A model (found by display name) has numbered versions, each with its artifact, metrics, labels
+and aliases; an endpoint has deployed model versions and a traffic split. Records are JSON files
+written atomically under one lock, so a crash or a second run never leaves a half-written record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_ALIAS = "default"
+
+
+def resource_id(display_name: str) -> str:
+    """A Vertex-style resource id (lowercase letters, digits, dashes) from a display name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", display_name.lower()).strip("-")
+    if not slug:
+        raise ValueError(f"display name {display_name!r} has no letters or digits to name it by")
+    return slug[:63]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: str, record: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(record, file, indent=2)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version: ``projects/P/locations/L/models/M@VERSION``."""
+
+    model: str
+    version_id: str
+    display_name: str
+    artifact_uri: str
+
+    @property
+    def resource_name(self) -> str:
+        return f"{self.model}@{self.version_id}"
+
+
+class _LocalStore:
+    """Shared location, naming and locking of the local registry and endpoints."""
+
+    def __init__(self, root: str, project: str, location: str) -> None:
+        self.root = os.path.abspath(root)
+        self.project = project
+        self.location = location
+
+    def _resource(self, collection: str, resource: str) -> str:
+        return f"projects/{self.project}/locations/{self.location}/{collection}/{resource}"
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        os.makedirs(self.root, exist_ok=True)
+        with open(os.path.join(self.root, ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class ModelRegistry(_LocalStore):
+    """Models and their versions under ``<root>/models/<model id>/``."""
+
+    def _record_path(self, model_id: str) -> str:
+        return os.path.join(self.root, "models", model_id, "model.json")
+
+    def get_model(self, display_name: str) -> dict[str, Any] | None:
+        return _read_json(self._record_path(resource_id(display_name)))
+
+    def upload_version(
+        self,
+        display_name: str,
+        artifact_dir: str,
+        metrics: dict[str, float],
+        labels: dict[str, str],
+    ) -> ModelVersion:
+        """Copy ``artifact_dir`` in as the model's next version and move ``default`` onto it.
+
+        Creates the model on its first upload, as Vertex's ``Model.upload(parent_model=...)`` does.
+        """
+        model_id = resource_id(display_name)
+        with self._lock():
+            record = _read_json(self._record_path(model_id)) or {
+                "name": self._resource("models", model_id),
+                "displayName": display_name,
+                "createTime": _now(),
+                "versions": [],
+            }
+            version_id = str(len(record["versions"]) + 1)
+            artifact_uri = os.path.join(self.root, "models", model_id, "versions", version_id)
+            shutil.rmtree(artifact_uri, ignore_errors=True)
+            shutil.copytree(artifact_dir, artifact_uri)
+            for version in record["versions"]:
+                version["versionAliases"] = [
+                    alias for alias in version["versionAliases"] if alias != DEFAULT_ALIAS
+                ]
+            record["versions"].append(
+                {
+                    "versionId": version_id,
+                    "artifactUri": artifact_uri,
+                    "versionAliases": [DEFAULT_ALIAS],
+                    "metrics": metrics,
+                    "labels": labels,
+                    "createTime": _now(),
+                }
+            )
+            _write_json_atomic(self._record_path(model_id), record)
+        return ModelVersion(record["name"], version_id, display_name, artifact_uri)
+
+    def get_version(self, model: str, version_id: str) -> ModelVersion:
+        """Look up ``model`` (resource name) at ``version_id``; KeyError if it is not registered."""
+        record = _read_json(self._record_path(model.rsplit("/", 1)[-1]))
+        for version in (record or {}).get("versions", []):
+            if version["versionId"] == version_id:
+                return ModelVersion(
+                    record["name"], version_id, record["displayName"], version["artifactUri"]
+                )
+        raise KeyError(f"{model}@{version_id} is not in the local registry at {self.root}")
+
+
+class EndpointRegistry(_LocalStore):
+    """Endpoints under ``<root>/endpoints/<endpoint id>.json``."""
+
+    def _record_path(self, endpoint_id: str) -> str:
+        return os.path.join(self.root, "endpoints", f"{endpoint_id}.json")
+
+    def get(self, endpoint_id: str) -> dict[str, Any] | None:
+        return _read_json(self._record_path(endpoint_id))
+
+    def deploy(self, display_name: str, version: ModelVersion) -> dict[str, Any]:
+        """Serve ``version`` on the endpoint with all traffic; retire what served before.
+
+        Creates the endpoint if needed. The record is replaced in one atomic write, so the
+        endpoint serves either the old version or the new one, never neither.
+        """
+        endpoint_id = resource_id(display_name)
+        with self._lock():
+            record = self.get(endpoint_id) or {
+                "name": self._resource("endpoints", endpoint_id),
+                "displayName": display_name,
+                "createTime": _now(),
+            }
+            deployed_id = f"{version.model.rsplit('/', 1)[-1]}-v{version.version_id}"
+            record["deployedModels"] = [
+                {
+                    "id": deployed_id,
+                    "model": version.model,
+                    "modelVersionId": version.version_id,
+                    "displayName": version.display_name,
+                    "createTime": _now(),
+                }
+            ]
+            record["trafficSplit"] = {deployed_id: 100}
+            record["updateTime"] = _now()
+            _write_json_atomic(self._record_path(endpoint_id), record)
+        return record

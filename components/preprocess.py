@@ -1,0 +1,18 @@
+"""Pipeline step: decode and resize every image into sharded TFRecords with a class map."""
+
+from kfp import dsl
+
+from components import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def preprocess_data(
+    raw_data: dsl.Input[dsl.Dataset], image_size: int, dataset: dsl.Output[dsl.Dataset]
+) -> None:
+    """Write ``{train,eval}-*.tfrecord``, ``class_map.json`` and ``stats.json``."""
+    from components.lib.records import preprocess_dataset
+
+    result = preprocess_dataset(raw_data.path, dataset.path, image_size)
+    dataset.metadata.update(
+        {"image_size": image_size, "class_names": result.class_names, "counts": result.counts}
+    )
