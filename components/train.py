@@ -10,6 +10,8 @@ def train_model(
     dataset: dsl.Input[dsl.Dataset],
     epochs: int,
     learning_rate: float,
+    fine_tune_epochs: int,
+    fine_tune_learning_rate: float,
     batch_size: int,
     dropout: float,
     seed: int,
@@ -24,6 +26,8 @@ def train_model(
     config = TrainingConfig(
         epochs=epochs,
         learning_rate=learning_rate,
+        fine_tune_epochs=fine_tune_epochs,
+        fine_tune_learning_rate=fine_tune_learning_rate,
         batch_size=batch_size,
         dropout=dropout,
         seed=seed,

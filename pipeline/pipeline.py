@@ -54,7 +54,9 @@ def build_pipeline(resources: TrainResources = TrainResources()):
         data_uri: str = CHALLENGE_DATA_URI,
         image_size: int = 224,
         epochs: int = 10,
-        learning_rate: float = 0.001,
+        learning_rate: float = 0.01,
+        fine_tune_epochs: int = 10,
+        fine_tune_learning_rate: float = 0.0001,
         batch_size: int = 32,
         dropout: float = 0.2,
         seed: int = 42,
@@ -72,8 +74,11 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             data_uri: Images in the layout {train,eval}/<class>/<image>, as gs://bucket/path or a
                 local folder. Class index = position of the class folder in sorted order.
             image_size: Side in pixels that images are resized to before the backbone.
-            epochs: Training epochs of the classification head.
-            learning_rate: Adam learning rate of the classification head.
+            epochs: Epochs that train the new classification head on the frozen backbone.
+            learning_rate: Adam learning rate of the head epochs.
+            fine_tune_epochs: Epochs that then fine-tune the whole backbone (0: head only).
+            fine_tune_learning_rate: Starting Adam learning rate of fine-tuning, decayed to 0
+                along a cosine.
             batch_size: Images per training step.
             dropout: Dropout rate before the classification head.
             seed: Random seed of shuffling, initialisation and dropout, for repeatable runs.
@@ -95,6 +100,8 @@ def build_pipeline(resources: TrainResources = TrainResources()):
                 dataset=preprocess.outputs["dataset"],
                 epochs=epochs,
                 learning_rate=learning_rate,
+                fine_tune_epochs=fine_tune_epochs,
+                fine_tune_learning_rate=fine_tune_learning_rate,
                 batch_size=batch_size,
                 dropout=dropout,
                 seed=seed,

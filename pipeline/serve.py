@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 _PREDICT_PATH = re.compile(
     r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
-    r"/endpoints/(?P<endpoint>[^/:]+):predict$"
+    r"/endpoints/(?P<endpoint_id>[^/:]+):predict$"
 )
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 

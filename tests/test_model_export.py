@@ -1,0 +1,74 @@
+"""The exported SavedModel: Vertex/TF Serving contract and no training/serving skew."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from components.lib.prediction import InvalidImageError, ServingModel
+
+
+@pytest.fixture(scope="module")
+def serving(demo_model_dir: Path) -> ServingModel:
+    return ServingModel(str(demo_model_dir))
+
+
+def test_signature_contract(demo_model_dir: Path) -> None:
+    signature = tf.saved_model.load(str(demo_model_dir)).signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    assert list(inputs) == ["bytes"]
+    assert inputs["bytes"].dtype == tf.string and inputs["bytes"].shape.as_list() == [None]
+    outputs = signature.structured_outputs
+    assert set(outputs) == {"CLASSES", "PROBABILITIES"}
+    assert outputs["CLASSES"].dtype == tf.int64
+    assert outputs["PROBABILITIES"].dtype == tf.float32
+    assert outputs["PROBABILITIES"].shape.as_list() == [None, 4]
+
+
+def test_jpeg_and_png_of_any_size_are_classified(
+    serving: ServingModel, demo_data_dir: Path
+) -> None:
+    photo = Image.open(demo_data_dir / "eval/2coffee/000.jpg")
+    png = io.BytesIO()
+    photo.resize((300, 200)).save(png, format="PNG")
+    jpeg = (demo_data_dir / "eval/2coffee/000.jpg").read_bytes()
+
+    predictions = serving.predict([jpeg, png.getvalue()])
+
+    assert predictions.classes.tolist() == [2, 2]
+    assert predictions.probabilities.shape == (2, 4)
+    np.testing.assert_allclose(predictions.probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert serving.class_names[2] == "2coffee"
+
+
+def test_training_pixels_and_served_bytes_give_the_same_prediction(
+    serving: ServingModel, demo_data_dir: Path, tmp_path: Path
+) -> None:
+    """A photo's TFRecord pixels (what training saw), sent back losslessly as a PNG of the model's
+    input size, score the same as the original JPEG: one decode-and-resize serves both paths."""
+    from components.lib.records import preprocess_dataset, read_split
+
+    dataset = preprocess_dataset(str(demo_data_dir), str(tmp_path / "records"), image_size=96)
+    images, labels = next(iter(read_split(dataset, "eval", batch_size=64)))
+    image, label = images[0].numpy(), int(labels[0])
+    candidates = sorted((demo_data_dir / "eval" / dataset.class_names[label]).glob("*.jpg"))
+    originals = [path.read_bytes() for path in candidates]
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+
+    predictions = serving.predict([png.getvalue(), *originals])
+
+    distances = np.abs(predictions.probabilities[1:] - predictions.probabilities[0]).max(axis=1)
+    assert distances.min() < 1e-5
+
+
+def test_bad_bytes_are_named_by_index(serving: ServingModel, demo_data_dir: Path) -> None:
+    good = (demo_data_dir / "eval/1cat/000.jpg").read_bytes()
+    with pytest.raises(InvalidImageError) as raised:
+        serving.predict([good, b"this is text", good, good[:30]])
+    assert raised.value.indices == [1, 3]

@@ -1,0 +1,88 @@
+"""The compiled pipeline: checked-in YAML is fresh, the GPU request, parameters and the gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.compile import compile_pipeline, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    path = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
+    compile_pipeline(str(path))
+    return yaml.safe_load(path.read_text())
+
+
+def test_checked_in_pipeline_yaml_equals_a_fresh_compile(tmp_path: Path) -> None:
+    fresh = tmp_path / "pipeline.yaml"
+    compile_pipeline(str(fresh))
+    assert (ROOT / "pipeline.yaml").read_text() == fresh.read_text(), (
+        "pipeline.yaml is stale: run `python -m pipeline.compile` and commit it"
+    )
+
+
+def test_train_step_requests_one_t4_gpu(spec: dict) -> None:
+    resources = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4"
+    assert resources["accelerator"]["resourceCount"] == "1"
+    assert resources["resourceCpuLimit"] == "8"
+    assert resources["resourceMemoryLimit"] == "30G"
+    others = {
+        name: executor["container"].get("resources")
+        for name, executor in spec["deploymentSpec"]["executors"].items()
+        if name != "exec-train-model"
+    }
+    assert not any(others.values()), "only the train step asks for a GPU"
+
+
+def test_compile_cli_sets_other_resources(tmp_path: Path) -> None:
+    output = tmp_path / "gpu.yaml"
+    main(["--output", str(output), "--accelerator-type", "NVIDIA_L4", "--accelerator-count", "2"])
+    executors = yaml.safe_load(output.read_text())["deploymentSpec"]["executors"]
+    accelerator = executors["exec-train-model"]["container"]["resources"]["accelerator"]
+    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("NVIDIA_L4", "2")
+
+
+def test_every_parameter_has_a_default_and_a_description(spec: dict) -> None:
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"data_uri", "image_size", "epochs", "learning_rate", "min_accuracy"} <= set(parameters)
+    assert {"model_display_name", "endpoint_display_name"} <= set(parameters)
+    for name, parameter in parameters.items():
+        assert "defaultValue" in parameter, name
+        assert len(parameter.get("description", "")) > 20, name
+    assert parameters["min_accuracy"]["defaultValue"] == 0.8
+
+
+def test_upload_and_deploy_run_only_behind_the_accuracy_gate(spec: dict) -> None:
+    components = spec["components"]
+    gated = {
+        name: dag
+        for name, dag in components.items()
+        if name.startswith("comp-condition-") and "tasks" in dag.get("dag", {})
+    }
+    passing = [
+        dag
+        for dag in components["comp-condition-branches-1"]["dag"]["tasks"].values()
+        if dag["triggerPolicy"]["condition"].startswith("inputs.parameter_values")
+    ]
+    assert len(passing) == 1
+    assert "evaluate-model-deploy" in passing[0]["triggerPolicy"]["condition"]
+    open_branch = gated[passing[0]["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(open_branch) == {"upload-model", "deploy-model"}
+    root_tasks = spec["root"]["dag"]["tasks"]
+    assert "upload-model" not in root_tasks and "deploy-model" not in root_tasks
+    for task in ("upload-model", "deploy-model"):
+        assert open_branch[task]["cachingOptions"] == {}, "registering must never be cached"
+
+
+def test_components_run_in_the_project_image(spec: dict) -> None:
+    from components import PIPELINE_IMAGE
+
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {PIPELINE_IMAGE}

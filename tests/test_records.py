@@ -1,0 +1,83 @@
+"""Preprocessing into TFRecords, and reading them back with tf.data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.lib.records import (
+    UndecodableImageError,
+    load_preprocessed,
+    preprocess_dataset,
+    read_split,
+)
+from tests.conftest import make_layout
+
+
+def test_preprocess_writes_shards_class_map_and_counts(tmp_path: Path) -> None:
+    root = make_layout(tmp_path / "data", {"0red": 5, "1blue": 3})
+    out = tmp_path / "records"
+    result = preprocess_dataset(str(root), str(out), image_size=32, images_per_shard=3)
+
+    assert sorted(p.name for p in out.glob("train-*.tfrecord")) == [
+        f"train-{i:05d}-of-00003.tfrecord" for i in range(3)
+    ]
+    assert json.loads((out / "class_map.json").read_text()) == {"0": "0red", "1": "1blue"}
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats == {
+        "image_size": 32,
+        "counts": {"train": {"0red": 5, "1blue": 3}, "eval": {"0red": 5, "1blue": 3}},
+    }
+    assert load_preprocessed(str(out)) == result
+
+
+def test_read_split_returns_resized_pixels_with_labels(tmp_path: Path) -> None:
+    root = make_layout(tmp_path / "data", {"0red": 3, "1blue": 2})
+    dataset = preprocess_dataset(str(root), str(tmp_path / "records"), image_size=24)
+
+    images, labels = [], []
+    for batch_images, batch_labels in read_split(dataset, "train", batch_size=2):
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+    images, labels = np.concatenate(images), np.concatenate(labels)
+
+    assert images.shape == (5, 24, 24, 3) and images.dtype == np.uint8
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1]
+    red = images[labels == 0].mean(axis=(0, 1, 2))
+    blue = images[labels == 1].mean(axis=(0, 1, 2))
+    assert red[0] > 150 > red[2] and blue[2] > 150 > blue[0]
+
+
+def test_png_grayscale_and_rgba_become_rgb(tmp_path: Path) -> None:
+    root = make_layout(tmp_path / "data", {"0red": 1, "1blue": 1})
+    Image.new("L", (40, 30), 128).save(root / "train/0red/gray.png")
+    Image.new("RGBA", (30, 40), (10, 20, 30, 128)).save(root / "train/1blue/alpha.png")
+    dataset = preprocess_dataset(str(root), str(tmp_path / "records"), image_size=16)
+    assert dataset.counts["train"] == {"0red": 2, "1blue": 2}
+    batch, _ = next(iter(read_split(dataset, "train", batch_size=8)))
+    assert batch.shape == (4, 16, 16, 3)
+
+
+def test_undecodable_images_are_all_listed(tmp_path: Path) -> None:
+    root = make_layout(tmp_path / "data")
+    (root / "train/0red/broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    good = (root / "eval/1blue/000.jpg").read_bytes()
+    (root / "eval/1blue/truncated.jpg").write_bytes(good[:40])
+    with pytest.raises(UndecodableImageError) as raised:
+        preprocess_dataset(str(root), str(tmp_path / "records"), image_size=16)
+    message = str(raised.value)
+    assert "2 image(s) cannot be decoded" in message
+    assert "train/0red/broken.jpg" in message and "eval/1blue/truncated.jpg" in message
+
+
+def test_read_split_without_records(tmp_path: Path) -> None:
+    root = make_layout(tmp_path / "data")
+    dataset = preprocess_dataset(str(root), str(tmp_path / "records"), image_size=16)
+    for shard in (tmp_path / "records").glob("eval-*"):
+        shard.unlink()
+    with pytest.raises(FileNotFoundError, match="no TFRecords"):
+        read_split(dataset, "eval", batch_size=4)

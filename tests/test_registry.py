@@ -1,0 +1,79 @@
+"""The local model registry and endpoints: Vertex's nouns, atomic records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.lib.registry import EndpointRegistry, ModelRegistry, resource_id
+from components.lib.targets import endpoint_registry, model_registry
+
+
+@pytest.fixture
+def artifact(tmp_path: Path) -> Path:
+    model_dir = tmp_path / "artifact"
+    model_dir.mkdir()
+    (model_dir / "saved_model.pb").write_bytes(b"model bytes")
+    return model_dir
+
+
+def test_resource_id_from_display_name() -> None:
+    assert resource_id("Beer Classifier (v2)") == "beer-classifier-v2"
+    with pytest.raises(ValueError, match="no letters or digits"):
+        resource_id("***")
+
+
+def test_versions_are_numbered_and_default_alias_moves(tmp_path: Path, artifact: Path) -> None:
+    registry = ModelRegistry(str(tmp_path / "state"), "proj", "europe-west1")
+    first = registry.upload_version(
+        "Beer Classifier", str(artifact), {"accuracy": 0.9}, {"run": "a"}
+    )
+    second = registry.upload_version(
+        "Beer Classifier", str(artifact), {"accuracy": 0.95}, {"run": "b"}
+    )
+
+    assert first.resource_name == "projects/proj/locations/europe-west1/models/beer-classifier@1"
+    assert second.version_id == "2"
+    record = registry.get_model("Beer Classifier")
+    assert [v["versionAliases"] for v in record["versions"]] == [[], ["default"]]
+    assert record["versions"][1]["metrics"] == {"accuracy": 0.95}
+    assert record["versions"][1]["labels"] == {"run": "b"}
+    copied = Path(second.artifact_uri) / "saved_model.pb"
+    assert copied.read_bytes() == b"model bytes" and not copied.is_relative_to(artifact)
+    assert registry.get_version(first.model, "1").artifact_uri == first.artifact_uri
+    with pytest.raises(KeyError, match="@7 is not in the local registry"):
+        registry.get_version(first.model, "7")
+
+
+def test_deploy_moves_all_traffic_and_retires_the_old_version(
+    tmp_path: Path, artifact: Path
+) -> None:
+    state = str(tmp_path / "state")
+    registry = ModelRegistry(state, "proj", "us-central1")
+    endpoints = EndpointRegistry(state, "proj", "us-central1")
+    first = registry.upload_version("m", str(artifact), {}, {})
+    endpoints.deploy("My Endpoint", first)
+    second = registry.upload_version("m", str(artifact), {}, {})
+    record = endpoints.deploy("My Endpoint", second)
+
+    assert record["name"] == "projects/proj/locations/us-central1/endpoints/my-endpoint"
+    assert [(d["model"], d["modelVersionId"]) for d in record["deployedModels"]] == [
+        ("projects/proj/locations/us-central1/models/m", "2")
+    ]
+    assert record["trafficSplit"] == {record["deployedModels"][0]["id"]: 100}
+    on_disk = json.loads((tmp_path / "state/endpoints/my-endpoint.json").read_text())
+    assert on_disk == record
+    assert not list((tmp_path / "state/endpoints").glob("*.tmp"))
+
+
+def test_targets_check_their_settings(tmp_path: Path) -> None:
+    assert isinstance(model_registry("local", str(tmp_path), "p", "l"), ModelRegistry)
+    assert isinstance(endpoint_registry("local", str(tmp_path), "p", "l"), EndpointRegistry)
+    with pytest.raises(ValueError, match="needs local_state_dir"):
+        model_registry("local", "", "p", "l")
+    with pytest.raises(ValueError, match="target must be one of"):
+        model_registry("cloud", str(tmp_path), "p", "l")
+    with pytest.raises(NotImplementedError, match="target='local'"):
+        endpoint_registry("vertex", str(tmp_path), "p", "l")

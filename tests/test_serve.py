@@ -1,0 +1,128 @@
+"""The local endpoint server: Vertex's REST prediction contract, errors as JSON, hot redeploys."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components.lib.registry import EndpointRegistry, ModelRegistry
+from pipeline.serve import make_server
+
+PROJECT, LOCATION = "local-project", "europe-west1"
+PREDICT = f"/v1/projects/{PROJECT}/locations/{LOCATION}/endpoints/beer-endpoint:predict"
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Path:
+    state = tmp_path_factory.mktemp("state")
+    version = ModelRegistry(str(state), PROJECT, LOCATION).upload_version(
+        "beer", str(demo_model_dir), {"accuracy": 1.0}, {}
+    )
+    EndpointRegistry(str(state), PROJECT, LOCATION).deploy("beer-endpoint", version)
+    return state
+
+
+@pytest.fixture(scope="module")
+def server(state_dir: Path) -> Iterator[tuple[str, int]]:
+    httpd = make_server(str(state_dir), port=0, max_body_bytes=200_000)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[:2]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def call(server: tuple[str, int], method: str, path: str, body: bytes | None = None):
+    connection = http.client.HTTPConnection(*server, timeout=60)
+    connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    payload = json.loads(response.read())
+    connection.close()
+    return response.status, payload
+
+
+def instance(path: Path) -> dict:
+    return {"bytes": {"b64": base64.b64encode(path.read_bytes()).decode()}}
+
+
+def test_binds_loopback_by_default(server: tuple[str, int]) -> None:
+    assert server[0] == "127.0.0.1"
+
+
+def test_health(server: tuple[str, int]) -> None:
+    assert call(server, "GET", "/health")[0] == 200
+
+
+def test_batch_prediction_in_vertex_format(server: tuple[str, int], demo_data_dir: Path) -> None:
+    photos = [demo_data_dir / f"eval/{name}/000.jpg" for name in ("1cat", "3rocket", "0astronaut")]
+    body = json.dumps({"instances": [instance(p) for p in photos]}).encode()
+
+    status, payload = call(server, "POST", PREDICT, body)
+
+    assert status == 200
+    assert [p["CLASSES"] for p in payload["predictions"]] == [1, 3, 0]
+    for prediction in payload["predictions"]:
+        assert len(prediction["PROBABILITIES"]) == 4
+        assert sum(prediction["PROBABILITIES"]) == pytest.approx(1.0, abs=1e-4)
+    assert payload["model"] == f"projects/{PROJECT}/locations/{LOCATION}/models/beer"
+    assert payload["modelVersionId"] == "1"
+    assert payload["deployedModelId"] == "beer-v1"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not JSON"),
+        (b'{"inputs": []}', '"instances"'),
+        (b'{"instances": []}', "non-empty list"),
+        (b'{"instances": [{"bytes": {"b64": "@@@not base64@@@"}}]}', "instance 0: the b64 value"),
+        (b'{"instances": [{"image": "x"}]}', "instance 0 must be"),
+        (
+            json.dumps(
+                {"instances": [{"bytes": {"b64": base64.b64encode(b"plain text").decode()}}]}
+            ).encode(),
+            r"instance(s) [0] are not decodable",
+        ),
+    ],
+)
+def test_malformed_requests_get_400_json(
+    server: tuple[str, int], body: bytes, message: str
+) -> None:
+    status, payload = call(server, "POST", PREDICT, body)
+    assert status == 400
+    assert payload["error"]["code"] == 400
+    assert message in payload["error"]["message"]
+
+
+def test_unknown_endpoint_and_route(server: tuple[str, int]) -> None:
+    status, payload = call(server, "POST", PREDICT.replace("beer-endpoint", "nope"), b"{}")
+    assert status == 404 and "not found" in payload["error"]["message"]
+    status, _ = call(server, "POST", PREDICT.replace(LOCATION, "us-east1"), b"{}")
+    assert status == 404
+    assert call(server, "GET", "/v1/nothing")[0] == 404
+
+
+def test_oversized_body_gets_413(server: tuple[str, int]) -> None:
+    status, payload = call(server, "POST", PREDICT, b"x" * 300_000)
+    assert status == 413 and "over the limit" in payload["error"]["message"]
+
+
+def test_new_deployment_is_served_without_restart(
+    server: tuple[str, int], state_dir: Path, demo_model_dir: Path, demo_data_dir: Path
+) -> None:
+    version = ModelRegistry(str(state_dir), PROJECT, LOCATION).upload_version(
+        "beer", str(demo_model_dir), {"accuracy": 1.0}, {}
+    )
+    EndpointRegistry(str(state_dir), PROJECT, LOCATION).deploy("beer-endpoint", version)
+    body = json.dumps({"instances": [instance(demo_data_dir / "eval/1cat/001.jpg")]}).encode()
+
+    status, payload = call(server, "POST", PREDICT, body)
+
+    assert status == 200
+    assert payload["modelVersionId"] == "2" and payload["predictions"][0]["CLASSES"] == 1
