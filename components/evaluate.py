@@ -19,6 +19,7 @@ def evaluate_model(
     import logging
     from collections import namedtuple
 
+    from components.lib.artifacts import write_metadata_file
     from components.lib.evaluation import deployment_decision, evaluate_saved_model
 
     evaluation = evaluate_saved_model(model.path, raw_data.path)
@@ -34,5 +35,7 @@ def evaluate_model(
     for name, value in evaluation.recall().items():
         metrics.log_metric(f"recall_{name}", round(value, 4))
     classification_metrics.log_confusion_matrix(evaluation.class_names, evaluation.confusion_matrix)
+    write_metadata_file(metrics)
+    write_metadata_file(classification_metrics)
     outputs = namedtuple("EvaluationOutputs", ["accuracy", "deploy", "reason"])
     return outputs(evaluation.accuracy, deploy, reason)

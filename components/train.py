@@ -19,6 +19,7 @@ def train_model(
     training_metrics: dsl.Output[dsl.Metrics],
 ) -> None:
     """Train the head; export it with its ``bytes`` -> CLASSES/PROBABILITIES signature."""
+    from components.lib.artifacts import write_metadata_file
     from components.lib.model import TrainingConfig, export_serving_model, train_classifier
     from components.lib.records import load_preprocessed
 
@@ -44,4 +45,5 @@ def train_model(
         }
     )
     for name, values in history.items():
-        training_metrics.log_metric(f"final_train_{name}", round(values[-1], 4))
+        training_metrics.log_metric(f"final_{name}", round(values[-1], 4))
+    write_metadata_file(training_metrics)

@@ -6,14 +6,18 @@ pipeline wants to see which step runs, what it says, how long it took and, on fa
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_START = re.compile(r"Executing task '([^']+)'")
+_CACHE_HIT = re.compile(r"Task '?([\w-]+)'? cache hit")
 _TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _EXECUTOR_LOG = re.compile(r"^\[KFP Executor \S+ \S+ (\w+)\]: (.*)$")
 _EXECUTOR_CHATTER = (
@@ -58,12 +62,29 @@ class StepProgress(io.TextIOBase):
         self.log.flush()
         self.console.flush()
 
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        """Route stdout and the root logger (where kfp.local reports cache hits) through here."""
+        root = logging.getLogger()
+        handler = logging.StreamHandler(self)
+        level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(self):
+                yield
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+
     def _say(self, text: str) -> None:
         if not self.verbose:
             print(text, file=self.console, flush=True)
 
     def _line(self, line: str) -> None:
-        if match := _TASK_START.search(line):
+        if match := _CACHE_HIT.search(line):
+            self._say(f"> {match.group(1)}: cached, inputs unchanged")
+        elif match := _TASK_START.search(line):
             self._current, self._started, self._task_lines = match.group(1), time.monotonic(), []
             self._say(f"> {self._current}")
         elif match := _TASK_END.search(line):
@@ -80,7 +101,7 @@ class StepProgress(io.TextIOBase):
         elif self._current is not None:
             inner = line[4:] if line.startswith("    ") else line
             self._task_lines.append(inner)
-            match = _EXECUTOR_LOG.match(inner)
+            match = _EXECUTOR_LOG.match(inner.lstrip())
             if match and not match.group(2).startswith(_EXECUTOR_CHATTER):
                 level, message = match.groups()
                 prefix = "" if level == "INFO" else f"{level}: "

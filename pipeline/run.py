@@ -7,7 +7,6 @@ folder; ``python -m pipeline.serve`` serves what a run deployed there.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -139,9 +138,11 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     with open(log_path, "w") as log:
         progress = StepProgress(log, verbose=args.verbose)
         try:
-            with contextlib.redirect_stdout(progress), warnings.catch_warnings():
+            with progress.capturing(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-                warnings.filterwarnings("ignore", message=".*ignored by the SubprocessRunner.*")
+                warnings.filterwarnings(
+                    "ignore", message=".*no effect in the current local runner.*"
+                )
                 task = pipeline(**arguments)
         except RuntimeError as error:
             detail = "\n  ".join(progress.failure) or str(error)
