@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,18 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m pipeline.run ARGS`` from the project root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 def write_image(path: Path, color: tuple[int, int, int], size: int = 48, fmt: str = "JPEG") -> None:

@@ -1,0 +1,121 @@
+"""End to end on the real beer photos: local pipeline, accuracy gate, local endpoint over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, run_cli
+
+ENDPOINT = "projects/local-project/locations/europe-west1/endpoints/beer-classifier-endpoint"
+
+pytestmark = pytest.mark.e2e
+
+
+def run_pipeline(state: Path, data: Path, *args: str) -> dict:
+    result = run_cli("--local", "--json", "--state-dir", str(state), "--data-uri", str(data), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("beer-state")
+
+
+@pytest.fixture(scope="module")
+def first_run(state: Path, beer_data_dir: Path) -> dict:
+    return run_pipeline(state, beer_data_dir)
+
+
+@pytest.fixture(scope="module")
+def endpoint_url(state: Path, first_run: dict) -> Iterator[str]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.serve", "--port", "0", "--state-dir", str(state)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = server.stdout.readline()
+        port = re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1)
+        yield f"http://127.0.0.1:{port}/v1/{ENDPOINT}:predict"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def eval_photos(beer_data_dir: Path) -> list[tuple[Path, int]]:
+    classes = sorted(p.name for p in (beer_data_dir / "eval").iterdir())
+    return [
+        (photo, index)
+        for index, name in enumerate(classes)
+        for photo in sorted((beer_data_dir / "eval" / name).glob("*.jpg"))
+    ]
+
+
+def test_model_passes_the_gate_and_is_deployed(first_run: dict) -> None:
+    assert first_run["accuracy"] >= 0.90
+    assert first_run["deployed"] is True
+    assert first_run["model_version"] == (
+        "projects/local-project/locations/europe-west1/models/beer-classifier@1"
+    )
+    assert first_run["endpoint"] == ENDPOINT
+
+
+def test_endpoint_classifies_the_eval_photos(
+    endpoint_url: str, beer_data_dir: Path, first_run: dict
+) -> None:
+    photos = eval_photos(beer_data_dir)
+    predicted = []
+    for start in range(0, len(photos), 16):
+        batch = photos[start : start + 16]
+        instances = [
+            {"bytes": {"b64": base64.b64encode(path.read_bytes()).decode()}} for path, _ in batch
+        ]
+        response = requests.post(endpoint_url, json={"instances": instances}, timeout=120)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["modelVersionId"] == "1"
+        for prediction in body["predictions"]:
+            assert len(prediction["PROBABILITIES"]) == 5
+            assert prediction["CLASSES"] == max(
+                range(5), key=prediction["PROBABILITIES"].__getitem__
+            )
+        predicted += [p["CLASSES"] for p in body["predictions"]]
+
+    correct = sum(p == label for p, (_, label) in zip(predicted, photos, strict=True))
+    assert correct / len(photos) >= 0.90
+    assert correct / len(photos) == pytest.approx(first_run["accuracy"])
+
+
+def test_gate_holds_when_the_bar_is_above_the_model(
+    state: Path, beer_data_dir: Path, first_run: dict, endpoint_url: str
+) -> None:
+    endpoint_record = state / "endpoints" / "beer-classifier-endpoint.json"
+    before = endpoint_record.read_text()
+
+    second = run_pipeline(state, beer_data_dir, "--min-accuracy", str(first_run["accuracy"] + 0.01))
+
+    assert second["deployed"] is False and second["model_version"] is None
+    assert f"< required {first_run['accuracy'] + 0.01:.4f}" in second["decision"]
+    assert second["accuracy"] == first_run["accuracy"]
+    assert list(second["step_seconds"]) == ["evaluate-model", "report-not-deployed"], (
+        "download, preprocess and train are cached on an unchanged re-run"
+    )
+    model = json.loads((state / "models/beer-classifier/model.json").read_text())
+    assert [v["versionId"] for v in model["versions"]] == ["1"]
+    assert endpoint_record.read_text() == before
+    photo = next(iter(eval_photos(beer_data_dir)))[0]
+    instances = [{"bytes": {"b64": base64.b64encode(photo.read_bytes()).decode()}}]
+    response = requests.post(endpoint_url, json={"instances": instances}, timeout=60)
+    assert response.status_code == 200 and response.json()["modelVersionId"] == "1"

@@ -1,0 +1,81 @@
+"""``python -m pipeline.run --local``: the embedded demo default, typed parameters, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.run import UsageError, parse_params
+from tests.conftest import make_layout, run_cli
+
+PARAMETERS = {
+    "epochs": {"parameterType": "NUMBER_INTEGER"},
+    "learning_rate": {"parameterType": "NUMBER_DOUBLE"},
+    "data_uri": {"parameterType": "STRING"},
+}
+
+
+def test_params_are_typed_by_the_pipeline() -> None:
+    values = parse_params(["epochs=3", "learning_rate=0.5", "data_uri=gs://b/x=y"], PARAMETERS)
+    assert values == {"epochs": 3, "learning_rate": 0.5, "data_uri": "gs://b/x=y"}
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("epochs", "is not NAME=VALUE"),
+        ("epoch=3", "'epoch' is not a pipeline parameter; known: data_uri, epochs"),
+        ("epochs=three", "expected a number_integer"),
+    ],
+)
+def test_bad_params_are_refused(assignment: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_params([assignment], PARAMETERS)
+
+
+def test_without_local_says_what_to_do() -> None:
+    result = run_cli()
+    assert result.returncode == 2
+    assert "add --local" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_default_runs_end_to_end(tmp_path: Path) -> None:
+    result = run_cli("--local", "--state-dir", str(tmp_path / "state"), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["deployed"] is True
+    assert summary["accuracy"] >= 0.9
+    assert summary["model_version"].endswith("/models/beer-classifier@1")
+    assert summary["endpoint"] == (
+        "projects/local-project/locations/europe-west1/endpoints/beer-classifier-endpoint"
+    )
+    assert list(summary["step_seconds"]) == [
+        "download-data",
+        "preprocess-data",
+        "train-model",
+        "evaluate-model",
+        "upload-model",
+        "deploy-model",
+    ]
+    assert "> train-model" in result.stderr and "epoch 1/" in result.stderr
+    assert (tmp_path / "state/demo-data/train/1cat").is_dir()
+
+
+def test_missing_data_uri_fails_clearly(tmp_path: Path) -> None:
+    result = run_cli("--local", "--state-dir", str(tmp_path), "--data-uri", str(tmp_path / "none"))
+    assert result.returncode == 1
+    assert "step download-data failed" in result.stderr
+    assert "DataLayoutError" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_undecodable_image_fails_clearly_naming_it(tmp_path: Path) -> None:
+    data = make_layout(tmp_path / "data")
+    (data / "train/1blue/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    result = run_cli("--local", "--state-dir", str(tmp_path / "state"), "--data-uri", str(data))
+    assert result.returncode == 1
+    assert "step preprocess-data failed" in result.stderr
+    assert "1 image(s) cannot be decoded" in result.stderr
+    assert "train/1blue/corrupt.jpg" in result.stderr
