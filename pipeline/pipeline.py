@@ -91,6 +91,12 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             location: Region of the model and endpoint.
             local_state_dir: Folder of the local model registry and endpoints (target 'local').
         """
+        registry = {
+            "target": target,
+            "project": project,
+            "location": location,
+            "local_state_dir": local_state_dir,
+        }
         download = download_data(data_uri=data_uri).set_display_name("download")
         preprocess = preprocess_data(
             raw_data=download.outputs["raw_data"], image_size=image_size
@@ -124,10 +130,7 @@ def build_pipeline(resources: TrainResources = TrainResources()):
                     accuracy=evaluate.outputs["accuracy"],
                     model_display_name=model_display_name,
                     pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                    target=target,
-                    project=project,
-                    location=location,
-                    local_state_dir=local_state_dir,
+                    **registry,
                 )
                 .set_display_name("upload")
                 .set_caching_options(False)
@@ -136,10 +139,7 @@ def build_pipeline(resources: TrainResources = TrainResources()):
                 deploy_model(
                     model_version=upload.output,
                     endpoint_display_name=endpoint_display_name,
-                    target=target,
-                    project=project,
-                    location=location,
-                    local_state_dir=local_state_dir,
+                    **registry,
                 )
                 .set_display_name("deploy")
                 .set_caching_options(False)

@@ -150,10 +150,13 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
                 f"step {progress.failed_step or '?'} failed:\n  {detail}\nfull log: {log_path}"
             ) from None
     outputs = task.outputs
-    endpoint = outputs["endpoint"] or _existing_endpoint(state_dir, arguments)
+    values = {
+        name: arguments.get(name, spec.get("defaultValue")) for name, spec in parameters.items()
+    }
+    endpoint = outputs["endpoint"] or _existing_endpoint(state_dir, values)
     return {
         "accuracy": outputs["accuracy"],
-        "min_accuracy": arguments.get("min_accuracy", parameters["min_accuracy"]["defaultValue"]),
+        "min_accuracy": values["min_accuracy"],
         "deployed": bool(outputs["deployed"]),
         "decision": outputs["decision"],
         "model_version": outputs["model_version"] or None,
@@ -164,10 +167,10 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _existing_endpoint(state_dir: str, arguments: dict[str, Any]) -> str | None:
+def _existing_endpoint(state_dir: str, values: dict[str, Any]) -> str | None:
     """The endpoint that keeps serving when the gate is closed, if one was ever deployed."""
-    name = arguments.get("endpoint_display_name", "beer-classifier-endpoint")
-    record = EndpointRegistry(state_dir, LOCAL_PROJECT, "").get(resource_id(name))
+    endpoints = EndpointRegistry(state_dir, values["project"], values["location"])
+    record = endpoints.get(resource_id(values["endpoint_display_name"]))
     return record["name"] if record else None
 
 

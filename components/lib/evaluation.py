@@ -31,21 +31,21 @@ class Evaluation:
         matrix = np.asarray(self.confusion_matrix)
         return float(np.trace(matrix) / matrix.sum()) if matrix.sum() else 0.0
 
-    def precision(self) -> dict[str, float]:
+    def _per_class(self, axis: int) -> dict[str, float]:
         matrix = np.asarray(self.confusion_matrix)
-        predicted = matrix.sum(axis=0)
+        totals = matrix.sum(axis=axis)
         return {
-            name: float(matrix[i, i] / predicted[i]) if predicted[i] else 0.0
+            name: float(matrix[i, i] / totals[i]) if totals[i] else 0.0
             for i, name in enumerate(self.class_names)
         }
 
+    def precision(self) -> dict[str, float]:
+        """Per class: the share of the images predicted as that class that truly are."""
+        return self._per_class(axis=0)
+
     def recall(self) -> dict[str, float]:
-        matrix = np.asarray(self.confusion_matrix)
-        actual = matrix.sum(axis=1)
-        return {
-            name: float(matrix[i, i] / actual[i]) if actual[i] else 0.0
-            for i, name in enumerate(self.class_names)
-        }
+        """Per class: the share of that class's images that were predicted as it."""
+        return self._per_class(axis=1)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
