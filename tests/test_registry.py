@@ -11,12 +11,15 @@ from components.lib.registry import EndpointRegistry, ModelRegistry, resource_id
 from components.lib.targets import endpoint_registry, model_registry
 
 
+def make_artifact(path: Path, content: bytes = b"model bytes") -> Path:
+    path.mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(content)
+    return path
+
+
 @pytest.fixture
 def artifact(tmp_path: Path) -> Path:
-    model_dir = tmp_path / "artifact"
-    model_dir.mkdir()
-    (model_dir / "saved_model.pb").write_bytes(b"model bytes")
-    return model_dir
+    return make_artifact(tmp_path / "artifact")
 
 
 def test_resource_id_from_display_name() -> None:
@@ -30,8 +33,9 @@ def test_versions_are_numbered_and_default_alias_moves(tmp_path: Path, artifact:
     first = registry.upload_version(
         "Beer Classifier", str(artifact), {"accuracy": 0.9}, {"run": "a"}
     )
+    retrained = make_artifact(tmp_path / "retrained", b"new model bytes")
     second = registry.upload_version(
-        "Beer Classifier", str(artifact), {"accuracy": 0.95}, {"run": "b"}
+        "Beer Classifier", str(retrained), {"accuracy": 0.95}, {"run": "b"}
     )
 
     assert first.resource_name == "projects/proj/locations/europe-west1/models/beer-classifier@1"
@@ -41,10 +45,18 @@ def test_versions_are_numbered_and_default_alias_moves(tmp_path: Path, artifact:
     assert record["versions"][1]["metrics"] == {"accuracy": 0.95}
     assert record["versions"][1]["labels"] == {"run": "b"}
     copied = Path(second.artifact_uri) / "saved_model.pb"
-    assert copied.read_bytes() == b"model bytes" and not copied.is_relative_to(artifact)
+    assert copied.read_bytes() == b"new model bytes" and not copied.is_relative_to(retrained)
     assert registry.get_version(first.model, "1").artifact_uri == first.artifact_uri
     with pytest.raises(KeyError, match="@7 is not in the local registry"):
         registry.get_version(first.model, "7")
+
+
+def test_the_same_artifact_is_registered_once(tmp_path: Path, artifact: Path) -> None:
+    registry = ModelRegistry(str(tmp_path / "state"), "proj", "europe-west1")
+    first = registry.upload_version("m", str(artifact), {"accuracy": 0.9}, {})
+    again = registry.upload_version("m", str(artifact), {"accuracy": 0.9}, {})
+    assert again == first
+    assert len(registry.get_model("m")["versions"]) == 1
 
 
 def test_deploy_moves_all_traffic_and_retires_the_old_version(
@@ -55,7 +67,7 @@ def test_deploy_moves_all_traffic_and_retires_the_old_version(
     endpoints = EndpointRegistry(state, "proj", "us-central1")
     first = registry.upload_version("m", str(artifact), {}, {})
     endpoints.deploy("My Endpoint", first)
-    second = registry.upload_version("m", str(artifact), {}, {})
+    second = registry.upload_version("m", str(make_artifact(tmp_path / "v2")), {}, {})
     record = endpoints.deploy("My Endpoint", second)
 
     assert record["name"] == "projects/proj/locations/us-central1/endpoints/my-endpoint"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,10 +115,15 @@ def test_oversized_body_gets_413(server: tuple[str, int]) -> None:
 
 
 def test_new_deployment_is_served_without_restart(
-    server: tuple[str, int], state_dir: Path, demo_model_dir: Path, demo_data_dir: Path
+    server: tuple[str, int],
+    state_dir: Path,
+    demo_model_dir: Path,
+    demo_data_dir: Path,
+    tmp_path: Path,
 ) -> None:
+    retrained = shutil.copytree(demo_model_dir, tmp_path / "retrained")
     version = ModelRegistry(str(state_dir), PROJECT, LOCATION).upload_version(
-        "beer", str(demo_model_dir), {"accuracy": 1.0}, {}
+        "beer", str(retrained), {"accuracy": 1.0}, {}
     )
     EndpointRegistry(str(state_dir), PROJECT, LOCATION).deploy("beer-endpoint", version)
     body = json.dumps({"instances": [instance(demo_data_dir / "eval/1cat/001.jpg")]}).encode()

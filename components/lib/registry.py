@@ -106,8 +106,11 @@ class ModelRegistry(_LocalStore):
         """Copy ``artifact_dir`` in as the model's next version and move ``default`` onto it.
 
         Creates the model on its first upload, as Vertex's ``Model.upload(parent_model=...)`` does.
+        An artifact that is already registered (a re-run whose training was cached) returns its
+        existing version instead of a duplicate.
         """
         model_id = resource_id(display_name)
+        source_uri = os.path.abspath(artifact_dir)
         with self._lock():
             record = _read_json(self._record_path(model_id)) or {
                 "name": self._resource("models", model_id),
@@ -115,6 +118,11 @@ class ModelRegistry(_LocalStore):
                 "createTime": _now(),
                 "versions": [],
             }
+            for version in record["versions"]:
+                if version["sourceUri"] == source_uri:
+                    return ModelVersion(
+                        record["name"], version["versionId"], display_name, version["artifactUri"]
+                    )
             version_id = str(len(record["versions"]) + 1)
             artifact_uri = os.path.join(self.root, "models", model_id, "versions", version_id)
             shutil.rmtree(artifact_uri, ignore_errors=True)
@@ -127,6 +135,7 @@ class ModelRegistry(_LocalStore):
                 {
                     "versionId": version_id,
                     "artifactUri": artifact_uri,
+                    "sourceUri": source_uri,
                     "versionAliases": [DEFAULT_ALIAS],
                     "metrics": metrics,
                     "labels": labels,
