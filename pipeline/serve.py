@@ -15,6 +15,7 @@ import random
 import re
 import sys
 import threading
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -34,7 +35,14 @@ _PREDICT_PATH = re.compile(
     r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
     r"/endpoints/(?P<endpoint_id>[^/:]+):predict$"
 )
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one request may carry; larger ones are refused with HTTP 413 or 400."""
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_instances: int = 256
 
 
 class _ApiError(Exception):
@@ -46,8 +54,9 @@ class _ApiError(Exception):
 class LocalEndpointService:
     """Resolves an endpoint to its deployed model version and runs predictions on it."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, limits: ServingLimits) -> None:
         self.state_dir = os.path.abspath(state_dir)
+        self.limits = limits
         self._models: dict[str, ServingModel] = {}
         self._lock = threading.Lock()
 
@@ -65,7 +74,7 @@ class LocalEndpointService:
             raise _ApiError(HTTPStatus.NOT_FOUND, f"endpoint {name} not found in {self.state_dir}")
         if not record.get("deployedModels"):
             raise _ApiError(HTTPStatus.BAD_REQUEST, f"endpoint {name} has no deployed model")
-        images = decode_instances(body)
+        images = decode_instances(body, self.limits.max_instances)
         split = record["trafficSplit"]
         deployed_id = random.choices(list(split), weights=list(split.values()))[0]
         deployed = next(model for model in record["deployedModels"] if model["id"] == deployed_id)
@@ -87,9 +96,7 @@ class LocalEndpointService:
         }
 
 
-def make_handler(
-    service: LocalEndpointService, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-) -> type[BaseHTTPRequestHandler]:
+def make_handler(service: LocalEndpointService) -> type[BaseHTTPRequestHandler]:
     """The request handler class bound to ``service``."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -132,6 +139,7 @@ def make_handler(
             except ValueError:
                 self._error(HTTPStatus.BAD_REQUEST, "invalid Content-Length header")
                 return
+            max_body_bytes = service.limits.max_body_bytes
             if length > max_body_bytes:
                 self.close_connection = True
                 self._error(
@@ -157,10 +165,10 @@ def make_server(
     state_dir: str,
     host: str = "127.0.0.1",
     port: int = 8080,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    limits: ServingLimits = ServingLimits(),
 ) -> ThreadingHTTPServer:
     """A threaded HTTP server for the endpoints of ``state_dir``; ``port=0`` picks a free port."""
-    handler = make_handler(LocalEndpointService(state_dir), max_body_bytes)
+    handler = make_handler(LocalEndpointService(state_dir, limits))
     return ThreadingHTTPServer((host, port), handler)
 
 
@@ -178,16 +186,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--state-dir", default=DEFAULT_STATE_DIR, help="folder of a local run (%(default)s)"
     )
+    defaults = ServingLimits()
     parser.add_argument(
         "--max-body-bytes",
         type=int,
-        default=DEFAULT_MAX_BODY_BYTES,
+        default=defaults.max_body_bytes,
         help="larger request bodies get HTTP 413 (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-instances",
+        type=int,
+        default=defaults.max_instances,
+        help="requests with more instances get HTTP 400 (%(default)s)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        server = make_server(args.state_dir, args.host, args.port, args.max_body_bytes)
+        limits = ServingLimits(args.max_body_bytes, args.max_instances)
+        server = make_server(args.state_dir, args.host, args.port, limits)
     except OSError as error:
         print(f"error: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1

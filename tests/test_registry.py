@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,49 @@ def test_targets_check_their_settings(tmp_path: Path) -> None:
         model_registry("cloud", str(tmp_path), "p", "l")
     with pytest.raises(NotImplementedError, match="target='local'"):
         endpoint_registry("vertex", str(tmp_path), "p", "l")
+
+
+def test_a_deploy_that_fails_midway_leaves_the_old_version_serving(
+    tmp_path: Path, artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = str(tmp_path / "state")
+    registry = ModelRegistry(state, "p", "l")
+    endpoints = EndpointRegistry(state, "p", "l")
+    endpoints.deploy("e", registry.upload_version("m", str(artifact), {}, {}))
+    before = (tmp_path / "state/endpoints/e.json").read_text()
+    second = registry.upload_version("m", str(make_artifact(tmp_path / "v2")), {}, {})
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("killed while writing the endpoint record")
+
+    monkeypatch.setattr("components.lib.registry.os.replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        endpoints.deploy("e", second)
+
+    assert (tmp_path / "state/endpoints/e.json").read_text() == before
+    assert endpoints.get("e")["deployedModels"][0]["modelVersionId"] == "1"
+    assert not list((tmp_path / "state/endpoints").glob("*.tmp"))
+
+
+def _upload_many(state: str, source: str, count: int) -> list[str]:
+    registry = ModelRegistry(state, "p", "l")
+    versions = []
+    for index in range(count):
+        artifact = make_artifact(Path(source) / f"{os.getpid()}-{index}", str(index).encode())
+        versions.append(registry.upload_version("m", str(artifact), {}, {}).version_id)
+    return versions
+
+
+def test_concurrent_runs_register_every_version_intact(tmp_path: Path) -> None:
+    state, source = str(tmp_path / "state"), str(tmp_path / "artifacts")
+    with concurrent.futures.ProcessPoolExecutor(2) as pool:
+        results = list(pool.map(_upload_many, [state, state], [source, source], [10, 10]))
+
+    record = ModelRegistry(state, "p", "l").get_model("m")
+    ids = [v["versionId"] for v in record["versions"]]
+    assert ids == [str(n) for n in range(1, 21)]
+    assert sorted(results[0] + results[1], key=int) == ids
+    for version in record["versions"]:
+        source_bytes = Path(version["sourceUri"], "saved_model.pb").read_bytes()
+        assert Path(version["artifactUri"], "saved_model.pb").read_bytes() == source_bytes
+    assert [v["versionAliases"] for v in record["versions"]].count(["default"]) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from components.lib.registry import EndpointRegistry, ModelRegistry
-from pipeline.serve import make_server
+from pipeline.serve import ServingLimits, make_server
 
 PROJECT, LOCATION = "local-project", "europe-west1"
 PREDICT = f"/v1/projects/{PROJECT}/locations/{LOCATION}/endpoints/beer-endpoint:predict"
@@ -31,7 +31,8 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) ->
 
 @pytest.fixture(scope="module")
 def server(state_dir: Path) -> Iterator[tuple[str, int]]:
-    httpd = make_server(str(state_dir), port=0, max_body_bytes=200_000)
+    limits = ServingLimits(max_body_bytes=200_000, max_instances=8)
+    httpd = make_server(str(state_dir), port=0, limits=limits)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd.server_address[:2]
@@ -82,6 +83,7 @@ def test_batch_prediction_in_vertex_format(server: tuple[str, int], demo_data_di
         (b"{not json", "not JSON"),
         (b'{"inputs": []}', '"instances"'),
         (b'{"instances": []}', "non-empty list"),
+        (json.dumps({"instances": [{"b64": ""}] * 9}).encode(), "9 instances in one request"),
         (b'{"instances": [{"bytes": {"b64": "@@@not base64@@@"}}]}', "instance 0: the b64 value"),
         (b'{"instances": [{"image": "x"}]}', "instance 0 must be"),
         (
@@ -132,3 +134,20 @@ def test_new_deployment_is_served_without_restart(
 
     assert status == 200
     assert payload["modelVersionId"] == "2" and payload["predictions"][0]["CLASSES"] == 1
+
+
+def test_load_with_concurrent_clients_and_malformed_requests(
+    server: tuple[str, int], demo_data_dir: Path
+) -> None:
+    from bench.serve_load import report, run_load
+
+    images = [p.read_bytes() for p in sorted((demo_data_dir / "eval").rglob("*.jpg"))]
+    url = f"http://{server[0]}:{server[1]}{PREDICT}"
+
+    result = run_load(url, images, total=2000, clients=8)
+
+    print(report(result))
+    assert len(result.latencies) == 2000
+    assert result.statuses[200] == 1800 and result.statuses[400] == 200
+    assert result.wrong_answers == 0 and result.non_json_errors == 0
+    assert call(server, "GET", "/health")[0] == 200

@@ -72,10 +72,11 @@ class BadRequestError(ValueError):
     """A prediction request that does not follow Vertex's format; the message says what is wrong."""
 
 
-def decode_instances(body: bytes) -> list[bytes]:
+def decode_instances(body: bytes, max_instances: int) -> list[bytes]:
     """Image bytes of a Vertex request ``{"instances": [{"bytes": {"b64": "..."}}, ...]}``.
 
     Like TF Serving, an instance may also be ``{"b64": "..."}``, since the signature has one input.
+    More than ``max_instances`` instances are refused rather than batched into one huge call.
     """
     try:
         request = json.loads(body)
@@ -86,6 +87,11 @@ def decode_instances(body: bytes) -> list[bytes]:
     instances = request["instances"]
     if not isinstance(instances, list) or not instances:
         raise BadRequestError('"instances" must be a non-empty list')
+    if len(instances) > max_instances:
+        raise BadRequestError(
+            f"{len(instances)} instances in one request; the limit is {max_instances}: "
+            "split the request"
+        )
     return [_instance_bytes(index, instance) for index, instance in enumerate(instances)]
 
 

@@ -1,0 +1,139 @@
+"""Load test of the local endpoint: many concurrent clients, some malformed requests, on loopback.
+
+Every well-formed request must get the same answer as a lone request would; every malformed one
+a 4xx JSON error; no 5xx; the server stays up. Prints requests/s and p50/p99 latency.
+
+    python -m bench.serve_load --images DIR [--requests 2000] [--clients 8] \
+        --url http://127.0.0.1:8080/v1/projects/P/locations/L/endpoints/E:predict
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+MALFORMED_BODIES: tuple[bytes, ...] = (
+    b"{not json",
+    b'{"inputs": []}',
+    b'{"instances": [{"bytes": {"b64": "@@not base64@@"}}]}',
+    json.dumps({"instances": [{"bytes": {"b64": base64.b64encode(b"text").decode()}}]}).encode(),
+    b'{"instances": [{"image": 1}]}',
+)
+
+
+@dataclass
+class LoadResult:
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    wrong_answers: int = 0
+    non_json_errors: int = 0
+
+    @property
+    def requests_per_second(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile_ms(self, share: float) -> float:
+        ordered = sorted(self.latencies)
+        return 1000 * ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def _body(image: bytes) -> bytes:
+    return json.dumps(
+        {"instances": [{"bytes": {"b64": base64.b64encode(image).decode()}}]}
+    ).encode()
+
+
+def run_load(
+    url: str, images: list[bytes], total: int, clients: int, malformed_every: int = 10
+) -> LoadResult:
+    """Send ``total`` requests from ``clients`` threads; one in ``malformed_every`` is malformed."""
+    headers = {"Content-Type": "application/json"}
+    expected = [
+        requests.post(url, data=_body(image), headers=headers, timeout=60).json()["predictions"][0][
+            "CLASSES"
+        ]
+        for image in images
+    ]
+    result = LoadResult()
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def client() -> None:
+        session = requests.Session()
+        for index in iter(lambda: next(counter, None), None):
+            malformed = index % malformed_every == 0
+            body = (
+                MALFORMED_BODIES[index % len(MALFORMED_BODIES)]
+                if malformed
+                else _body(images[index % len(images)])
+            )
+            started = time.perf_counter()
+            response = session.post(url, data=body, headers=headers, timeout=60)
+            latency = time.perf_counter() - started
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = None
+            with lock:
+                result.latencies.append(latency)
+                result.statuses[response.status_code] += 1
+                if malformed:
+                    result.non_json_errors += payload is None or "error" not in payload
+                elif (
+                    payload is None
+                    or payload["predictions"][0]["CLASSES"] != expected[index % len(images)]
+                ):
+                    result.wrong_answers += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def report(result: LoadResult) -> str:
+    return (
+        f"{len(result.latencies)} requests in {result.seconds:.1f} s: "
+        f"{result.requests_per_second:.0f} requests/s, p50 {result.percentile_ms(0.5):.1f} ms, "
+        f"p99 {result.percentile_ms(0.99):.1f} ms, "
+        f"statuses {dict(sorted(result.statuses.items()))}, wrong answers {result.wrong_answers}, "
+        f"malformed without JSON error {result.non_json_errors}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serve_load", description=__doc__)
+    parser.add_argument("--url", required=True, help="the endpoint's :predict URL")
+    parser.add_argument("--images", required=True, type=Path, help="folder of JPEG/PNG images")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args(argv)
+    images = [
+        p.read_bytes()
+        for p in sorted(args.images.rglob("*"))
+        if p.suffix.lower() in {".jpg", ".jpeg", ".png"}
+    ][:32]
+    result = run_load(args.url, images, args.requests, args.clients)
+    print(report(result))
+    failed = (
+        result.wrong_answers or result.non_json_errors or any(s >= 500 for s in result.statuses)
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
