@@ -1,4 +1,5 @@
-"""The training pipeline: download -> preprocess -> train -> evaluate -> [gate] -> upload -> deploy.
+"""The training pipeline: download, validate, preprocess, train, evaluate, then behind the accuracy
+gate upload and deploy.
 
 Its parameters, with their defaults and descriptions (shown in the Vertex Pipelines console), are
 the one place where a run is configured. Compute resources of the train step are set at compile
@@ -17,6 +18,7 @@ from components.gate import report_not_deployed
 from components.preprocess import preprocess_data
 from components.train import train_model
 from components.upload import upload_model
+from components.validate import validate_data
 
 PIPELINE_NAME = "beer-classifier-training"
 CHALLENGE_DATA_URI = "gs://ml6_junior_ml_engineer_challenge_cv_beer_data/data"
@@ -52,6 +54,8 @@ def build_pipeline(resources: TrainResources = TrainResources()):
     )
     def training_pipeline(
         data_uri: str = CHALLENGE_DATA_URI,
+        min_image_size: int = 32,
+        max_unusable_share: float = 0.05,
         image_size: int = 224,
         epochs: int = 10,
         learning_rate: float = 0.01,
@@ -73,6 +77,9 @@ def build_pipeline(resources: TrainResources = TrainResources()):
         Args:
             data_uri: Images in the layout {train,eval}/<class>/<image>, as gs://bucket/path or a
                 local folder. Class index = position of the class folder in sorted order.
+            min_image_size: Images smaller than this on a side are skipped as unusable.
+            max_unusable_share: The run fails when a larger share of the files is unusable
+                (corrupt, not images, too small, duplicates, train/eval leaks).
             image_size: Side in pixels that images are resized to before the backbone.
             epochs: Epochs that train the new classification head on the frozen backbone.
             learning_rate: Adam learning rate of the head epochs.
@@ -98,8 +105,13 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             "local_state_dir": local_state_dir,
         }
         download = download_data(data_uri=data_uri).set_display_name("download")
+        validate = validate_data(
+            raw_data=download.outputs["raw_data"],
+            min_image_size=min_image_size,
+            max_unusable_share=max_unusable_share,
+        ).set_display_name("validate")
         preprocess = preprocess_data(
-            raw_data=download.outputs["raw_data"], image_size=image_size
+            raw_data=validate.outputs["dataset"], image_size=image_size
         ).set_display_name("preprocess")
         train = (
             train_model(
@@ -119,7 +131,7 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             .set_memory_limit(resources.memory_limit)
         )
         evaluate = evaluate_model(
-            raw_data=download.outputs["raw_data"],
+            raw_data=validate.outputs["dataset"],
             model=train.outputs["model"],
             min_accuracy=min_accuracy,
         ).set_display_name("evaluate")

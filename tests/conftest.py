@@ -53,6 +53,38 @@ def jpeg_bytes(color: tuple[int, int, int], size: int = 64) -> bytes:
     return buffer.getvalue()
 
 
+def add_bad_files(root: Path, first: str, second: str) -> dict[str, str]:
+    """Mix one file of every problem kind into the train split of two classes of a layout;
+    returns name -> path relative to the layout."""
+    train = root / "train" / first
+    second_image = sorted((root / "eval" / second).iterdir())[0]
+    good = sorted(train.iterdir())[0].read_bytes()
+    (train / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    (train / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (train / "text.jpg").write_text("this is a text file named like a photo")
+    (train / "notes.txt").write_text("a stray document")
+    write_image(train / "tiny.jpg", (200, 40, 40), size=10)
+    (train / "copy.jpg").write_bytes(good)
+    shutil.copy(second_image, root / "train" / second / "leaked.jpg")
+    Image.fromarray(np.full((48, 48), 90, np.uint8), "L").save(train / "gray.png")
+    Image.new("CMYK", (48, 48), (0, 200, 200, 0)).save(train / "cmyk.jpg")
+    Image.new("RGBA", (48, 48), (200, 40, 40, 0)).save(train / "alpha.png")
+    Image.new("RGB", (48, 48), (200, 40, 40)).save(train / "other.webp")
+    rotated = Image.new("RGB", (64, 48), (200, 40, 40))
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(train / "rotated.jpg", exif=exif)
+    return {
+        "corrupt": f"train/{first}/corrupt.jpg",
+        "truncated": f"train/{first}/truncated.jpg",
+        "text": f"train/{first}/text.jpg",
+        "notes": f"train/{first}/notes.txt",
+        "tiny": f"train/{first}/tiny.jpg",
+        "copy": f"train/{first}/copy.jpg",
+        "leaked": f"train/{second}/leaked.jpg",
+    }
+
+
 @pytest.fixture
 def layout_dir(tmp_path: Path) -> Path:
     return make_layout(tmp_path / "data")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, add_bad_files, run_cli
 
 ENDPOINT = "projects/local-project/locations/europe-west1/endpoints/beer-classifier-endpoint"
 
@@ -119,3 +120,32 @@ def test_gate_holds_when_the_bar_is_above_the_model(
     instances = [{"bytes": {"b64": base64.b64encode(photo.read_bytes()).decode()}}]
     response = requests.post(endpoint_url, json={"instances": instances}, timeout=60)
     assert response.status_code == 200 and response.json()["modelVersionId"] == "1"
+
+
+def test_bad_files_mixed_into_the_photos_are_skipped_and_reported(
+    tmp_path: Path, beer_data_dir: Path, first_run: dict
+) -> None:
+    data = tmp_path / "beers"
+    shutil.copytree(beer_data_dir, data)
+    bad = add_bad_files(data, "0chimayblue", "1orval")
+    state = tmp_path / "state"
+
+    result = run_cli("--local", "--json", "--state-dir", str(state), "--data-uri", str(data))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert abs(summary["accuracy"] - first_run["accuracy"]) <= 0.02
+    reasons = {
+        "corrupt": "cannot be decoded",
+        "truncated": "cannot be decoded",
+        "text": "not an image file",
+        "notes": "not an image file",
+        "tiny": "smaller than the minimum image size",
+        "copy": "the same image again",
+        "leaked": "also in the eval split",
+    }
+    lines = result.stderr.splitlines()
+    for name, path in bad.items():
+        assert any(reasons[name] in line and path in line for line in lines), (name, path)
+    reports = list((state / "pipeline_root").rglob("validate-data/report"))
+    assert len(reports) == 1 and all(f"`{p}`" in reports[0].read_text() for p in bad.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,10 +13,15 @@ from tests.conftest import make_layout
 
 
 def test_download_copies_every_image_and_counts_them(layout_dir: Path, tmp_path: Path) -> None:
-    (layout_dir / "train" / "0red" / ".DS_Store").write_text("not an image")
+    (layout_dir / "train" / "0red" / ".DS_Store").write_text("hidden, not listed")
+    (layout_dir / "eval" / "1blue" / "notes.txt").write_text("not an image")
     copy = download_dataset(str(layout_dir), str(tmp_path / "copy"))
 
     assert copy.class_names == ["0red", "1blue"]
+    assert copy.ignored == ("eval/1blue/notes.txt",)
+    assert json.loads((tmp_path / "copy/ignored_files.json").read_text()) == [
+        "eval/1blue/notes.txt"
+    ]
     assert copy.counts() == {"train": {"0red": 4, "1blue": 4}, "eval": {"0red": 4, "1blue": 4}}
     copied = sorted(
         p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*.jpg")

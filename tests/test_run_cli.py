@@ -53,6 +53,7 @@ def test_demo_default_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert list(summary["step_seconds"]) == [
         "download-data",
+        "validate-data",
         "preprocess-data",
         "train-model",
         "evaluate-model",
@@ -71,11 +72,11 @@ def test_missing_data_uri_fails_clearly(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_undecodable_image_fails_clearly_naming_it(tmp_path: Path) -> None:
+def test_too_many_bad_images_fail_clearly_naming_them(tmp_path: Path) -> None:
     data = make_layout(tmp_path / "data")
     (data / "train/1blue/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
     result = run_cli("--local", "--state-dir", str(tmp_path / "state"), "--data-uri", str(data))
     assert result.returncode == 1
-    assert "step preprocess-data failed" in result.stderr
-    assert "1 image(s) cannot be decoded" in result.stderr
-    assert "train/1blue/corrupt.jpg" in result.stderr
+    assert "step validate-data failed" in result.stderr
+    assert "1 of 17 files (5.9%) are unusable, more than the allowed 5%" in result.stderr
+    assert "cannot be decoded: corrupt or truncated: 1: train/1blue/corrupt.jpg" in result.stderr

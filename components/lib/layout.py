@@ -6,6 +6,7 @@ The same code reads a local folder and a ``gs://`` bucket: fsspec picks the file
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -17,7 +18,8 @@ from fsspec.core import url_to_fs
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "eval")
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+IGNORED_FILES = "ignored_files.json"
 
 
 class DataLayoutError(ValueError):
@@ -30,6 +32,7 @@ class DatasetLayout:
 
     root: str
     files: Mapping[str, Mapping[str, list[str]]]
+    ignored: tuple[str, ...] = ()
 
     @property
     def class_names(self) -> list[str]:
@@ -43,8 +46,11 @@ class DatasetLayout:
 
 
 def is_image_file(path: str) -> bool:
-    name = os.path.basename(path)
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _is_hidden(path: str) -> bool:
+    return os.path.basename(path).startswith(".")
 
 
 def _join(fs: fsspec.AbstractFileSystem, *parts: str) -> str:
@@ -69,6 +75,7 @@ def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLa
         )
 
     files: dict[str, dict[str, list[str]]] = {}
+    ignored: list[str] = []
     for split in SPLITS:
         split_dir = _join(fs, root, split)
         if not fs.isdir(split_dir):
@@ -85,15 +92,16 @@ def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLa
             raise DataLayoutError(f"split {split!r} under {data_uri!r} has no class folders")
         files[split] = {}
         for class_dir in class_dirs:
-            paths = sorted(
+            names = sorted(
                 entry["name"]
                 for entry in fs.ls(class_dir, detail=True)
-                if entry["type"] == "file" and is_image_file(entry["name"])
+                if entry["type"] == "file" and not _is_hidden(entry["name"])
             )
-            files[split][class_dir.rsplit(fs.sep, 1)[-1]] = paths
+            files[split][class_dir.rsplit(fs.sep, 1)[-1]] = [p for p in names if is_image_file(p)]
+            ignored += [p[len(root) + 1 :] for p in names if not is_image_file(p)]
 
     _check_classes(data_uri, files)
-    return fs, DatasetLayout(root=root, files=files)
+    return fs, DatasetLayout(root=root, files=files, ignored=tuple(ignored))
 
 
 def _check_classes(data_uri: str, files: Mapping[str, Mapping[str, list[str]]]) -> None:
@@ -132,4 +140,10 @@ def download_dataset(data_uri: str, destination: str) -> DatasetLayout:
             fs.get(paths, targets)
             copied[split][class_name] = targets
         logger.info("%s: %s", split, layout.counts()[split])
-    return DatasetLayout(root=destination, files=copied)
+    if layout.ignored:
+        logger.warning(
+            "ignored %d files that are not images: %s", len(layout.ignored), layout.ignored
+        )
+    with open(os.path.join(destination, IGNORED_FILES), "w") as file:
+        json.dump(list(layout.ignored), file, indent=2)
+    return DatasetLayout(root=destination, files=copied, ignored=layout.ignored)

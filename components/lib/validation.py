@@ -1,0 +1,249 @@
+"""Check every image before training: skip what cannot be used, normalise what can, report both.
+
+Real folders of photos hold corrupt files, stray documents, thumbnails, copies and images that
+also sit in the eval split. Training on them silently skews the model and the accuracy gate, so
+each file is checked, usable ones are written out in a form TensorFlow decodes the same way
+everywhere (RGB, EXIF rotation applied), and the run fails only when too much is unusable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from components.lib.layout import IGNORED_FILES, SPLITS, discover_layout
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "validation.json"
+SKIP_REASONS: dict[str, str] = {
+    "not_an_image": "not an image file",
+    "undecodable": "cannot be decoded: corrupt or truncated",
+    "too_small": "smaller than the minimum image size",
+    "duplicate": "the same image again in the same split",
+    "leak": "also in the eval split (dropped from train so that eval stays unseen)",
+}
+CONVERSIONS: dict[str, str] = {
+    "grayscale": "grayscale, converted to RGB",
+    "cmyk": "CMYK, converted to RGB",
+    "alpha": "transparency, composited on white",
+    "palette": "palette colours, converted to RGB",
+    "exif_rotated": "EXIF orientation, rotated upright",
+    "other_format": "a format other than JPEG/PNG, re-encoded as PNG",
+}
+IMBALANCE_RATIO = 3.0
+
+
+class DataValidationError(ValueError):
+    """Too much of the data is unusable, or a class has no usable image left."""
+
+
+@dataclass
+class ValidationReport:
+    """Usable images per split and class, and every skipped or converted file by reason."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    converted: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> int:
+        return sum(sum(classes.values()) for classes in self.counts.values())
+
+    @property
+    def unusable(self) -> int:
+        return sum(len(paths) for paths in self.skipped.values())
+
+    @property
+    def unusable_share(self) -> float:
+        total = self.usable + self.unusable
+        return self.unusable / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "counts": self.counts,
+            "skipped": dict(self.skipped),
+            "converted": dict(self.converted),
+            "warnings": self.warnings,
+            "usable": self.usable,
+            "unusable": self.unusable,
+            "unusable_share": round(self.unusable_share, 4),
+        }
+
+    def summary_lines(self) -> list[str]:
+        lines = [
+            f"{self.usable} usable images, {self.unusable} skipped "
+            f"({self.unusable_share:.1%} unusable)"
+        ]
+        for reason, paths in self.skipped.items():
+            lines.append(f"skipped, {SKIP_REASONS[reason]}: {len(paths)}: {', '.join(paths)}")
+        for kind, paths in self.converted.items():
+            lines.append(f"converted, {CONVERSIONS[kind]}: {len(paths)}")
+        return lines + [f"warning: {warning}" for warning in self.warnings]
+
+    def to_markdown(self) -> str:
+        classes = sorted({name for split in self.counts.values() for name in split})
+        rows = [
+            "# Data validation",
+            "",
+            *[f"- {line}" for line in self.summary_lines()[:1] + self.warnings],
+            "",
+            "| class | " + " | ".join(self.counts) + " |",
+            "| --- |" + " --- |" * len(self.counts),
+            *[
+                f"| {name} | "
+                + " | ".join(str(self.counts[s].get(name, 0)) for s in self.counts)
+                + " |"
+                for name in classes
+            ],
+        ]
+        for title, groups, words in (
+            ("Skipped files", self.skipped, SKIP_REASONS),
+            ("Converted files", self.converted, CONVERSIONS),
+        ):
+            rows += ["", f"## {title}", ""]
+            rows += [
+                f"- **{words[key]}** ({len(paths)}): " + ", ".join(f"`{p}`" for p in paths)
+                for key, paths in groups.items()
+            ] or ["none"]
+        return "\n".join(rows) + "\n"
+
+
+def _inspect(data: bytes, min_image_size: int) -> tuple[str | None, list[str], Image.Image | None]:
+    """(skip reason or None, conversions needed, the upright RGB image if it must be rewritten)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            fmt, mode = image.format, image.mode
+            orientation = image.getexif().get(0x0112, 1)
+            upright = ImageOps.exif_transpose(image) if orientation != 1 else image.copy()
+    except UnidentifiedImageError:
+        return "not_an_image", [], None
+    except (OSError, SyntaxError, ValueError):
+        return "undecodable", [], None
+    if min(upright.size) < min_image_size:
+        return "too_small", [], None
+    conversions = []
+    if mode in ("L", "LA", "I", "I;16", "1"):
+        conversions.append("grayscale")
+    if mode == "CMYK":
+        conversions.append("cmyk")
+    if mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
+        conversions.append("alpha")
+    if mode == "P":
+        conversions.append("palette")
+    if orientation != 1:
+        conversions.append("exif_rotated")
+    if fmt not in ("JPEG", "PNG"):
+        conversions.append("other_format")
+    if not conversions:
+        return None, [], None
+    if "alpha" in conversions:
+        rgba = upright.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+    else:
+        rgb = upright.convert("RGB")
+    return None, conversions, rgb
+
+
+def validate_dataset(
+    raw_dir: str,
+    output_dir: str,
+    report_path: str,
+    min_image_size: int = 32,
+    max_unusable_share: float = 0.05,
+) -> ValidationReport:
+    """Write the usable images of ``raw_dir`` to ``output_dir`` (same layout) and a Markdown
+    report to ``report_path``.
+
+    Raises DataValidationError, after writing the report, when more than ``max_unusable_share``
+    of the files cannot be used or a class is left without images.
+    """
+    _, layout = discover_layout(raw_dir)
+    report = ValidationReport()
+    ignored_path = os.path.join(raw_dir, IGNORED_FILES)
+    if os.path.exists(ignored_path):
+        with open(ignored_path) as file:
+            report.skipped["not_an_image"].extend(json.load(file))
+    eval_hashes: set[str] = set()
+    for split in reversed(SPLITS):
+        report.counts[split] = {}
+        seen: set[str] = set()
+        for class_name, paths in layout.files[split].items():
+            usable = 0
+            target_dir = os.path.join(output_dir, split, class_name)
+            os.makedirs(target_dir, exist_ok=True)
+            for path in paths:
+                relative = os.path.relpath(path, raw_dir)
+                with open(path, "rb") as file:
+                    data = file.read()
+                digest = hashlib.sha256(data).hexdigest()
+                reason, conversions, rewritten = _inspect(data, min_image_size)
+                if reason is None and digest in seen:
+                    reason = "duplicate"
+                elif reason is None and split == "train" and digest in eval_hashes:
+                    reason = "leak"
+                if reason:
+                    report.skipped[reason].append(relative)
+                    continue
+                seen.add(digest)
+                usable += 1
+                for kind in conversions:
+                    report.converted[kind].append(relative)
+                name = os.path.basename(path)
+                if rewritten is None:
+                    shutil.copyfile(path, os.path.join(target_dir, name))
+                else:
+                    rewritten.save(os.path.join(target_dir, os.path.splitext(name)[0] + ".png"))
+            report.counts[split][class_name] = usable
+        if split == "eval":
+            eval_hashes = seen
+    report.counts = {split: report.counts[split] for split in SPLITS}
+    train_counts = report.counts["train"].values()
+    if min(train_counts) and max(train_counts) / min(train_counts) > IMBALANCE_RATIO:
+        report.warnings.append(
+            f"class imbalance in train: {max(train_counts)} vs {min(train_counts)} images"
+        )
+    with open(os.path.join(output_dir, REPORT_FILE), "w") as file:
+        json.dump(report.to_dict(), file, indent=2)
+    os.makedirs(os.path.dirname(report_path) or ".", exist_ok=True)
+    with open(report_path, "w") as file:
+        file.write(report.to_markdown())
+    for line in report.summary_lines():
+        logger.info("%s", line)
+    _check(report, max_unusable_share)
+    return report
+
+
+def _check(report: ValidationReport, max_unusable_share: float) -> None:
+    empty = [
+        f"{split}/{name}"
+        for split, classes in report.counts.items()
+        for name, count in classes.items()
+        if count == 0
+    ]
+    problems = []
+    if empty:
+        problems.append(f"no usable image left in {', '.join(empty)}")
+    if report.unusable_share > max_unusable_share:
+        problems.append(
+            f"{report.unusable} of {report.usable + report.unusable} files "
+            f"({report.unusable_share:.1%}) are unusable, more than the allowed "
+            f"{max_unusable_share:.0%} (max_unusable_share)"
+        )
+    if problems:
+        raise DataValidationError(
+            "; ".join(problems)
+            + ". Fix or remove the files listed in the validation report:\n  "
+            + "\n  ".join(report.summary_lines()[1:])
+        )
