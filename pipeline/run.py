@@ -205,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, PipelineFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
+    except KeyboardInterrupt:
+        print(
+            "interrupted: run the same command again to resume; finished steps are cached",
+            file=sys.stderr,
+        )
+        return 130
     _print_summary(summary)
     if args.json:
         print(json.dumps(summary))

@@ -54,10 +54,9 @@ def jpeg_bytes(color: tuple[int, int, int], size: int = 64) -> bytes:
 
 
 def add_bad_files(root: Path, first: str, second: str) -> dict[str, str]:
-    """Mix one file of every problem kind into the train split of two classes of a layout;
-    returns name -> path relative to the layout."""
+    """Mix one unusable file of every kind into the train split of two classes of a layout;
+    returns kind -> path relative to the layout."""
     train = root / "train" / first
-    second_image = sorted((root / "eval" / second).iterdir())[0]
     good = sorted(train.iterdir())[0].read_bytes()
     (train / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
     (train / "truncated.jpg").write_bytes(good[: len(good) // 3])
@@ -65,15 +64,9 @@ def add_bad_files(root: Path, first: str, second: str) -> dict[str, str]:
     (train / "notes.txt").write_text("a stray document")
     write_image(train / "tiny.jpg", (200, 40, 40), size=10)
     (train / "copy.jpg").write_bytes(good)
-    shutil.copy(second_image, root / "train" / second / "leaked.jpg")
-    Image.fromarray(np.full((48, 48), 90, np.uint8), "L").save(train / "gray.png")
-    Image.new("CMYK", (48, 48), (0, 200, 200, 0)).save(train / "cmyk.jpg")
-    Image.new("RGBA", (48, 48), (200, 40, 40, 0)).save(train / "alpha.png")
-    Image.new("RGB", (48, 48), (200, 40, 40)).save(train / "other.webp")
-    rotated = Image.new("RGB", (64, 48), (200, 40, 40))
-    exif = rotated.getexif()
-    exif[0x0112] = 6
-    rotated.save(train / "rotated.jpg", exif=exif)
+    shutil.copy(
+        sorted((root / "eval" / second).iterdir())[0], root / "train" / second / "leaked.jpg"
+    )
     return {
         "corrupt": f"train/{first}/corrupt.jpg",
         "truncated": f"train/{first}/truncated.jpg",
@@ -83,6 +76,33 @@ def add_bad_files(root: Path, first: str, second: str) -> dict[str, str]:
         "copy": f"train/{first}/copy.jpg",
         "leaked": f"train/{second}/leaked.jpg",
     }
+
+
+def convert_photos(class_dir: Path) -> dict[str, str]:
+    """Replace five photos of a class folder with the same photos as grayscale, CMYK, transparent
+    PNG, EXIF-rotated and WebP files; returns conversion kind -> new file name."""
+    photos = sorted(class_dir.glob("*.jpg"))[:5]
+    images = [Image.open(photo).convert("RGB") for photo in photos]
+    for photo in photos:
+        photo.unlink()
+    stems = [photo.stem for photo in photos]
+    names = {
+        "grayscale": f"{stems[0]}.png",
+        "cmyk": f"{stems[1]}.jpg",
+        "alpha": f"{stems[2]}.png",
+        "exif_rotated": f"{stems[3]}.jpg",
+        "other_format": f"{stems[4]}.webp",
+    }
+    images[0].convert("L").save(class_dir / names["grayscale"])
+    images[1].convert("CMYK").save(class_dir / names["cmyk"], quality=95)
+    images[2].convert("RGBA").save(class_dir / names["alpha"])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned 90 degrees: viewers rotate it back upright
+    images[3].transpose(Image.Transpose.ROTATE_90).save(
+        class_dir / names["exif_rotated"], exif=exif, quality=95
+    )
+    images[4].save(class_dir / names["other_format"], lossless=True)
+    return names
 
 
 @pytest.fixture

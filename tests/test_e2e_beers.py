@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, add_bad_files, run_cli
+from tests.conftest import ROOT, add_bad_files, convert_photos, run_cli
 
 ENDPOINT = "projects/local-project/locations/europe-west1/endpoints/beer-classifier-endpoint"
 
@@ -127,6 +127,7 @@ def test_bad_files_mixed_into_the_photos_are_skipped_and_reported(
 ) -> None:
     data = tmp_path / "beers"
     shutil.copytree(beer_data_dir, data)
+    converted = convert_photos(data / "train" / "0chimayblue")
     bad = add_bad_files(data, "0chimayblue", "1orval")
     state = tmp_path / "state"
 
@@ -147,5 +148,8 @@ def test_bad_files_mixed_into_the_photos_are_skipped_and_reported(
     lines = result.stderr.splitlines()
     for name, path in bad.items():
         assert any(reasons[name] in line and path in line for line in lines), (name, path)
+    assert any("converted, EXIF orientation" in line for line in lines)
     reports = list((state / "pipeline_root").rglob("validate-data/report"))
-    assert len(reports) == 1 and all(f"`{p}`" in reports[0].read_text() for p in bad.values())
+    text = reports[0].read_text()
+    assert len(reports) == 1 and all(f"`{path}`" in text for path in bad.values())
+    assert all(f"`train/0chimayblue/{name}`" in text for name in converted.values())

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.run import UsageError, parse_params
-from tests.conftest import make_layout, run_cli
+from tests.conftest import ROOT, make_layout, run_cli
 
 PARAMETERS = {
     "epochs": {"parameterType": "NUMBER_INTEGER"},
@@ -80,3 +84,33 @@ def test_too_many_bad_images_fail_clearly_naming_them(tmp_path: Path) -> None:
     assert "step validate-data failed" in result.stderr
     assert "1 of 17 files (5.9%) are unusable, more than the allowed 5%" in result.stderr
     assert "cannot be decoded: corrupt or truncated: 1: train/1blue/corrupt.jpg" in result.stderr
+
+
+def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    command = [sys.executable, "-m", "pipeline.run", "--local", "--state-dir", str(state)]
+    first = subprocess.Popen(
+        command, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    for line in first.stderr:
+        if line.startswith("> train-model"):
+            os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: the whole process group
+            break
+    _, rest = first.communicate(timeout=120)
+    assert first.returncode == 130
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert not (state / "models").exists(), "the interrupted run registered nothing"
+
+    result = run_cli("--local", "--json", "--state-dir", str(state))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert list(summary["step_seconds"]) == [
+        "train-model",
+        "evaluate-model",
+        "upload-model",
+        "deploy-model",
+    ]
+    for step in ("download-data", "validate-data", "preprocess-data"):
+        assert f"> {step}: cached" in result.stderr
+    assert summary["deployed"] is True

@@ -10,21 +10,22 @@ from PIL import Image
 
 from components.lib.layout import download_dataset
 from components.lib.validation import DataValidationError, validate_dataset
-from tests.conftest import add_bad_files, make_layout
+from tests.conftest import add_bad_files, convert_photos, make_layout
 
 
 @pytest.fixture
-def dirty(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+def dirty(tmp_path: Path) -> tuple[Path, dict[str, str], dict[str, str]]:
     root = make_layout(tmp_path / "source", {"0red": 40, "1blue": 40})
+    converted = convert_photos(root / "train" / "0red")
     bad = add_bad_files(root, "0red", "1blue")
     download_dataset(str(root), str(tmp_path / "raw"))
-    return tmp_path / "raw", bad
+    return tmp_path / "raw", bad, converted
 
 
 def test_every_bad_file_is_listed_under_its_reason(
-    dirty: tuple[Path, dict[str, str]], tmp_path: Path
+    dirty: tuple[Path, dict[str, str], dict[str, str]], tmp_path: Path
 ) -> None:
-    raw, bad = dirty
+    raw, bad, converted = dirty
     report = validate_dataset(str(raw), str(tmp_path / "clean"), str(tmp_path / "report.md"))
 
     assert set(report.skipped) == {"not_an_image", "undecodable", "too_small", "duplicate", "leak"}
@@ -33,32 +34,34 @@ def test_every_bad_file_is_listed_under_its_reason(
     assert report.skipped["too_small"] == [bad["tiny"]]
     assert len(report.skipped["duplicate"]) == 1 and "0red" in report.skipped["duplicate"][0]
     assert report.skipped["leak"] == [bad["leaked"]]
-    assert report.converted["grayscale"] == ["train/0red/gray.png"]
-    assert report.converted["cmyk"] == ["train/0red/cmyk.jpg"]
-    assert report.converted["alpha"] == ["train/0red/alpha.png"]
-    assert report.converted["exif_rotated"] == ["train/0red/rotated.jpg"]
-    assert report.converted["other_format"] == ["train/0red/other.webp"]
-    assert report.counts == {"train": {"0red": 45, "1blue": 40}, "eval": {"0red": 40, "1blue": 40}}
+    for kind, name in converted.items():
+        assert f"train/0red/{name}" in report.converted[kind], kind
+    assert report.converted["cmyk"] == [f"train/0red/{converted['cmyk']}"]
+    assert report.counts == {"train": {"0red": 40, "1blue": 40}, "eval": {"0red": 40, "1blue": 40}}
 
     markdown = (tmp_path / "report.md").read_text()
     for path in bad.values():
         assert f"`{path}`" in markdown
     saved = json.loads((tmp_path / "clean/validation.json").read_text())
-    assert saved["unusable"] == 7 and saved["usable"] == 165
+    assert saved["unusable"] == 7 and saved["usable"] == 160
 
 
 def test_converted_images_are_upright_opaque_rgb(
-    dirty: tuple[Path, dict[str, str]], tmp_path: Path
+    dirty: tuple[Path, dict[str, str], dict[str, str]], tmp_path: Path
 ) -> None:
-    raw, _ = dirty
+    raw, _, converted = dirty
     validate_dataset(str(raw), str(tmp_path / "clean"), str(tmp_path / "report.md"))
     clean = tmp_path / "clean/train/0red"
+    original = Image.open(tmp_path / "source/eval/0red/000.jpg")
 
-    rotated = Image.open(clean / "rotated.png")
-    assert rotated.mode == "RGB" and rotated.size == (48, 64)
-    assert Image.open(clean / "alpha.png").getpixel((5, 5)) == (255, 255, 255)
-    assert Image.open(clean / "gray.png").mode == "RGB"
-    assert (clean / "000.jpg").read_bytes() == (raw / "train/0red/000.jpg").read_bytes()
+    rotated = Image.open(clean / (Path(converted["exif_rotated"]).stem + ".png"))
+    assert rotated.mode == "RGB" and rotated.size == original.size
+    alpha = Image.open(clean / converted["alpha"])
+    assert alpha.mode == "RGB" and alpha.getpixel((5, 5))[0] > 120
+    gray = Image.open(clean / converted["grayscale"])
+    assert gray.mode == "RGB" and len(set(gray.getpixel((5, 5)))) == 1
+    assert Image.open(clean / (Path(converted["cmyk"]).stem + ".png")).mode == "RGB"
+    assert (clean / "010.jpg").read_bytes() == (raw / "train/0red/010.jpg").read_bytes()
     assert not (clean / "corrupt.jpg").exists() and not (clean / "copy.jpg").exists()
 
 
@@ -85,3 +88,20 @@ def test_imbalance_is_a_warning(tmp_path: Path) -> None:
     root = make_layout(tmp_path / "source", {"0red": 16, "1blue": 4})
     report = validate_dataset(str(root), str(tmp_path / "clean"), str(tmp_path / "r.md"))
     assert report.warnings == ["class imbalance in train: 16 vs 4 images"]
+
+
+def test_exif_rotation_is_applied_the_way_viewers_show_the_photo(tmp_path: Path) -> None:
+    root = make_layout(tmp_path / "source", {"0red": 4, "1blue": 4})
+    upright = Image.new("RGB", (64, 48), (220, 20, 20))
+    upright.paste((20, 20, 220), (32, 0, 64, 48))  # left half red, right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    upright.transpose(Image.Transpose.ROTATE_90).save(
+        root / "train/0red/phone.jpg", exif=exif, quality=95
+    )
+    validate_dataset(str(root), str(tmp_path / "clean"), str(tmp_path / "r.md"))
+
+    shown = Image.open(tmp_path / "clean/train/0red/phone.png")
+    assert shown.size == (64, 48)
+    left, right = shown.getpixel((8, 24)), shown.getpixel((56, 24))
+    assert left[0] > 180 > left[2] and right[2] > 180 > right[0]
