@@ -36,18 +36,13 @@ class VertexError(RuntimeError):
     """A Vertex AI call failed for good; the message says what to do about it."""
 
 
-def call_vertex(
-    what: str,
-    call: Callable[[], T],
-    attempts: int = RETRY_ATTEMPTS,
-    first_delay_s: float = RETRY_FIRST_DELAY_S,
-) -> T:
-    """Run ``call``, retrying a transient UNAVAILABLE up to ``attempts`` times in all.
+def call_vertex(what: str, call: Callable[[], T]) -> T:
+    """Run ``call``, retrying a transient UNAVAILABLE up to ``RETRY_ATTEMPTS`` times in all.
 
     Raises VertexError for a refused permission, for UNAVAILABLE that outlasts the attempts and
     for any other API error, naming ``what`` was being done.
     """
-    delay = first_delay_s
+    attempts, delay = RETRY_ATTEMPTS, RETRY_FIRST_DELAY_S
     for attempt in range(1, attempts + 1):
         try:
             return call()
