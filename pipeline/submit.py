@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.cloud import aiplatform
-from google.cloud.aiplatform_v1 import Schedule
+from google.cloud import aiplatform, aiplatform_v1
 from google.protobuf import field_mask_pb2
 
 from components.lib.vertex import VertexError, call_vertex
@@ -110,9 +109,9 @@ def upsert_schedule(
     Returns the schedule's resource name and whether it was created.
     """
     job = _job(settings, spec_path, display_name, parameter_values, enable_caching)
-    schedule = aiplatform.PipelineJobSchedule(pipeline_job=job, display_name=display_name)
     existing = _schedules(settings, display_name)
     if not existing:
+        schedule = aiplatform.PipelineJobSchedule(pipeline_job=job, display_name=display_name)
         call_vertex(
             f"create schedule {display_name!r}",
             lambda: schedule.create(
@@ -128,17 +127,21 @@ def upsert_schedule(
             f"{len(existing)} schedules are named {display_name!r}; delete the extra ones "
             "(schedule list, schedule delete) so updates have one target"
         )
-    request = schedule.gca_resource.create_pipeline_job_request
-    if settings.service_account:
-        request.pipeline_job.service_account = settings.service_account
-    if settings.network:
-        request.pipeline_job.network = settings.network
-    updated = Schedule(
+    updated = aiplatform_v1.Schedule(
         name=existing[0].resource_name,
         display_name=display_name,
         cron=cron,
         max_concurrent_run_count=max_concurrent,
-        create_pipeline_job_request=request,
+        create_pipeline_job_request=aiplatform_v1.CreatePipelineJobRequest(
+            parent=f"projects/{settings.project}/locations/{settings.region}",
+            pipeline_job=aiplatform_v1.PipelineJob(
+                pipeline_spec=job.pipeline_spec,
+                runtime_config=job.runtime_config,
+                labels=settings.labels,
+                service_account=settings.service_account or "",
+                network=settings.network or "",
+            ),
+        ),
     )
     mask = field_mask_pb2.FieldMask(
         paths=["cron", "max_concurrent_run_count", "create_pipeline_job_request"]
