@@ -14,6 +14,9 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# gcsfs would otherwise call the Storage Control gRPC API, which the GCS emulator does not serve;
+# it reads this when it is first imported.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 ROOT = Path(__file__).resolve().parent.parent
 
 
