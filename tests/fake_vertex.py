@@ -227,7 +227,7 @@ class FakeVertex:
                 self.requests.append((method, request))
                 if self.failures[method]:
                     code = self.failures[method].pop(0)
-                    context.abort(code, f"fake Vertex AI: {code.name} for {method}")
+                    context.abort(code, f"fake Vertex AI refused {method}")
                 try:
                     response = implementation(request)
                 except (KeyError, StopIteration):

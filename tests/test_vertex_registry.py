@@ -172,3 +172,49 @@ def test_serving_settings_are_checked() -> None:
         Serving(traffic_percentage=0)
     with pytest.raises(ValueError, match="accelerator_type and accelerator_count together"):
         Serving(accelerator_type="NVIDIA_TESLA_T4")
+
+
+def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_path) -> None:
+    from kfp import dsl
+
+    from components.deploy import deploy_model
+    from components.lib.artifacts import VertexEndpoint, VertexModel
+    from components.upload import upload_model
+
+    location = dict(target="vertex", project=VERTEX_PROJECT, location=VERTEX_LOCATION)
+    vertex_model = VertexModel(uri=str(tmp_path / "model-artifact"))
+    version = upload_model.python_func(
+        model=dsl.Model(uri="gs://bucket/root/train-model/model"),
+        accuracy=0.95,
+        model_display_name="beer",
+        pipeline_job="beer-classifier-training-20261121",
+        serving_image="",
+        accelerator_type="NVIDIA_TESLA_T4",
+        local_state_dir="",
+        vertex_model=vertex_model,
+        **location,
+    )
+    [request] = fake_vertex.calls("UploadModel")
+    image = request.model.container_spec.image_uri
+    assert image.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-")
+    assert "beer-classifier-training-20261121" in request.model.version_aliases
+    assert vertex_model.metadata == {"resourceName": version}
+    assert vertex_model.uri == f"https://{VERTEX_LOCATION}-aiplatform.googleapis.com/v1/{version}"
+
+    vertex_endpoint = VertexEndpoint(uri=str(tmp_path / "endpoint-artifact"))
+    endpoint = deploy_model.python_func(
+        model_version=version,
+        endpoint_display_name="beer-endpoint",
+        machine_type="n1-standard-4",
+        min_replicas=1,
+        max_replicas=2,
+        accelerator_type="NVIDIA_TESLA_T4",
+        accelerator_count=1,
+        traffic_percentage=100,
+        local_state_dir="",
+        vertex_endpoint=vertex_endpoint,
+        **location,
+    )
+    assert endpoint == fake_vertex.calls("DeployModel")[0].endpoint
+    assert vertex_endpoint.metadata == {"resourceName": endpoint}
+    assert vertex_endpoint.uri.endswith(f"/v1/{endpoint}")

@@ -62,7 +62,8 @@ def call_vertex(what: str, call: Callable[[], T]) -> T:
                 "project and read access to the model's bucket"
             ) from error
         except exceptions.GoogleAPICallError as error:
-            raise VertexError(f"{what}: {error.code.name if error.code else ''} {error}") from error
+            status = error.grpc_status_code.name if error.grpc_status_code else error.code
+            raise VertexError(f"{what}: {status}: {error.message}") from error
     raise AssertionError("unreachable")
 
 
