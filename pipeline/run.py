@@ -209,7 +209,9 @@ def _read_config(path: str) -> dict[str, Any]:
         return {}
     with open(path) as file:
         config = yaml.safe_load(file) or {}
-    unknown = set(config) - {*SETTINGS, "labels"} if isinstance(config, dict) else {"?"}
+    if not isinstance(config, dict):
+        raise UsageError(f"config file {path} must be a YAML mapping of settings")
+    unknown = set(config) - {*SETTINGS, "labels"}
     if unknown:
         raise UsageError(
             f"config file {path}: unknown keys {sorted(unknown)}; known: "
@@ -234,8 +236,13 @@ def _labels(assignments: list[str], configured: dict[str, Any]) -> dict[str, str
     return labels
 
 
-def vertex_settings(args: argparse.Namespace) -> VertexSettings:
-    """Settings from flags, then ``BEER_PIPELINE_<NAME>``, then the config file."""
+def vertex_settings(
+    args: argparse.Namespace, required: tuple[str, ...] = REQUIRED_SETTINGS
+) -> VertexSettings:
+    """Settings from flags, then ``BEER_PIPELINE_<NAME>``, then the config file.
+
+    Raises UsageError naming the first of ``required`` that none of them gives.
+    """
     path = getattr(args, "config", None) or os.environ.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG)
     config = _read_config(os.path.expanduser(path))
     values: dict[str, Any] = {}
@@ -245,14 +252,14 @@ def vertex_settings(args: argparse.Namespace) -> VertexSettings:
             or os.environ.get(f"{ENV_PREFIX}{name.upper()}")
             or config.get(name)
         )
-        if name in REQUIRED_SETTINGS and not value:
+        if name in required and not value:
             raise UsageError(
                 f"missing setting {name}: pass --{name.replace('_', '-')}, set "
                 f"{ENV_PREFIX}{name.upper()} or put {name!r} in {path}; or add --local to run "
                 "on this machine"
             )
         values[name] = value or None
-    if not values["pipeline_root"].startswith("gs://"):
+    if values["pipeline_root"] and not values["pipeline_root"].startswith("gs://"):
         raise UsageError(
             f"pipeline_root {values['pipeline_root']!r} must be a gs:// folder (Vertex AI "
             "writes the step outputs there)"
@@ -298,12 +305,15 @@ def submit(args: argparse.Namespace) -> int:
 
 def schedule(args: argparse.Namespace) -> int:
     """``python -m pipeline.run schedule ...``: create or update, list, pause, resume, delete."""
+    location_only = ("project", "region")
     if args.action == "list":
-        for row in list_schedules(vertex_settings(args)):
+        for row in list_schedules(vertex_settings(args, location_only)):
             print(f"{row['display_name']:<32} {row['state']:<10} {row['cron']:<16} {row['name']}")
         return 0
     if args.action:
-        names = change_schedule(vertex_settings(args), args.display_name, args.action)
+        names = change_schedule(
+            vertex_settings(args, location_only), args.display_name, args.action
+        )
         print(f"{PAST_TENSE[args.action]} {names}")
         return 0
     if not args.cron:

@@ -21,7 +21,7 @@ class VertexSettings:
 
     project: str
     region: str
-    pipeline_root: str
+    pipeline_root: str | None
     service_account: str | None = None
     network: str | None = None
     experiment: str | None = None

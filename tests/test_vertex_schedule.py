@@ -66,7 +66,7 @@ def test_list_pause_resume_delete(fake_vertex: FakeVertex, capsys: pytest.Captur
     [name] = fake_vertex.schedules
     capsys.readouterr()
 
-    assert main(["schedule", "list", *SETTINGS]) == 0
+    assert main(["schedule", "list", *SETTINGS[:4]]) == 0, "list needs no pipeline root"
     listed = capsys.readouterr().out
     assert PIPELINE_NAME in listed and "ACTIVE" in listed and "0 3 * * 1" in listed
 
