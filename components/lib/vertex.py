@@ -42,19 +42,19 @@ def call_vertex(what: str, call: Callable[[], T]) -> T:
     Raises VertexError for a refused permission, for UNAVAILABLE that outlasts the attempts and
     for any other API error, naming ``what`` was being done.
     """
-    attempts, delay = RETRY_ATTEMPTS, RETRY_FIRST_DELAY_S
-    for attempt in range(1, attempts + 1):
+    attempt, delay = 1, RETRY_FIRST_DELAY_S
+    while True:
         try:
             return call()
         except exceptions.ServiceUnavailable as error:
-            if attempt == attempts:
+            if attempt >= RETRY_ATTEMPTS:
                 raise VertexError(
-                    f"{what}: Vertex AI stayed unavailable after {attempts} attempts "
+                    f"{what}: Vertex AI stayed unavailable after {attempt} attempts "
                     f"({error.message}); try again later"
                 ) from error
             logger.warning("%s: unavailable (%s), retry %d in %.0fs", what, error, attempt, delay)
             time.sleep(delay)
-            delay *= 2
+            attempt, delay = attempt + 1, delay * 2
         except exceptions.PermissionDenied as error:
             raise VertexError(
                 f"{what}: permission denied ({error.message}). The caller (on Vertex AI "
@@ -64,7 +64,6 @@ def call_vertex(what: str, call: Callable[[], T]) -> T:
         except exceptions.GoogleAPICallError as error:
             status = error.grpc_status_code.name if error.grpc_status_code else error.code
             raise VertexError(f"{what}: {status}: {error.message}") from error
-    raise AssertionError("unreachable")
 
 
 def label_value(text: str) -> str:
