@@ -26,8 +26,7 @@ def deploy_model(
     import logging
 
     from components.lib.artifacts import describe_resource
-    from components.lib.targets import endpoint_registry, model_registry, resource_uri
-    from components.lib.vertex import Serving
+    from components.lib.targets import Serving, endpoint_registry, model_registry, resource_uri
 
     serving = Serving(
         machine_type=machine_type,

@@ -30,6 +30,14 @@ def resource_id(display_name: str) -> str:
     return slug[:63]
 
 
+def version_alias(text: str) -> str:
+    """A model version alias (starts with a letter; letters, digits and dashes) naming ``text``."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    if not slug[:1].isalpha():
+        slug = f"run-{slug}"
+    return slug[:63].rstrip("-")
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 

@@ -1,22 +1,54 @@
 """Pick where models are registered and served from the pipeline's ``target`` parameter.
 
 One compiled pipeline serves every target: the choice is a run-time parameter, not a second copy.
-Both targets answer the same calls (``upload_version``/``get_version``, ``deploy``).
+Both targets answer the same calls (``upload_version``/``get_version``, ``deploy``). The Vertex
+target's module is imported only when it is chosen.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from components.lib.registry import EndpointRegistry, ModelRegistry
-from components.lib.vertex import (
-    Serving,
-    VertexEndpoints,
-    VertexModelRegistry,
-    api_uri,
-)
+
+if TYPE_CHECKING:
+    from components.lib.vertex import VertexEndpoints, VertexModelRegistry
 
 LOCAL = "local"
 VERTEX = "vertex"
 TARGETS = (LOCAL, VERTEX)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How an endpoint serves a deployed version: machines, autoscaling and traffic share."""
+
+    machine_type: str = "n1-standard-2"
+    min_replicas: int = 1
+    max_replicas: int = 1
+    accelerator_type: str = ""
+    accelerator_count: int = 0
+    traffic_percentage: int = 100
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError(
+                f"replicas: need 1 <= min_replicas ({self.min_replicas}) <= max_replicas "
+                f"({self.max_replicas})"
+            )
+        if not 1 <= self.traffic_percentage <= 100:
+            raise ValueError(
+                f"traffic_percentage must be 1..100 (the new version's share), got "
+                f"{self.traffic_percentage}"
+            )
+        if bool(self.accelerator_type) != (self.accelerator_count > 0):
+            raise ValueError(
+                "set accelerator_type and accelerator_count together (both empty/0 for CPU only)"
+            )
+
+
+DEFAULT_SERVING = Serving()
 
 
 def _check(target: str, local_state_dir: str, project: str, location: str) -> None:
@@ -47,6 +79,8 @@ def model_registry(
     _check(target, local_state_dir, project, location)
     if target == LOCAL:
         return ModelRegistry(local_state_dir, project, location)
+    from components.lib.vertex import VertexModelRegistry
+
     return VertexModelRegistry(project, location, serving_image, gpu)
 
 
@@ -55,15 +89,19 @@ def endpoint_registry(
     local_state_dir: str,
     project: str,
     location: str,
-    serving: Serving = Serving(),  # noqa: B008 (frozen dataclass)
+    serving: Serving = DEFAULT_SERVING,
 ) -> EndpointRegistry | VertexEndpoints:
     """The endpoints of ``target``; the local endpoint serves in-process, ignoring ``serving``."""
     _check(target, local_state_dir, project, location)
     if target == LOCAL:
         return EndpointRegistry(local_state_dir, project, location)
+    from components.lib.vertex import VertexEndpoints
+
     return VertexEndpoints(project, location, serving)
 
 
 def resource_uri(target: str, location: str, resource_name: str) -> str | None:
     """The URI of a ``google.Vertex*`` artifact: the REST address on Vertex, none locally."""
-    return api_uri(location, resource_name) if target == VERTEX else None
+    if target != VERTEX:
+        return None
+    return f"https://{location}-aiplatform.googleapis.com/v1/{resource_name}"

@@ -1,5 +1,8 @@
 """The Vertex AI target: Model Registry versions and endpoints, with the local registry's methods.
 
+Imported only for the Vertex target (``components.lib.targets`` does so lazily): the SDK takes
+seconds to import, which local steps should not pay.
+
 ``VertexModelRegistry`` and ``VertexEndpoints`` answer the same calls as the local
 ``ModelRegistry`` and ``EndpointRegistry``, so the upload and deploy steps do not branch on the
 target. Every API call goes through ``call_vertex``: a transient UNAVAILABLE is retried a bounded
@@ -12,7 +15,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -21,6 +23,7 @@ from google.cloud import aiplatform
 from google.cloud.aiplatform.constants import prediction
 
 from components.lib.registry import DEFAULT_ALIAS, ModelVersion
+from components.lib.targets import Serving
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,14 +74,6 @@ def label_value(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", text.lower())[:_LABEL_LIMIT]
 
 
-def version_alias(text: str) -> str:
-    """A model version alias (starts with a letter; letters, digits and dashes) naming ``text``."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    if not slug[:1].isalpha():
-        slug = f"run-{slug}"
-    return slug[:_LABEL_LIMIT].rstrip("-")
-
-
 def prediction_image(location: str, tensorflow_version: str, gpu: bool = False) -> str:
     """Vertex AI's prebuilt TensorFlow prediction image for the version that exported the model.
 
@@ -114,11 +109,6 @@ def _version_key(version: str) -> tuple[int, ...]:
 def installed_tensorflow_version() -> str:
     """TensorFlow's version without importing it (the import takes seconds)."""
     return metadata.version("tensorflow")
-
-
-def api_uri(location: str, resource_name: str) -> str:
-    """The REST address of a resource: the URI of ``google.Vertex*`` artifacts."""
-    return f"https://{location}-aiplatform.googleapis.com/v1/{resource_name}"
 
 
 def _by_display_name(resource: type, display_name: str, project: str, location: str) -> list:
@@ -187,34 +177,6 @@ class VertexModelRegistry:
         return ModelVersion(
             found.resource_name, found.version_id, found.display_name, found.uri or ""
         )
-
-
-@dataclass(frozen=True)
-class Serving:
-    """How an endpoint serves a deployed version: machines, autoscaling and traffic share."""
-
-    machine_type: str = "n1-standard-2"
-    min_replicas: int = 1
-    max_replicas: int = 1
-    accelerator_type: str = ""
-    accelerator_count: int = 0
-    traffic_percentage: int = 100
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_replicas <= self.max_replicas:
-            raise ValueError(
-                f"replicas: need 1 <= min_replicas ({self.min_replicas}) <= max_replicas "
-                f"({self.max_replicas})"
-            )
-        if not 1 <= self.traffic_percentage <= 100:
-            raise ValueError(
-                f"traffic_percentage must be 1..100 (the new version's share), got "
-                f"{self.traffic_percentage}"
-            )
-        if bool(self.accelerator_type) != (self.accelerator_count > 0):
-            raise ValueError(
-                "set accelerator_type and accelerator_count together (both empty/0 for CPU only)"
-            )
 
 
 class VertexEndpoints:
