@@ -16,25 +16,18 @@ import re
 import sys
 import tempfile
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from components.lib.demo_data import make_demo_dataset
 from components.lib.registry import EndpointRegistry, resource_id
-from components.lib.vertex import VertexError
 from pipeline.compile import compile_pipeline
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.progress import StepProgress
-from pipeline.submit import (
-    VertexSettings,
-    change_schedule,
-    console_url,
-    list_schedules,
-    submit_pipeline,
-    upsert_schedule,
-    wait_for,
-)
+
+if TYPE_CHECKING:
+    from pipeline.submit import VertexSettings
 
 DEFAULT_STATE_DIR = os.environ.get("BEER_PIPELINE_STATE_DIR", ".vertex-local")
 LOCAL_PROJECT = "local-project"
@@ -243,6 +236,8 @@ def vertex_settings(
 
     Raises UsageError naming the first of ``required`` that none of them gives.
     """
+    from pipeline.submit import VertexSettings
+
     path = getattr(args, "config", None) or os.environ.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG)
     config = _read_config(os.path.expanduser(path))
     values: dict[str, Any] = {}
@@ -292,6 +287,8 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
 
 def submit(args: argparse.Namespace) -> int:
     """``python -m pipeline.run`` without --local: submit to Vertex AI Pipelines."""
+    from pipeline.submit import console_url, submit_pipeline, wait_for
+
     with tempfile.TemporaryDirectory() as spec_dir:
         settings, spec_path, arguments = _vertex_job(args, spec_dir)
         job = submit_pipeline(settings, spec_path, args.display_name, arguments, args.caching)
@@ -305,6 +302,8 @@ def submit(args: argparse.Namespace) -> int:
 
 def schedule(args: argparse.Namespace) -> int:
     """``python -m pipeline.run schedule ...``: create or update, list, pause, resume, delete."""
+    from pipeline.submit import change_schedule, list_schedules, upsert_schedule
+
     location_only = ("project", "region")
     if args.action == "list":
         for row in list_schedules(vertex_settings(args, location_only)):
@@ -423,13 +422,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    failures: tuple[type[Exception], ...] = (UsageError, PipelineFailed)
     try:
-        if args.command == "schedule":
-            return schedule(args)
-        if not args.local:
-            return submit(args)
+        if args.command == "schedule" or not args.local:
+            # The Vertex AI SDK takes seconds to import: only Vertex commands load it.
+            from components.lib.vertex import VertexError
+
+            failures = (*failures, VertexError)
+            return schedule(args) if args.command == "schedule" else submit(args)
         summary = run_local(args)
-    except (UsageError, PipelineFailed, VertexError) as error:
+    except failures as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
     _print_summary(summary)
