@@ -9,7 +9,7 @@ import pytest
 from google.cloud import aiplatform_v1 as v1
 
 from pipeline.pipeline import PIPELINE_NAME
-from pipeline.run import main
+from pipeline.run import UsageError, main
 from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, run_cli
 from tests.fake_vertex import FakeVertex
 
@@ -165,3 +165,23 @@ def test_cli_without_settings_says_what_is_missing(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "missing setting project" in result.stderr and "add --local" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_flags_win_over_environment_which_wins_over_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pipeline.run import _parser, vertex_settings
+
+    config = tmp_path / "vertex.yaml"
+    config.write_text("project: from-config\nregion: from-config\npipeline_root: gs://config\n")
+    monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(config))
+    monkeypatch.setenv("BEER_PIPELINE_REGION", "from-env")
+    settings = vertex_settings(_parser().parse_args(["--project", "from-flag"]))
+    assert (settings.project, settings.region, settings.pipeline_root) == (
+        "from-flag",
+        "from-env",
+        "gs://config",
+    )
+    config.write_text("projekt: typo\n")
+    with pytest.raises(UsageError, match=r"unknown keys \['projekt'\]"):
+        vertex_settings(_parser().parse_args([]))
