@@ -1,32 +1,52 @@
-"""Pipeline step: serve a registered model version on the endpoint with all traffic."""
+"""Pipeline step: serve a registered model version on the endpoint and retire the old one."""
 
 from kfp import dsl
 
 from components import PIPELINE_IMAGE
+from components.lib.artifacts import VertexEndpoint
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def deploy_model(
     model_version: str,
     endpoint_display_name: str,
+    machine_type: str,
+    min_replicas: int,
+    max_replicas: int,
+    accelerator_type: str,
+    accelerator_count: int,
+    traffic_percentage: int,
     target: str,
     project: str,
     location: str,
     local_state_dir: str,
+    vertex_endpoint: dsl.Output[VertexEndpoint],
 ) -> str:
     """Returns the endpoint's resource name, ``projects/P/locations/L/endpoints/E``."""
     import logging
 
-    from components.lib.targets import endpoint_registry, model_registry
+    from components.lib.artifacts import describe_resource
+    from components.lib.targets import Serving, endpoint_registry, model_registry, resource_uri
 
+    serving = Serving(
+        machine_type=machine_type,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        accelerator_type=accelerator_type,
+        accelerator_count=accelerator_count,
+        traffic_percentage=traffic_percentage,
+    )
     model, version_id = model_version.rsplit("@", 1)
     version = model_registry(target, local_state_dir, project, location).get_version(
         model, version_id
     )
-    endpoint = endpoint_registry(target, local_state_dir, project, location).deploy(
+    endpoint = endpoint_registry(target, local_state_dir, project, location, serving).deploy(
         endpoint_display_name, version
     )
+    describe_resource(
+        vertex_endpoint, endpoint["name"], resource_uri(target, location, endpoint["name"])
+    )
     logging.getLogger(__name__).info(
-        "%s now serves %s with 100%% of traffic", endpoint["name"], model_version
+        "%s serves %s; traffic split %s", endpoint["name"], model_version, endpoint["trafficSplit"]
     )
     return endpoint["name"]

@@ -3,6 +3,7 @@
 from kfp import dsl
 
 from components import PIPELINE_IMAGE
+from components.lib.artifacts import VertexModel
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
@@ -11,22 +12,37 @@ def upload_model(
     accuracy: float,
     model_display_name: str,
     pipeline_job: str,
+    serving_image: str,
+    accelerator_type: str,
     target: str,
     project: str,
     location: str,
     local_state_dir: str,
+    vertex_model: dsl.Output[VertexModel],
 ) -> str:
-    """Returns the new version's resource name, ``projects/P/locations/L/models/M@N``."""
+    """Returns the new version's resource name, ``projects/P/locations/L/models/M@N``.
+
+    The version gets the aliases ``default`` and one naming the pipeline job, and labels with the
+    job and the accuracy; ``vertex_model`` records it for lineage.
+    """
     import logging
 
-    from components.lib.targets import model_registry
+    from components.lib.artifacts import describe_resource
+    from components.lib.registry import version_alias
+    from components.lib.targets import model_registry, resource_uri
 
-    registry = model_registry(target, local_state_dir, project, location)
+    registry = model_registry(
+        target, local_state_dir, project, location, serving_image, gpu=bool(accelerator_type)
+    )
     version = registry.upload_version(
         display_name=model_display_name,
-        artifact_dir=model.path,
+        artifact_dir=model.uri,
         metrics={"accuracy": accuracy},
         labels={"pipeline_job": pipeline_job, "accuracy": f"{accuracy:.4f}"},
+        aliases=[version_alias(pipeline_job)],
+    )
+    describe_resource(
+        vertex_model, version.resource_name, resource_uri(target, location, version.resource_name)
     )
     logging.getLogger(__name__).info("registered %s", version.resource_name)
     return version.resource_name

@@ -67,6 +67,13 @@ def build_pipeline(resources: TrainResources = TrainResources()):
         min_accuracy: float = 0.8,
         model_display_name: str = "beer-classifier",
         endpoint_display_name: str = "beer-classifier-endpoint",
+        serving_image: str = "",
+        machine_type: str = "n1-standard-2",
+        min_replicas: int = 1,
+        max_replicas: int = 1,
+        serving_accelerator_type: str = "",
+        serving_accelerator_count: int = 0,
+        traffic_percentage: int = 100,
         target: str = "vertex",
         project: str = "",
         location: str = "europe-west1",
@@ -92,6 +99,18 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             min_accuracy: Accuracy on the eval split that the model must reach to be deployed.
             model_display_name: Model in the registry that each deployed run adds a version to.
             endpoint_display_name: Endpoint that serves the deployed version.
+            serving_image: Prediction image of the registered model on Vertex AI; empty picks
+                Vertex AI's prebuilt TensorFlow image for the training TensorFlow version and the
+                region (its GPU variant with a serving accelerator).
+            machine_type: Vertex AI machine type of the endpoint's replicas.
+            min_replicas: Replicas the endpoint always keeps (autoscaling lower bound).
+            max_replicas: Replicas the endpoint may scale up to under load.
+            serving_accelerator_type: GPU of each replica on Vertex AI, e.g. NVIDIA_TESLA_T4;
+                empty for CPU only.
+            serving_accelerator_count: GPUs per replica (0 with no serving accelerator).
+            traffic_percentage: Share of the endpoint's traffic that the new version gets (100:
+                all; less: a canary beside the current version). Versions left with no traffic
+                are undeployed.
             target: Where models are registered and served: 'local' (registry and endpoint
                 records under local_state_dir) or 'vertex' (Vertex AI Model Registry).
             project: Google Cloud project of the model and endpoint resource names.
@@ -142,6 +161,8 @@ def build_pipeline(resources: TrainResources = TrainResources()):
                     accuracy=evaluate.outputs["accuracy"],
                     model_display_name=model_display_name,
                     pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                    serving_image=serving_image,
+                    accelerator_type=serving_accelerator_type,
                     **registry,
                 )
                 .set_display_name("upload")
@@ -149,8 +170,14 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             )
             deploy = (
                 deploy_model(
-                    model_version=upload.output,
+                    model_version=upload.outputs["Output"],
                     endpoint_display_name=endpoint_display_name,
+                    machine_type=machine_type,
+                    min_replicas=min_replicas,
+                    max_replicas=max_replicas,
+                    accelerator_type=serving_accelerator_type,
+                    accelerator_count=serving_accelerator_count,
+                    traffic_percentage=traffic_percentage,
                     **registry,
                 )
                 .set_display_name("deploy")
@@ -166,8 +193,8 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             accuracy=evaluate.outputs["accuracy"],
             deployed=evaluate.outputs["deploy"],
             decision=evaluate.outputs["reason"],
-            model_version=dsl.OneOf(upload.output, rejected.output),
-            endpoint=dsl.OneOf(deploy.output, rejected.output),
+            model_version=dsl.OneOf(upload.outputs["Output"], rejected.output),
+            endpoint=dsl.OneOf(deploy.outputs["Output"], rejected.output),
         )
 
     return training_pipeline

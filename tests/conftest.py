@@ -14,6 +14,9 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# gcsfs would otherwise call the Storage Control gRPC API, which the GCS emulator does not serve;
+# it reads this when it is first imported.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -138,3 +141,53 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
     export_serving_model(model, dataset.class_names, dataset.image_size, str(work / "model"))
     shutil.rmtree(work / "records")
     return work / "model"
+
+
+VERTEX_PROJECT = "test-project"
+VERTEX_LOCATION = "europe-west4"
+
+
+@pytest.fixture(scope="session")
+def vertex_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate the SDK's TLS channel trusts (gRPC reads the roots file once per process)."""
+    from tests.fake_vertex import write_self_signed_certificate
+
+    cert, key = write_self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(cert)
+    return cert, key
+
+
+@pytest.fixture
+def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
+    """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it.
+
+    The SDK's calls that would leave this machine (Resource Manager, the pipeline root bucket
+    check) are replaced; nothing else is.
+    """
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.aiplatform import initializer, pipeline_jobs
+    from google.cloud.aiplatform.utils import gcs_utils, resource_manager_utils
+
+    from components.lib import vertex
+    from tests.fake_vertex import FakeVertex, start_server
+
+    fake = FakeVertex()
+    server, port = start_server(fake, *vertex_tls)
+    monkeypatch.setattr(initializer, "global_config", initializer._Config())
+    monkeypatch.setattr(resource_manager_utils, "get_project_number", lambda *_, **__: 1234)
+    monkeypatch.setattr(
+        gcs_utils,
+        "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist",
+        lambda **_: None,
+    )
+    monkeypatch.setattr(pipeline_jobs, "_JOB_WAIT_TIME", 0.05)
+    monkeypatch.setattr(vertex, "RETRY_FIRST_DELAY_S", 0.01)
+    # aiplatform.init is bound to the configuration object that this test replaced.
+    initializer.global_config.init(
+        project=VERTEX_PROJECT,
+        location=VERTEX_LOCATION,
+        api_endpoint=f"localhost:{port}",
+        credentials=AnonymousCredentials(),
+    )
+    yield fake
+    server.stop(None)

@@ -86,3 +86,17 @@ def test_components_run_in_the_project_image(spec: dict) -> None:
 
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {PIPELINE_IMAGE}
+
+
+def test_upload_and_deploy_output_google_vertex_artifacts(spec: dict) -> None:
+    outputs = {
+        name: component["outputDefinitions"]["artifacts"]
+        for name, component in spec["components"].items()
+        if name in ("comp-upload-model", "comp-deploy-model")
+    }
+    assert outputs["comp-upload-model"]["vertex_model"]["artifactType"]["schemaTitle"] == (
+        "google.VertexModel"
+    )
+    assert outputs["comp-deploy-model"]["vertex_endpoint"]["artifactType"]["schemaTitle"] == (
+        "google.VertexEndpoint"
+    )

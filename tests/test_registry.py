@@ -11,6 +11,7 @@ import pytest
 
 from components.lib.registry import EndpointRegistry, ModelRegistry, resource_id
 from components.lib.targets import endpoint_registry, model_registry
+from components.lib.vertex import VertexEndpoints, VertexModelRegistry
 
 
 def make_artifact(path: Path, content: bytes = b"model bytes") -> Path:
@@ -37,13 +38,13 @@ def test_versions_are_numbered_and_default_alias_moves(tmp_path: Path, artifact:
     )
     retrained = make_artifact(tmp_path / "retrained", b"new model bytes")
     second = registry.upload_version(
-        "Beer Classifier", str(retrained), {"accuracy": 0.95}, {"run": "b"}
+        "Beer Classifier", str(retrained), {"accuracy": 0.95}, {"run": "b"}, aliases=["run-b"]
     )
 
     assert first.resource_name == "projects/proj/locations/europe-west1/models/beer-classifier@1"
     assert second.version_id == "2"
     record = registry.get_model("Beer Classifier")
-    assert [v["versionAliases"] for v in record["versions"]] == [[], ["default"]]
+    assert [v["versionAliases"] for v in record["versions"]] == [[], ["default", "run-b"]]
     assert record["versions"][1]["metrics"] == {"accuracy": 0.95}
     assert record["versions"][1]["labels"] == {"run": "b"}
     copied = Path(second.artifact_uri) / "saved_model.pb"
@@ -89,8 +90,10 @@ def test_targets_check_their_settings(tmp_path: Path) -> None:
         model_registry("local", "", "p", "l")
     with pytest.raises(ValueError, match="target must be one of"):
         model_registry("cloud", str(tmp_path), "p", "l")
-    with pytest.raises(NotImplementedError, match="target='local'"):
-        endpoint_registry("vertex", str(tmp_path), "p", "l")
+    with pytest.raises(ValueError, match="needs the pipeline parameters project and location"):
+        endpoint_registry("vertex", "", "", "europe-west4")
+    assert isinstance(model_registry("vertex", "", "p", "europe-west4"), VertexModelRegistry)
+    assert isinstance(endpoint_registry("vertex", "", "p", "europe-west4"), VertexEndpoints)
 
 
 def test_a_deploy_that_fails_midway_leaves_the_old_version_serving(

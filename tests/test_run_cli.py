@@ -39,12 +39,6 @@ def test_bad_params_are_refused(assignment: str, message: str) -> None:
         parse_params([assignment], PARAMETERS)
 
 
-def test_without_local_says_what_to_do() -> None:
-    result = run_cli()
-    assert result.returncode == 2
-    assert "add --local" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_demo_default_runs_end_to_end(tmp_path: Path) -> None:
     result = run_cli("--local", "--state-dir", str(tmp_path / "state"), "--json")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,14 @@ def resource_id(display_name: str) -> str:
     if not slug:
         raise ValueError(f"display name {display_name!r} has no letters or digits to name it by")
     return slug[:63]
+
+
+def version_alias(text: str) -> str:
+    """A model version alias (starts with a letter; letters, digits and dashes) naming ``text``."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    if not slug[:1].isalpha():
+        slug = f"run-{slug}"
+    return slug[:63].rstrip("-")
 
 
 def _now() -> str:
@@ -106,8 +114,9 @@ class ModelRegistry(_LocalStore):
         artifact_dir: str,
         metrics: dict[str, float],
         labels: dict[str, str],
+        aliases: Sequence[str] = (),
     ) -> ModelVersion:
-        """Copy ``artifact_dir`` in as the model's next version and move ``default`` onto it.
+        """Copy ``artifact_dir`` in as the next version; move ``default`` and ``aliases`` onto it.
 
         Creates the model on its first upload, as Vertex's ``Model.upload(parent_model=...)`` does.
         An artifact that is already registered (a re-run whose training was cached) returns its
@@ -131,16 +140,17 @@ class ModelRegistry(_LocalStore):
             artifact_uri = os.path.join(self.root, "models", model_id, "versions", version_id)
             shutil.rmtree(artifact_uri, ignore_errors=True)
             shutil.copytree(artifact_dir, artifact_uri)
+            new_aliases = [DEFAULT_ALIAS, *(a for a in aliases if a != DEFAULT_ALIAS)]
             for version in record["versions"]:
                 version["versionAliases"] = [
-                    alias for alias in version["versionAliases"] if alias != DEFAULT_ALIAS
+                    alias for alias in version["versionAliases"] if alias not in new_aliases
                 ]
             record["versions"].append(
                 {
                     "versionId": version_id,
                     "artifactUri": artifact_uri,
                     "sourceUri": source_uri,
-                    "versionAliases": [DEFAULT_ALIAS],
+                    "versionAliases": new_aliases,
                     "metrics": metrics,
                     "labels": labels,
                     "createTime": _now(),

@@ -1,36 +1,107 @@
 """Pick where models are registered and served from the pipeline's ``target`` parameter.
 
 One compiled pipeline serves every target: the choice is a run-time parameter, not a second copy.
+Both targets answer the same calls (``upload_version``/``get_version``, ``deploy``). The Vertex
+target's module is imported only when it is chosen.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from components.lib.registry import EndpointRegistry, ModelRegistry
+
+if TYPE_CHECKING:
+    from components.lib.vertex import VertexEndpoints, VertexModelRegistry
 
 LOCAL = "local"
 VERTEX = "vertex"
 TARGETS = (LOCAL, VERTEX)
 
 
-def _check_local(target: str, local_state_dir: str) -> None:
+@dataclass(frozen=True)
+class Serving:
+    """How an endpoint serves a deployed version: machines, autoscaling and traffic share."""
+
+    machine_type: str = "n1-standard-2"
+    min_replicas: int = 1
+    max_replicas: int = 1
+    accelerator_type: str = ""
+    accelerator_count: int = 0
+    traffic_percentage: int = 100
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError(
+                f"replicas: need 1 <= min_replicas ({self.min_replicas}) <= max_replicas "
+                f"({self.max_replicas})"
+            )
+        if not 1 <= self.traffic_percentage <= 100:
+            raise ValueError(
+                f"traffic_percentage must be 1..100 (the new version's share), got "
+                f"{self.traffic_percentage}"
+            )
+        if bool(self.accelerator_type) != (self.accelerator_count > 0):
+            raise ValueError(
+                "set accelerator_type and accelerator_count together (both empty/0 for CPU only)"
+            )
+
+
+DEFAULT_SERVING = Serving()
+
+
+def _check(target: str, local_state_dir: str, project: str, location: str) -> None:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    if target == VERTEX:
-        raise NotImplementedError(
-            "the 'vertex' target (Vertex AI Model Registry and endpoints) is not available yet; "
-            "run with target='local' (python -m pipeline.run --local)"
-        )
-    if not local_state_dir:
+    if target == LOCAL and not local_state_dir:
         raise ValueError("target 'local' needs local_state_dir: the folder of the local registry")
+    if target == VERTEX and not (project and location):
+        raise ValueError(
+            "target 'vertex' needs the pipeline parameters project and location "
+            f"(got project={project!r}, location={location!r})"
+        )
 
 
-def model_registry(target: str, local_state_dir: str, project: str, location: str) -> ModelRegistry:
-    _check_local(target, local_state_dir)
-    return ModelRegistry(local_state_dir, project, location)
+def model_registry(
+    target: str,
+    local_state_dir: str,
+    project: str,
+    location: str,
+    serving_image: str = "",
+    gpu: bool = False,
+) -> ModelRegistry | VertexModelRegistry:
+    """The model registry of ``target``; on Vertex, uploads are served by ``serving_image``.
+
+    An empty ``serving_image`` picks Vertex AI's prebuilt TensorFlow image (``gpu``: its GPU
+    variant); the local registry needs no image.
+    """
+    _check(target, local_state_dir, project, location)
+    if target == LOCAL:
+        return ModelRegistry(local_state_dir, project, location)
+    from components.lib.vertex import VertexModelRegistry
+
+    return VertexModelRegistry(project, location, serving_image, gpu)
 
 
 def endpoint_registry(
-    target: str, local_state_dir: str, project: str, location: str
-) -> EndpointRegistry:
-    _check_local(target, local_state_dir)
-    return EndpointRegistry(local_state_dir, project, location)
+    target: str,
+    local_state_dir: str,
+    project: str,
+    location: str,
+    serving: Serving = DEFAULT_SERVING,
+) -> EndpointRegistry | VertexEndpoints:
+    """The endpoints of ``target``; the local endpoint serves in-process, ignoring ``serving``."""
+    _check(target, local_state_dir, project, location)
+    if target == LOCAL:
+        return EndpointRegistry(local_state_dir, project, location)
+    from components.lib.vertex import VertexEndpoints
+
+    return VertexEndpoints(project, location, serving)
+
+
+def resource_uri(target: str, location: str, resource_name: str) -> str | None:
+    """The URI of a ``google.Vertex*`` artifact: the REST address on Vertex, none locally."""
+    if target != VERTEX:
+        return None
+    return f"https://{location}-aiplatform.googleapis.com/v1/{resource_name}"

@@ -1,0 +1,214 @@
+"""The Vertex target of upload and deploy, on the wire: the real SDK against a fake Vertex AI."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.cloud import aiplatform_v1 as v1
+
+from components.lib.registry import ModelVersion, version_alias
+from components.lib.targets import Serving, endpoint_registry, model_registry
+from components.lib.vertex import VertexError, label_value, prediction_image
+from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT
+from tests.fake_vertex import FakeVertex
+
+IMAGE = "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+DEFAULT_SERVING = Serving()
+PARENT = f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
+
+
+def upload(run: str, uri: str = "gs://bucket/root/train/model") -> ModelVersion:
+    registry = model_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, IMAGE)
+    return registry.upload_version(
+        "Beer Classifier",
+        uri,
+        {"accuracy": 0.9691},
+        {"pipeline_job": run, "accuracy": "0.9691"},
+        aliases=[version_alias(run)],
+    )
+
+
+def deploy(version: ModelVersion, serving: Serving = DEFAULT_SERVING) -> dict:
+    endpoints = endpoint_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, serving)
+    return endpoints.deploy("beer-endpoint", version)
+
+
+def test_prebuilt_image_matches_region_and_tensorflow_version() -> None:
+    assert prediction_image("europe-west4", "2.15.1") == IMAGE
+    assert prediction_image("us-central1", "2.12.0", gpu=True) == (
+        "us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-12:latest"
+    )
+    assert prediction_image("australia-southeast1", "2.13.0").startswith("asia-docker.pkg.dev/")
+    newest_known = prediction_image("europe-west1", "2.99.0")
+    assert newest_known.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-")
+    with pytest.raises(VertexError, match="set the pipeline parameter serving_image"):
+        prediction_image("europe-west1", "0.9")
+
+
+def test_labels_and_aliases_follow_vertex_rules() -> None:
+    assert label_value("0.9691") == "0-9691"
+    assert label_value("Beer-Classifier-Training-20261121" + "x" * 60) == (
+        "beer-classifier-training-20261121" + "x" * 30
+    )
+    assert version_alias("beer-classifier-training-20261121060000") == (
+        "beer-classifier-training-20261121060000"
+    )
+    assert version_alias("20261121_run") == "run-20261121-run"
+
+
+def test_first_upload_creates_the_model_then_versions_it(fake_vertex: FakeVertex) -> None:
+    first = upload("run-a", "gs://bucket/a/model")
+    second = upload("run-b", "gs://bucket/b/model")
+
+    requests = fake_vertex.calls("UploadModel")
+    assert [r.parent for r in requests] == [PARENT, PARENT]
+    assert requests[0].parent_model == ""
+    assert requests[1].parent_model == first.model
+    sent = requests[1].model
+    assert sent.display_name == "Beer Classifier"
+    assert sent.artifact_uri == "gs://bucket/b/model"
+    assert sent.container_spec.image_uri == IMAGE
+    assert sorted(sent.version_aliases) == ["default", "run-b"]
+    assert dict(sent.labels) == {"pipeline_job": "run-b", "accuracy": "0-9691"}
+    assert (second.model, second.version_id) == (first.model, "2")
+    assert second.resource_name == f"{first.model}@2"
+    lookups = fake_vertex.calls("ListModels")
+    assert [r.filter for r in lookups] == ['display_name="Beer Classifier"'] * 2
+
+
+def test_upload_refuses_an_artifact_outside_cloud_storage(fake_vertex: FakeVertex) -> None:
+    with pytest.raises(VertexError, match="pipeline root must be a gs:// folder"):
+        upload("run-a", "/tmp/model")
+    assert fake_vertex.requests == []
+
+
+def test_deploy_creates_the_endpoint_once_and_retires_the_old_version(
+    fake_vertex: FakeVertex,
+) -> None:
+    serving = Serving(
+        machine_type="n1-standard-4",
+        min_replicas=1,
+        max_replicas=3,
+        accelerator_type="NVIDIA_TESLA_T4",
+        accelerator_count=1,
+    )
+    first = deploy(upload("run-a"), serving)
+    second = deploy(upload("run-b"), serving)
+
+    assert len(fake_vertex.calls("CreateEndpoint")) == 1
+    assert fake_vertex.calls("CreateEndpoint")[0].endpoint.display_name == "beer-endpoint"
+    assert first["name"] == second["name"]
+    deploys = fake_vertex.calls("DeployModel")
+    assert len(deploys) == 2
+    resources = deploys[1].deployed_model.dedicated_resources
+    assert resources.machine_spec.machine_type == "n1-standard-4"
+    assert resources.machine_spec.accelerator_type == v1.AcceleratorType.NVIDIA_TESLA_T4
+    assert resources.machine_spec.accelerator_count == 1
+    assert (resources.min_replica_count, resources.max_replica_count) == (1, 3)
+    assert deploys[1].deployed_model.model.endswith("@2")
+    first_id = first["deployedModels"][0]["id"]
+    assert dict(deploys[1].traffic_split) == {"0": 100}
+    undeploys = fake_vertex.calls("UndeployModel")
+    assert [u.deployed_model_id for u in undeploys] == [first_id]
+    assert [(d["modelVersionId"]) for d in second["deployedModels"]] == ["2"]
+    assert second["trafficSplit"] == {second["deployedModels"][0]["id"]: 100}
+
+
+def test_canary_share_keeps_the_old_version_serving(fake_vertex: FakeVertex) -> None:
+    first = deploy(upload("run-a"))
+    canary = deploy(upload("run-b"), Serving(traffic_percentage=10))
+
+    old_id = first["deployedModels"][0]["id"]
+    new_id = next(d["id"] for d in canary["deployedModels"] if d["modelVersionId"] == "2")
+    assert canary["trafficSplit"] == {old_id: 90, new_id: 10}
+    assert fake_vertex.calls("UndeployModel") == []
+
+
+def test_failed_deploy_leaves_the_old_version_with_all_traffic(fake_vertex: FakeVertex) -> None:
+    first = deploy(upload("run-a"))
+    version = upload("run-b")
+    fake_vertex.fail("DeployModel", grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    with pytest.raises(VertexError, match=r"deploy .*@2 to .*RESOURCE_EXHAUSTED"):
+        deploy(version)
+    assert fake_vertex.calls("UndeployModel") == []
+    endpoint = next(iter(fake_vertex.endpoints.values()))
+    assert dict(endpoint.traffic_split) == first["trafficSplit"]
+
+
+def test_permission_denied_is_reported_with_the_missing_role(fake_vertex: FakeVertex) -> None:
+    fake_vertex.fail("ListModels", grpc.StatusCode.PERMISSION_DENIED)
+    with pytest.raises(VertexError) as caught:
+        upload("run-a")
+    message = str(caught.value)
+    assert "list models named 'Beer Classifier': permission denied" in message
+    assert "roles/aiplatform.user" in message
+    assert fake_vertex.calls("UploadModel") == []
+
+
+def test_unavailable_is_retried_a_bounded_number_of_times(fake_vertex: FakeVertex) -> None:
+    fake_vertex.fail("UploadModel", *[grpc.StatusCode.UNAVAILABLE] * 2)
+    version = upload("run-a")
+    assert version.version_id == "1"
+    assert len(fake_vertex.calls("UploadModel")) == 3
+
+    fake_vertex.fail("ListEndpoints", *[grpc.StatusCode.UNAVAILABLE] * 10)
+    with pytest.raises(VertexError, match="stayed unavailable after 4 attempts"):
+        deploy(version)
+    assert len(fake_vertex.calls("ListEndpoints")) == 4
+    assert fake_vertex.calls("CreateEndpoint") == []
+
+
+def test_serving_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="min_replicas"):
+        Serving(min_replicas=2, max_replicas=1)
+    with pytest.raises(ValueError, match=r"traffic_percentage must be 1\.\.100"):
+        Serving(traffic_percentage=0)
+    with pytest.raises(ValueError, match="accelerator_type and accelerator_count together"):
+        Serving(accelerator_type="NVIDIA_TESLA_T4")
+
+
+def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_path) -> None:
+    from kfp import dsl
+
+    from components.deploy import deploy_model
+    from components.lib.artifacts import VertexEndpoint, VertexModel
+    from components.upload import upload_model
+
+    location = dict(target="vertex", project=VERTEX_PROJECT, location=VERTEX_LOCATION)
+    vertex_model = VertexModel(uri=str(tmp_path / "model-artifact"))
+    version = upload_model.python_func(
+        model=dsl.Model(uri="gs://bucket/root/train-model/model"),
+        accuracy=0.95,
+        model_display_name="beer",
+        pipeline_job="beer-classifier-training-20261121",
+        serving_image="",
+        accelerator_type="NVIDIA_TESLA_T4",
+        local_state_dir="",
+        vertex_model=vertex_model,
+        **location,
+    )
+    [request] = fake_vertex.calls("UploadModel")
+    image = request.model.container_spec.image_uri
+    assert image.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-")
+    assert "beer-classifier-training-20261121" in request.model.version_aliases
+    assert vertex_model.metadata == {"resourceName": version}
+    assert vertex_model.uri == f"https://{VERTEX_LOCATION}-aiplatform.googleapis.com/v1/{version}"
+
+    vertex_endpoint = VertexEndpoint(uri=str(tmp_path / "endpoint-artifact"))
+    endpoint = deploy_model.python_func(
+        model_version=version,
+        endpoint_display_name="beer-endpoint",
+        machine_type="n1-standard-4",
+        min_replicas=1,
+        max_replicas=2,
+        accelerator_type="NVIDIA_TESLA_T4",
+        accelerator_count=1,
+        traffic_percentage=100,
+        local_state_dir="",
+        vertex_endpoint=vertex_endpoint,
+        **location,
+    )
+    assert endpoint == fake_vertex.calls("DeployModel")[0].endpoint
+    assert vertex_endpoint.metadata == {"resourceName": endpoint}
+    assert vertex_endpoint.uri.endswith(f"/v1/{endpoint}")

@@ -1,0 +1,187 @@
+"""``python -m pipeline.run`` without --local: what reaches Vertex AI Pipelines; clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from google.cloud import aiplatform_v1 as v1
+
+from pipeline.pipeline import PIPELINE_NAME
+from pipeline.run import UsageError, main
+from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, run_cli
+from tests.fake_vertex import FakeVertex
+
+ROOT_URI = "gs://beer-pipeline-root/runs"
+SETTINGS = [
+    "--project",
+    VERTEX_PROJECT,
+    "--region",
+    VERTEX_LOCATION,
+    "--pipeline-root",
+    ROOT_URI,
+]
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Settings come only from what each test gives: no environment, no config file."""
+    for name in ("PROJECT", "REGION", "PIPELINE_ROOT", "SERVICE_ACCOUNT", "NETWORK", "EXPERIMENT"):
+        monkeypatch.delenv(f"BEER_PIPELINE_{name}", raising=False)
+    monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(tmp_path / "absent.yaml"))
+
+
+def test_submit_sends_spec_typed_parameters_root_account_and_labels(
+    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(
+        [
+            *SETTINGS,
+            "--service-account",
+            "trainer@test-project.iam.gserviceaccount.com",
+            "--network",
+            "projects/1234/global/networks/ml",
+            "--labels",
+            "team=vision",
+            "--labels",
+            "cost-centre=r-and-d",
+            "--param",
+            "epochs=3",
+            "--param",
+            "learning_rate=0.005",
+            "--data-uri",
+            "gs://beers/data",
+            "--no-cache",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+
+    [request] = fake_vertex.calls("CreatePipelineJob")
+    assert request.parent == f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
+    job = request.pipeline_job
+    assert job.pipeline_spec["pipelineInfo"]["name"] == PIPELINE_NAME
+    assert "train-model" in job.pipeline_spec["root"]["dag"]["tasks"]
+    values = job.runtime_config.parameter_values
+    assert values["epochs"] == 3 and values["learning_rate"] == 0.005
+    assert values["data_uri"] == "gs://beers/data"
+    assert values["target"] == "vertex"
+    assert (values["project"], values["location"]) == (VERTEX_PROJECT, VERTEX_LOCATION)
+    assert job.runtime_config.gcs_output_directory == ROOT_URI
+    assert job.service_account == "trainer@test-project.iam.gserviceaccount.com"
+    assert job.network == "projects/1234/global/networks/ml"
+    assert dict(job.labels)["team"] == "vision"
+    assert dict(job.labels)["cost-centre"] == "r-and-d"
+    tasks = job.pipeline_spec["root"]["dag"]["tasks"]
+    assert dict(tasks["train-model"]["cachingOptions"]) == {"enableCache": False}
+    job_id = request.pipeline_job_id
+    assert job_id.startswith(PIPELINE_NAME)
+    assert (
+        f"https://console.cloud.google.com/vertex-ai/locations/{VERTEX_LOCATION}/pipelines/runs/"
+        f"{job_id}?project={VERTEX_PROJECT}"
+    ) in out
+
+
+def test_settings_come_from_environment_and_config_file(
+    fake_vertex: FakeVertex, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "vertex.yaml"
+    config.write_text(
+        f"region: {VERTEX_LOCATION}\npipeline_root: {ROOT_URI}\nlabels:\n  team: vision\n"
+    )
+    monkeypatch.setenv("BEER_PIPELINE_PROJECT", VERTEX_PROJECT)
+    assert main(["--config", str(config)]) == 0
+    job = fake_vertex.calls("CreatePipelineJob")[0].pipeline_job
+    assert job.runtime_config.gcs_output_directory == ROOT_URI
+    assert dict(job.labels)["team"] == "vision"
+
+
+@pytest.mark.parametrize(("final_state", "code"), [("SUCCEEDED", 0), ("FAILED", 1)])
+def test_wait_follows_the_job_and_fails_with_it(
+    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture, final_state: str, code: int
+) -> None:
+    fake_vertex.pipeline_final_state = v1.PipelineState[f"PIPELINE_STATE_{final_state}"]
+    assert main([*SETTINGS, "--wait"]) == code
+    assert fake_vertex.calls("GetPipelineJob")
+    captured = capsys.readouterr()
+    if code:
+        assert "PIPELINE_STATE_FAILED" in captured.err and "out of memory" in captured.err
+    else:
+        assert "PIPELINE_STATE_SUCCEEDED" in captured.out
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("--project", "missing setting project: pass --project, set BEER_PIPELINE_PROJECT"),
+        ("--region", "missing setting region: pass --region"),
+        ("--pipeline-root", "missing setting pipeline_root: pass --pipeline-root"),
+    ],
+)
+def test_missing_required_setting_is_one_line_naming_it(
+    capsys: pytest.CaptureFixture, missing: str, message: str
+) -> None:
+    index = SETTINGS.index(missing)
+    assert main(SETTINGS[:index] + SETTINGS[index + 2 :]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "add --local" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--param", "epoch=3"], "'epoch' is not a pipeline parameter"),
+        (["--pipeline-root", "/tmp/root"], "must be a gs:// folder"),
+        (["--labels", "Team=Vision"], "label Team='Vision'"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_sent(
+    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    assert main([*SETTINGS, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert fake_vertex.requests == []
+
+
+def test_permission_denied_is_reported_clearly(
+    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture
+) -> None:
+    fake_vertex.fail("CreatePipelineJob", grpc.StatusCode.PERMISSION_DENIED)
+    assert main(SETTINGS) == 1
+    err = capsys.readouterr().err
+    assert "submit pipeline job to test-project/europe-west4: permission denied" in err
+    assert "roles/aiplatform.user" in err
+
+
+def test_unavailable_submission_is_retried(fake_vertex: FakeVertex) -> None:
+    fake_vertex.fail("CreatePipelineJob", grpc.StatusCode.UNAVAILABLE)
+    assert main(SETTINGS) == 0
+    assert len(fake_vertex.calls("CreatePipelineJob")) == 2
+
+
+def test_cli_without_settings_says_what_is_missing(tmp_path: Path) -> None:
+    result = run_cli("--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert "missing setting project" in result.stderr and "add --local" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flags_win_over_environment_which_wins_over_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pipeline.run import _parser, vertex_settings
+
+    config = tmp_path / "vertex.yaml"
+    config.write_text("project: from-config\nregion: from-config\npipeline_root: gs://config\n")
+    monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(config))
+    monkeypatch.setenv("BEER_PIPELINE_REGION", "from-env")
+    settings = vertex_settings(_parser().parse_args(["--project", "from-flag"]))
+    assert (settings.project, settings.region, settings.pipeline_root) == (
+        "from-flag",
+        "from-env",
+        "gs://config",
+    )
+    config.write_text("projekt: typo\n")
+    with pytest.raises(UsageError, match=r"unknown keys \['projekt'\]"):
+        vertex_settings(_parser().parse_args([]))
