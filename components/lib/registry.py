@@ -102,10 +102,12 @@ class ModelRegistry(_LocalStore):
         artifact_dir: str,
         metrics: dict[str, float],
         labels: dict[str, str],
+        description: str = "",
     ) -> ModelVersion:
         """Copy ``artifact_dir`` in as the model's next version and move ``default`` onto it.
 
-        Creates the model on its first upload, as Vertex's ``Model.upload(parent_model=...)`` does.
+        Creates the model on its first upload, as Vertex's ``Model.upload(parent_model=...)`` does;
+        ``description`` is the version's description (Vertex's ``version_description``).
         An artifact that is already registered (a re-run whose training was cached) returns its
         existing version instead of a duplicate.
         """
@@ -139,6 +141,7 @@ class ModelRegistry(_LocalStore):
                     "versionAliases": [DEFAULT_ALIAS],
                     "metrics": metrics,
                     "labels": labels,
+                    "versionDescription": description,
                     "createTime": _now(),
                 }
             )

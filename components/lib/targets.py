@@ -5,7 +5,7 @@ One compiled pipeline serves every target: the choice is a run-time parameter, n
 
 from __future__ import annotations
 
-from components.lib.registry import EndpointRegistry, ModelRegistry
+from components.lib.registry import EndpointRegistry, ModelRegistry, resource_id
 
 LOCAL = "local"
 VERTEX = "vertex"
@@ -34,3 +34,19 @@ def endpoint_registry(
 ) -> EndpointRegistry:
     _check_local(target, local_state_dir)
     return EndpointRegistry(local_state_dir, project, location)
+
+
+def champion_model_dir(
+    target: str, local_state_dir: str, project: str, location: str, endpoint_display_name: str
+) -> str | None:
+    """The artifact folder of the version that takes most of the endpoint's traffic (the champion),
+    or None when the endpoint does not exist or serves nothing."""
+    endpoint = endpoint_registry(target, local_state_dir, project, location).get(
+        resource_id(endpoint_display_name)
+    )
+    if not endpoint or not endpoint.get("deployedModels"):
+        return None
+    traffic = endpoint.get("trafficSplit", {})
+    served = max(endpoint["deployedModels"], key=lambda deployed: traffic.get(deployed["id"], 0))
+    registry = model_registry(target, local_state_dir, project, location)
+    return registry.get_version(served["model"], served["modelVersionId"]).artifact_uri
