@@ -35,8 +35,8 @@ class TrainingConfig:
     epochs: int = 10
     learning_rate: float = 0.01
     fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 1e-4
-    fine_tune_from_block: int = 0
+    fine_tune_learning_rate: float = 3e-4
+    fine_tune_from_block: int = 4
     batch_size: int = 32
     dropout: float = 0.2
     label_smoothing: float = 0.1
