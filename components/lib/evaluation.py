@@ -135,10 +135,12 @@ def evaluate_champion(model_dir: str | None, data_dir: str) -> Evaluation | None
         logger.info("no champion: nothing is served on the endpoint yet")
         return None
     try:
-        return evaluate_saved_model(model_dir, data_dir)
+        champion = evaluate_saved_model(model_dir, data_dir)
     except ClassMismatchError as error:
         logger.warning("champion not compared: %s", error)
         return None
+    logger.info("champion (the served model at %s): accuracy %.4f", model_dir, champion.accuracy)
+    return champion
 
 
 def deployment_decision(
