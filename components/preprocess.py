@@ -7,12 +7,23 @@ from components import PIPELINE_IMAGE
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def preprocess_data(
-    raw_data: dsl.Input[dsl.Dataset], image_size: int, dataset: dsl.Output[dsl.Dataset]
+    raw_data: dsl.Input[dsl.Dataset],
+    image_size: int,
+    validation_fraction: float,
+    seed: int,
+    dataset: dsl.Output[dsl.Dataset],
 ) -> None:
-    """Write ``{train,eval}-*.tfrecord``, ``class_map.json`` and ``stats.json``."""
+    """Write ``{train,val,eval}-*.tfrecord``, ``class_map.json`` and ``stats.json``; ``val`` is
+    carved from the training images (stratified, seeded) for early stopping."""
     from components.lib.records import preprocess_dataset
 
-    result = preprocess_dataset(raw_data.path, dataset.path, image_size)
+    result = preprocess_dataset(
+        raw_data.path,
+        dataset.path,
+        image_size,
+        seed=seed,
+        validation_fraction=validation_fraction,
+    )
     dataset.metadata.update(
         {"image_size": image_size, "class_names": result.class_names, "counts": result.counts}
     )

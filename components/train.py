@@ -12,13 +12,21 @@ def train_model(
     learning_rate: float,
     fine_tune_epochs: int,
     fine_tune_learning_rate: float,
+    fine_tune_from_block: int,
     batch_size: int,
     dropout: float,
+    label_smoothing: float,
+    brightness_contrast: float,
+    early_stopping_patience: int,
+    imbalance_ratio: float,
     seed: int,
     model: dsl.Output[dsl.Model],
     training_metrics: dsl.Output[dsl.Metrics],
 ) -> None:
-    """Train the head; export it with its ``bytes`` -> CLASSES/PROBABILITIES signature."""
+    """Train the head, then fine-tune the backbone's top; export the classifier with its ``bytes``
+    -> CLASSES/PROBABILITIES signature. The per-epoch history goes in the model's metadata."""
+    import dataclasses
+
     from components.lib.artifacts import write_metadata_file
     from components.lib.model import TrainingConfig, export_serving_model, train_classifier
     from components.lib.records import load_preprocessed
@@ -29,8 +37,13 @@ def train_model(
         learning_rate=learning_rate,
         fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_learning_rate,
+        fine_tune_from_block=fine_tune_from_block,
         batch_size=batch_size,
         dropout=dropout,
+        label_smoothing=label_smoothing,
+        brightness_contrast=brightness_contrast,
+        early_stopping_patience=early_stopping_patience,
+        imbalance_ratio=imbalance_ratio,
         seed=seed,
     )
     classifier, history = train_classifier(data, config)
@@ -41,6 +54,7 @@ def train_model(
             "backbone": "efficientnet_lite0",
             "image_size": data.image_size,
             "class_names": data.class_names,
+            "training_config": dataclasses.asdict(config),
             "history": history,
         }
     )

@@ -10,6 +10,8 @@ from components.lib.artifacts import VertexModel
 def upload_model(
     model: dsl.Input[dsl.Model],
     accuracy: float,
+    champion_accuracy: float,
+    decision: str,
     model_display_name: str,
     pipeline_job: str,
     serving_image: str,
@@ -22,8 +24,10 @@ def upload_model(
 ) -> str:
     """Returns the new version's resource name, ``projects/P/locations/L/models/M@N``.
 
-    The version gets the aliases ``default`` and one naming the pipeline job, and labels with the
-    job and the accuracy; ``vertex_model`` records it for lineage.
+    The version gets the aliases ``default`` and one naming the pipeline job, labels with the job
+    and both accuracies (champion_accuracy -1: none served), and the decision's reason as its
+    description, so the registry says why each version was deployed; ``vertex_model`` records it
+    for lineage.
     """
     import logging
 
@@ -34,12 +38,18 @@ def upload_model(
     registry = model_registry(
         target, local_state_dir, project, location, serving_image, gpu=bool(accelerator_type)
     )
+    champion = f"{champion_accuracy:.4f}" if champion_accuracy >= 0 else "none"
     version = registry.upload_version(
         display_name=model_display_name,
         artifact_dir=model.uri,
-        metrics={"accuracy": accuracy},
-        labels={"pipeline_job": pipeline_job, "accuracy": f"{accuracy:.4f}"},
+        metrics={"accuracy": accuracy, "champion_accuracy": champion_accuracy},
+        labels={
+            "pipeline_job": pipeline_job,
+            "accuracy": f"{accuracy:.4f}",
+            "champion_accuracy": champion,
+        },
         aliases=[version_alias(pipeline_job)],
+        description=decision,
     )
     describe_resource(
         vertex_model, version.resource_name, resource_uri(target, location, version.resource_name)

@@ -36,10 +36,12 @@ class TrainResources:
 
 class PipelineOutputs(NamedTuple):
     accuracy: float
+    champion_accuracy: float
     deployed: bool
     decision: str
     model_version: str
     endpoint: str
+    report: dsl.HTML
 
 
 def build_pipeline(resources: TrainResources = TrainResources()):
@@ -60,11 +62,18 @@ def build_pipeline(resources: TrainResources = TrainResources()):
         epochs: int = 10,
         learning_rate: float = 0.01,
         fine_tune_epochs: int = 10,
-        fine_tune_learning_rate: float = 0.0001,
+        fine_tune_learning_rate: float = 0.0003,
+        fine_tune_from_block: int = 4,
         batch_size: int = 32,
         dropout: float = 0.2,
+        validation_fraction: float = 0.1,
+        early_stopping_patience: int = 3,
+        label_smoothing: float = 0.1,
+        brightness_contrast: float = 0.2,
+        imbalance_ratio: float = 1.5,
         seed: int = 42,
         min_accuracy: float = 0.8,
+        max_regression: float = 0.0,
         model_display_name: str = "beer-classifier",
         endpoint_display_name: str = "beer-classifier-endpoint",
         serving_image: str = "",
@@ -90,13 +99,28 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             image_size: Side in pixels that images are resized to before the backbone.
             epochs: Epochs that train the new classification head on the frozen backbone.
             learning_rate: Adam learning rate of the head epochs.
-            fine_tune_epochs: Epochs that then fine-tune the whole backbone (0: head only).
+            fine_tune_epochs: Epochs that then fine-tune the top of the backbone (0: head only).
             fine_tune_learning_rate: Starting Adam learning rate of fine-tuning, decayed to 0
                 along a cosine.
+            fine_tune_from_block: First EfficientNet-Lite0 block (0-16) that fine-tuning trains;
+                the blocks below keep their ImageNet weights (0: the whole backbone, 16: only its
+                last convolution). Batch normalisation always stays frozen.
             batch_size: Images per training step.
             dropout: Dropout rate before the classification head.
-            seed: Random seed of shuffling, initialisation and dropout, for repeatable runs.
+            validation_fraction: Share of each class's training images held out (stratified,
+                seeded) as the validation split for early stopping; the eval split is never used.
+            early_stopping_patience: Epochs without a lower validation loss after which a phase
+                stops and keeps its best weights (0: no early stopping).
+            label_smoothing: Label smoothing of the cross-entropy loss (0: none).
+            brightness_contrast: Largest random brightness and contrast change of training
+                images, as a fraction (0: none); flips, small rotations and zooms always apply.
+            imbalance_ratio: Class weights (inverse frequency) are used when the largest training
+                class has more than this many times the images of the smallest.
+            seed: Random seed of the validation split, shuffling, initialisation, augmentation
+                and dropout, for repeatable runs.
             min_accuracy: Accuracy on the eval split that the model must reach to be deployed.
+            max_regression: How much lower than the served model's (champion's) accuracy on the
+                same eval split the new model may score and still replace it (0: not worse).
             model_display_name: Model in the registry that each deployed run adds a version to.
             endpoint_display_name: Endpoint that serves the deployed version.
             serving_image: Prediction image of the registered model on Vertex AI; empty picks
@@ -130,7 +154,10 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             max_unusable_share=max_unusable_share,
         ).set_display_name("validate")
         preprocess = preprocess_data(
-            raw_data=validate.outputs["dataset"], image_size=image_size
+            raw_data=validate.outputs["dataset"],
+            image_size=image_size,
+            validation_fraction=validation_fraction,
+            seed=seed,
         ).set_display_name("preprocess")
         train = (
             train_model(
@@ -139,8 +166,13 @@ def build_pipeline(resources: TrainResources = TrainResources()):
                 learning_rate=learning_rate,
                 fine_tune_epochs=fine_tune_epochs,
                 fine_tune_learning_rate=fine_tune_learning_rate,
+                fine_tune_from_block=fine_tune_from_block,
                 batch_size=batch_size,
                 dropout=dropout,
+                label_smoothing=label_smoothing,
+                brightness_contrast=brightness_contrast,
+                early_stopping_patience=early_stopping_patience,
+                imbalance_ratio=imbalance_ratio,
                 seed=seed,
             )
             .set_display_name("train")
@@ -149,16 +181,26 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             .set_cpu_limit(resources.cpu_limit)
             .set_memory_limit(resources.memory_limit)
         )
-        evaluate = evaluate_model(
-            raw_data=validate.outputs["dataset"],
-            model=train.outputs["model"],
-            min_accuracy=min_accuracy,
-        ).set_display_name("evaluate")
+        # Never cached: the champion it compares with can change between runs.
+        evaluate = (
+            evaluate_model(
+                raw_data=validate.outputs["dataset"],
+                model=train.outputs["model"],
+                min_accuracy=min_accuracy,
+                max_regression=max_regression,
+                endpoint_display_name=endpoint_display_name,
+                **registry,
+            )
+            .set_display_name("evaluate")
+            .set_caching_options(False)
+        )
         with dsl.If(evaluate.outputs["deploy"] == True, name="accuracy-gate"):  # noqa: E712
             upload = (
                 upload_model(
                     model=train.outputs["model"],
                     accuracy=evaluate.outputs["accuracy"],
+                    champion_accuracy=evaluate.outputs["champion_accuracy"],
+                    decision=evaluate.outputs["reason"],
                     model_display_name=model_display_name,
                     pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                     serving_image=serving_image,
@@ -191,10 +233,12 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             )
         return PipelineOutputs(
             accuracy=evaluate.outputs["accuracy"],
+            champion_accuracy=evaluate.outputs["champion_accuracy"],
             deployed=evaluate.outputs["deploy"],
             decision=evaluate.outputs["reason"],
             model_version=dsl.OneOf(upload.outputs["Output"], rejected.output),
             endpoint=dsl.OneOf(deploy.outputs["Output"], rejected.output),
+            report=evaluate.outputs["report"],
         )
 
     return training_pipeline

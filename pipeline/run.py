@@ -13,9 +13,11 @@ import datetime
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
+import webbrowser
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -178,6 +180,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="local: stream kfp.local's output")
     parser.add_argument(
         "--json", action="store_true", help="local: end stdout with one JSON line of the run"
+    )
+    parser.add_argument(
+        "--open-report",
+        action="store_true",
+        help="local: open the evaluation report in a web browser",
     )
     commands = parser.add_subparsers(dest="command", metavar="{schedule}")
     schedule = commands.add_parser(
@@ -381,13 +388,16 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         name: arguments.get(name, spec.get("defaultValue")) for name, spec in parameters.items()
     }
     endpoint = outputs["endpoint"] or _existing_endpoint(state_dir, values)
+    champion_accuracy = outputs["champion_accuracy"]
     return {
         "accuracy": outputs["accuracy"],
+        "champion_accuracy": champion_accuracy if champion_accuracy >= 0 else None,
         "min_accuracy": values["min_accuracy"],
         "deployed": bool(outputs["deployed"]),
         "decision": outputs["decision"],
         "model_version": outputs["model_version"] or None,
         "endpoint": endpoint,
+        "report": _report_file(outputs["report"].path),
         "step_seconds": progress.step_seconds,
         "state_dir": state_dir,
         "log": log_path,
@@ -401,18 +411,28 @@ def _existing_endpoint(state_dir: str, values: dict[str, Any]) -> str | None:
     return record["name"] if record else None
 
 
+def _report_file(path: str) -> str:
+    """The report as a file a browser opens: kfp.local names the artifact file without a suffix."""
+    html_path = f"{path}.html"
+    shutil.copyfile(path, html_path)
+    return html_path
+
+
 class PipelineFailed(Exception):
     """A step failed; the message names it and quotes its error."""
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     steps = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in summary["step_seconds"].items())
+    champion = summary["champion_accuracy"]
     rows = [
         ("accuracy", f"{summary['accuracy']:.4f} (required {summary['min_accuracy']})"),
+        ("champion", "none served" if champion is None else f"{champion:.4f} (served before)"),
         ("decision", summary["decision"]),
         ("model version", summary["model_version"] or "none registered"),
         ("endpoint", summary["endpoint"] or "none"),
         ("steps run", steps or "all cached"),
+        ("report", summary["report"]),
     ]
     for label, value in rows:
         print(f"{label:<14} {value}")
@@ -440,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     _print_summary(summary)
+    if args.open_report:
+        webbrowser.open(f"file://{summary['report']}")
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -191,3 +191,19 @@ def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
     )
     yield fake
     server.stop(None)
+
+
+@pytest.fixture(scope="session")
+def weak_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path) -> Path:
+    """A model trained for one epoch at a learning rate too small to learn: a weak challenger."""
+    from components.lib.model import TrainingConfig, export_serving_model, train_classifier
+    from components.lib.records import preprocess_dataset
+
+    work = tmp_path_factory.mktemp("weak-model")
+    dataset = preprocess_dataset(str(demo_data_dir), str(work / "records"), image_size=96)
+    model, _ = train_classifier(
+        dataset, TrainingConfig(epochs=1, learning_rate=1e-7, fine_tune_epochs=0)
+    )
+    export_serving_model(model, dataset.class_names, dataset.image_size, str(work / "model"))
+    shutil.rmtree(work / "records")
+    return work / "model"

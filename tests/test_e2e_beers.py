@@ -65,8 +65,11 @@ def eval_photos(beer_data_dir: Path) -> list[tuple[Path, int]]:
 
 
 def test_model_passes_the_gate_and_is_deployed(first_run: dict) -> None:
-    assert first_run["accuracy"] >= 0.90
+    assert first_run["accuracy"] >= 0.97
     assert first_run["deployed"] is True
+    assert first_run["champion_accuracy"] is None
+    report = Path(first_run["report"]).read_text()
+    assert 'id="confusion-matrix"' in report and 'id="training-curves"' in report
     assert first_run["model_version"] == (
         "projects/local-project/locations/europe-west1/models/beer-classifier@1"
     )
@@ -110,8 +113,9 @@ def test_gate_holds_when_the_bar_is_above_the_model(
     assert second["deployed"] is False and second["model_version"] is None
     assert f"< required {first_run['accuracy'] + 0.01:.4f}" in second["decision"]
     assert second["accuracy"] == first_run["accuracy"]
+    assert second["champion_accuracy"] == first_run["accuracy"], "the champion is the same model"
     assert list(second["step_seconds"]) == ["evaluate-model", "report-not-deployed"], (
-        "download, preprocess and train are cached on an unchanged re-run"
+        "download, preprocess and train are cached on an unchanged re-run; evaluate never is"
     )
     model = json.loads((state / "models/beer-classifier/model.json").read_text())
     assert [v["versionId"] for v in model["versions"]] == ["1"]
@@ -120,6 +124,24 @@ def test_gate_holds_when_the_bar_is_above_the_model(
     instances = [{"bytes": {"b64": base64.b64encode(photo.read_bytes()).decode()}}]
     response = requests.post(endpoint_url, json={"instances": instances}, timeout=60)
     assert response.status_code == 200 and response.json()["modelVersionId"] == "1"
+
+
+def test_weaker_challenger_does_not_replace_the_champion(
+    state: Path, beer_data_dir: Path, first_run: dict
+) -> None:
+    """A one-epoch model at a learning rate too small to learn passes a zero bar but loses to
+    the served model, so the endpoint keeps serving version 1."""
+    endpoint_record = state / "endpoints" / "beer-classifier-endpoint.json"
+    before = endpoint_record.read_text()
+    weak = ["--param", "epochs=1", "--param", "learning_rate=1e-7", "--param", "fine_tune_epochs=0"]
+
+    challenger = run_pipeline(state, beer_data_dir, "--min-accuracy", "0", *weak)
+
+    assert challenger["deployed"] is False and challenger["model_version"] is None
+    assert challenger["accuracy"] < first_run["accuracy"]
+    assert challenger["champion_accuracy"] == first_run["accuracy"]
+    assert challenger["decision"].endswith("not deployed, the champion keeps serving")
+    assert endpoint_record.read_text() == before
 
 
 def test_bad_files_mixed_into_the_photos_are_skipped_and_reported(

@@ -11,6 +11,7 @@ from PIL import Image
 
 from components.lib.records import (
     UndecodableImageError,
+    carve_validation,
     load_preprocessed,
     preprocess_dataset,
     read_split,
@@ -81,3 +82,39 @@ def test_read_split_without_records(tmp_path: Path) -> None:
         shard.unlink()
     with pytest.raises(FileNotFoundError, match="no TFRecords"):
         read_split(dataset, "eval", batch_size=4)
+
+
+def test_validation_is_carved_from_train_stratified_and_seeded() -> None:
+    labelled = [(f"a/{i}.jpg", 0) for i in range(20)] + [(f"b/{i}.jpg", 1) for i in range(10)]
+
+    train, validation = carve_validation(labelled, 0.1, seed=7)
+
+    assert sorted(train + validation) == sorted(labelled)
+    assert [label for _, label in validation].count(0) == 2
+    assert [label for _, label in validation].count(1) == 1
+    assert carve_validation(list(reversed(labelled)), 0.1, seed=7) == (train, validation)
+    assert carve_validation(labelled, 0.1, seed=8)[1] != validation
+    assert carve_validation(labelled, 0.0, seed=7)[1] == []
+
+
+def test_small_classes_keep_training_images(tmp_path: Path) -> None:
+    _, validation = carve_validation([("a/0.jpg", 0), ("a/1.jpg", 0), ("b/0.jpg", 1)], 0.5, 1)
+    assert validation == [("a/0.jpg", 0)] or validation == [("a/1.jpg", 0)]
+    with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\)"):
+        carve_validation([("a/0.jpg", 0)], 1.0, 1)
+
+
+def test_preprocess_writes_a_val_split_and_leaves_eval_alone(tmp_path: Path) -> None:
+    root = make_layout(tmp_path / "data", {"0red": 10, "1blue": 5})
+    dataset = preprocess_dataset(
+        str(root), str(tmp_path / "records"), image_size=16, validation_fraction=0.2
+    )
+
+    assert dataset.counts == {
+        "train": {"0red": 8, "1blue": 4},
+        "eval": {"0red": 10, "1blue": 5},
+        "val": {"0red": 2, "1blue": 1},
+    }
+    assert load_preprocessed(str(tmp_path / "records")) == dataset
+    labels = np.concatenate([labels.numpy() for _, labels in read_split(dataset, "val", 8)])
+    assert sorted(labels.tolist()) == [0, 0, 1]

@@ -38,7 +38,12 @@ def test_versions_are_numbered_and_default_alias_moves(tmp_path: Path, artifact:
     )
     retrained = make_artifact(tmp_path / "retrained", b"new model bytes")
     second = registry.upload_version(
-        "Beer Classifier", str(retrained), {"accuracy": 0.95}, {"run": "b"}, aliases=["run-b"]
+        "Beer Classifier",
+        str(retrained),
+        {"accuracy": 0.95},
+        {"run": "b"},
+        aliases=["run-b"],
+        description="beats the champion",
     )
 
     assert first.resource_name == "projects/proj/locations/europe-west1/models/beer-classifier@1"
@@ -47,6 +52,7 @@ def test_versions_are_numbered_and_default_alias_moves(tmp_path: Path, artifact:
     assert [v["versionAliases"] for v in record["versions"]] == [[], ["default", "run-b"]]
     assert record["versions"][1]["metrics"] == {"accuracy": 0.95}
     assert record["versions"][1]["labels"] == {"run": "b"}
+    assert [v["versionDescription"] for v in record["versions"]] == ["", "beats the champion"]
     copied = Path(second.artifact_uri) / "saved_model.pb"
     assert copied.read_bytes() == b"new model bytes" and not copied.is_relative_to(retrained)
     assert registry.get_version(first.model, "1").artifact_uri == first.artifact_uri

@@ -45,6 +45,10 @@ def test_demo_default_runs_end_to_end(tmp_path: Path) -> None:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["deployed"] is True
     assert summary["accuracy"] >= 0.9
+    assert summary["champion_accuracy"] is None
+    assert summary["decision"].endswith("no champion serving: deploy")
+    assert 'id="confusion-matrix"' in Path(summary["report"]).read_text()
+    assert f"report         {summary['report']}" in result.stdout
     assert summary["model_version"].endswith("/models/beer-classifier@1")
     assert summary["endpoint"] == (
         "projects/local-project/locations/europe-west1/endpoints/beer-classifier-endpoint"

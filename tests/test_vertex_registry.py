@@ -7,7 +7,7 @@ import pytest
 from google.cloud import aiplatform_v1 as v1
 
 from components.lib.registry import ModelVersion, version_alias
-from components.lib.targets import Serving, endpoint_registry, model_registry
+from components.lib.targets import Serving, champion_model_dir, endpoint_registry, model_registry
 from components.lib.vertex import VertexError, label_value, prediction_image
 from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT
 from tests.fake_vertex import FakeVertex
@@ -180,6 +180,8 @@ def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_
     version = upload_model.python_func(
         model=dsl.Model(uri="gs://bucket/root/train-model/model"),
         accuracy=0.95,
+        champion_accuracy=0.93,
+        decision="accuracy 0.9500 >= required 0.8000 and >= champion 0.9300: deploy",
         model_display_name="beer",
         pipeline_job="beer-classifier-training-20261121",
         serving_image="",
@@ -192,6 +194,8 @@ def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_
     image = request.model.container_spec.image_uri
     assert image.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-")
     assert "beer-classifier-training-20261121" in request.model.version_aliases
+    assert request.model.labels["champion_accuracy"] == "0-9300"
+    assert request.model.version_description.endswith("champion 0.9300: deploy")
     assert vertex_model.metadata == {"resourceName": version}
     assert vertex_model.uri == f"https://{VERTEX_LOCATION}-aiplatform.googleapis.com/v1/{version}"
 
@@ -212,3 +216,15 @@ def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_
     assert endpoint == fake_vertex.calls("DeployModel")[0].endpoint
     assert vertex_endpoint.metadata == {"resourceName": endpoint}
     assert vertex_endpoint.uri.endswith(f"/v1/{endpoint}")
+
+
+def test_champion_is_the_version_with_most_traffic(fake_vertex: FakeVertex) -> None:
+    args = ("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, "beer-endpoint")
+    assert champion_model_dir(*args) is None, "no endpoint yet: no champion"
+    deploy(upload("run-a", "gs://bucket/a/model"))
+    second = upload("run-b", "gs://bucket/b/model")
+    deploy(second, Serving(traffic_percentage=30))
+
+    assert champion_model_dir(*args) == "gs://bucket/a/model"
+    deploy(second)
+    assert champion_model_dir(*args) == "gs://bucket/b/model"

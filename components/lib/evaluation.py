@@ -17,10 +17,25 @@ from components.lib.prediction import ServingModel
 logger = logging.getLogger(__name__)
 
 
+class ClassMismatchError(ValueError):
+    """The model was trained on other classes than the data it is asked to score."""
+
+
+@dataclass(frozen=True)
+class Misclassified:
+    """One eval image the model got wrong, for the report."""
+
+    path: str
+    true_class: str
+    predicted_class: str
+    confidence: float
+
+
 @dataclass(frozen=True)
 class Evaluation:
     class_names: list[str]
     confusion_matrix: list[list[int]]
+    misclassified: tuple[Misclassified, ...] = ()
 
     @property
     def count(self) -> int:
@@ -47,6 +62,21 @@ class Evaluation:
         """Per class: the share of that class's images that were predicted as it."""
         return self._per_class(axis=1)
 
+    def f1(self) -> dict[str, float]:
+        """Per class: the harmonic mean of precision and recall (0 when both are 0)."""
+        precision, recall = self.precision(), self.recall()
+        return {
+            name: 2 * precision[name] * recall[name] / (precision[name] + recall[name])
+            if precision[name] + recall[name]
+            else 0.0
+            for name in self.class_names
+        }
+
+    @property
+    def macro_f1(self) -> float:
+        """F1 averaged over classes with equal weight, so a neglected small class shows."""
+        return float(np.mean(list(self.f1().values())))
+
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
@@ -62,28 +92,72 @@ def evaluate_saved_model(
     model = ServingModel(model_dir)
     _, layout = discover_layout(data_dir)
     if layout.class_names != model.class_names:
-        raise ValueError(
+        raise ClassMismatchError(
             f"the model was trained on classes {model.class_names} but the {split} data has "
             f"{layout.class_names}; evaluate on data with the same class folders"
         )
-    labels, predictions = [], []
+    labels, predictions, misclassified = [], [], []
     for index, name in enumerate(layout.class_names):
         paths = layout.files[split][name]
         for start in range(0, len(paths), batch_size):
+            batch_paths = paths[start : start + batch_size]
             batch = []
-            for path in paths[start : start + batch_size]:
+            for path in batch_paths:
                 with open(path, "rb") as file:
                     batch.append(file.read())
-            predictions.extend(model.predict(batch).classes.tolist())
+            predicted = model.predict(batch)
+            for path, label, probabilities in zip(
+                batch_paths, predicted.classes.tolist(), predicted.probabilities, strict=True
+            ):
+                if label != index:
+                    misclassified.append(
+                        Misclassified(
+                            path, name, model.class_names[label], float(probabilities[label])
+                        )
+                    )
+            predictions.extend(predicted.classes.tolist())
             labels.extend([index] * len(batch))
     matrix = confusion_matrix(np.asarray(labels), np.asarray(predictions), len(model.class_names))
-    evaluation = Evaluation(class_names=model.class_names, confusion_matrix=matrix.tolist())
+    evaluation = Evaluation(
+        class_names=model.class_names,
+        confusion_matrix=matrix.tolist(),
+        misclassified=tuple(misclassified),
+    )
     logger.info("%s accuracy %.4f on %d images", split, evaluation.accuracy, evaluation.count)
     return evaluation
 
 
-def deployment_decision(accuracy: float, min_accuracy: float) -> tuple[bool, str]:
-    """Whether to deploy, and the reason in words for the run's log and metrics."""
-    if accuracy >= min_accuracy:
-        return True, f"accuracy {accuracy:.4f} >= required {min_accuracy:.4f}: deploy"
-    return False, f"accuracy {accuracy:.4f} < required {min_accuracy:.4f}: not deployed"
+def evaluate_champion(model_dir: str | None, data_dir: str) -> Evaluation | None:
+    """Score the served model on the same data as the challenger; None when nothing serves or
+    the champion knows other classes (then it cannot be compared, and the challenger may replace
+    it on its own merit)."""
+    if model_dir is None:
+        logger.info("no champion: nothing is served on the endpoint yet")
+        return None
+    try:
+        champion = evaluate_saved_model(model_dir, data_dir)
+    except ClassMismatchError as error:
+        logger.warning("champion not compared: %s", error)
+        return None
+    logger.info("champion (the served model at %s): accuracy %.4f", model_dir, champion.accuracy)
+    return champion
+
+
+def deployment_decision(
+    accuracy: float,
+    min_accuracy: float,
+    champion_accuracy: float | None = None,
+    max_regression: float = 0.0,
+) -> tuple[bool, str]:
+    """Deploy when the challenger passes the bar and is not worse than the champion by more than
+    ``max_regression``; returns the decision and the reason in words for the log and metrics."""
+    if accuracy < min_accuracy:
+        return False, f"accuracy {accuracy:.4f} < required {min_accuracy:.4f}: not deployed"
+    passed = f"accuracy {accuracy:.4f} >= required {min_accuracy:.4f}"
+    if champion_accuracy is None:
+        return True, f"{passed}, no champion serving: deploy"
+    floor = champion_accuracy - max_regression
+    versus = f"champion {champion_accuracy:.4f} - max regression {max_regression:.4f}"
+    if accuracy < floor:
+        return False, f"{passed} but < {versus}: not deployed, the champion keeps serving"
+    return True, f"{passed} and >= {versus}: deploy"

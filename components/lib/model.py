@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from components.lib.backbone import build_efficientnet_lite0
+from components.lib.backbone import BLOCK_ARGS, build_efficientnet_lite0
 from components.lib.images import decode_and_resize
-from components.lib.records import PreprocessedDataset, read_split
+from components.lib.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
 
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES_FILE = "class_names.json"
+NUM_BLOCKS = sum(block[-1] for block in BLOCK_ARGS)
 SERVING_INPUT = "bytes"
 OUTPUT_CLASSES = "CLASSES"
 OUTPUT_PROBABILITIES = "PROBABILITIES"
@@ -34,9 +35,14 @@ class TrainingConfig:
     epochs: int = 10
     learning_rate: float = 0.01
     fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 1e-4
+    fine_tune_learning_rate: float = 3e-4
+    fine_tune_from_block: int = 4
     batch_size: int = 32
     dropout: float = 0.2
+    label_smoothing: float = 0.1
+    brightness_contrast: float = 0.2
+    early_stopping_patience: int = 3
+    imbalance_ratio: float = 1.5
     seed: int = 42
 
 
@@ -54,19 +60,64 @@ def build_classifier(num_classes: int, image_size: int, dropout: float) -> keras
     return keras.Model(pixels, probabilities, name="classifier")
 
 
-def _with_augmentation(classifier: keras.Model, image_size: int) -> keras.Model:
-    """The model that training fits: uint8 pixels, flipped, rotated and zoomed a little, then the
-    classifier. Augmentation stays out of the exported classifier."""
-    augment = keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal"),
-            keras.layers.RandomRotation(0.05),
-            keras.layers.RandomZoom(0.1),
-        ],
-        name="augment",
-    )
+def _with_augmentation(
+    classifier: keras.Model, image_size: int, brightness_contrast: float, seed: int
+) -> keras.Model:
+    """The model that training fits: uint8 pixels, flipped, rotated, zoomed and (by
+    ``brightness_contrast``) relit a little, then the classifier. Augmentation stays out of the
+    exported classifier, so it only ever applies in training."""
+    augmentations = [
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomRotation(0.05, seed=seed + 1),
+        keras.layers.RandomZoom(0.1, seed=seed + 2),
+    ]
+    if brightness_contrast > 0:
+        augmentations += [
+            keras.layers.RandomBrightness(brightness_contrast, seed=seed + 3),
+            keras.layers.RandomContrast(brightness_contrast, seed=seed + 4),
+        ]
+    augment = keras.Sequential(augmentations, name="augment")
     pixels = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="pixels")
     return keras.Model(pixels, classifier(augment(keras.ops.cast(pixels, "float32"))))
+
+
+def _depth(layer_name: str) -> int:
+    """Block number of a backbone layer: the stem counts as block 0, the head convolution as
+    NUM_BLOCKS, layers without weights (rescaling, pooling) as -1."""
+    prefix = layer_name.split("_")[0]
+    if prefix == "stem":
+        return 0
+    if prefix == "head":
+        return NUM_BLOCKS
+    return int(prefix[5:]) if prefix.startswith("block") and prefix[5:].isdigit() else -1
+
+
+def unfreeze_top(backbone: keras.Model, from_block: int) -> int:
+    """Make the backbone trainable from block ``from_block`` up (0: all of it; NUM_BLOCKS: only
+    its head convolution); batch normalisation stays frozen. Returns the trainable layer count.
+
+    The top blocks hold the most task-specific features; the lower ones stay ImageNet's.
+    """
+    if not 0 <= from_block <= NUM_BLOCKS:
+        raise ValueError(
+            f"fine_tune_from_block must be in [0, {NUM_BLOCKS}] (EfficientNet-Lite0 has blocks "
+            f"0-{NUM_BLOCKS - 1}; {NUM_BLOCKS} tunes only its head convolution), got {from_block}"
+        )
+    backbone.trainable = True
+    for layer in backbone.layers:
+        layer.trainable = _depth(layer.name) >= from_block and not isinstance(
+            layer, keras.layers.BatchNormalization
+        )
+    return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
+
+
+def class_weights(counts: dict[str, int], imbalance_ratio: float) -> dict[int, float] | None:
+    """Inverse-frequency weights (mean 1) when the largest class has more than
+    ``imbalance_ratio`` times the images of the smallest; None when the classes are balanced."""
+    sizes = list(counts.values())
+    if max(sizes) <= imbalance_ratio * min(sizes):
+        return None
+    return {index: sum(sizes) / (len(sizes) * size) for index, size in enumerate(sizes)}
 
 
 class _EpochLogger(keras.callbacks.Callback):
@@ -84,17 +135,36 @@ class _EpochLogger(keras.callbacks.Callback):
 
 def _fit(
     model: keras.Model,
-    train: tf.data.Dataset,
+    data: tuple[tf.data.Dataset, tf.data.Dataset | None],
     phase: str,
     epochs: int,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    config: TrainingConfig,
+    weights: dict[int, float] | None,
 ) -> dict[str, list[float]]:
+    train, validation = data
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
     )
-    history = model.fit(train, epochs=epochs, verbose=0, callbacks=[_EpochLogger(phase, epochs)])
+    callbacks: list[keras.callbacks.Callback] = [_EpochLogger(phase, epochs)]
+    if validation is not None and config.early_stopping_patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=config.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    history = model.fit(
+        train,
+        validation_data=validation,
+        epochs=epochs,
+        class_weight=weights,
+        verbose=0,
+        callbacks=callbacks,
+    )
     return {
         f"{phase}_{name}": [float(v) for v in values] for name, values in history.history.items()
     }
@@ -103,33 +173,50 @@ def _fit(
 def train_classifier(
     dataset: PreprocessedDataset, config: TrainingConfig
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train the new head on the frozen backbone, then fine-tune the backbone at a lower rate.
+    """Train the new head on the frozen backbone, then fine-tune the top of the backbone at a
+    lower rate, each phase stopped early (best weights kept) on the ``val`` split when there is one.
 
     The head comes first so that fine-tuning starts from sensible gradients instead of
     wrecking the pretrained features with a random head. Returns the per-epoch history.
     """
     keras.utils.set_random_seed(config.seed)
-    classifier = build_classifier(len(dataset.class_names), dataset.image_size, config.dropout)
-    model = _with_augmentation(classifier, dataset.image_size)
-    train = read_split(dataset, "train", config.batch_size, shuffle=True, seed=config.seed)
+    num_classes = len(dataset.class_names)
+    classifier = build_classifier(num_classes, dataset.image_size, config.dropout)
+    model = _with_augmentation(
+        classifier, dataset.image_size, config.brightness_contrast, config.seed
+    )
+
+    def one_hot(split: str, shuffle: bool) -> tf.data.Dataset:
+        batches = read_split(dataset, split, config.batch_size, shuffle=shuffle, seed=config.seed)
+        return batches.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
+
+    data = (
+        one_hot(TRAIN, shuffle=True),
+        one_hot(VALIDATION, shuffle=False) if dataset.split_size(VALIDATION) else None,
+    )
+    weights = class_weights(dataset.counts[TRAIN], config.imbalance_ratio)
     logger.info(
-        "training on %d images of %d classes at %dx%d",
-        dataset.split_size("train"),
-        len(dataset.class_names),
+        "training on %d images (%d for validation) of %d classes at %dx%d; class weights: %s",
+        dataset.split_size(TRAIN),
+        dataset.split_size(VALIDATION),
+        num_classes,
         dataset.image_size,
         dataset.image_size,
+        weights or "none (balanced)",
     )
     backbone = classifier.get_layer("efficientnet_lite0")
     backbone.trainable = False
-    history = _fit(model, train, "head", config.epochs, config.learning_rate)
+    history = _fit(model, data, "head", config.epochs, config.learning_rate, config, weights)
     if config.fine_tune_epochs > 0:
-        backbone.trainable = True
-        for layer in backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
-        steps = config.fine_tune_epochs * math.ceil(dataset.split_size("train") / config.batch_size)
+        trainable = unfreeze_top(backbone, config.fine_tune_from_block)
+        logger.info(
+            "fine-tuning %d backbone layers from block %d", trainable, config.fine_tune_from_block
+        )
+        steps = config.fine_tune_epochs * math.ceil(dataset.split_size(TRAIN) / config.batch_size)
         schedule = keras.optimizers.schedules.CosineDecay(config.fine_tune_learning_rate, steps)
-        history |= _fit(model, train, "fine_tune", config.fine_tune_epochs, schedule)
+        history |= _fit(
+            model, data, "fine_tune", config.fine_tune_epochs, schedule, config, weights
+        )
     return classifier, history
 
 

@@ -20,6 +20,8 @@ from components.lib.layout import SPLITS, discover_layout
 
 logger = logging.getLogger(__name__)
 
+TRAIN = "train"
+VALIDATION = "val"
 CLASS_MAP_FILE = "class_map.json"
 STATS_FILE = "stats.json"
 
@@ -38,7 +40,7 @@ class PreprocessedDataset:
     counts: dict[str, dict[str, int]]
 
     def split_size(self, split: str) -> int:
-        return sum(self.counts[split].values())
+        return sum(self.counts.get(split, {}).values())
 
 
 def _example(pixels: bytes, label: int, image_size: int) -> tf.train.Example:
@@ -65,40 +67,77 @@ def _decode_all(
     return decoded, failures
 
 
+def carve_validation(
+    labelled_paths: list[tuple[str, int]], fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Split training images into (train, validation), stratified by class and seeded.
+
+    Each class gives ``round(fraction * n)`` images (at least one, never all of them), so early
+    stopping sees every class and the eval split stays untouched.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
+    train, validation = [], []
+    for label in sorted({label for _, label in labelled_paths}):
+        paths = sorted(path for path, path_label in labelled_paths if path_label == label)
+        random.Random(f"{seed}-{label}").shuffle(paths)
+        count = min(len(paths) - 1, max(1, round(fraction * len(paths)))) if fraction else 0
+        validation += [(path, label) for path in paths[:count]]
+        train += [(path, label) for path in paths[count:]]
+    return train, validation
+
+
+def _write_shards(
+    split: str, decoded: list[tuple[bytes, int]], output_dir: str, image_size: int, per_shard: int
+) -> None:
+    num_shards = max(1, math.ceil(len(decoded) / per_shard))
+    for shard in range(num_shards):
+        shard_path = os.path.join(output_dir, f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
+        with tf.io.TFRecordWriter(shard_path) as writer:
+            for pixels, label in decoded[shard::num_shards]:
+                writer.write(_example(pixels, label, image_size).SerializeToString())
+    logger.info("%s: %d images in %d shard(s)", split, len(decoded), num_shards)
+
+
 def preprocess_dataset(
     raw_dir: str,
     output_dir: str,
     image_size: int,
     images_per_shard: int = 256,
     seed: int = 42,
+    validation_fraction: float = 0.0,
 ) -> PreprocessedDataset:
     """Decode and resize ``raw_dir`` (challenge layout) into sharded TFRecords under ``output_dir``.
 
-    Training examples are shuffled before sharding so every shard mixes the classes. Raises
-    UndecodableImageError listing every bad file, after checking all of them.
+    With ``validation_fraction`` > 0 a stratified ``val`` split is carved from the training images
+    (never from eval) for early stopping. Examples are shuffled before sharding so every shard
+    mixes the classes. Raises UndecodableImageError listing every bad file, after checking all.
     """
     _, layout = discover_layout(raw_dir)
     class_names = layout.class_names
     os.makedirs(output_dir, exist_ok=True)
-    failures: list[str] = []
-    for split in SPLITS:
-        labelled = [
+    labelled = {
+        split: [
             (path, index)
             for index, name in enumerate(class_names)
             for path in layout.files[split][name]
         ]
-        random.Random(seed).shuffle(labelled)
-        decoded, bad = _decode_all(labelled, image_size)
+        for split in SPLITS
+    }
+    labelled[TRAIN], validation = carve_validation(labelled[TRAIN], validation_fraction, seed)
+    if validation:
+        labelled[VALIDATION] = validation
+    failures: list[str] = []
+    counts: dict[str, dict[str, int]] = {}
+    for split, paths in labelled.items():
+        random.Random(seed).shuffle(paths)
+        decoded, bad = _decode_all(paths, image_size)
         failures.extend(bad)
-        num_shards = max(1, math.ceil(len(decoded) / images_per_shard))
-        for shard in range(num_shards):
-            shard_path = os.path.join(
-                output_dir, f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
-            )
-            with tf.io.TFRecordWriter(shard_path) as writer:
-                for pixels, label in decoded[shard::num_shards]:
-                    writer.write(_example(pixels, label, image_size).SerializeToString())
-        logger.info("%s: %d images in %d shard(s)", split, len(decoded), num_shards)
+        _write_shards(split, decoded, output_dir, image_size, images_per_shard)
+        counts[split] = {
+            name: sum(label == index for _, label in paths)
+            for index, name in enumerate(class_names)
+        }
     if failures:
         raise UndecodableImageError(
             f"{len(failures)} image(s) cannot be decoded as JPEG/PNG/BMP/GIF; remove or replace "
@@ -106,10 +145,7 @@ def preprocess_dataset(
         )
 
     dataset = PreprocessedDataset(
-        directory=output_dir,
-        image_size=image_size,
-        class_names=class_names,
-        counts=layout.counts(),
+        directory=output_dir, image_size=image_size, class_names=class_names, counts=counts
     )
     with open(os.path.join(output_dir, CLASS_MAP_FILE), "w") as file:
         json.dump({str(index): name for index, name in enumerate(class_names)}, file, indent=2)

@@ -63,6 +63,12 @@ def _read_json(path: str) -> dict[str, Any] | None:
         return json.load(file)
 
 
+def most_traffic(deployed_models: list[dict[str, Any]], split: dict[str, int]) -> tuple[str, str]:
+    """(model, version id) of the deployed model with the largest share of ``split``."""
+    served = max(deployed_models, key=lambda deployed: split.get(deployed["id"], 0))
+    return served["model"], served["modelVersionId"]
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One registered version: ``projects/P/locations/L/models/M@VERSION``."""
@@ -115,10 +121,12 @@ class ModelRegistry(_LocalStore):
         metrics: dict[str, float],
         labels: dict[str, str],
         aliases: Sequence[str] = (),
+        description: str = "",
     ) -> ModelVersion:
         """Copy ``artifact_dir`` in as the next version; move ``default`` and ``aliases`` onto it.
 
-        Creates the model on its first upload, as Vertex's ``Model.upload(parent_model=...)`` does.
+        Creates the model on its first upload, as Vertex's ``Model.upload(parent_model=...)`` does;
+        ``description`` is the version's description (Vertex's ``version_description``).
         An artifact that is already registered (a re-run whose training was cached) returns its
         existing version instead of a duplicate.
         """
@@ -153,6 +161,7 @@ class ModelRegistry(_LocalStore):
                     "versionAliases": new_aliases,
                     "metrics": metrics,
                     "labels": labels,
+                    "versionDescription": description,
                     "createTime": _now(),
                 }
             )
@@ -178,6 +187,13 @@ class EndpointRegistry(_LocalStore):
 
     def get(self, endpoint_id: str) -> dict[str, Any] | None:
         return _read_json(self._record_path(endpoint_id))
+
+    def served_version(self, display_name: str) -> tuple[str, str] | None:
+        """(model, version id) taking most of the endpoint's traffic; None if it serves nothing."""
+        record = self.get(resource_id(display_name))
+        if not record or not record.get("deployedModels"):
+            return None
+        return most_traffic(record["deployedModels"], record.get("trafficSplit", {}))
 
     def deploy(self, display_name: str, version: ModelVersion) -> dict[str, Any]:
         """Serve ``version`` on the endpoint with all traffic; retire what served before.

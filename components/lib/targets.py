@@ -105,3 +105,16 @@ def resource_uri(target: str, location: str, resource_name: str) -> str | None:
     if target != VERTEX:
         return None
     return f"https://{location}-aiplatform.googleapis.com/v1/{resource_name}"
+
+
+def champion_model_dir(
+    target: str, local_state_dir: str, project: str, location: str, endpoint_display_name: str
+) -> str | None:
+    """The artifact folder of the version that takes most of the endpoint's traffic (the champion),
+    or None when the endpoint does not exist or serves nothing."""
+    endpoints = endpoint_registry(target, local_state_dir, project, location)
+    served = endpoints.served_version(endpoint_display_name)
+    if served is None:
+        return None
+    registry = model_registry(target, local_state_dir, project, location)
+    return registry.get_version(*served).artifact_uri

@@ -22,7 +22,7 @@ from google.api_core import exceptions
 from google.cloud import aiplatform
 from google.cloud.aiplatform.constants import prediction
 
-from components.lib.registry import DEFAULT_ALIAS, ModelVersion
+from components.lib.registry import DEFAULT_ALIAS, ModelVersion, most_traffic
 from components.lib.targets import Serving
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class VertexModelRegistry:
         metrics: dict[str, float],
         labels: dict[str, str],
         aliases: Sequence[str] = (),
+        description: str = "",
     ) -> ModelVersion:
         """Upload the SavedModel at ``artifact_dir`` (``gs://``) as the model's default version.
 
@@ -161,7 +162,8 @@ class VertexModelRegistry:
                 parent_model=parent,
                 is_default_version=True,
                 version_aliases=[alias for alias in aliases if alias != DEFAULT_ALIAS],
-                version_description=", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
+                version_description=description
+                or ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
                 labels={label_value(k): label_value(v) for k, v in labels.items()},
                 project=self.project,
                 location=self.location,
@@ -186,6 +188,17 @@ class VertexEndpoints:
         self.project = project
         self.location = location
         self.serving = serving
+
+    def served_version(self, display_name: str) -> tuple[str, str] | None:
+        """(model, version id) taking most of the endpoint's traffic; None if it serves nothing."""
+        existing = _by_display_name(aiplatform.Endpoint, display_name, self.project, self.location)
+        if not existing:
+            return None
+        deployed = [
+            {"id": d.id, "model": d.model, "modelVersionId": d.model_version_id}
+            for d in existing[0].gca_resource.deployed_models
+        ]
+        return most_traffic(deployed, dict(existing[0].traffic_split)) if deployed else None
 
     def _endpoint(self, display_name: str) -> aiplatform.Endpoint:
         existing = _by_display_name(aiplatform.Endpoint, display_name, self.project, self.location)

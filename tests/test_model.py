@@ -1,0 +1,77 @@
+"""The training recipe: which backbone layers fine-tune, class weights, reproducible training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from components.lib.backbone import build_efficientnet_lite0
+from components.lib.model import (
+    NUM_BLOCKS,
+    TrainingConfig,
+    class_weights,
+    export_serving_model,
+    train_classifier,
+    unfreeze_top,
+)
+
+
+@pytest.fixture(scope="module")
+def backbone() -> keras.Model:
+    return build_efficientnet_lite0(input_shape=(32, 32, 3), weights=None)
+
+
+def trainable_prefixes(backbone: keras.Model) -> set[str]:
+    return {layer.name.split("_")[0] for layer in backbone.layers if layer.trainable_weights}
+
+
+def test_fine_tuning_trains_only_the_top_blocks_without_batch_norm(backbone: keras.Model) -> None:
+    assert NUM_BLOCKS == 16
+    count = unfreeze_top(backbone, 14)
+    assert trainable_prefixes(backbone) == {"block14", "block15", "head"}
+    assert count == 7  # expand, depthwise and project convolutions of two blocks, and head
+    assert not any(
+        layer.trainable
+        for layer in backbone.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
+    unfreeze_top(backbone, 0)
+    assert trainable_prefixes(backbone) == {"stem", "head"} | {f"block{i}" for i in range(16)}
+
+
+def test_fine_tune_block_out_of_range_is_refused(backbone: keras.Model) -> None:
+    with pytest.raises(ValueError, match=r"fine_tune_from_block must be in \[0, 16\]"):
+        unfreeze_top(backbone, 17)
+
+
+def test_class_weights_only_when_imbalanced() -> None:
+    assert class_weights({"a": 87, "b": 67, "c": 92}, imbalance_ratio=1.5) is None
+    weights = class_weights({"a": 100, "b": 25}, imbalance_ratio=1.5)
+    assert weights == pytest.approx({0: 125 / 200, 1: 125 / 50})
+    assert class_weights({"a": 10, "b": 10}, imbalance_ratio=0.5) == {0: 1.0, 1: 1.0}
+
+
+def test_same_seed_and_data_train_the_same_model(demo_data_dir: Path, tmp_path: Path) -> None:
+    """Reproducible on CPU: both phases, validation split, early stopping and augmentation."""
+    from components.lib.evaluation import evaluate_saved_model
+    from components.lib.records import preprocess_dataset
+
+    dataset = preprocess_dataset(
+        str(demo_data_dir), str(tmp_path / "records"), image_size=64, validation_fraction=0.125
+    )
+    config = TrainingConfig(epochs=2, fine_tune_epochs=1, fine_tune_from_block=14)
+    results = []
+    for run in ("first", "second"):
+        model, history = train_classifier(dataset, config)
+        export_serving_model(model, dataset.class_names, 64, str(tmp_path / run))
+        results.append((history, evaluate_saved_model(str(tmp_path / run), str(demo_data_dir))))
+
+    (first_history, first), (second_history, second) = results
+    assert set(first_history) >= {"head_val_loss", "fine_tune_loss", "fine_tune_val_accuracy"}
+    assert first_history == second_history
+    assert first.confusion_matrix == second.confusion_matrix
+    assert first.accuracy == second.accuracy
+    np.testing.assert_array_equal(np.asarray(first.confusion_matrix).sum(axis=1), [6, 6, 6, 6])
