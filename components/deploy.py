@@ -16,6 +16,7 @@ def deploy_model(
     accelerator_type: str,
     accelerator_count: int,
     traffic_percentage: int,
+    service_account: str,
     target: str,
     project: str,
     location: str,
@@ -35,6 +36,7 @@ def deploy_model(
         accelerator_type=accelerator_type,
         accelerator_count=accelerator_count,
         traffic_percentage=traffic_percentage,
+        service_account=service_account,
     )
     model, version_id = model_version.rsplit("@", 1)
     version = model_registry(target, local_state_dir, project, location).get_version(

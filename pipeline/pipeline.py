@@ -83,6 +83,7 @@ def build_pipeline(resources: TrainResources = TrainResources()):
         serving_accelerator_type: str = "",
         serving_accelerator_count: int = 0,
         traffic_percentage: int = 100,
+        serving_service_account: str = "",
         target: str = "vertex",
         project: str = "",
         location: str = "europe-west1",
@@ -135,6 +136,8 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             traffic_percentage: Share of the endpoint's traffic that the new version gets (100:
                 all; less: a canary beside the current version). Versions left with no traffic
                 are undeployed.
+            serving_service_account: Service account the deployed model runs as on Vertex AI;
+                empty uses Vertex AI's default one (the deploy step says so in its log).
             target: Where models are registered and served: 'local' (registry and endpoint
                 records under local_state_dir) or 'vertex' (Vertex AI Model Registry).
             project: Google Cloud project of the model and endpoint resource names.
@@ -220,6 +223,7 @@ def build_pipeline(resources: TrainResources = TrainResources()):
                     accelerator_type=serving_accelerator_type,
                     accelerator_count=serving_accelerator_count,
                     traffic_percentage=traffic_percentage,
+                    service_account=serving_service_account,
                     **registry,
                 )
                 .set_display_name("deploy")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components.lib.layout import DataLayoutError, discover_layout, download_dataset
+from components.lib.layout import DataLayoutError, discover_layout, download_dataset, redact_uri
 from tests.conftest import make_layout
 
 
@@ -69,3 +69,19 @@ def test_split_without_class_folders(layout_dir: Path) -> None:
     (layout_dir / "train").mkdir()
     with pytest.raises(DataLayoutError, match=r"split 'train' .* has no class folders"):
         discover_layout(str(layout_dir))
+
+
+def test_signed_urls_and_passwords_never_reach_messages() -> None:
+    signed = (
+        "https://storage.example.com/bucket/beers?X-Goog-Signature=SECRET&X-Goog-Credential=KEY"
+    )
+    assert redact_uri(signed) == "https://storage.example.com/bucket/beers?<redacted>"
+    assert (
+        redact_uri("https://user:SECRET@host.example/data")
+        == "https://host.example/data?<redacted>"
+    )
+    assert redact_uri("gs://bucket/beers") == "gs://bucket/beers"
+    assert redact_uri("/data/beers") == "/data/beers"
+    with pytest.raises(DataLayoutError) as raised:
+        discover_layout("unknownproto://user:SECRET@host/data?token=SECRET")
+    assert "SECRET" not in str(raised.value) and "<redacted>" in str(raised.value)

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from components.lib.prediction import ServingModel
 from pipeline.run import UsageError, parse_params
 from tests.conftest import ROOT, make_layout, run_cli
 
+RUN = [sys.executable, "-m", "pipeline.run", "--local"]
 PARAMETERS = {
     "epochs": {"parameterType": "NUMBER_INTEGER"},
     "learning_rate": {"parameterType": "NUMBER_DOUBLE"},
@@ -86,7 +88,7 @@ def test_too_many_bad_images_fail_clearly_naming_them(tmp_path: Path) -> None:
 
 def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    command = [sys.executable, "-m", "pipeline.run", "--local", "--state-dir", str(state)]
+    command = [*RUN, "--state-dir", str(state)]
     first = subprocess.Popen(
         command, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -112,3 +114,33 @@ def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> N
     for step in ("download-data", "validate-data", "preprocess-data"):
         assert f"> {step}: cached" in result.stderr
     assert summary["deployed"] is True
+
+
+def test_two_runs_at_once_against_one_registry_record_both_versions(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    quick = ["--param", "epochs=2", "--param", "fine_tune_epochs=0", "--no-cache"]
+    runs = [
+        subprocess.Popen(
+            [*RUN, "--json", "--state-dir", str(state), "--param", f"seed={seed}", *quick],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    summaries = []
+    for run in runs:
+        out, err = run.communicate(timeout=1200)
+        assert run.returncode == 0, err[-3000:]
+        summaries.append(json.loads(out.strip().splitlines()[-1]))
+
+    versions = sorted(summary["model_version"].rsplit("@", 1)[1] for summary in summaries)
+    assert versions == ["1", "2"]
+    record = json.loads((state / "models/beer-classifier/model.json").read_text())
+    assert [v["versionId"] for v in record["versions"]] == ["1", "2"]
+    assert len({v["sourceUri"] for v in record["versions"]}) == 2
+    for version in record["versions"]:
+        assert ServingModel(version["artifactUri"]).class_names[1] == "1cat"
+    endpoint = json.loads((state / "endpoints/beer-classifier-endpoint.json").read_text())
+    assert endpoint["deployedModels"][0]["modelVersionId"] in versions

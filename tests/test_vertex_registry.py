@@ -209,6 +209,7 @@ def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_
         accelerator_type="NVIDIA_TESLA_T4",
         accelerator_count=1,
         traffic_percentage=100,
+        service_account="",
         local_state_dir="",
         vertex_endpoint=vertex_endpoint,
         **location,
@@ -228,3 +229,17 @@ def test_champion_is_the_version_with_most_traffic(fake_vertex: FakeVertex) -> N
     assert champion_model_dir(*args) == "gs://bucket/a/model"
     deploy(second)
     assert champion_model_dir(*args) == "gs://bucket/b/model"
+
+
+def test_deploy_runs_the_model_as_the_configured_service_account(
+    fake_vertex: FakeVertex, caplog: pytest.LogCaptureFixture
+) -> None:
+    account = "beer-serving@test-project.iam.gserviceaccount.com"
+    deploy(upload("run-a"), Serving(service_account=account))
+    [request] = fake_vertex.calls("DeployModel")
+    assert request.deployed_model.service_account == account
+    assert "default service account" not in caplog.text
+
+    deploy(upload("run-b", "gs://bucket/b/model"))
+    assert fake_vertex.calls("DeployModel")[1].deployed_model.service_account == ""
+    assert "serving_service_account is not set" in caplog.text

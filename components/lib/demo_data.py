@@ -7,6 +7,8 @@ of one photo, so it is a smoke sample that proves the plumbing, not a benchmark 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import skimage.data
@@ -36,19 +38,29 @@ def _random_view(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def make_demo_dataset(destination: str, seed: int = 0) -> str:
-    """Write the demo dataset under ``destination`` (idempotent) and return its path."""
-    marker = os.path.join(destination, ".complete")
-    if os.path.exists(marker):
+    """Write the demo dataset under ``destination`` (idempotent) and return its path.
+
+    It is written to a temporary folder first and renamed into place, so a second run starting
+    at the same time never reads a half-written dataset.
+    """
+    if os.path.isdir(destination):
         return destination
+    parent = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=".demo-data-")
     rng = np.random.default_rng(seed)
     for class_name, sample in DEMO_CLASSES.items():
         photo = Image.fromarray(getattr(skimage.data, sample)()).convert("RGB")
         for split, count in DEMO_COUNTS.items():
-            folder = os.path.join(destination, split, class_name)
+            folder = os.path.join(staging, split, class_name)
             os.makedirs(folder, exist_ok=True)
             for index in range(count):
                 view = _random_view(photo, rng)
                 view.save(os.path.join(folder, f"{index:03d}.jpg"), quality=90)
-    with open(marker, "w") as file:
-        file.write("scikit-image sample photos, random crops\n")
+    try:
+        os.rename(staging, destination)
+    except OSError:
+        shutil.rmtree(staging)  # another run put the same dataset in place first
+        if not os.path.isdir(destination):
+            raise
     return destination

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -53,6 +54,15 @@ def _is_hidden(path: str) -> bool:
     return os.path.basename(path).startswith(".")
 
 
+def redact_uri(uri: str) -> str:
+    """``uri`` without user info, query string or fragment, where signed URLs carry secrets."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.scheme or not (parts.query or parts.fragment or "@" in parts.netloc):
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + "?<redacted>"
+
+
 def _join(fs: fsspec.AbstractFileSystem, *parts: str) -> str:
     return fs.sep.join(part.rstrip(fs.sep) for part in parts)
 
@@ -63,14 +73,16 @@ def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLa
     Raises DataLayoutError naming the missing or inconsistent part, so a wrong URI or a
     half-uploaded bucket fails in seconds instead of after training.
     """
+    shown = redact_uri(data_uri)
     try:
         fs, root = url_to_fs(data_uri)
     except (ImportError, ValueError) as error:
-        raise DataLayoutError(f"cannot open data_uri {data_uri!r}: {error}") from error
+        reason = str(error).replace(data_uri, shown)
+        raise DataLayoutError(f"cannot open data_uri {shown!r}: {reason}") from None
     root = root.rstrip(fs.sep)
     if not fs.isdir(root):
         raise DataLayoutError(
-            f"data_uri {data_uri!r} does not exist or is not a folder; expected a folder holding "
+            f"data_uri {shown!r} does not exist or is not a folder; expected a folder holding "
             f"{' and '.join(SPLITS)} sub-folders with one folder per class"
         )
 
@@ -80,8 +92,8 @@ def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLa
         split_dir = _join(fs, root, split)
         if not fs.isdir(split_dir):
             raise DataLayoutError(
-                f"split folder {split!r} is missing under {data_uri!r}; expected "
-                f"{data_uri.rstrip('/')}/{split}/<class>/<image>"
+                f"split folder {split!r} is missing under {shown!r}; expected "
+                f"<data_uri>/{split}/<class>/<image>"
             )
         class_dirs = sorted(
             entry["name"].rstrip(fs.sep)
@@ -89,7 +101,7 @@ def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLa
             if entry["type"] == "directory"
         )
         if not class_dirs:
-            raise DataLayoutError(f"split {split!r} under {data_uri!r} has no class folders")
+            raise DataLayoutError(f"split {split!r} under {shown!r} has no class folders")
         files[split] = {}
         for class_dir in class_dirs:
             names = sorted(
@@ -100,7 +112,7 @@ def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLa
             files[split][class_dir.rsplit(fs.sep, 1)[-1]] = [p for p in names if is_image_file(p)]
             ignored += [p[len(root) + 1 :] for p in names if not is_image_file(p)]
 
-    _check_classes(data_uri, files)
+    _check_classes(shown, files)
     return fs, DatasetLayout(root=root, files=files, ignored=tuple(ignored))
 
 
@@ -129,7 +141,12 @@ def download_dataset(data_uri: str, destination: str) -> DatasetLayout:
     """
     fs, layout = discover_layout(data_uri)
     total = sum(len(paths) for classes in layout.files.values() for paths in classes.values())
-    logger.info("copying %d images of %d classes from %s", total, len(layout.class_names), data_uri)
+    logger.info(
+        "copying %d images of %d classes from %s",
+        total,
+        len(layout.class_names),
+        redact_uri(data_uri),
+    )
     copied: dict[str, dict[str, list[str]]] = {}
     for split, classes in layout.files.items():
         copied[split] = {}

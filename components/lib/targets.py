@@ -30,6 +30,7 @@ class Serving:
     accelerator_type: str = ""
     accelerator_count: int = 0
     traffic_percentage: int = 100
+    service_account: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:

@@ -223,6 +223,12 @@ class VertexEndpoints:
             lambda: aiplatform.Model(version.model, version=version.version_id),
         )
         serving = self.serving
+        if not serving.service_account:
+            logger.warning(
+                "serving_service_account is not set: %s runs as Vertex AI's default service "
+                "account; set it to run the model with its own, least-privileged identity",
+                version.resource_name,
+            )
         call_vertex(
             f"deploy {version.resource_name} to {endpoint.resource_name}",
             lambda: endpoint.deploy(
@@ -234,6 +240,7 @@ class VertexEndpoints:
                 max_replica_count=serving.max_replicas,
                 accelerator_type=serving.accelerator_type or None,
                 accelerator_count=serving.accelerator_count or None,
+                service_account=serving.service_account or None,
             ),
         )
         for deployed in list(endpoint.gca_resource.deployed_models):
