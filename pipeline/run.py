@@ -289,6 +289,12 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
     arguments["target"] = "vertex"
+    if not settings.service_account:
+        print(
+            "note: no --service-account: the job runs as the project's Compute Engine default "
+            "service account",
+            file=sys.stderr,
+        )
     return settings, spec_path, arguments
 
 

@@ -55,8 +55,10 @@ def test_submit_sends_spec_typed_parameters_root_account_and_labels(
             "--no-cache",
         ]
     )
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0
+    assert "default service account" not in captured.err
 
     [request] = fake_vertex.calls("CreatePipelineJob")
     assert request.parent == f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
@@ -105,6 +107,9 @@ def test_wait_follows_the_job_and_fails_with_it(
     assert main([*SETTINGS, "--wait"]) == code
     assert fake_vertex.calls("GetPipelineJob")
     captured = capsys.readouterr()
+    assert "note: no --service-account: the job runs as the project's Compute Engine" in (
+        captured.err
+    )
     if code:
         assert "PIPELINE_STATE_FAILED" in captured.err and "out of memory" in captured.err
     else:
