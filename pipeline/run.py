@@ -348,7 +348,8 @@ def schedule(args: argparse.Namespace) -> int:
 
 
 def _run_id() -> str:
-    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    """Time of the run, and the process, so that runs started together keep separate logs."""
+    return f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
 
 
 def run_local(args: argparse.Namespace) -> dict[str, Any]:
@@ -357,9 +358,11 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     from kfp import components
 
     state_dir = os.path.abspath(args.state_dir)
-    spec_path = compile_pipeline(os.path.join(state_dir, "pipeline.yaml"))
-    with open(spec_path) as file:
-        parameters = pipeline_parameters(yaml.safe_load(file))
+    with tempfile.TemporaryDirectory() as spec_dir:  # private: runs may start side by side
+        spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
+        with open(spec_path) as file:
+            parameters = pipeline_parameters(yaml.safe_load(file))
+        pipeline = components.load_component_from_file(spec_path)
     arguments: dict[str, Any] = {"project": LOCAL_PROJECT}
     arguments.update(_arguments(args, parameters))
     if "data_uri" not in arguments:
@@ -374,7 +377,6 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     )
     log_path = os.path.join(state_dir, "logs", f"run-{_run_id()}.log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    pipeline = components.load_component_from_file(spec_path)
     with open(log_path, "w") as log:
         progress = StepProgress(log, verbose=args.verbose)
         try:
