@@ -145,6 +145,23 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
 
 VERTEX_PROJECT = "test-project"
 VERTEX_LOCATION = "europe-west4"
+VERTEX_ROOT_URI = "gs://beer-pipeline-root/runs"
+VERTEX_SETTINGS = [
+    "--project",
+    VERTEX_PROJECT,
+    "--region",
+    VERTEX_LOCATION,
+    "--pipeline-root",
+    VERTEX_ROOT_URI,
+]
+
+
+@pytest.fixture
+def no_ambient_vertex_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Vertex settings come only from what each test gives: no environment, no config file."""
+    for name in ("PROJECT", "REGION", "PIPELINE_ROOT", "SERVICE_ACCOUNT", "NETWORK", "EXPERIMENT"):
+        monkeypatch.delenv(f"BEER_PIPELINE_{name}", raising=False)
+    monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(tmp_path / "absent.yaml"))
 
 
 @pytest.fixture(scope="session")

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from google.cloud import aiplatform_v1 as v1
 
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.run import main
-from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT
+from tests.conftest import VERTEX_SETTINGS
 from tests.fake_vertex import FakeVertex
 
-SETTINGS = [
-    "--project",
-    VERTEX_PROJECT,
-    "--region",
-    VERTEX_LOCATION,
-    "--pipeline-root",
-    "gs://beer-pipeline-root/runs",
-]
-
-
-@pytest.fixture(autouse=True)
-def no_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(tmp_path / "absent.yaml"))
+SETTINGS = VERTEX_SETTINGS
+pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings")
 
 
 def test_schedule_is_created_then_updated_not_duplicated(

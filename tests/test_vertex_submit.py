@@ -10,26 +10,18 @@ from google.cloud import aiplatform_v1 as v1
 
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.run import UsageError, main
-from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, run_cli
+from tests.conftest import (
+    VERTEX_LOCATION,
+    VERTEX_PROJECT,
+    VERTEX_ROOT_URI,
+    VERTEX_SETTINGS,
+    run_cli,
+)
 from tests.fake_vertex import FakeVertex
 
-ROOT_URI = "gs://beer-pipeline-root/runs"
-SETTINGS = [
-    "--project",
-    VERTEX_PROJECT,
-    "--region",
-    VERTEX_LOCATION,
-    "--pipeline-root",
-    ROOT_URI,
-]
-
-
-@pytest.fixture(autouse=True)
-def no_ambient_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Settings come only from what each test gives: no environment, no config file."""
-    for name in ("PROJECT", "REGION", "PIPELINE_ROOT", "SERVICE_ACCOUNT", "NETWORK", "EXPERIMENT"):
-        monkeypatch.delenv(f"BEER_PIPELINE_{name}", raising=False)
-    monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(tmp_path / "absent.yaml"))
+ROOT_URI = VERTEX_ROOT_URI
+SETTINGS = VERTEX_SETTINGS
+pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings")
 
 
 def test_submit_sends_spec_typed_parameters_root_account_and_labels(
