@@ -8,6 +8,8 @@ from components import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def train_model(
     dataset: dsl.Input[dsl.Dataset],
+    features: dsl.Input[dsl.Dataset],
+    pipeline_root: str,
     epochs: int,
     learning_rate: float,
     fine_tune_epochs: int,
@@ -23,13 +25,22 @@ def train_model(
     model: dsl.Output[dsl.Model],
     training_metrics: dsl.Output[dsl.Metrics],
 ) -> None:
-    """Train the head, then fine-tune the backbone's top; export the classifier with its ``bytes``
-    -> CLASSES/PROBABILITIES signature. The per-epoch history goes in the model's metadata."""
+    """Train the head on the backbone ``features``, then fine-tune the backbone's top; export the
+    classifier with its ``bytes`` -> CLASSES/PROBABILITIES signature. The per-epoch history goes
+    in the model's metadata.
+
+    Run as a Vertex AI custom job on several machines, every worker trains and only the chief
+    writes the model; all report the same metadata (they hold the same weights). Checkpoints
+    go under ``pipeline_root`` and are removed once the model is written.
+    """
     import dataclasses
+    import shutil
 
     from components.lib.artifacts import write_metadata_file
+    from components.lib.features import check_features
     from components.lib.model import TrainingConfig, export_serving_model, train_classifier
     from components.lib.records import load_preprocessed
+    from components.lib.training import checkpoint_directory
 
     data = load_preprocessed(dataset.path)
     config = TrainingConfig(
@@ -46,8 +57,15 @@ def train_model(
         imbalance_ratio=imbalance_ratio,
         seed=seed,
     )
-    classifier, history = train_classifier(data, config)
-    export_serving_model(classifier, data.class_names, data.image_size, model.path)
+    check_features(features.path, data.image_size)
+    checkpoint_dir = checkpoint_directory(
+        pipeline_root, dataset=dataset.uri, features=features.uri, config=dataclasses.asdict(config)
+    )
+    result = train_classifier(data, config, features.path, checkpoint_dir)
+    history = result.history
+    if result.chief:
+        export_serving_model(result.model, data.class_names, data.image_size, model.path)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     model.metadata.update(
         {
             "framework": "tensorflow",
@@ -56,6 +74,8 @@ def train_model(
             "class_names": data.class_names,
             "training_config": dataclasses.asdict(config),
             "history": history,
+            "replicas": result.replicas,
+            "mixed_precision": result.mixed_precision,
         }
     )
     for name, values in history.items():

@@ -1,5 +1,5 @@
-"""The training pipeline: download, validate, preprocess, train, evaluate, then behind the accuracy
-gate upload and deploy.
+"""The training pipeline: download, validate, preprocess, backbone features, train, evaluate, then
+behind the accuracy gate upload and deploy.
 
 Its parameters, with their defaults and descriptions (shown in the Vertex Pipelines console), are
 the one place where a run is configured. Compute resources of the train step are set at compile
@@ -14,6 +14,7 @@ from kfp import dsl
 from components.deploy import deploy_model
 from components.download import download_data
 from components.evaluate import evaluate_model
+from components.features import extract_features
 from components.gate import report_not_deployed
 from components.preprocess import preprocess_data
 from components.train import train_model
@@ -162,9 +163,17 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             validation_fraction=validation_fraction,
             seed=seed,
         ).set_display_name("preprocess")
+        features = (
+            extract_features(dataset=preprocess.outputs["dataset"])
+            .set_display_name("features")
+            .set_accelerator_type(resources.accelerator_type)
+            .set_accelerator_limit(min(1, resources.accelerator_count))
+        )
         train = (
             train_model(
                 dataset=preprocess.outputs["dataset"],
+                features=features.outputs["features"],
+                pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
                 epochs=epochs,
                 learning_rate=learning_rate,
                 fine_tune_epochs=fine_tune_epochs,

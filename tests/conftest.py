@@ -129,18 +129,29 @@ def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(make_demo_dataset(str(tmp_path_factory.mktemp("demo") / "data")))
 
 
+def _train_demo_model(work: Path, demo_data_dir: Path, config) -> Path:
+    from components.lib.model import export_serving_model, train_classifier
+    from components.lib.records import preprocess_dataset
+
+    dataset = preprocess_dataset(str(demo_data_dir), str(work / "records"), image_size=96)
+    trained = train_classifier(dataset, config)
+    export_serving_model(
+        trained.model, dataset.class_names, dataset.image_size, str(work / "model")
+    )
+    shutil.rmtree(work / "records")
+    return work / "model"
+
+
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path) -> Path:
     """A classifier trained briefly on the demo dataset and exported as a serving SavedModel."""
-    from components.lib.model import TrainingConfig, export_serving_model, train_classifier
-    from components.lib.records import preprocess_dataset
+    from components.lib.model import TrainingConfig
 
-    work = tmp_path_factory.mktemp("demo-model")
-    dataset = preprocess_dataset(str(demo_data_dir), str(work / "records"), image_size=96)
-    model, _ = train_classifier(dataset, TrainingConfig(epochs=3, fine_tune_epochs=0))
-    export_serving_model(model, dataset.class_names, dataset.image_size, str(work / "model"))
-    shutil.rmtree(work / "records")
-    return work / "model"
+    return _train_demo_model(
+        tmp_path_factory.mktemp("demo-model"),
+        demo_data_dir,
+        TrainingConfig(epochs=3, fine_tune_epochs=0),
+    )
 
 
 VERTEX_PROJECT = "test-project"
@@ -213,14 +224,10 @@ def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture(scope="session")
 def weak_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path) -> Path:
     """A model trained for one epoch at a learning rate too small to learn: a weak challenger."""
-    from components.lib.model import TrainingConfig, export_serving_model, train_classifier
-    from components.lib.records import preprocess_dataset
+    from components.lib.model import TrainingConfig
 
-    work = tmp_path_factory.mktemp("weak-model")
-    dataset = preprocess_dataset(str(demo_data_dir), str(work / "records"), image_size=96)
-    model, _ = train_classifier(
-        dataset, TrainingConfig(epochs=1, learning_rate=1e-7, fine_tune_epochs=0)
+    return _train_demo_model(
+        tmp_path_factory.mktemp("weak-model"),
+        demo_data_dir,
+        TrainingConfig(epochs=1, learning_rate=1e-7, fine_tune_epochs=0),
     )
-    export_serving_model(model, dataset.class_names, dataset.image_size, str(work / "model"))
-    shutil.rmtree(work / "records")
-    return work / "model"

@@ -65,9 +65,11 @@ def test_same_seed_and_data_train_the_same_model(demo_data_dir: Path, tmp_path: 
     config = TrainingConfig(epochs=2, fine_tune_epochs=1, fine_tune_from_block=14)
     results = []
     for run in ("first", "second"):
-        model, history = train_classifier(dataset, config)
-        export_serving_model(model, dataset.class_names, 64, str(tmp_path / run))
-        results.append((history, evaluate_saved_model(str(tmp_path / run), str(demo_data_dir))))
+        trained = train_classifier(dataset, config)
+        export_serving_model(trained.model, dataset.class_names, 64, str(tmp_path / run))
+        results.append(
+            (trained.history, evaluate_saved_model(str(tmp_path / run), str(demo_data_dir)))
+        )
 
     (first_history, first), (second_history, second) = results
     assert set(first_history) >= {"head_val_loss", "fine_tune_loss", "fine_tune_val_accuracy"}

@@ -16,8 +16,16 @@ import keras
 import tensorflow as tf
 
 from components.lib.backbone import BLOCK_ARGS, build_efficientnet_lite0
+from components.lib.distribution import (
+    is_chief,
+    supports_mixed_precision,
+    training_strategy,
+    worker_id,
+)
+from components.lib.features import read_features
 from components.lib.images import decode_and_resize
 from components.lib.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
+from components.lib.training import Checkpoints, Objective, Phase, run_phase
 
 logger = logging.getLogger(__name__)
 
@@ -46,39 +54,48 @@ class TrainingConfig:
     seed: int = 42
 
 
-def build_classifier(num_classes: int, image_size: int, dropout: float) -> keras.Model:
+def build_classifier(
+    num_classes: int, image_size: int, dropout: float, weights: str | None = "imagenet"
+) -> keras.Model:
     """ImageNet EfficientNet-Lite0 with a new softmax head; RGB pixels in [0, 255] in.
 
     The backbone always runs its batch normalisation in inference mode, so fine-tuning on a
-    small dataset does not disturb the ImageNet statistics.
+    small dataset does not disturb the ImageNet statistics. The head computes in float32 even
+    under mixed precision, so probabilities and the loss keep their precision.
     """
-    backbone = build_efficientnet_lite0(input_shape=(image_size, image_size, 3), weights="imagenet")
+    backbone = build_efficientnet_lite0(input_shape=(image_size, image_size, 3), weights=weights)
     pixels = keras.Input(shape=(image_size, image_size, 3), name="pixels")
     features = backbone(pixels, training=False)
     features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    probabilities = keras.layers.Dense(num_classes, activation="softmax", name="head")(features)
+    probabilities = keras.layers.Dense(
+        num_classes, activation="softmax", name="head", dtype="float32"
+    )(features)
     return keras.Model(pixels, probabilities, name="classifier")
 
 
-def _with_augmentation(
-    classifier: keras.Model, image_size: int, brightness_contrast: float, seed: int
-) -> keras.Model:
-    """The model that training fits: uint8 pixels, flipped, rotated, zoomed and (by
-    ``brightness_contrast``) relit a little, then the classifier. Augmentation stays out of the
-    exported classifier, so it only ever applies in training."""
-    augmentations = [
+def head_model(classifier: keras.Model) -> keras.Model:
+    """The classifier's dropout and softmax layers on backbone features: training it trains the
+    classifier's head, since the layers (and weights) are shared."""
+    features = keras.Input(shape=classifier.get_layer("head_dropout").input.shape[1:])
+    head = classifier.get_layer("head")
+    return keras.Model(features, head(classifier.get_layer("head_dropout")(features)))
+
+
+def augmentation(brightness_contrast: float, seed: int) -> keras.Sequential:
+    """Flips, small rotations and zooms, and (by ``brightness_contrast``) a little relighting of
+    float pixel batches. It runs in the tf.data input pipeline, so it only ever applies in
+    training and overlaps with the accelerator's work."""
+    layers = [
         keras.layers.RandomFlip("horizontal", seed=seed),
         keras.layers.RandomRotation(0.05, seed=seed + 1),
         keras.layers.RandomZoom(0.1, seed=seed + 2),
     ]
     if brightness_contrast > 0:
-        augmentations += [
+        layers += [
             keras.layers.RandomBrightness(brightness_contrast, seed=seed + 3),
             keras.layers.RandomContrast(brightness_contrast, seed=seed + 4),
         ]
-    augment = keras.Sequential(augmentations, name="augment")
-    pixels = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="pixels")
-    return keras.Model(pixels, classifier(augment(keras.ops.cast(pixels, "float32"))))
+    return keras.Sequential(layers, name="augment")
 
 
 def _depth(layer_name: str) -> int:
@@ -120,104 +137,149 @@ def class_weights(counts: dict[str, int], imbalance_ratio: float) -> dict[int, f
     return {index: sum(sizes) / (len(sizes) * size) for index, size in enumerate(sizes)}
 
 
-class _EpochLogger(keras.callbacks.Callback):
-    """One log line per epoch, so a pipeline step shows progress without Keras' progress bars."""
+@dataclass(frozen=True)
+class TrainedClassifier:
+    """A training run's result. ``model`` is a float32 single-device copy of the classifier,
+    ready to export; only the ``chief`` process of a multi-worker job exports it."""
 
-    def __init__(self, phase: str, epochs: int) -> None:
-        super().__init__()
-        self.phase = phase
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        metrics = ", ".join(f"{name}={value:.4f}" for name, value in (logs or {}).items())
-        logger.info("%s epoch %d/%d: %s", self.phase, epoch + 1, self.epochs, metrics)
-
-
-def _fit(
-    model: keras.Model,
-    data: tuple[tf.data.Dataset, tf.data.Dataset | None],
-    phase: str,
-    epochs: int,
-    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
-    config: TrainingConfig,
-    weights: dict[int, float] | None,
-) -> dict[str, list[float]]:
-    train, validation = data
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
-    )
-    callbacks: list[keras.callbacks.Callback] = [_EpochLogger(phase, epochs)]
-    if validation is not None and config.early_stopping_patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=config.early_stopping_patience,
-                restore_best_weights=True,
-            )
-        )
-    history = model.fit(
-        train,
-        validation_data=validation,
-        epochs=epochs,
-        class_weight=weights,
-        verbose=0,
-        callbacks=callbacks,
-    )
-    return {
-        f"{phase}_{name}": [float(v) for v in values] for name, values in history.history.items()
-    }
+    model: keras.Model
+    history: dict[str, list[float]]
+    chief: bool
+    replicas: int
+    mixed_precision: bool
 
 
 def train_classifier(
-    dataset: PreprocessedDataset, config: TrainingConfig
-) -> tuple[keras.Model, dict[str, list[float]]]:
+    dataset: PreprocessedDataset,
+    config: TrainingConfig,
+    features_dir: str | None = None,
+    checkpoint_dir: str | None = None,
+    mixed_precision: bool | None = None,
+) -> TrainedClassifier:
     """Train the new head on the frozen backbone, then fine-tune the top of the backbone at a
     lower rate, each phase stopped early (best weights kept) on the ``val`` split when there is one.
 
     The head comes first so that fine-tuning starts from sensible gradients instead of
-    wrecking the pretrained features with a random head. Returns the per-epoch history.
+    wrecking the pretrained features with a random head. With ``features_dir`` (what
+    ``extract_features`` wrote) the head trains on the backbone's features computed once, not
+    on images through the backbone every epoch. Runs under the strategy the environment calls
+    for (``distribution.training_strategy``) with the batch size per replica, in mixed precision
+    on GPUs with tensor cores (``mixed_precision=None``), and checkpoints every epoch to
+    ``checkpoint_dir`` when given, resuming from what is there.
     """
     keras.utils.set_random_seed(config.seed)
+    strategy = training_strategy()
+    if mixed_precision is None:
+        mixed_precision = supports_mixed_precision()
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
     num_classes = len(dataset.class_names)
-    classifier = build_classifier(num_classes, dataset.image_size, config.dropout)
-    model = _with_augmentation(
-        classifier, dataset.image_size, config.brightness_contrast, config.seed
+    objective = Objective(
+        num_classes,
+        config.label_smoothing,
+        class_weights(dataset.counts[TRAIN], config.imbalance_ratio),
     )
-
-    def one_hot(split: str, shuffle: bool) -> tf.data.Dataset:
-        batches = read_split(dataset, split, config.batch_size, shuffle=shuffle, seed=config.seed)
-        return batches.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
-
-    data = (
-        one_hot(TRAIN, shuffle=True),
-        one_hot(VALIDATION, shuffle=False) if dataset.split_size(VALIDATION) else None,
+    checkpoints = (
+        Checkpoints(checkpoint_dir, is_chief(strategy), worker_id(strategy))
+        if checkpoint_dir
+        else None
     )
-    weights = class_weights(dataset.counts[TRAIN], config.imbalance_ratio)
+    steps_per_epoch = math.ceil(dataset.split_size(TRAIN) / global_batch)
+    has_validation = dataset.split_size(VALIDATION) > 0
     logger.info(
-        "training on %d images (%d for validation) of %d classes at %dx%d; class weights: %s",
+        "training on %d images (%d for validation) of %d classes at %dx%d; %d replica(s), "
+        "batch %d; %s; class weights: %s",
         dataset.split_size(TRAIN),
         dataset.split_size(VALIDATION),
         num_classes,
         dataset.image_size,
         dataset.image_size,
-        weights or "none (balanced)",
+        replicas,
+        global_batch,
+        "mixed precision" if mixed_precision else "float32",
+        objective.class_weights or "none (balanced)",
     )
-    backbone = classifier.get_layer("efficientnet_lite0")
-    backbone.trainable = False
-    history = _fit(model, data, "head", config.epochs, config.learning_rate, config, weights)
-    if config.fine_tune_epochs > 0:
-        trainable = unfreeze_top(backbone, config.fine_tune_from_block)
-        logger.info(
-            "fine-tuning %d backbone layers from block %d", trainable, config.fine_tune_from_block
+
+    def pixels(split: str, training: bool) -> tf.data.Dataset:
+        augment = augmentation(config.brightness_contrast, config.seed) if training else None
+        return read_split(
+            dataset,
+            split,
+            global_batch,
+            shuffle=training,
+            seed=config.seed,
+            repeat=training,
+            augment=augment,
         )
-        steps = config.fine_tune_epochs * math.ceil(dataset.split_size(TRAIN) / config.batch_size)
-        schedule = keras.optimizers.schedules.CosineDecay(config.fine_tune_learning_rate, steps)
-        history |= _fit(
-            model, data, "fine_tune", config.fine_tune_epochs, schedule, config, weights
+
+    def features(split: str, training: bool) -> tf.data.Dataset:
+        return read_features(
+            features_dir, split, global_batch, shuffle=training, seed=config.seed, repeat=training
         )
-    return classifier, history
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
+    try:
+        with strategy.scope():
+            classifier = build_classifier(num_classes, dataset.image_size, config.dropout)
+            classifier.get_layer("efficientnet_lite0").trainable = False
+            head = head_model(classifier) if features_dir else classifier
+        head_data = features if features_dir else pixels
+        history = run_phase(
+            strategy,
+            Phase(
+                name="head",
+                model=head,
+                train=head_data(TRAIN, training=True),
+                steps_per_epoch=steps_per_epoch,
+                validation=head_data(VALIDATION, training=False) if has_validation else None,
+                epochs=config.epochs,
+                learning_rate=config.learning_rate,
+                early_stopping_patience=config.early_stopping_patience,
+            ),
+            objective,
+            mixed_precision,
+            checkpoints,
+        )
+        if config.fine_tune_epochs > 0:
+            trainable = unfreeze_top(
+                classifier.get_layer("efficientnet_lite0"), config.fine_tune_from_block
+            )
+            logger.info(
+                "fine-tuning %d backbone layers from block %d",
+                trainable,
+                config.fine_tune_from_block,
+            )
+            schedule = keras.optimizers.schedules.CosineDecay(
+                config.fine_tune_learning_rate, config.fine_tune_epochs * steps_per_epoch
+            )
+            history |= run_phase(
+                strategy,
+                Phase(
+                    name="fine_tune",
+                    model=classifier,
+                    train=pixels(TRAIN, training=True),
+                    steps_per_epoch=steps_per_epoch,
+                    validation=pixels(VALIDATION, training=False) if has_validation else None,
+                    epochs=config.fine_tune_epochs,
+                    learning_rate=schedule,
+                    early_stopping_patience=config.early_stopping_patience,
+                ),
+                objective,
+                mixed_precision,
+                checkpoints,
+            )
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    exported = build_classifier(num_classes, dataset.image_size, config.dropout, weights=None)
+    exported.set_weights(classifier.get_weights())
+    return TrainedClassifier(
+        model=exported,
+        history=history,
+        chief=is_chief(strategy),
+        replicas=replicas,
+        mixed_precision=mixed_precision,
+    )
 
 
 class _ServingModule(tf.Module):

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -174,8 +175,12 @@ def read_split(
     batch_size: int,
     shuffle: bool = False,
     seed: int = 42,
+    repeat: bool = False,
+    augment: Callable[..., tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
-    """Stream ``(uint8 image, label)`` batches of one split with parallel reads and prefetching."""
+    """Stream ``(image, label)`` batches of one split with parallel reads and prefetching:
+    uint8 images, or float32 ones through ``augment`` (a Keras layer, called in training mode).
+    With ``repeat`` the stream never ends (reshuffled every pass), for step-counted epochs."""
     pattern = os.path.join(dataset.directory, f"{split}-*.tfrecord")
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
@@ -196,8 +201,12 @@ def read_split(
         records = records.shuffle(
             dataset.split_size(split), seed=seed, reshuffle_each_iteration=True
         )
-    return (
-        records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    if repeat:
+        records = records.repeat()
+    batches = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    if augment is not None:
+        batches = batches.map(
+            lambda images, labels: (augment(tf.cast(images, tf.float32), training=True), labels),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return batches.prefetch(tf.data.AUTOTUNE)

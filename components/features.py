@@ -1,0 +1,24 @@
+"""Pipeline step: the frozen backbone's features of the training images, computed once.
+
+Cached by KFP like any step, so a retrain that changes only head hyperparameters reuses them.
+"""
+
+from kfp import dsl
+
+from components import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def extract_features(
+    dataset: dsl.Input[dsl.Dataset],
+    features: dsl.Output[dsl.Dataset],
+) -> None:
+    """Write the EfficientNet-Lite0 (ImageNet) features of the train and val splits."""
+    from components.lib.features import extract_features as extract
+    from components.lib.records import load_preprocessed
+
+    data = load_preprocessed(dataset.path)
+    counts = extract(data, features.path)
+    features.metadata.update(
+        {"backbone": "efficientnet_lite0", "image_size": data.image_size, "counts": counts}
+    )

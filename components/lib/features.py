@@ -1,0 +1,98 @@
+"""Backbone features computed once per dataset and image size, for training the head.
+
+While the backbone is frozen, every epoch would push the same images through the same
+EfficientNet: computing its 1280-d pooled features once and training the head on them gives the
+same head in a fraction of the time, and a retrain that changes only head hyperparameters
+reuses them (the pipeline's cached features step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from components.lib.backbone import build_efficientnet_lite0
+from components.lib.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
+
+logger = logging.getLogger(__name__)
+
+FEATURES_INFO_FILE = "features.json"
+BACKBONE_NAME = "efficientnet_lite0"
+
+
+def _features_path(directory: str, split: str) -> str:
+    return os.path.join(directory, f"{split}-features.npz")
+
+
+def extract_features(
+    dataset: PreprocessedDataset, output_dir: str, batch_size: int = 64
+) -> dict[str, int]:
+    """Write the frozen ImageNet backbone's features of the train and val splits to
+    ``output_dir``; returns the image count per split."""
+    backbone = build_efficientnet_lite0(
+        input_shape=(dataset.image_size, dataset.image_size, 3), weights="imagenet"
+    )
+    embed = tf.function(lambda images: backbone(tf.cast(images, tf.float32), training=False))
+    os.makedirs(output_dir, exist_ok=True)
+    counts = {}
+    for split in (TRAIN, VALIDATION):
+        if not dataset.split_size(split):
+            continue
+        features, labels = [], []
+        for images, batch_labels in read_split(dataset, split, batch_size):
+            features.append(embed(images).numpy())
+            labels.append(batch_labels.numpy())
+        np.savez(
+            _features_path(output_dir, split),
+            features=np.concatenate(features),
+            labels=np.concatenate(labels),
+        )
+        counts[split] = sum(len(batch) for batch in labels)
+        logger.info("%s: features of %d images", split, counts[split])
+    with open(os.path.join(output_dir, FEATURES_INFO_FILE), "w") as file:
+        json.dump(
+            {"backbone": BACKBONE_NAME, "image_size": dataset.image_size, "counts": counts},
+            file,
+            indent=2,
+        )
+    return counts
+
+
+def read_features(
+    directory: str,
+    split: str,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 42,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """``(features, label)`` batches of one split, as ``records.read_split`` streams images.
+
+    The features of a split are small (5 KB an image), so they are read into memory whole.
+    """
+    path = _features_path(directory, split)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no features at {path}; run the features step first")
+    with np.load(path) as arrays:
+        features, labels = arrays["features"], arrays["labels"]
+    batches = tf.data.Dataset.from_tensor_slices((features, labels))
+    if shuffle:
+        batches = batches.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        batches = batches.repeat()
+    return batches.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def check_features(directory: str, image_size: int) -> None:
+    """Refuse features made at another image size or with another backbone than this training."""
+    with open(os.path.join(directory, FEATURES_INFO_FILE)) as file:
+        info = json.load(file)
+    if info["backbone"] != BACKBONE_NAME or info["image_size"] != image_size:
+        raise ValueError(
+            f"the features in {directory} come from {info['backbone']} at "
+            f"{info['image_size']} px, but training uses {BACKBONE_NAME} at {image_size} px"
+        )
