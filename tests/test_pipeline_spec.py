@@ -27,18 +27,21 @@ def test_checked_in_pipeline_yaml_equals_a_fresh_compile(tmp_path: Path) -> None
     )
 
 
-def test_train_step_requests_one_t4_gpu(spec: dict) -> None:
-    resources = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]["resources"]
+def test_train_and_features_steps_request_one_t4_gpu(spec: dict) -> None:
+    executors = spec["deploymentSpec"]["executors"]
+    resources = executors["exec-train-model"]["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4"
     assert resources["accelerator"]["resourceCount"] == "1"
     assert resources["resourceCpuLimit"] == "8"
     assert resources["resourceMemoryLimit"] == "30G"
+    features = executors["exec-extract-features"]["container"]["resources"]["accelerator"]
+    assert (features["resourceType"], features["resourceCount"]) == ("NVIDIA_TESLA_T4", "1")
     others = {
         name: executor["container"].get("resources")
-        for name, executor in spec["deploymentSpec"]["executors"].items()
-        if name != "exec-train-model"
+        for name, executor in executors.items()
+        if name not in ("exec-train-model", "exec-extract-features")
     }
-    assert not any(others.values()), "only the train step asks for a GPU"
+    assert not any(others.values()), "only the features and train steps ask for a GPU"
 
 
 def test_compile_cli_sets_other_resources(tmp_path: Path) -> None:

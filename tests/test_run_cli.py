@@ -59,6 +59,7 @@ def test_demo_default_runs_end_to_end(tmp_path: Path) -> None:
         "download-data",
         "validate-data",
         "preprocess-data",
+        "extract-features",
         "train-model",
         "evaluate-model",
         "upload-model",
@@ -111,7 +112,7 @@ def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> N
         "upload-model",
         "deploy-model",
     ]
-    for step in ("download-data", "validate-data", "preprocess-data"):
+    for step in ("download-data", "validate-data", "preprocess-data", "extract-features"):
         assert f"> {step}: cached" in result.stderr
     assert summary["deployed"] is True
 

@@ -20,6 +20,8 @@ import keras
 import tensorflow as tf
 
 logger = logging.getLogger(__name__)
+# TensorFlow logs every checkpoint save at INFO; a training step's log should show its epochs.
+tf.get_logger().setLevel(logging.WARNING)
 
 Schedule = float | keras.optimizers.schedules.LearningRateSchedule
 
