@@ -1,0 +1,278 @@
+"""The image recipe (docker/), checked statically: no Docker engine is needed to run these.
+
+The Dockerfile's base must carry pyproject.toml's TensorFlow, the lock must satisfy pyproject.toml,
+the build context must hold what the Dockerfile copies, and docker/build.sh must produce the image
+URI that the checked-in pipeline.yaml runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli comes with pytest there
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+BASH = shutil.which("bash")
+URI_SETTINGS = ("PROJECT", "REGION", "REPOSITORY")
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """``(KEYWORD, arguments)`` per instruction, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", "", (DOCKER / "Dockerfile").read_text())
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, arguments = line.partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def locked_versions() -> dict[str, str]:
+    """``{canonical name: version}`` of docker/requirements.lock; every entry must be ``==``."""
+    pins = {}
+    for line in (DOCKER / "requirements.lock").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, separator, version = line.partition("==")
+            assert separator, f"not an exact pin in the lock: {line!r}"
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def base_image_tensorflow() -> str:
+    images = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "FROM"]
+    assert len(images) == 1, images
+    match = re.fullmatch(r"tensorflow/tensorflow:(\S+)-gpu", images[0])
+    assert match, f"base image is not tensorflow/tensorflow:<version>-gpu: {images[0]}"
+    return match.group(1)
+
+
+def build_sh(*args: str, path: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    """``bash docker/build.sh ARGS`` with none of its settings from the caller's environment."""
+    environment = {k: v for k, v in os.environ.items() if k not in URI_SETTINGS}
+    if path is not None:
+        environment["PATH"] = path
+    environment.update(env)
+    return subprocess.run(
+        [BASH, str(DOCKER / "build.sh"), *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def default_image_uri() -> str:
+    result = build_sh("--print-uri")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_base_image_tensorflow_is_the_pinned_and_locked_one() -> None:
+    base = base_image_tensorflow()
+    (tensorflow,) = [
+        Requirement(dependency)
+        for dependency in pyproject()["project"]["dependencies"]
+        if canonicalize_name(Requirement(dependency).name) == "tensorflow"
+    ]
+    assert str(tensorflow.specifier) == f"=={base}", "pin tensorflow exactly to the base's version"
+    assert locked_versions()["tensorflow"] == base
+    # The build-time check that the base image really carries that TensorFlow.
+    assert f"version('tensorflow') == '{base}'" in (DOCKER / "Dockerfile").read_text()
+
+
+def test_lock_pins_every_direct_dependency_within_pyproject() -> None:
+    pins = locked_versions()
+    dependencies = [Requirement(d) for d in pyproject()["project"]["dependencies"]]
+    assert dependencies
+    for requirement in dependencies:
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} is not locked: run bash docker/lock.sh"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"locked {name}=={pins[name]}, wanted {requirement}: run bash docker/lock.sh"
+        )
+
+
+def test_lock_is_resolved_for_the_python_the_dockerfile_checks() -> None:
+    lock_script = (DOCKER / "lock.sh").read_text()
+    (lock_python,) = re.findall(r"^PYTHON_VERSION=(\d+\.\d+)$", lock_script, re.MULTILINE)
+    (checked,) = re.findall(
+        r"sys\.version_info\[:2\] == \((\d+), (\d+)\)", (DOCKER / "Dockerfile").read_text()
+    )
+    assert lock_python == ".".join(checked)
+    header = (DOCKER / "requirements.lock").read_text().splitlines()[:2]
+    assert header[1] == "#    bash docker/lock.sh", "the lock must say how to regenerate it"
+
+
+def _ignore_rules() -> list[tuple[bool, re.Pattern]]:
+    """docker/Dockerfile.dockerignore as ``(is_exception, regex)``, in file order."""
+    rules = []
+    for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = line.lstrip("!").strip("/")
+        regex = re.escape(pattern)
+        regex = regex.replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*")
+        regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        rules.append((exception, re.compile(regex + r"\Z")))
+    return rules
+
+
+def excluded_from_context(path: str) -> bool:
+    """Docker's rule: the last pattern that matches the path or one of its parents decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    excluded = False
+    for exception, regex in _ignore_rules():
+        if any(regex.match(candidate) for candidate in candidates):
+            excluded = not exception
+    return excluded
+
+
+def test_build_context_leaves_out_local_and_bulky_files() -> None:
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/test_docker.py",
+        ".vertex-local/models/m/model.json",
+        "local_outputs/run/report.html",
+        "bench/serve_load.py",
+        "components/__pycache__/train.cpython-311.pyc",
+        "components/lib/__pycache__/model.cpython-311.pyc",
+        "beer_vertex_pipeline.egg-info/PKG-INFO",
+        ".pytest_cache/v/cache/nodeids",
+        "pipeline.yaml",
+        "docker/build.sh",
+    ):
+        assert excluded_from_context(path), path
+    assert not excluded_from_context("components/lib/backbone.py")
+
+
+def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
+    copies = [shlex.split(a) for keyword, a in dockerfile_instructions() if keyword == "COPY"]
+    sources = [s for words in copies for s in [w for w in words if not w.startswith("--")][:-1]]
+    assert {"pyproject.toml", "components", "pipeline", "docker/requirements.lock"} <= set(sources)
+    for source in sources:
+        path = ROOT / source
+        assert path.exists(), f"the Dockerfile copies {source}, which does not exist"
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        assert files, source
+        for file in files:
+            relative = file.relative_to(ROOT).as_posix()
+            assert not excluded_from_context(relative), f"{relative} is left out of the context"
+
+
+def test_dockerfile_ends_as_a_non_root_user() -> None:
+    users = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "USER"]
+    assert users, "the Dockerfile never leaves root"
+    assert users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_compiled_pipeline_runs_the_image_build_sh_pushes() -> None:
+    from components import PIPELINE_IMAGE
+
+    uri = default_image_uri()
+    version = pyproject()["project"]["version"]
+    assert uri == f"us-docker.pkg.dev/your-project/beer-pipeline/beer-pipeline:{version}"
+    spec = yaml.safe_load((ROOT / "pipeline.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    assert executors
+    assert {name: e["container"]["image"] for name, e in executors.items()} == dict.fromkeys(
+        executors, uri
+    )
+    assert uri == PIPELINE_IMAGE
+
+
+def test_build_sh_takes_settings_from_flags_over_environment() -> None:
+    from_env = build_sh("--print-uri", PROJECT="p1", REGION="europe-west4", REPOSITORY="r1")
+    assert from_env.stdout.strip().startswith("europe-west4-docker.pkg.dev/p1/r1/beer-pipeline:")
+    from_flags = build_sh("--print-uri", "--project", "p2", "--repository", "r2", REGION="asia")
+    assert from_flags.stdout.strip().startswith("asia-docker.pkg.dev/p2/r2/beer-pipeline:")
+    unknown = build_sh("--bogus")
+    assert unknown.returncode != 0 and "unknown argument: --bogus" in unknown.stderr
+    assert "--print-uri" in build_sh("--help").stdout
+
+
+@pytest.fixture
+def fake_tools(tmp_path: Path) -> tuple[str, Path]:
+    """A PATH whose ``docker`` and ``gcloud`` only record their arguments in a file."""
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("docker", "gcloud"):
+        script = bin_dir / tool
+        script.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{calls}"\n')
+        script.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}", calls
+
+
+def test_build_sh_builds_the_repository_and_pushes_the_uri(fake_tools: tuple[str, Path]) -> None:
+    path, calls = fake_tools
+    result = build_sh("--project", "p", "--region", "europe-west4", path=path)
+    assert result.returncode == 0, result.stderr
+    uri = build_sh("--print-uri", "--project", "p", "--region", "europe-west4").stdout.strip()
+    lines = calls.read_text().splitlines()
+    assert lines[0] == "docker info"
+    assert lines[1] == "gcloud auth configure-docker europe-west4-docker.pkg.dev --quiet"
+    build = lines[2].split()
+    assert build[:2] == ["docker", "build"] and build[-1] == str(ROOT)
+    assert build[build.index("-f") + 1] == str(DOCKER / "Dockerfile")
+    assert build[build.index("-t") + 1] == uri
+    assert lines[3:] == [f"docker push {uri}"]
+
+
+def test_build_sh_no_push_needs_no_gcloud(fake_tools: tuple[str, Path]) -> None:
+    path, calls = fake_tools
+    result = build_sh("--no-push", path=path)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[:2] for line in calls.read_text().splitlines()] == [
+        ["docker", "info"],
+        ["docker", "build"],
+    ]
+
+
+def test_build_sh_cloud_build_gives_the_same_uri(fake_tools: tuple[str, Path]) -> None:
+    path, calls = fake_tools
+    result = build_sh("--cloud-build", "--project", "p", "--repository", "r", path=path)
+    assert result.returncode == 0, result.stderr
+    (call,) = calls.read_text().splitlines()
+    words = call.split()
+    assert words[:3] == ["gcloud", "builds", "submit"]
+    assert words[words.index("--config") + 1] == str(DOCKER / "cloudbuild.yaml")
+    pairs = words[words.index("--substitutions") + 1].split(",")
+    substitutions = dict(pair.split("=", 1) for pair in pairs)
+    substitutions["PROJECT_ID"] = words[words.index("--project") + 1]
+    config = yaml.safe_load((DOCKER / "cloudbuild.yaml").read_text())
+    (image,) = config["images"]
+    rendered = re.sub(r"\$\{(\w+)\}", lambda m: substitutions[m.group(1)], image)
+    assert rendered == build_sh("--print-uri", "--project", "p", "--repository", "r").stdout.strip()
+
+
+def test_build_sh_says_when_docker_is_missing(tmp_path: Path) -> None:
+    # Only the tools build.sh itself needs, so no docker can be found.
+    for tool in ("awk", "dirname"):
+        (tmp_path / tool).symlink_to(shutil.which(tool))
+    result = build_sh("--no-push", path=str(tmp_path))
+    assert result.returncode == 1
+    assert "docker not found" in result.stderr and "--cloud-build" in result.stderr
