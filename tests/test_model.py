@@ -77,3 +77,26 @@ def test_same_seed_and_data_train_the_same_model(demo_data_dir: Path, tmp_path: 
     assert first.confusion_matrix == second.confusion_matrix
     assert first.accuracy == second.accuracy
     np.testing.assert_array_equal(np.asarray(first.confusion_matrix).sum(axis=1), [6, 6, 6, 6])
+
+
+def test_mixed_precision_trains_and_exports_a_float32_model(
+    demo_data_dir: Path, tmp_path: Path
+) -> None:
+    """The GPU path (float16 compute, loss scaling) runs here on CPU when forced; the exported
+    copy is float32 and the global dtype policy is restored."""
+    from components.lib.prediction import ServingModel
+    from components.lib.records import preprocess_dataset
+
+    dataset = preprocess_dataset(str(demo_data_dir), str(tmp_path / "records"), image_size=64)
+    config = TrainingConfig(epochs=1, fine_tune_epochs=1, fine_tune_from_block=14)
+    trained = train_classifier(dataset, config, mixed_precision=True)
+
+    assert trained.mixed_precision and trained.replicas == 1 and trained.chief
+    assert keras.config.dtype_policy().name == "float32"
+    assert {weight.dtype for weight in trained.model.weights} == {"float32"}
+    assert set(trained.history) >= {"head_loss", "fine_tune_loss"}
+    assert all(np.isfinite(trained.history["fine_tune_loss"]))
+    export_serving_model(trained.model, dataset.class_names, 64, str(tmp_path / "model"))
+    images = sorted(demo_data_dir.glob("eval/*/*"))[:4]
+    predictions = ServingModel(str(tmp_path / "model")).predict([p.read_bytes() for p in images])
+    np.testing.assert_allclose(np.asarray(predictions.probabilities).sum(axis=1), 1.0, atol=1e-5)
