@@ -217,6 +217,19 @@ def train_classifier(
             features_dir, split, global_batch, shuffle=training, seed=config.seed, repeat=training
         )
 
+    def fit_phase(name: str, model: keras.Model, data, epochs: int, learning_rate) -> dict:
+        phase = Phase(
+            name=name,
+            model=model,
+            train=data(TRAIN, training=True),
+            steps_per_epoch=steps_per_epoch,
+            validation=data(VALIDATION, training=False) if has_validation else None,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            early_stopping_patience=config.early_stopping_patience,
+        )
+        return run_phase(strategy, phase, objective, mixed_precision, checkpoints)
+
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
     try:
@@ -224,22 +237,12 @@ def train_classifier(
             classifier = build_classifier(num_classes, dataset.image_size, config.dropout)
             classifier.get_layer("efficientnet_lite0").trainable = False
             head = head_model(classifier) if features_dir else classifier
-        head_data = features if features_dir else pixels
-        history = run_phase(
-            strategy,
-            Phase(
-                name="head",
-                model=head,
-                train=head_data(TRAIN, training=True),
-                steps_per_epoch=steps_per_epoch,
-                validation=head_data(VALIDATION, training=False) if has_validation else None,
-                epochs=config.epochs,
-                learning_rate=config.learning_rate,
-                early_stopping_patience=config.early_stopping_patience,
-            ),
-            objective,
-            mixed_precision,
-            checkpoints,
+        history = fit_phase(
+            "head",
+            head,
+            features if features_dir else pixels,
+            config.epochs,
+            config.learning_rate,
         )
         if config.fine_tune_epochs > 0:
             trainable = unfreeze_top(
@@ -253,22 +256,7 @@ def train_classifier(
             schedule = keras.optimizers.schedules.CosineDecay(
                 config.fine_tune_learning_rate, config.fine_tune_epochs * steps_per_epoch
             )
-            history |= run_phase(
-                strategy,
-                Phase(
-                    name="fine_tune",
-                    model=classifier,
-                    train=pixels(TRAIN, training=True),
-                    steps_per_epoch=steps_per_epoch,
-                    validation=pixels(VALIDATION, training=False) if has_validation else None,
-                    epochs=config.fine_tune_epochs,
-                    learning_rate=schedule,
-                    early_stopping_patience=config.early_stopping_patience,
-                ),
-                objective,
-                mixed_precision,
-                checkpoints,
-            )
+            history |= fit_phase("fine_tune", classifier, pixels, config.fine_tune_epochs, schedule)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     exported = build_classifier(num_classes, dataset.image_size, config.dropout, weights=None)
