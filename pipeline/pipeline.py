@@ -2,15 +2,23 @@
 behind the accuracy gate upload and deploy.
 
 Its parameters, with their defaults and descriptions (shown in the Vertex Pipelines console), are
-the one place where a run is configured. Compute resources of the train step are set at compile
-time (KFP compiles them into the spec), through ``TrainResources``.
+the one place where a run is configured. Compute resources of the train step (``TrainResources``)
+and the image every step runs in are set at compile time: KFP compiles them into the spec.
 """
 
+import copy
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from google_cloud_pipeline_components import _placeholders
+from google_cloud_pipeline_components.v1.custom_job import (
+    create_custom_training_job_from_component,
+)
 from kfp import dsl
+from kfp.dsl import pipeline_context
+from kfp.dsl.base_component import BaseComponent
 
+from components import PIPELINE_IMAGE
 from components.deploy import deploy_model
 from components.download import download_data
 from components.evaluate import evaluate_model
@@ -23,16 +31,41 @@ from components.validate import validate_data
 
 PIPELINE_NAME = "beer-classifier-training"
 CHALLENGE_DATA_URI = "gs://ml6_junior_ml_engineer_challenge_cv_beer_data/data"
+CUSTOM_JOB_MACHINE_TYPE = "n1-standard-8"
+"""Machine of a custom training job that names none: 8 vCPUs and 30 GB, the plain step's limits."""
 
 
 @dataclass(frozen=True)
 class TrainResources:
-    """What the train step asks of Vertex AI: one T4 GPU by default."""
+    """What the train step asks of Vertex AI: one T4 GPU, 8 CPUs, 30G by default.
+
+    By default the train step is a plain pipeline component, which is also what kfp.local runs.
+    It becomes a Vertex AI custom training job (``custom_job``) when it asks for what only such
+    a job offers: more than one replica, a machine type, or spot VMs. The job then runs
+    ``replica_count`` machines of ``machine_type`` (``CUSTOM_JOB_MACHINE_TYPE`` if empty), each
+    with ``accelerator_count`` GPUs of ``accelerator_type`` (none if empty): one chief and
+    ``replica_count - 1`` workers, with TF_CONFIG set by Vertex AI. ``cpu_limit`` and
+    ``memory_limit`` apply to the plain component only; a job's machine type sets both.
+    """
 
     accelerator_type: str = "NVIDIA_TESLA_T4"
     accelerator_count: int = 1
     cpu_limit: str = "8"
     memory_limit: str = "30G"
+    replica_count: int = 1
+    machine_type: str = ""
+    spot: bool = False
+
+    def __post_init__(self) -> None:
+        if self.replica_count < 1:
+            raise ValueError(f"replica_count must be at least 1, got {self.replica_count}")
+        if self.accelerator_count < 0:
+            raise ValueError(f"accelerator_count must be 0 or more, got {self.accelerator_count}")
+
+    @property
+    def custom_job(self) -> bool:
+        """Whether the train step runs as a Vertex AI custom training job."""
+        return self.replica_count > 1 or bool(self.machine_type) or self.spot
 
 
 class PipelineOutputs(NamedTuple):
@@ -45,8 +78,63 @@ class PipelineOutputs(NamedTuple):
     report: dsl.HTML
 
 
-def build_pipeline(resources: TrainResources = TrainResources()):
-    """Define the pipeline with the train step's compute ``resources``."""
+def _in_image(component: BaseComponent, image: str) -> BaseComponent:
+    """A copy of ``component`` whose container runs ``image``."""
+    copied = copy.deepcopy(component)
+    copied.component_spec.implementation.container.image = image
+    return copied
+
+
+def _train_task(
+    resources: TrainResources, image: str, location: str, **inputs: Any
+) -> dsl.PipelineTask:
+    """The train task: a plain component, or a custom training job (``TrainResources``)."""
+    if not resources.custom_job:
+        return (
+            train_model(**inputs)
+            .set_accelerator_type(resources.accelerator_type)
+            .set_accelerator_limit(resources.accelerator_count)
+            .set_cpu_limit(resources.cpu_limit)
+            .set_memory_limit(resources.memory_limit)
+        )
+    # The job's workers run the component's own container, so the image is set on the
+    # component before wrapping; the task itself runs Google's launcher image.
+    job = create_custom_training_job_from_component(
+        _in_image(train_model, image),
+        display_name=f"{PIPELINE_NAME}-train",
+        replica_count=resources.replica_count,
+        machine_type=resources.machine_type or CUSTOM_JOB_MACHINE_TYPE,
+        accelerator_type=resources.accelerator_type,
+        accelerator_count=resources.accelerator_count,
+        # A preempted (spot) or failed worker restarts the whole job, which resumes from the
+        # train step's checkpoints: multi-worker training does not survive a worker leaving.
+        restart_job_on_worker_restart=True,
+        strategy="SPOT" if resources.spot else "STANDARD",
+        # The pipeline's identity, as a plain step has; left empty, the job would run as
+        # Vertex AI's Custom Code Service Agent, which may not read the pipeline's bucket.
+        service_account=_placeholders.SERVICE_ACCOUNT_PLACEHOLDER,
+    )
+    # The job's project is left at its default, the pipeline job's own: the pipeline's project
+    # parameter may be empty.
+    return job(location=location, **inputs)
+
+
+def _run_in(image: str) -> None:
+    """Run every task of the pipeline being defined that uses the project image in ``image``.
+
+    One sweep, so that no step can be missed; the custom job task runs Google's launcher image
+    and is left alone.
+    """
+    for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
+        if task.container_spec is not None and task.container_spec.image == PIPELINE_IMAGE:
+            task.set_container_image(image)
+
+
+def build_pipeline(
+    resources: TrainResources = TrainResources(),
+    image: str = PIPELINE_IMAGE,
+):
+    """Define the pipeline with the train step's compute ``resources``, every step in ``image``."""
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -142,7 +230,8 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             target: Where models are registered and served: 'local' (registry and endpoint
                 records under local_state_dir) or 'vertex' (Vertex AI Model Registry).
             project: Google Cloud project of the model and endpoint resource names.
-            location: Region of the model and endpoint.
+            location: Region of the model and endpoint, and of the train step when it runs as a
+                Vertex AI custom training job.
             local_state_dir: Folder of the local model registry and endpoints (target 'local').
         """
         registry = {
@@ -163,36 +252,31 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             validation_fraction=validation_fraction,
             seed=seed,
         ).set_display_name("preprocess")
-        features = (
-            extract_features(dataset=preprocess.outputs["dataset"])
-            .set_display_name("features")
-            .set_accelerator_type(resources.accelerator_type)
-            .set_accelerator_limit(min(1, resources.accelerator_count))
+        features = extract_features(dataset=preprocess.outputs["dataset"]).set_display_name(
+            "features"
         )
-        train = (
-            train_model(
-                dataset=preprocess.outputs["dataset"],
-                features=features.outputs["features"],
-                pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
-                epochs=epochs,
-                learning_rate=learning_rate,
-                fine_tune_epochs=fine_tune_epochs,
-                fine_tune_learning_rate=fine_tune_learning_rate,
-                fine_tune_from_block=fine_tune_from_block,
-                batch_size=batch_size,
-                dropout=dropout,
-                label_smoothing=label_smoothing,
-                brightness_contrast=brightness_contrast,
-                early_stopping_patience=early_stopping_patience,
-                imbalance_ratio=imbalance_ratio,
-                seed=seed,
-            )
-            .set_display_name("train")
-            .set_accelerator_type(resources.accelerator_type)
-            .set_accelerator_limit(resources.accelerator_count)
-            .set_cpu_limit(resources.cpu_limit)
-            .set_memory_limit(resources.memory_limit)
-        )
+        if resources.accelerator_type and resources.accelerator_count:
+            features.set_accelerator_type(resources.accelerator_type).set_accelerator_limit(1)
+        train = _train_task(
+            resources,
+            image,
+            location,
+            dataset=preprocess.outputs["dataset"],
+            features=features.outputs["features"],
+            pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            fine_tune_epochs=fine_tune_epochs,
+            fine_tune_learning_rate=fine_tune_learning_rate,
+            fine_tune_from_block=fine_tune_from_block,
+            batch_size=batch_size,
+            dropout=dropout,
+            label_smoothing=label_smoothing,
+            brightness_contrast=brightness_contrast,
+            early_stopping_patience=early_stopping_patience,
+            imbalance_ratio=imbalance_ratio,
+            seed=seed,
+        ).set_display_name("train")
         # Never cached: the champion it compares with can change between runs.
         evaluate = (
             evaluate_model(
@@ -244,6 +328,7 @@ def build_pipeline(resources: TrainResources = TrainResources()):
                 .set_display_name("not-deployed")
                 .set_caching_options(False)
             )
+        _run_in(image)
         return PipelineOutputs(
             accuracy=evaluate.outputs["accuracy"],
             champion_accuracy=evaluate.outputs["champion_accuracy"],

@@ -1,0 +1,129 @@
+"""The train step as a Vertex AI custom training job, and the image every step runs in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import PIPELINE_IMAGE
+from pipeline.compile import compile_pipeline, main
+from pipeline.pipeline import CUSTOM_JOB_MACHINE_TYPE, TrainResources
+
+IMAGE = "europe-west1-docker.pkg.dev/my-project/beer-pipeline/beer-pipeline:test"
+
+
+def _compiled(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _images(spec: dict) -> dict[str, str]:
+    return {
+        name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()
+    }
+
+
+def _job_inputs(spec: dict) -> dict:
+    """The train component's input parameters: the custom job's settings sit in their defaults."""
+    return spec["components"]["comp-train-model"]["inputDefinitions"]["parameters"]
+
+
+def test_custom_job_is_asked_for_by_replicas_machine_type_or_spot() -> None:
+    assert not TrainResources().custom_job
+    assert not TrainResources(accelerator_type="NVIDIA_L4", accelerator_count=2).custom_job
+    assert TrainResources(replica_count=2).custom_job
+    assert TrainResources(machine_type="n1-standard-8").custom_job
+    assert TrainResources(spot=True).custom_job
+    with pytest.raises(ValueError, match="replica_count"):
+        TrainResources(replica_count=0)
+
+
+def test_two_replicas_of_one_gpu_compile_to_worker_pools_in_the_given_image(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "job.yaml"
+    main(
+        [
+            "--output", str(output),
+            "--image", IMAGE,
+            "--replicas", "2",
+            "--machine-type", "n1-standard-8",
+            "--accelerator-type", "NVIDIA_TESLA_T4",
+            "--accelerator-count", "1",
+            "--spot",
+        ]
+    )  # fmt: skip
+    spec = _compiled(output)
+    inputs = _job_inputs(spec)
+    pools = inputs["worker_pool_specs"]["defaultValue"]
+    assert [pool["replica_count"] for pool in pools] == [1, 1], "a chief and one worker"
+    for pool in pools:
+        assert pool["machine_spec"] == {
+            "machine_type": "n1-standard-8",
+            "accelerator_type": "NVIDIA_TESLA_T4",
+            "accelerator_count": 1,
+        }
+        container = pool["container_spec"]
+        assert container["image_uri"] == IMAGE
+        assert "train_model" in container["args"], "the workers run the train component"
+    assert inputs["strategy"]["defaultValue"] == "SPOT"
+    assert inputs["restart_job_on_worker_restart"]["defaultValue"] is True
+    assert inputs["service_account"]["defaultValue"] == "{{$.pipeline_service_account}}"
+    assert inputs["display_name"]["defaultValue"] == "beer-classifier-training-train"
+
+    task = spec["root"]["dag"]["tasks"]["train-model"]
+    assert task["inputs"]["parameters"]["location"] == {"componentInputParameter": "location"}
+    assert task["taskInfo"]["name"] == "train"
+    assert "resources" not in spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    evaluate = spec["root"]["dag"]["tasks"]["evaluate-model"]["inputs"]["artifacts"]["model"]
+    assert evaluate["taskOutputArtifact"] == {
+        "outputArtifactKey": "model",
+        "producerTask": "train-model",
+    }
+
+    images = _images(spec)
+    assert images.pop("exec-train-model").startswith(
+        "gcr.io/ml-pipeline/google-cloud-pipeline-components:"
+    ), "the custom job task is Google's launcher"
+    assert set(images.values()) == {IMAGE}
+
+
+def test_custom_job_without_machine_type_or_gpu(tmp_path: Path) -> None:
+    output = compile_pipeline(
+        str(tmp_path / "cpu.yaml"), TrainResources(accelerator_type="", replica_count=3)
+    )
+    inputs = _job_inputs(_compiled(Path(output)))
+    pools = inputs["worker_pool_specs"]["defaultValue"]
+    assert [pool["replica_count"] for pool in pools] == [1, 2]
+    assert all(pool["machine_spec"] == {"machine_type": CUSTOM_JOB_MACHINE_TYPE} for pool in pools)
+    assert all(pool["container_spec"]["image_uri"] == PIPELINE_IMAGE for pool in pools)
+    assert inputs["strategy"]["defaultValue"] == "STANDARD"
+
+
+def test_default_compile_is_a_plain_step_in_the_project_image(tmp_path: Path) -> None:
+    spec = _compiled(Path(compile_pipeline(str(tmp_path / "pipeline.yaml"))))
+    assert "worker_pool_specs" not in _job_inputs(spec)
+    assert set(_images(spec).values()) == {PIPELINE_IMAGE}
+
+
+def test_image_flag_sets_every_executor_image(tmp_path: Path) -> None:
+    output = tmp_path / "pipeline.yaml"
+    main(["--output", str(output), "--image", IMAGE])
+    spec = _compiled(output)
+    assert set(_images(spec).values()) == {IMAGE}
+    assert "worker_pool_specs" not in _job_inputs(spec)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--replicas", "0"], ["--replicas", "2", "--cpu", "4"], ["--spot", "--memory", "16G"]],
+)
+def test_compile_cli_refuses_settings_that_cannot_apply(
+    flags: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--output", str(tmp_path / "x.yaml"), *flags])
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "x.yaml").exists()
