@@ -151,6 +151,13 @@ def _add_pipeline_options(parser: argparse.ArgumentParser, with_defaults: bool) 
         help=f"YAML file of settings (env {ENV_PREFIX}CONFIG, default {DEFAULT_CONFIG})",
     )
     vertex.add_argument(
+        "--pipeline-file",
+        default=default(None),
+        help="a compiled pipeline to submit or schedule instead of a fresh default compile, e.g. "
+        "one whose train step is a multi-GPU custom job (python -m pipeline.compile --replicas "
+        "2 --image URI ...)",
+    )
+    vertex.add_argument(
         "--display-name",
         default=default(PIPELINE_NAME),
         help=f"display name of the job or schedule (default {PIPELINE_NAME})",
@@ -281,9 +288,13 @@ def _arguments(args: argparse.Namespace, parameters: dict[str, dict[str, Any]]) 
 
 
 def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings, str, dict]:
-    """The settings, the freshly compiled spec and the typed arguments of a Vertex AI job."""
+    """The settings, the spec (--pipeline-file, or freshly compiled) and the typed arguments
+    of a Vertex AI job."""
     settings = vertex_settings(args)
-    spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
+    spec_path = getattr(args, "pipeline_file", None)
+    if spec_path and not os.path.isfile(spec_path):
+        raise UsageError(f"--pipeline-file {spec_path}: no such file")
+    spec_path = spec_path or compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
     with open(spec_path) as file:
         parameters = pipeline_parameters(yaml.safe_load(file))
     arguments = {"project": settings.project, "location": settings.region}

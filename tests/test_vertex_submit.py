@@ -182,3 +182,23 @@ def test_flags_win_over_environment_which_wins_over_config(
     config.write_text("projekt: typo\n")
     with pytest.raises(UsageError, match=r"unknown keys \['projekt'\]"):
         vertex_settings(_parser().parse_args([]))
+
+
+def test_a_compiled_custom_job_pipeline_is_submitted_as_is(
+    fake_vertex: FakeVertex, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pipeline.compile import main as compile_main
+
+    spec = tmp_path / "pipeline-2xT4.yaml"
+    compile_main(["--output", str(spec), "--replicas", "2", "--image", "eu.gcr.io/p/img:9"])
+    assert main([*SETTINGS, "--pipeline-file", str(spec), "--param", "epochs=4"]) == 0
+    job = fake_vertex.calls("CreatePipelineJob")[0].pipeline_job
+    executors = job.pipeline_spec["deploymentSpec"]["executors"]
+    assert executors["exec-train-model"]["container"]["image"].startswith(
+        "gcr.io/ml-pipeline/google-cloud-pipeline-components"
+    )
+    assert executors["exec-download-data"]["container"]["image"] == "eu.gcr.io/p/img:9"
+    assert job.runtime_config.parameter_values["epochs"] == 4
+
+    assert main([*SETTINGS, "--pipeline-file", str(tmp_path / "missing.yaml")]) == 2
+    assert "--pipeline-file" in capsys.readouterr().err
