@@ -90,8 +90,15 @@ def test_too_many_bad_images_fail_clearly_naming_them(tmp_path: Path) -> None:
 def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> None:
     state = tmp_path / "state"
     command = [*RUN, "--state-dir", str(state)]
+    # A shell's background job starts with SIGINT ignored, and Python keeps it so: give the
+    # run the default disposition that a terminal's Ctrl-C meets.
     first = subprocess.Popen(
-        command, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in first.stderr:
         if line.startswith("> train-model"):
