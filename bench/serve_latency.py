@@ -1,14 +1,16 @@
 """Serving: the local endpoint over HTTP versus the SavedModel's serving signature in-process.
 
-The same exported model answers both ways: ``ServingModel.predict`` called directly in this
+The same exported model answers three ways: ``ServingModel.predict`` called directly in this
 process (what the endpoint does inside), and ``python -m pipeline.serve`` in its own process,
-called over loopback with Vertex's JSON body (base64 images), one request at a time. The calls
-alternate, one direct then one HTTP, so that other work on the machine slows both alike. Single
-images give latency (p50, p99); batched requests (``--batch-size`` instances) give images/s.
-Every HTTP answer must name the same classes as the direct call.
+called over loopback with Vertex's JSON body (base64 images), one request at a time, over one
+kept-alive connection (as an SDK or ``requests.Session`` calls) and over a new connection per
+request (as ``curl`` does). The calls take turns, each way in each round, so that other work on
+the machine slows all of them alike. Single images give latency (p50, p99); batched requests
+(``--batch-size`` instances) give images/s. Every HTTP answer must name the same classes as
+the direct call. The target (HTTP adds at most 20% at p50) is on the kept-alive client.
 
-Without ``--model-dir`` a small model is trained first (the demo dataset, head only, one epoch,
-at the pipeline's default image size), so the script runs on its own.
+Without ``--model-dir`` a small model is trained first, in a subprocess (the demo dataset, head
+only, one epoch, at the pipeline's default image size), so the script runs on its own.
 
     python -m bench.serve_latency [--model-dir DIR] [--images DIR] [--requests 200]
 """
@@ -84,7 +86,8 @@ class Comparison:
 
 
 def train_small_model(work_dir: str, image_size: int) -> str:
-    """A model of the pipeline's architecture, trained briefly on the demo dataset, exported."""
+    """A model of the pipeline's architecture, trained briefly on the demo dataset, exported
+    under ``work_dir``; returns its folder."""
     from components.lib.demo_data import make_demo_dataset
     from components.lib.model import TrainingConfig, export_serving_model, train_classifier
     from components.lib.records import preprocess_dataset
@@ -95,6 +98,14 @@ def train_small_model(work_dir: str, image_size: int) -> str:
     model_dir = os.path.join(work_dir, "model")
     export_serving_model(model, dataset.class_names, image_size, model_dir)
     return model_dir
+
+
+def train_in_subprocess(work_dir: str, image_size: int) -> str:
+    """``train_small_model`` in its own process, so that the process measuring the direct calls
+    holds the loaded model alone, as the server's does, not what training left behind."""
+    command = [sys.executable, "-m", "bench.serve_latency", "--train-in", work_dir]
+    subprocess.run([*command, "--image-size", str(image_size)], cwd=ROOT, check=True)
+    return os.path.join(work_dir, "model")
 
 
 def deploy_locally(model_dir: str, state_dir: str) -> str:
@@ -168,9 +179,11 @@ def compare_predictors(
     warmup: int = 3,
 ) -> Comparison:
     """Time every way call by call, in turn, after ``warmup`` untimed calls of each shape (the
-    first ones trace the graph and load the model). The first way is the reference whose
-    answers the others must repeat."""
+    first ones trace the graph and load the model). Each round starts with the next way, so no
+    way always follows the same other one (and inherits its lingering CPU use). The first way is
+    the reference whose answers the others must repeat."""
     comparison = Comparison({way: Timings(batch_size) for way in ways})
+    names = list(ways)
     batch = [images[index % len(images)] for index in range(batch_size)]
     for _ in range(warmup):
         for predict in ways.values():
@@ -181,14 +194,14 @@ def compare_predictors(
     for index in range(total):
         single = index < single_requests
         request = [images[index % len(images)]] if single else batch
-        answers = []
-        for way, predict in ways.items():
+        answers = {}
+        for way in names[index % len(names) :] + names[: index % len(names)]:
             started = time.perf_counter()
-            answers.append(predict(request))
+            answers[way] = ways[way](request)
             seconds = time.perf_counter() - started
             timings = comparison.timings[way]
             (timings.single_s if single else timings.batch_s).append(seconds)
-        comparison.mismatches += sum(answer != answers[0] for answer in answers[1:])
+        comparison.mismatches += sum(answers[way] != answers[names[0]] for way in names[1:])
         if (index + 1) % 50 == 0 or index + 1 == total:
             progress(f"  {index + 1}/{total} rounds of requests")
     return comparison
@@ -260,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-size", type=int, default=32, help="instances per batched request (%(default)s)"
     )
+    parser.add_argument("--train-in", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.train_in:  # the training subprocess that train_in_subprocess started
+        train_small_model(args.train_in, args.image_size)
+        return 0
     if min(args.requests, args.batches, args.batch_size) < 1:
         parser.error("--requests, --batches and --batch-size must be at least 1")
 
@@ -268,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = str(args.model_dir) if args.model_dir else None
         if model_dir is None:
             progress(f"training a small model at {args.image_size}x{args.image_size} ...")
-            model_dir = train_small_model(work, args.image_size)
+            model_dir = train_in_subprocess(work, args.image_size)
         if args.images:
             images = read_images(args.images, args.batch_size)
         else:
