@@ -174,8 +174,8 @@ class Target:
         relation = ">=" if self.at_least else "<="
         verdict = "met" if self.met else "MISSED"
         return (
-            f"target {self.name}: {self.measured:.3g}{self.unit} "
-            f"(needs {relation} {self.bound:.3g}{self.unit}): {verdict}"
+            f"target {self.name}: {self.measured:.4g}{self.unit} "
+            f"(needs {relation} {self.bound:.4g}{self.unit}): {verdict}"
         )
 
 
