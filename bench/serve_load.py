@@ -21,6 +21,8 @@ from pathlib import Path
 
 import requests
 
+from bench.common import percentile
+
 MALFORMED_BODIES: tuple[bytes, ...] = (
     b"{not json",
     b'{"inputs": []}',
@@ -43,14 +45,13 @@ class LoadResult:
         return len(self.latencies) / self.seconds
 
     def percentile_ms(self, share: float) -> float:
-        ordered = sorted(self.latencies)
-        return 1000 * ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+        return 1000 * percentile(self.latencies, share)
 
 
-def _body(image: bytes) -> bytes:
-    return json.dumps(
-        {"instances": [{"bytes": {"b64": base64.b64encode(image).decode()}}]}
-    ).encode()
+def request_body(images: list[bytes]) -> bytes:
+    """A Vertex prediction request of ``images``, one instance each."""
+    instances = [{"bytes": {"b64": base64.b64encode(image).decode()}} for image in images]
+    return json.dumps({"instances": instances}).encode()
 
 
 def run_load(
@@ -58,12 +59,10 @@ def run_load(
 ) -> LoadResult:
     """Send ``total`` requests from ``clients`` threads; one in ``malformed_every`` is malformed."""
     headers = {"Content-Type": "application/json"}
-    expected = [
-        requests.post(url, data=_body(image), headers=headers, timeout=60).json()["predictions"][0][
-            "CLASSES"
-        ]
-        for image in images
-    ]
+    expected = []
+    for image in images:
+        response = requests.post(url, data=request_body([image]), headers=headers, timeout=60)
+        expected.append(response.json()["predictions"][0]["CLASSES"])
     result = LoadResult()
     lock = threading.Lock()
     counter = iter(range(total))
@@ -75,7 +74,7 @@ def run_load(
             body = (
                 MALFORMED_BODIES[index % len(MALFORMED_BODIES)]
                 if malformed
-                else _body(images[index % len(images)])
+                else request_body([images[index % len(images)]])
             )
             started = time.perf_counter()
             response = session.post(url, data=body, headers=headers, timeout=60)

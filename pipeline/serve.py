@@ -101,22 +101,33 @@ def make_handler(service: LocalEndpointService) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "local-vertex-endpoint"
+        # Keep-alive: a client that reuses its connection (an SDK, requests.Session) skips the
+        # TCP handshake and the new handler thread per request. Without Nagle's algorithm the
+        # body, written after the headers, is not held back waiting for the client's ACK.
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        timeout = 60  # seconds an idle kept-alive connection holds its thread
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.info("%s %s", self.address_string(), format % args)
 
-        def _reply(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+        def _reply(self, status: HTTPStatus, payload: dict[str, Any], close: bool = False) -> None:
             body = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            if close:  # also ends this connection after the reply
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
-        def _error(self, status: HTTPStatus, message: str) -> None:
+        def _error(self, status: HTTPStatus, message: str, close: bool = False) -> None:
+            """A JSON error; ``close`` when the request's body was left unread, since the
+            connection cannot carry another request after it."""
             self._reply(
                 status,
                 {"error": {"code": status.value, "message": message, "status": status.phrase}},
+                close,
             )
 
         def do_GET(self) -> None:
@@ -132,19 +143,27 @@ def make_handler(service: LocalEndpointService) -> type[BaseHTTPRequestHandler]:
                     HTTPStatus.NOT_FOUND,
                     f"no route POST {self.path}; predictions go to "
                     "/v1/projects/{project}/locations/{location}/endpoints/{endpoint}:predict",
+                    close=True,
+                )
+                return
+            if "Transfer-Encoding" in self.headers:
+                self._error(
+                    HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length", close=True
                 )
                 return
             try:
                 length = int(self.headers.get("Content-Length", "0"))
             except ValueError:
-                self._error(HTTPStatus.BAD_REQUEST, "invalid Content-Length header")
+                length = -1
+            if length < 0:
+                self._error(HTTPStatus.BAD_REQUEST, "invalid Content-Length header", close=True)
                 return
             max_body_bytes = service.limits.max_body_bytes
             if length > max_body_bytes:
-                self.close_connection = True
                 self._error(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                     f"request body of {length} bytes is over the limit of {max_body_bytes}",
+                    close=True,
                 )
                 return
             body = self.rfile.read(length)

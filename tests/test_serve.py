@@ -116,6 +116,34 @@ def test_oversized_body_gets_413(server: tuple[str, int]) -> None:
     assert status == 413 and "over the limit" in payload["error"]["message"]
 
 
+def test_kept_alive_connection_serves_request_after_request(
+    server: tuple[str, int], demo_data_dir: Path
+) -> None:
+    body = json.dumps({"instances": [instance(demo_data_dir / "eval/1cat/000.jpg")]}).encode()
+    connection = http.client.HTTPConnection(*server, timeout=60)
+    statuses = []
+    for path, request_body in ((PREDICT, body), ("/v1/nothing", b"left unread"), (PREDICT, body)):
+        connection.request("POST", path, body=request_body)
+        response = connection.getresponse()
+        response.read()
+        statuses.append((response.status, response.getheader("Connection")))
+    connection.close()
+
+    # The unread body of the misrouted request must not be taken for the next request.
+    assert statuses == [(200, None), (404, "close"), (200, None)]
+
+
+def test_chunked_body_gets_411(server: tuple[str, int]) -> None:
+    connection = http.client.HTTPConnection(*server, timeout=60)
+    connection.request("POST", PREDICT, body=iter([b"{}"]), encode_chunked=True)
+    response = connection.getresponse()
+    assert (
+        response.status == 411
+        and "Content-Length" in json.loads(response.read())["error"]["message"]
+    )
+    connection.close()
+
+
 def test_new_deployment_is_served_without_restart(
     server: tuple[str, int],
     state_dir: Path,
