@@ -126,10 +126,13 @@ def measure_side(
     """Run one side in this process and measure it; every side imports the same modules first."""
     import numpy  # noqa: F401
     import PIL.Image  # noqa: F401
-    import tensorflow  # noqa: F401
+    import tensorflow
 
     from components.lib import records
 
+    # TensorFlow's runtime starts (thread pools, the first dataset) once per process, before a
+    # training process reads any data: it counts with the imports, not with the reading.
+    list(tensorflow.data.Dataset.range(1))
     with measure_memory() as memory:
         started = time.perf_counter()
         if side == "preprocess":
