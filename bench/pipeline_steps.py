@@ -44,6 +44,7 @@ class RunResult:
     step_seconds: dict[str, float]
     peak_rss_bytes: dict[str, int]  # per step, and ORCHESTRATOR
     largest_process_bytes: int  # the kernel's peak of the largest process in the tree
+    accuracy: float | None = None  # the new model's on the eval split
 
     @property
     def step_peaks(self) -> dict[str, int]:
@@ -96,6 +97,7 @@ def run_measured(command: list[str], label: str, interval_s: float = 0.1) -> Run
         summary["step_seconds"],
         dict(peaks.peaks),
         usage.ru_maxrss * 1024,
+        summary.get("accuracy"),
     )
 
 
@@ -173,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         cold = run_measured(command, "cold")
         warm = run_measured(command, "warm")
     table, figures, targets = evaluate(cold, warm)
+    figures["accuracy"] = {"cold": cold.accuracy, "warm": warm.accuracy}
     print(table)
+    print(f"eval accuracy of the trained model: {cold.accuracy} (cold), {warm.accuracy} (warm)")
     print(
         f"warm run {warm.wall_seconds:.1f} s = {figures['warm_share']:.1%} of the cold run's "
         f"{cold.wall_seconds:.1f} s; largest step {figures['largest_step']} peaked at "

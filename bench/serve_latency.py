@@ -94,9 +94,9 @@ def train_small_model(work_dir: str, image_size: int) -> str:
 
     data_dir = make_demo_dataset(os.path.join(work_dir, "demo-data"))
     dataset = preprocess_dataset(data_dir, os.path.join(work_dir, "records"), image_size)
-    model, _ = train_classifier(dataset, TrainingConfig(epochs=1, fine_tune_epochs=0))
+    trained = train_classifier(dataset, TrainingConfig(epochs=1, fine_tune_epochs=0))
     model_dir = os.path.join(work_dir, "model")
-    export_serving_model(model, dataset.class_names, image_size, model_dir)
+    export_serving_model(trained.model, dataset.class_names, image_size, model_dir)
     return model_dir
 
 
