@@ -36,7 +36,11 @@ def extract_features(
     backbone = build_efficientnet_lite0(
         input_shape=(dataset.image_size, dataset.image_size, 3), weights="imagenet"
     )
-    embed = tf.function(lambda images: backbone(tf.cast(images, tf.float32), training=False))
+    size = dataset.image_size
+    embed = tf.function(
+        lambda images: backbone(tf.cast(images, tf.float32), training=False),
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
+    )
     os.makedirs(output_dir, exist_ok=True)
     counts = {}
     for split in (TRAIN, VALIDATION):
