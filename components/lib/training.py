@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import keras
@@ -157,9 +158,25 @@ def _step_functions(
     @tf.function
     def validation_step(inputs: tf.Tensor, labels: tf.Tensor):
         probabilities = tf.cast(model(inputs, training=False), tf.float32)
-        return tf.reduce_sum(losses(labels, probabilities)), correct(labels, probabilities)
+        return (
+            tf.reduce_sum(losses(labels, probabilities)),
+            correct(labels, probabilities),
+            tf.cast(tf.size(labels), tf.float32),
+        )
 
     return train_step, validation_step
+
+
+def _add_up(results: Iterable[tuple[tf.Tensor, ...]]) -> list[float]:
+    """Sum per-batch ``(loss, hits, count)`` tensors where they are and read the totals once,
+    so the steps of an epoch never wait for the host."""
+    totals: list[tf.Tensor] | None = None
+    for result in results:
+        if totals is None:
+            totals = list(result)
+        else:
+            totals = [total + value for total, value in zip(totals, result, strict=True)]
+    return [float(total) for total in totals or ()]
 
 
 def run_phase(
@@ -205,18 +222,11 @@ def run_phase(
     patience = phase.early_stopping_patience if phase.validation is not None else 0
     while int(state.epoch.numpy()) < phase.epochs:
         epoch = int(state.epoch.numpy())
-        totals = [0.0, 0.0, 0.0]
-        for _ in range(phase.steps_per_epoch):
-            loss, hits, count = train_step(batches)
-            totals = [totals[0] + float(loss), totals[1] + float(hits), totals[2] + float(count)]
-        logs = {"loss": totals[0] / phase.steps_per_epoch, "accuracy": totals[1] / totals[2]}
+        loss, hits, count = _add_up(train_step(batches) for _ in range(phase.steps_per_epoch))
+        logs = {"loss": loss / phase.steps_per_epoch, "accuracy": hits / count}
         if phase.validation is not None:
-            loss_sum, hits, count = 0.0, 0.0, 0
-            for inputs, labels in phase.validation:
-                batch_loss, batch_hits = validation_step(inputs, labels)
-                loss_sum, hits = loss_sum + float(batch_loss), hits + float(batch_hits)
-                count += int(tf.size(labels))
-            logs |= {"val_loss": loss_sum / count, "val_accuracy": hits / count}
+            loss, hits, count = _add_up(validation_step(*batch) for batch in phase.validation)
+            logs |= {"val_loss": loss / count, "val_accuracy": hits / count}
         for name, value in logs.items():
             history.setdefault(f"{phase.name}_{name}", []).append(value)
         logger.info(
