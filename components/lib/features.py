@@ -16,7 +16,13 @@ import numpy as np
 import tensorflow as tf
 
 from components.lib.backbone import build_efficientnet_lite0
-from components.lib.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
+from components.lib.records import (
+    TRAIN,
+    VALIDATION,
+    PreprocessedDataset,
+    batch_examples,
+    read_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +89,10 @@ def read_features(
         raise FileNotFoundError(f"no features at {path}; run the features step first")
     with np.load(path) as arrays:
         features, labels = arrays["features"], arrays["labels"]
-    batches = tf.data.Dataset.from_tensor_slices((features, labels))
-    if shuffle:
-        batches = batches.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        batches = batches.repeat()
-    return batches.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    examples = tf.data.Dataset.from_tensor_slices((features, labels))
+    return batch_examples(
+        examples, len(labels), batch_size, shuffle=shuffle, seed=seed, repeat=repeat
+    ).prefetch(tf.data.AUTOTUNE)
 
 
 def check_features(directory: str, image_size: int) -> None:

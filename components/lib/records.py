@@ -169,6 +169,24 @@ def load_preprocessed(directory: str) -> PreprocessedDataset:
     )
 
 
+def batch_examples(
+    examples: tf.data.Dataset,
+    count: int,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 42,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """Batches of ``examples`` (``count`` of them), as training and validation read them:
+    shuffled whole and anew every pass when ``shuffle``, endless when ``repeat`` (for
+    step-counted epochs)."""
+    if shuffle:
+        examples = examples.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        examples = examples.repeat()
+    return examples.batch(batch_size)
+
+
 def read_split(
     dataset: PreprocessedDataset,
     split: str,
@@ -179,8 +197,8 @@ def read_split(
     augment: Callable[..., tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Stream ``(image, label)`` batches of one split with parallel reads and prefetching:
-    uint8 images, or float32 ones through ``augment`` (a Keras layer, called in training mode).
-    With ``repeat`` the stream never ends (reshuffled every pass), for step-counted epochs."""
+    uint8 images, or float32 ones through ``augment`` (a Keras layer, called in training mode);
+    ``shuffle`` and ``repeat`` as in ``batch_examples``."""
     pattern = os.path.join(dataset.directory, f"{split}-*.tfrecord")
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
@@ -200,13 +218,9 @@ def read_split(
     examples = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE).map(
         parse, num_parallel_calls=tf.data.AUTOTUNE
     )
-    if shuffle:
-        examples = examples.shuffle(
-            dataset.split_size(split), seed=seed, reshuffle_each_iteration=True
-        )
-    if repeat:
-        examples = examples.repeat()
-    batches = examples.batch(batch_size)
+    batches = batch_examples(
+        examples, dataset.split_size(split), batch_size, shuffle=shuffle, seed=seed, repeat=repeat
+    )
     if augment is not None:
         batches = batches.map(
             lambda images, labels: (augment(tf.cast(images, tf.float32), training=True), labels),
