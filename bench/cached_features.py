@@ -23,9 +23,9 @@ TARGET_SPEEDUP = 5.0
 
 def time_to_trained_head(data_dir: str, work: Path, epochs: int, image_size: int) -> dict:
     """Seconds to a trained head both ways, and each head's final validation accuracy."""
-    from components.lib.features import extract_features
-    from components.lib.model import TrainingConfig, train_classifier
-    from components.lib.records import preprocess_dataset
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.modelling.features import extract_features
+    from components.lib.modelling.model import TrainingConfig, train_classifier
 
     started = time.perf_counter()
     dataset = preprocess_dataset(

@@ -109,7 +109,7 @@ def load_with_loop(data_dir: str, image_size: int) -> tuple[Any, Any]:
 
 def count_streamed(records_dir: str, batch_size: int) -> int:
     """Stream every split as the pipeline reads it (train shuffled) and count the images."""
-    from components.lib.records import TRAIN, load_preprocessed, read_split
+    from components.lib.data.records import TRAIN, load_preprocessed, read_split
 
     dataset = load_preprocessed(records_dir)
     images = 0

@@ -88,9 +88,13 @@ class Comparison:
 def train_small_model(work_dir: str, image_size: int) -> str:
     """A model of the pipeline's architecture, trained briefly on the demo dataset, exported
     under ``work_dir``; returns its folder."""
-    from components.lib.demo_data import make_demo_dataset
-    from components.lib.model import TrainingConfig, export_serving_model, train_classifier
-    from components.lib.records import preprocess_dataset
+    from components.lib.data.demo import make_demo_dataset
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.modelling.model import (
+        TrainingConfig,
+        export_serving_model,
+        train_classifier,
+    )
 
     data_dir = make_demo_dataset(os.path.join(work_dir, "demo-data"))
     dataset = preprocess_dataset(data_dir, os.path.join(work_dir, "records"), image_size)
@@ -110,7 +114,8 @@ def train_in_subprocess(work_dir: str, image_size: int) -> str:
 
 def deploy_locally(model_dir: str, state_dir: str) -> str:
     """Register and deploy ``model_dir`` as a local run would; returns the :predict path."""
-    from components.lib.registry import EndpointRegistry, ModelRegistry, resource_id
+    from components.lib.targets.base import resource_id
+    from components.lib.targets.local import EndpointRegistry, ModelRegistry
 
     version = ModelRegistry(state_dir, PROJECT, LOCATION).upload_version(
         MODEL_NAME, model_dir, {}, {}
@@ -164,7 +169,7 @@ def http_predictor(host: str, port: int, path: str, keep_alive: bool) -> Predict
 
 def direct_predictor(model_dir: str) -> Predict:
     """Predict through the SavedModel's serving signature in this process."""
-    from components.lib.prediction import ServingModel
+    from components.lib.serving.prediction import ServingModel
 
     model = ServingModel(model_dir)
     return lambda images: [int(label) for label in model.predict(images).classes]
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.images:
             images = read_images(args.images, args.batch_size)
         else:
-            from components.lib.demo_data import make_demo_dataset
+            from components.lib.data.demo import make_demo_dataset
 
             demo = Path(make_demo_dataset(os.path.join(work, "demo-data")))
             images = read_images(demo / "eval", args.batch_size)

@@ -25,8 +25,8 @@ from bench.common import Target, finish, format_table, progress, ratio
 
 def input_images_per_second(dataset, batch_size: int, batches: int) -> float:
     """Images/s that the augmented training stream delivers, after a warm-up batch."""
-    from components.lib.model import augmentation
-    from components.lib.records import TRAIN, read_split
+    from components.lib.data.records import TRAIN, read_split
+    from components.lib.modelling.model import augmentation
 
     stream = iter(
         read_split(
@@ -44,7 +44,7 @@ def training_images_per_second(dataset, batch_size: int, epochs: int) -> dict:
     """Images/s of fine-tuning epochs, with the device, replicas and precision used."""
     import tensorflow as tf
 
-    from components.lib.model import TrainingConfig, train_classifier
+    from components.lib.modelling.model import TrainingConfig, train_classifier
 
     seconds = {}
     for count in (1, epochs + 1):
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-batches", type=int, default=50, help="(%(default)s)")
     args = parser.parse_args(argv)
 
-    from components.lib.records import preprocess_dataset
+    from components.lib.data.records import preprocess_dataset
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as work:
         progress("preprocessing ...")

@@ -8,7 +8,7 @@ from components import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def download_data(data_uri: str, raw_data: dsl.Output[dsl.Dataset]) -> None:
     """Copy ``<data_uri>/{train,eval}/<class>/<image>`` after checking the layout."""
-    from components.lib.layout import download_dataset, redact_uri
+    from components.lib.data.layout import download_dataset, redact_uri
 
     layout = download_dataset(data_uri, raw_data.path)
     raw_data.metadata.update(

@@ -31,12 +31,12 @@ def evaluate_model(
     from collections import namedtuple
 
     from components.lib.artifacts import write_metadata_file
-    from components.lib.evaluation import (
+    from components.lib.evaluation.metrics import (
         deployment_decision,
         evaluate_champion,
         evaluate_saved_model,
     )
-    from components.lib.report import build_report
+    from components.lib.evaluation.report import build_report
     from components.lib.targets import champion_model_dir
 
     evaluation = evaluate_saved_model(model.path, raw_data.path)

@@ -14,8 +14,8 @@ def extract_features(
     features: dsl.Output[dsl.Dataset],
 ) -> None:
     """Write the EfficientNet-Lite0 (ImageNet) features of the train and val splits."""
-    from components.lib.features import extract_features as extract
-    from components.lib.records import load_preprocessed
+    from components.lib.data.records import load_preprocessed
+    from components.lib.modelling.features import extract_features as extract
 
     data = load_preprocessed(dataset.path)
     counts = extract(data, features.path)

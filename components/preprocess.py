@@ -15,7 +15,7 @@ def preprocess_data(
 ) -> None:
     """Write ``{train,val,eval}-*.tfrecord``, ``class_map.json`` and ``stats.json``; ``val`` is
     carved from the training images (stratified, seeded) for early stopping."""
-    from components.lib.records import preprocess_dataset
+    from components.lib.data.records import preprocess_dataset
 
     result = preprocess_dataset(
         raw_data.path,

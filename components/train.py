@@ -37,10 +37,14 @@ def train_model(
     import shutil
 
     from components.lib.artifacts import write_metadata_file
-    from components.lib.features import check_features
-    from components.lib.model import TrainingConfig, export_serving_model, train_classifier
-    from components.lib.records import load_preprocessed
-    from components.lib.training import checkpoint_directory
+    from components.lib.data.records import load_preprocessed
+    from components.lib.modelling.features import check_features
+    from components.lib.modelling.model import (
+        TrainingConfig,
+        export_serving_model,
+        train_classifier,
+    )
+    from components.lib.modelling.training import checkpoint_directory
 
     data = load_preprocessed(dataset.path)
     config = TrainingConfig(

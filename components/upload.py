@@ -32,8 +32,8 @@ def upload_model(
     import logging
 
     from components.lib.artifacts import describe_resource
-    from components.lib.registry import version_alias
     from components.lib.targets import model_registry, resource_uri
+    from components.lib.targets.base import version_alias
 
     registry = model_registry(
         target, local_state_dir, project, location, serving_image, gpu=bool(accelerator_type)

@@ -14,7 +14,7 @@ def validate_data(
     report: dsl.Output[dsl.Markdown],
 ) -> None:
     """Fails with the list of bad files when more than ``max_unusable_share`` is unusable."""
-    from components.lib.validation import validate_dataset
+    from components.lib.data.validation import validate_dataset
 
     result = validate_dataset(
         raw_data.path, dataset.path, report.path, min_image_size, max_unusable_share

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from components.lib.demo_data import make_demo_dataset
-from components.lib.registry import EndpointRegistry, resource_id
+from components.lib.data.demo import make_demo_dataset
+from components.lib.targets.base import resource_id
+from components.lib.targets.local import DEFAULT_STATE_DIR, EndpointRegistry
 from pipeline.compile import compile_pipeline
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.progress import StepProgress
@@ -31,7 +32,6 @@ from pipeline.progress import StepProgress
 if TYPE_CHECKING:
     from pipeline.submit import VertexSettings
 
-DEFAULT_STATE_DIR = os.environ.get("BEER_PIPELINE_STATE_DIR", ".vertex-local")
 LOCAL_PROJECT = "local-project"
 ENV_PREFIX = "BEER_PIPELINE_"
 DEFAULT_CONFIG = "~/.config/beer-pipeline/vertex.yaml"
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "schedule" or not args.local:
             # The Vertex AI SDK takes seconds to import: only Vertex commands load it.
-            from components.lib.vertex import VertexError
+            from components.lib.targets.vertex import VertexError
 
             failures = (*failures, VertexError)
             return schedule(args) if args.command == "schedule" else submit(args)

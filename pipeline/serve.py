@@ -20,14 +20,13 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from components.lib.prediction import (
+from components.lib.serving.prediction import (
     BadRequestError,
     InvalidImageError,
     ServingModel,
     decode_instances,
 )
-from components.lib.registry import EndpointRegistry, ModelRegistry
-from pipeline.run import DEFAULT_STATE_DIR
+from components.lib.targets.local import DEFAULT_STATE_DIR, EndpointRegistry, ModelRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 from google.cloud import aiplatform, aiplatform_v1
 from google.protobuf import field_mask_pb2
 
-from components.lib.vertex import VertexError, call_vertex
+from components.lib.targets.vertex import VertexError, call_vertex
 
 
 @dataclass(frozen=True)

@@ -124,14 +124,14 @@ def beer_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from components.lib.demo_data import make_demo_dataset
+    from components.lib.data.demo import make_demo_dataset
 
     return Path(make_demo_dataset(str(tmp_path_factory.mktemp("demo") / "data")))
 
 
 def _train_demo_model(work: Path, demo_data_dir: Path, config) -> Path:
-    from components.lib.model import export_serving_model, train_classifier
-    from components.lib.records import preprocess_dataset
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.modelling.model import export_serving_model, train_classifier
 
     dataset = preprocess_dataset(str(demo_data_dir), str(work / "records"), image_size=96)
     trained = train_classifier(dataset, config)
@@ -145,7 +145,7 @@ def _train_demo_model(work: Path, demo_data_dir: Path, config) -> Path:
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path) -> Path:
     """A classifier trained briefly on the demo dataset and exported as a serving SavedModel."""
-    from components.lib.model import TrainingConfig
+    from components.lib.modelling.model import TrainingConfig
 
     return _train_demo_model(
         tmp_path_factory.mktemp("demo-model"),
@@ -224,7 +224,7 @@ def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture(scope="session")
 def weak_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path) -> Path:
     """A model trained for one epoch at a learning rate too small to learn: a weak challenger."""
-    from components.lib.model import TrainingConfig
+    from components.lib.modelling.model import TrainingConfig
 
     return _train_demo_model(
         tmp_path_factory.mktemp("weak-model"),

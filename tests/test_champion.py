@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from components.lib.evaluation import (
+from components.lib.evaluation.metrics import (
     deployment_decision,
     evaluate_champion,
     evaluate_saved_model,
 )
-from components.lib.registry import EndpointRegistry, ModelRegistry
 from components.lib.targets import champion_model_dir
+from components.lib.targets.local import EndpointRegistry, ModelRegistry
 from tests.conftest import make_layout
 
 PROJECT, LOCATION, ENDPOINT = "local-project", "europe-west1", "beer-classifier-endpoint"

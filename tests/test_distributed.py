@@ -37,8 +37,8 @@ CONFIG = {
 @pytest.fixture(scope="module")
 def beer_inputs(beer_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The preprocess and features steps' outputs for the beer photos, at a small image size."""
-    from components.lib.features import extract_features
-    from components.lib.records import preprocess_dataset
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.modelling.features import extract_features
 
     work = tmp_path_factory.mktemp("beer-inputs")
     dataset = preprocess_dataset(
@@ -101,7 +101,7 @@ def finish(process: subprocess.Popen, settings: dict[str, str], timeout: float =
 def test_two_workers_train_together_and_only_the_chief_exports(
     beer_inputs: dict[str, str], tmp_path: Path
 ) -> None:
-    from components.lib.prediction import ServingModel
+    from components.lib.serving.prediction import ServingModel
 
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}

@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 import tensorflow as tf
 
-from components.lib.distribution import (
+from components.lib.modelling.distribution import (
     cluster_from_environment,
     is_chief,
     training_strategy,
     worker_id,
 )
-from components.lib.training import checkpoint_directory
+from components.lib.modelling.training import checkpoint_directory
 
 
 def strategy_of(cluster: dict, task_type: str, task_id: int) -> SimpleNamespace:

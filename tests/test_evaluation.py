@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.lib.evaluation import (
+from components.lib.evaluation.metrics import (
     ClassMismatchError,
     Evaluation,
     confusion_matrix,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.lib.features import check_features, extract_features, read_features
-from components.lib.records import preprocess_dataset
+from components.lib.data.records import preprocess_dataset
+from components.lib.modelling.features import check_features, extract_features, read_features
 
 
 def test_features_of_train_and_val_match_their_labels(demo_data_dir: Path, tmp_path: Path) -> None:

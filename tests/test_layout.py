@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from components.lib.layout import DataLayoutError, discover_layout, download_dataset, redact_uri
+from components.lib.data.layout import (
+    DataLayoutError,
+    discover_layout,
+    download_dataset,
+    redact_uri,
+)
 from tests.conftest import make_layout
 
 

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from components.lib.backbone import build_efficientnet_lite0
-from components.lib.model import (
+from components.lib.modelling.backbone import build_efficientnet_lite0
+from components.lib.modelling.model import (
     NUM_BLOCKS,
     TrainingConfig,
     class_weights,
@@ -56,8 +56,8 @@ def test_class_weights_only_when_imbalanced() -> None:
 
 def test_same_seed_and_data_train_the_same_model(demo_data_dir: Path, tmp_path: Path) -> None:
     """Reproducible on CPU: both phases, validation split, early stopping and augmentation."""
-    from components.lib.evaluation import evaluate_saved_model
-    from components.lib.records import preprocess_dataset
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.evaluation.metrics import evaluate_saved_model
 
     dataset = preprocess_dataset(
         str(demo_data_dir), str(tmp_path / "records"), image_size=64, validation_fraction=0.125
@@ -84,8 +84,8 @@ def test_mixed_precision_trains_and_exports_a_float32_model(
 ) -> None:
     """The GPU path (float16 compute, loss scaling) runs here on CPU when forced; the exported
     copy is float32 and the global dtype policy is restored."""
-    from components.lib.prediction import ServingModel
-    from components.lib.records import preprocess_dataset
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.serving.prediction import ServingModel
 
     dataset = preprocess_dataset(str(demo_data_dir), str(tmp_path / "records"), image_size=64)
     config = TrainingConfig(epochs=1, fine_tune_epochs=1, fine_tune_from_block=14)

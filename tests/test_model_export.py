@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.lib.prediction import InvalidImageError, ServingModel
+from components.lib.serving.prediction import InvalidImageError, ServingModel
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_training_pixels_and_served_bytes_give_the_same_prediction(
 ) -> None:
     """A photo's TFRecord pixels (what training saw), sent back losslessly as a PNG of the model's
     input size, score the same as the original JPEG: one decode-and-resize serves both paths."""
-    from components.lib.records import preprocess_dataset, read_split
+    from components.lib.data.records import preprocess_dataset, read_split
 
     dataset = preprocess_dataset(str(demo_data_dir), str(tmp_path / "records"), image_size=96)
     images, labels = next(iter(read_split(dataset, "eval", batch_size=64)))

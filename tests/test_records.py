@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.lib.records import (
+from components.lib.data.records import (
     UndecodableImageError,
     carve_validation,
     load_preprocessed,

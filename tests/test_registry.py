@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from components.lib.registry import EndpointRegistry, ModelRegistry, resource_id
 from components.lib.targets import endpoint_registry, model_registry
-from components.lib.vertex import VertexEndpoints, VertexModelRegistry
+from components.lib.targets.base import resource_id
+from components.lib.targets.local import EndpointRegistry, ModelRegistry
+from components.lib.targets.vertex import VertexEndpoints, VertexModelRegistry
 
 
 def make_artifact(path: Path, content: bytes = b"model bytes") -> Path:
@@ -115,7 +116,7 @@ def test_a_deploy_that_fails_midway_leaves_the_old_version_serving(
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("killed while writing the endpoint record")
 
-    monkeypatch.setattr("components.lib.registry.os.replace", crash)
+    monkeypatch.setattr("components.lib.targets.local.os.replace", crash)
     with pytest.raises(KeyboardInterrupt):
         endpoints.deploy("e", second)
 

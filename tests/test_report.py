@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
-from components.lib.evaluation import Evaluation, evaluate_saved_model
-from components.lib.report import build_report
+from components.lib.evaluation.metrics import Evaluation, evaluate_saved_model
+from components.lib.evaluation.report import build_report
 
 HISTORY = {
     "head_loss": [1.2, 0.8],

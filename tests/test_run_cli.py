@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components.lib.prediction import ServingModel
+from components.lib.serving.prediction import ServingModel
 from pipeline.run import UsageError, parse_params
 from tests.conftest import ROOT, make_layout, run_cli
 

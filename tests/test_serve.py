@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from components.lib.registry import EndpointRegistry, ModelRegistry
+from components.lib.targets.local import EndpointRegistry, ModelRegistry
 from pipeline.serve import ServingLimits, make_server
 
 PROJECT, LOCATION = "local-project", "europe-west1"

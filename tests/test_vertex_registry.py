@@ -6,9 +6,9 @@ import grpc
 import pytest
 from google.cloud import aiplatform_v1 as v1
 
-from components.lib.registry import ModelVersion, version_alias
 from components.lib.targets import Serving, champion_model_dir, endpoint_registry, model_registry
-from components.lib.vertex import VertexError, label_value, prediction_image
+from components.lib.targets.base import ModelVersion, version_alias
+from components.lib.targets.vertex import VertexError, label_value, prediction_image
 from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT
 from tests.fake_vertex import FakeVertex
 

@@ -15,25 +15,27 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from components.lib.backbone import BLOCK_ARGS, build_efficientnet_lite0
-from components.lib.distribution import (
+from components.lib.data.images import decode_and_resize
+from components.lib.data.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
+from components.lib.modelling.backbone import BLOCK_ARGS, build_efficientnet_lite0
+from components.lib.modelling.distribution import (
     is_chief,
     supports_mixed_precision,
     training_strategy,
     worker_id,
 )
-from components.lib.features import read_features
-from components.lib.images import decode_and_resize
-from components.lib.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
-from components.lib.training import Checkpoints, Objective, Phase, run_phase
+from components.lib.modelling.features import read_features
+from components.lib.modelling.training import Checkpoints, Objective, Phase, run_phase
+from components.lib.serving.contract import (
+    CLASS_NAMES_FILE,
+    OUTPUT_CLASSES,
+    OUTPUT_PROBABILITIES,
+    SERVING_INPUT,
+)
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES_FILE = "class_names.json"
 NUM_BLOCKS = sum(block[-1] for block in BLOCK_ARGS)
-SERVING_INPUT = "bytes"
-OUTPUT_CLASSES = "CLASSES"
-OUTPUT_PROBABILITIES = "PROBABILITIES"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from components.lib.layout import IGNORED_FILES, SPLITS, discover_layout
+from components.lib.data.layout import IGNORED_FILES, SPLITS, discover_layout
 
 logger = logging.getLogger(__name__)
 

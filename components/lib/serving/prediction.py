@@ -11,12 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from components.lib.model import (
+from components.lib.serving.contract import (
     CLASS_NAMES_FILE,
     OUTPUT_CLASSES,
     OUTPUT_PROBABILITIES,
     SERVING_INPUT,
+    SIGNATURE_NAME,
 )
+from components.lib.storage import local_copy
 
 
 class InvalidImageError(ValueError):
@@ -36,10 +38,11 @@ class Predictions:
 class ServingModel:
     """The serving signature of one exported model, plus its class names."""
 
-    def __init__(self, model_dir: str) -> None:
-        self.model_dir = model_dir
-        self._signature = tf.saved_model.load(model_dir).signatures["serving_default"]
-        with open(os.path.join(model_dir, CLASS_NAMES_FILE)) as file:
+    def __init__(self, model_uri: str) -> None:
+        """``model_uri``: the model's folder, local or ``gs://`` (read through the storage seam)."""
+        self.model_dir = local_copy(model_uri)
+        self._signature = tf.saved_model.load(self.model_dir).signatures[SIGNATURE_NAME]
+        with open(os.path.join(self.model_dir, CLASS_NAMES_FILE)) as file:
             self.class_names: list[str] = json.load(file)
 
     def _call(self, images: list[bytes]) -> Predictions:

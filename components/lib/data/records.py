@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from components.lib.images import decode_and_resize
-from components.lib.layout import SPLITS, discover_layout
+from components.lib.data.images import decode_and_resize
+from components.lib.data.layout import SPLITS, discover_layout
 
 logger = logging.getLogger(__name__)
 

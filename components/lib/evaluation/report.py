@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from components.lib.evaluation import Evaluation
+from components.lib.evaluation.metrics import Evaluation
 
 THUMBNAIL_SIZE = 160
 _STYLE = (

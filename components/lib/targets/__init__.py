@@ -7,49 +7,16 @@ target's module is imported only when it is chosen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from components.lib.registry import EndpointRegistry, ModelRegistry
-
-if TYPE_CHECKING:
-    from components.lib.vertex import VertexEndpoints, VertexModelRegistry
-
-LOCAL = "local"
-VERTEX = "vertex"
-TARGETS = (LOCAL, VERTEX)
-
-
-@dataclass(frozen=True)
-class Serving:
-    """How an endpoint serves a deployed version: machines, autoscaling and traffic share."""
-
-    machine_type: str = "n1-standard-2"
-    min_replicas: int = 1
-    max_replicas: int = 1
-    accelerator_type: str = ""
-    accelerator_count: int = 0
-    traffic_percentage: int = 100
-    service_account: str = ""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_replicas <= self.max_replicas:
-            raise ValueError(
-                f"replicas: need 1 <= min_replicas ({self.min_replicas}) <= max_replicas "
-                f"({self.max_replicas})"
-            )
-        if not 1 <= self.traffic_percentage <= 100:
-            raise ValueError(
-                f"traffic_percentage must be 1..100 (the new version's share), got "
-                f"{self.traffic_percentage}"
-            )
-        if bool(self.accelerator_type) != (self.accelerator_count > 0):
-            raise ValueError(
-                "set accelerator_type and accelerator_count together (both empty/0 for CPU only)"
-            )
-
-
-DEFAULT_SERVING = Serving()
+from components.lib.targets.base import (
+    DEFAULT_SERVING,
+    LOCAL,
+    TARGETS,
+    VERTEX,
+    EndpointTarget,
+    ModelRegistryTarget,
+    Serving,
+)
+from components.lib.targets.local import EndpointRegistry, ModelRegistry
 
 
 def _check(target: str, local_state_dir: str, project: str, location: str) -> None:
@@ -71,7 +38,7 @@ def model_registry(
     location: str,
     serving_image: str = "",
     gpu: bool = False,
-) -> ModelRegistry | VertexModelRegistry:
+) -> ModelRegistryTarget:
     """The model registry of ``target``; on Vertex, uploads are served by ``serving_image``.
 
     An empty ``serving_image`` picks Vertex AI's prebuilt TensorFlow image (``gpu``: its GPU
@@ -80,7 +47,7 @@ def model_registry(
     _check(target, local_state_dir, project, location)
     if target == LOCAL:
         return ModelRegistry(local_state_dir, project, location)
-    from components.lib.vertex import VertexModelRegistry
+    from components.lib.targets.vertex import VertexModelRegistry
 
     return VertexModelRegistry(project, location, serving_image, gpu)
 
@@ -91,12 +58,12 @@ def endpoint_registry(
     project: str,
     location: str,
     serving: Serving = DEFAULT_SERVING,
-) -> EndpointRegistry | VertexEndpoints:
+) -> EndpointTarget:
     """The endpoints of ``target``; the local endpoint serves in-process, ignoring ``serving``."""
     _check(target, local_state_dir, project, location)
     if target == LOCAL:
         return EndpointRegistry(local_state_dir, project, location)
-    from components.lib.vertex import VertexEndpoints
+    from components.lib.targets.vertex import VertexEndpoints
 
     return VertexEndpoints(project, location, serving)
 

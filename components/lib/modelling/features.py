@@ -15,14 +15,14 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from components.lib.backbone import build_efficientnet_lite0
-from components.lib.records import (
+from components.lib.data.records import (
     TRAIN,
     VALIDATION,
     PreprocessedDataset,
     batch_examples,
     read_split,
 )
+from components.lib.modelling.backbone import build_efficientnet_lite0
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from components.lib.storage import mounted_path
+
 logger = logging.getLogger(__name__)
 # TensorFlow logs every checkpoint save at INFO; a training step's log should show its epochs.
 tf.get_logger().setLevel(logging.WARNING)
@@ -90,15 +92,10 @@ def checkpoint_directory(pipeline_root: str, **inputs: object) -> str:
     run's inputs, so the same training restarted (a preempted spot VM, a retried task, a local
     run interrupted and started again) finds it, and a different one does not.
 
-    ``gs://`` roots map to Vertex AI's Cloud Storage FUSE mount (``/gcs/``).
+    ``gs://`` roots map to Vertex AI's Cloud Storage FUSE mount (``/gcs/``) by the storage seam.
     """
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-    root = (
-        "/gcs/" + pipeline_root[len("gs://") :]
-        if pipeline_root.startswith("gs://")
-        else pipeline_root
-    )
-    return os.path.join(root, "checkpoints", f"train-{key[:16]}")
+    return os.path.join(mounted_path(pipeline_root), "checkpoints", f"train-{key[:16]}")
 
 
 class _PhaseState:

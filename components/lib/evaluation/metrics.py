@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.lib.layout import discover_layout
-from components.lib.prediction import ServingModel
+from components.lib.data.layout import discover_layout
+from components.lib.serving.prediction import ServingModel
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,7 @@ from google.api_core import exceptions
 from google.cloud import aiplatform
 from google.cloud.aiplatform.constants import prediction
 
-from components.lib.registry import DEFAULT_ALIAS, ModelVersion, most_traffic
-from components.lib.targets import Serving
+from components.lib.targets.base import DEFAULT_ALIAS, ModelVersion, Serving, most_traffic
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,30 +12,20 @@ import datetime
 import fcntl
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_ALIAS = "default"
+from components.lib.targets.base import (
+    DEFAULT_ALIAS,
+    ModelVersion,
+    most_traffic,
+    resource_id,
+)
 
-
-def resource_id(display_name: str) -> str:
-    """A Vertex-style resource id (lowercase letters, digits, dashes) from a display name."""
-    slug = re.sub(r"[^a-z0-9]+", "-", display_name.lower()).strip("-")
-    if not slug:
-        raise ValueError(f"display name {display_name!r} has no letters or digits to name it by")
-    return slug[:63]
-
-
-def version_alias(text: str) -> str:
-    """A model version alias (starts with a letter; letters, digits and dashes) naming ``text``."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    if not slug[:1].isalpha():
-        slug = f"run-{slug}"
-    return slug[:63].rstrip("-")
+DEFAULT_STATE_DIR = os.environ.get("BEER_PIPELINE_STATE_DIR", ".vertex-local")
+"""Where a local run keeps its registry and endpoints, unless told otherwise."""
 
 
 def _now() -> str:
@@ -61,26 +51,6 @@ def _read_json(path: str) -> dict[str, Any] | None:
         return None
     with open(path) as file:
         return json.load(file)
-
-
-def most_traffic(deployed_models: list[dict[str, Any]], split: dict[str, int]) -> tuple[str, str]:
-    """(model, version id) of the deployed model with the largest share of ``split``."""
-    served = max(deployed_models, key=lambda deployed: split.get(deployed["id"], 0))
-    return served["model"], served["modelVersionId"]
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """One registered version: ``projects/P/locations/L/models/M@VERSION``."""
-
-    model: str
-    version_id: str
-    display_name: str
-    artifact_uri: str
-
-    @property
-    def resource_name(self) -> str:
-        return f"{self.model}@{self.version_id}"
 
 
 class _LocalStore:

@@ -1,0 +1,1 @@
+"""Datasets: the layout of a data URI, validation, TFRecords, image decoding, demo data."""
