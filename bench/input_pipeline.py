@@ -128,7 +128,7 @@ def measure_side(
     import PIL.Image  # noqa: F401
     import tensorflow
 
-    from components.lib import records
+    from components.lib.data import records
 
     # TensorFlow's runtime starts (thread pools, the first dataset) once per process, before a
     # training process reads any data: it counts with the imports, not with the reading.

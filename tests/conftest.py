@@ -196,7 +196,7 @@ def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
     from google.cloud.aiplatform import initializer, pipeline_jobs
     from google.cloud.aiplatform.utils import gcs_utils, resource_manager_utils
 
-    from components.lib import vertex
+    from components.lib.targets import vertex
     from tests.fake_vertex import FakeVertex, start_server
 
     fake = FakeVertex()

@@ -1,4 +1,4 @@
-"""Tests for the torch-free EfficientNet-Lite0 backbone (components/lib/backbone.py).
+"""Tests for the torch-free EfficientNet-Lite0 backbone (components/lib/modelling/backbone.py).
 
 The ImageNet predictions on real photos are the end-to-end proof that the checkpoint reader,
 the layout conversions, the architecture, the padding and the input scaling are all right:
@@ -23,7 +23,7 @@ keras = pytest.importorskip("keras")
 skimage_data = pytest.importorskip("skimage.data")
 skimage_transform = pytest.importorskip("skimage.transform")
 
-from components.lib import backbone  # noqa: E402
+from components.lib.modelling import backbone  # noqa: E402
 
 ESPRESSO = 967
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian Mau

@@ -166,7 +166,7 @@ def test_build_context_leaves_out_local_and_bulky_files() -> None:
         "docker/build.sh",
     ):
         assert excluded_from_context(path), path
-    assert not excluded_from_context("components/lib/backbone.py")
+    assert not excluded_from_context("components/lib/modelling/backbone.py")
 
 
 def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
