@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -178,16 +179,15 @@ def no_ambient_vertex_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 @pytest.fixture(scope="session")
 def vertex_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A certificate the SDK's TLS channel trusts (gRPC reads the roots file once per process)."""
-    from tests.fake_vertex import write_self_signed_certificate
+    from tests.vertex_emulator import write_self_signed_certificate
 
     cert, key = write_self_signed_certificate(tmp_path_factory.mktemp("tls"))
     os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(cert)
     return cert, key
 
 
-@pytest.fixture
-def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
-    """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it.
+def _point_sdk_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aiplatform SDK of this process talks to ``localhost:port``, without credentials.
 
     The SDK's calls that would leave this machine (Resource Manager, the pipeline root bucket
     check) are replaced; nothing else is.
@@ -197,10 +197,7 @@ def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
     from google.cloud.aiplatform.utils import gcs_utils, resource_manager_utils
 
     from components.lib.targets import vertex
-    from tests.fake_vertex import FakeVertex, start_server
 
-    fake = FakeVertex()
-    server, port = start_server(fake, *vertex_tls)
     monkeypatch.setattr(initializer, "global_config", initializer._Config())
     monkeypatch.setattr(resource_manager_utils, "get_project_number", lambda *_, **__: 1234)
     monkeypatch.setattr(
@@ -217,8 +214,89 @@ def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
         api_endpoint=f"localhost:{port}",
         credentials=AnonymousCredentials(),
     )
+
+
+@pytest.fixture
+def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
+    """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it."""
+    from tests.fake_vertex import FakeVertex, start_server
+
+    fake = FakeVertex()
+    server, port = start_server(fake, *vertex_tls)
+    _point_sdk_at(port, monkeypatch)
     yield fake
     server.stop(None)
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[str]:
+    """``gcp-storage-emulator`` on loopback, in memory, for the session; yields its URL."""
+    from tests.vertex_emulator.storage import start_gcs_emulator
+
+    process, url = start_gcs_emulator()
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def emulated_storage(gcs_server: str, monkeypatch: pytest.MonkeyPatch):
+    """Storage clients of this test and of the processes it starts (google-cloud-storage,
+    gcsfs) talk to the GCS emulator; returns a google-cloud-storage client."""
+    import fsspec
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_server})
+    # The emulator serves one connection at a time: one request in flight keeps gcsfs from
+    # stalling on connections the emulator has not accepted yet.
+    monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
+    fsspec.filesystem("gs").clear_instance_cache()
+    return storage.Client(credentials=AnonymousCredentials(), project="test")
+
+
+def upload_folder(client, folder: Path, uri: str) -> str:
+    """Copy ``folder`` to the ``gs://bucket/prefix`` folder ``uri`` (creating the bucket)."""
+    bucket_name, _, prefix = uri.removeprefix("gs://").partition("/")
+    bucket = client.lookup_bucket(bucket_name) or client.create_bucket(bucket_name)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            bucket.blob(f"{prefix}/{path.relative_to(folder).as_posix()}").upload_from_filename(
+                str(path)
+            )
+    return uri
+
+
+@pytest.fixture
+def vertex_emulator(
+    vertex_tls: tuple[Path, Path],
+    gcs_server: str,
+    emulated_storage,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """A fresh Vertex AI emulator on loopback with the GCS emulator as its storage; this
+    process's SDK and the processes it starts (``BEER_VERTEX_EMULATOR_HOST``) talk to it.
+
+    ``BEER_GCS_MOUNT_ROOT`` names a folder that stands in for the ``/gcs/`` FUSE mount: what is
+    written under ``<root>/<bucket>/`` reaches the GCS emulator before the emulator reads it.
+    """
+    from components.lib.storage import GCS_MOUNT_ROOT_ENV
+    from components.lib.targets.vertex import EMULATOR_HOST_ENV
+    from tests.vertex_emulator import CloudStorage, VertexEmulator
+
+    mount_root = tmp_path_factory.mktemp("gcs-mount")
+    emulator = VertexEmulator(
+        projects=[VERTEX_PROJECT],
+        storage=CloudStorage(gcs_server, mount_root=str(mount_root)),
+        operation_delay_s=0.2,
+    ).start(*vertex_tls)
+    _point_sdk_at(emulator.port, monkeypatch)
+    monkeypatch.setenv(EMULATOR_HOST_ENV, f"localhost:{emulator.port}")
+    monkeypatch.setenv(GCS_MOUNT_ROOT_ENV, str(mount_root))
+    yield emulator
+    emulator.stop()
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,13 @@ seconds to import, which local steps should not pay.
 ``ModelRegistry`` and ``EndpointRegistry``, so the upload and deploy steps do not branch on the
 target. Every API call goes through ``call_vertex``: a transient UNAVAILABLE is retried a bounded
 number of times, and a refused permission becomes one message that says which role is missing.
+With ``BEER_VERTEX_EMULATOR_HOST`` set, the calls go to a Vertex AI emulator instead.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +21,7 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 from google.api_core import exceptions
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform
 from google.cloud.aiplatform.constants import prediction
 
@@ -32,10 +35,19 @@ RETRY_FIRST_DELAY_S = 2.0
 # Artifact Registry multi-regions that host Vertex AI's prebuilt prediction images.
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
 _LABEL_LIMIT = 63
+EMULATOR_HOST_ENV = "BEER_VERTEX_EMULATOR_HOST"
 
 
 class VertexError(RuntimeError):
     """A Vertex AI call failed for good; the message says what to do about it."""
+
+
+def use_emulator_if_set() -> None:
+    """Send the SDK's calls to the emulator at ``BEER_VERTEX_EMULATOR_HOST`` (``host:port``),
+    without credentials, as ``STORAGE_EMULATOR_HOST`` does for Cloud Storage; no-op if unset."""
+    host = os.environ.get(EMULATOR_HOST_ENV)
+    if host:
+        aiplatform.init(api_endpoint=host, credentials=AnonymousCredentials())
 
 
 def call_vertex(what: str, call: Callable[[], T]) -> T:
@@ -44,6 +56,7 @@ def call_vertex(what: str, call: Callable[[], T]) -> T:
     Raises VertexError for a refused permission, for UNAVAILABLE that outlasts the attempts and
     for any other API error, naming ``what`` was being done.
     """
+    use_emulator_if_set()
     attempt, delay = 1, RETRY_FIRST_DELAY_S
     while True:
         try:

@@ -1,0 +1,261 @@
+"""The Vertex AI emulator behaves like the service where our code depends on it: uploads checked
+against Cloud Storage, versions and aliases, names with the project number, paginated lists,
+long-running operations polled, deploys that load the model, traffic rules, predictions."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+from google.api_core import exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import aiplatform
+from google.cloud import aiplatform_v1 as v1
+from PIL import Image
+
+from components.lib.targets import Serving, endpoint_registry, model_registry
+from components.lib.targets.base import DEFAULT_SERVING, ModelVersion
+from components.lib.targets.vertex import VertexError
+from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, upload_folder
+from tests.serving_models import COLOURS, colour_model, unservable_model
+from tests.vertex_emulator import VertexEmulator
+
+pytestmark = pytest.mark.vertex_emulator
+
+IMAGE = "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+ENDPOINT = "beer-endpoint"
+
+
+@pytest.fixture(scope="session")
+def colour_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Version 1 tells red, blue and green apart; version 2 answers in reverse; broken cannot
+    be served by TF Serving."""
+    root = tmp_path_factory.mktemp("colour-models")
+    return {
+        "v1": colour_model(root / "v1"),
+        "v2": colour_model(root / "v2", reverse=True),
+        "broken": unservable_model(root / "broken"),
+    }
+
+
+@pytest.fixture
+def stored(
+    emulated_storage, colour_models: dict[str, Path], request: pytest.FixtureRequest
+) -> Callable[[str], str]:
+    """``stored("v1")``: the gs:// folder of that model in the GCS emulator."""
+    test = request.node.name.replace("[", "-").rstrip("]")
+
+    def store(which: str) -> str:
+        uri = f"gs://beer-models/{test}/{which}/model"
+        return upload_folder(emulated_storage, colour_models[which], uri)
+
+    return store
+
+
+def upload(uri: str, run: str = "run-a", image: str = IMAGE) -> ModelVersion:
+    registry = model_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, image)
+    return registry.upload_version("Beer Classifier", uri, {"accuracy": 0.9}, {"run": run}, [run])
+
+
+def deploy(version: ModelVersion, serving: Serving = DEFAULT_SERVING) -> dict:
+    endpoints = endpoint_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, serving)
+    return endpoints.deploy(ENDPOINT, version)
+
+
+def jpeg_b64(colour: tuple[int, int, int]) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), colour).save(buffer, format="JPEG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+INSTANCES = [{"bytes": {"b64": jpeg_b64(colour)}} for colour in COLOURS.values()]
+
+
+def gapic(client_class: type, emulator: VertexEmulator):
+    return client_class(
+        client_options={"api_endpoint": f"localhost:{emulator.port}"},
+        credentials=AnonymousCredentials(),
+    )
+
+
+def test_upload_is_checked_against_cloud_storage_and_named_with_the_project_number(
+    vertex_emulator: VertexEmulator, stored: Callable[[str], str], emulated_storage
+) -> None:
+    with pytest.raises(VertexError, match=r"gs://beer-models/nowhere is empty or does not exist"):
+        upload("gs://beer-models/nowhere")
+    no_saved_model = upload_folder(
+        emulated_storage, Path(__file__).parent / "vertex_emulator", "gs://beer-models/code"
+    )
+    with pytest.raises(VertexError, match=r"exactly one of: \[saved_model.pb, saved_model.pbtxt\]"):
+        upload(no_saved_model)
+
+    version = upload(stored("v1"))
+
+    number = vertex_emulator.project_number(VERTEX_PROJECT)
+    assert number.isdigit() and len(number) == 12
+    assert version.model.startswith(f"projects/{number}/locations/{VERTEX_LOCATION}/models/")
+    assert version.version_id == "1"
+    assert vertex_emulator.calls("GetOperation"), "the SDK polls the upload until it is done"
+    assert vertex_emulator.operations.pending() == []
+
+
+def test_aliases_move_between_versions_and_are_checked(
+    vertex_emulator: VertexEmulator, stored: Callable[[str], str]
+) -> None:
+    uri = stored("v1")
+    first = upload(uri, "run-a")
+    upload(uri, "run-b")
+    third = upload(uri, "run-a")
+
+    def aliases(version: str) -> list[str]:
+        return sorted(aiplatform.Model(first.model, version=version).version_aliases)
+
+    assert (aliases("1"), aliases("2"), aliases("3")) == ([], ["run-b"], ["default", "run-a"])
+    assert aiplatform.Model(first.model).version_id == third.version_id == "3"
+    assert aiplatform.Model(first.model, version="run-b").version_id == "2"
+    parent = vertex_emulator.calls("UploadModel")[1].parent_model
+    assert parent == first.model, "later versions name the model as their parent"
+
+    for bad in ({"version_aliases": ["1234"]}, {"labels": {"Run": "a"}}):
+        with pytest.raises(exceptions.InvalidArgument):
+            aiplatform.Model.upload(
+                display_name="Beer Classifier",
+                artifact_uri=uri,
+                serving_container_image_uri=IMAGE,
+                **bad,
+            )
+
+
+def test_list_calls_are_paginated(vertex_emulator: VertexEmulator, stored: Callable[[str], str]):
+    vertex_emulator.context.default_page_size = 1
+    uri = stored("v1")
+    for name in ("first", "second", "third"):
+        aiplatform.Model.upload(
+            display_name=name, artifact_uri=uri, serving_container_image_uri=IMAGE
+        )
+    lists_before = len(vertex_emulator.calls("ListModels"))
+
+    assert sorted(m.display_name for m in aiplatform.Model.list()) == ["first", "second", "third"]
+    pages = vertex_emulator.calls("ListModels")[lists_before:]
+    assert [bool(p.page_token) for p in pages] == [False, True, True]
+
+    client = gapic(aiplatform.gapic.ModelServiceClient, vertex_emulator)
+    parent = f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
+    first_page = client.list_models(v1.ListModelsRequest(parent=parent, page_size=2))
+    assert len(first_page._response.models) == 2 and first_page._response.next_page_token
+
+
+def test_deployed_model_answers_over_grpc_and_rest_in_vertex_format(
+    vertex_emulator: VertexEmulator, stored: Callable[[str], str]
+) -> None:
+    version = upload(stored("v1"))
+    endpoint = deploy(version)
+    deployed_id = endpoint["deployedModels"][0]["id"]
+    assert endpoint["trafficSplit"] == {deployed_id: 100}
+
+    answer = aiplatform.Endpoint(endpoint["name"]).predict(instances=INSTANCES)
+    assert [p["CLASSES"] for p in answer.predictions] == [0, 1, 2]
+    assert all(len(p["PROBABILITIES"]) == 3 for p in answer.predictions)
+    assert (answer.deployed_model_id, answer.model_version_id) == (deployed_id, "1")
+    assert answer.model_resource_name == version.model
+
+    url = f"http://127.0.0.1:{vertex_emulator.rest_port}/v1/{endpoint['name']}"
+    body = requests.post(f"{url}:predict", json={"instances": INSTANCES}, timeout=30).json()
+    assert [p["CLASSES"] for p in body["predictions"]] == [0, 1, 2]
+    assert body["deployedModelId"] == deployed_id
+    assert (body["model"], body["modelVersionId"]) == (version.model, "1")
+    raw = requests.post(f"{url}:rawPredict", json={"instances": INSTANCES[:1]}, timeout=30)
+    assert raw.json()["predictions"][0]["CLASSES"] == 0
+    assert raw.headers["X-Vertex-AI-Deployed-Model-Id"] == deployed_id
+    bad = requests.post(f"{url}:predict", json={"instances": [{"bytes": "x"}]}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_predictions_follow_the_traffic_split(
+    vertex_emulator: VertexEmulator, stored: Callable[[str], str]
+) -> None:
+    deploy(upload(stored("v1"), "run-a"))
+    endpoint = deploy(upload(stored("v2"), "run-b"), Serving(traffic_percentage=50))
+    assert sorted(endpoint["trafficSplit"].values()) == [50, 50]
+
+    red = INSTANCES[:1]
+    answers = [aiplatform.Endpoint(endpoint["name"]).predict(instances=red) for _ in range(30)]
+    by_version = Counter((a.model_version_id, a.predictions[0]["CLASSES"]) for a in answers)
+    assert set(by_version) == {("1", 0), ("2", 2)}, "version 2 answers in reverse"
+    assert min(by_version.values()) >= 5
+
+
+def test_traffic_must_sum_to_100_and_a_model_with_traffic_stays_deployed(
+    vertex_emulator: VertexEmulator, stored: Callable[[str], str]
+) -> None:
+    deploy(upload(stored("v1"), "run-a"))
+    endpoint = deploy(upload(stored("v2"), "run-b"), Serving(traffic_percentage=50))
+    client = gapic(aiplatform.gapic.EndpointServiceClient, vertex_emulator)
+    first, second = (d["id"] for d in endpoint["deployedModels"])
+
+    with pytest.raises(exceptions.InvalidArgument, match="must add up to 100"):
+        client.update_endpoint(
+            endpoint=v1.Endpoint(name=endpoint["name"], traffic_split={first: 60, second: 30}),
+            update_mask={"paths": ["traffic_split"]},
+        )
+    with pytest.raises(exceptions.FailedPrecondition, match="has traffic assigned"):
+        client.undeploy_model(endpoint=endpoint["name"], deployed_model_id=first).result()
+    assert len(vertex_emulator.endpoints[endpoint["name"]].deployed_models) == 2
+
+    client.update_endpoint(
+        endpoint=v1.Endpoint(name=endpoint["name"], traffic_split={first: 0, second: 100}),
+        update_mask={"paths": ["traffic_split"]},
+    )
+    client.undeploy_model(endpoint=endpoint["name"], deployed_model_id=first).result()
+    stored_endpoint = vertex_emulator.endpoints[endpoint["name"]]
+    assert [d.id for d in stored_endpoint.deployed_models] == [second]
+    assert dict(stored_endpoint.traffic_split) == {second: 100}
+
+
+def test_unknown_images_and_unservable_models_fail_the_deploy(
+    vertex_emulator: VertexEmulator, stored: Callable[[str], str]
+) -> None:
+    other = upload(stored("v1"), image="europe-docker.pkg.dev/p/r/someone-elses:1")
+    with pytest.raises(VertexError, match="cannot run the image"):
+        deploy(other)
+    broken = upload(stored("broken"), "run-b")
+    with pytest.raises(VertexError, match=r"FAILED_PRECONDITION: Could not find variable"):
+        deploy(broken)
+    [endpoint] = vertex_emulator.endpoints.values()
+    assert list(endpoint.deployed_models) == [] and dict(endpoint.traffic_split) == {}
+
+
+def test_operations_can_be_waited_for_and_cancelled(vertex_emulator: VertexEmulator) -> None:
+    from google.api_core import operations_v1
+    from google.longrunning import operations_pb2
+    from google.protobuf import duration_pb2
+
+    vertex_emulator.operations.hang("CreateEndpoint")
+    client = gapic(aiplatform.gapic.EndpointServiceClient, vertex_emulator)
+    parent = f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
+    hanging = client.create_endpoint(parent=parent, endpoint=v1.Endpoint(display_name="a"))
+    finishing = client.create_endpoint(parent=parent, endpoint=v1.Endpoint(display_name="b"))
+    channel = client.transport.grpc_channel
+    wait = channel.unary_unary(
+        "/google.longrunning.Operations/WaitOperation",
+        request_serializer=operations_pb2.WaitOperationRequest.SerializeToString,
+        response_deserializer=operations_pb2.Operation.FromString,
+    )
+
+    done = wait(operations_pb2.WaitOperationRequest(name=finishing.operation.name))
+    assert done.done and finishing.result(timeout=1).display_name == "b"
+    still = wait(
+        operations_pb2.WaitOperationRequest(
+            name=hanging.operation.name, timeout=duration_pb2.Duration(nanos=300_000_000)
+        )
+    )
+    assert not still.done
+    operations = operations_v1.OperationsClient(channel)
+    operations.cancel_operation(hanging.operation.name)
+    assert operations.get_operation(hanging.operation.name).error.code == 1  # CANCELLED
+    assert [e.display_name for e in aiplatform.Endpoint.list()] == ["b"]
