@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -297,6 +298,32 @@ def vertex_emulator(
     monkeypatch.setenv(GCS_MOUNT_ROOT_ENV, str(mount_root))
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def colour_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny SavedModels (``tests/serving_models.py``): v1 tells red, blue and green apart, v2
+    answers in reverse, and TF Serving cannot serve ``broken``."""
+    from tests.serving_models import colour_model, unservable_model
+
+    root = tmp_path_factory.mktemp("colour-models")
+    return {
+        "v1": colour_model(root / "v1"),
+        "v2": colour_model(root / "v2", reverse=True),
+        "broken": unservable_model(root / "broken"),
+    }
+
+
+@pytest.fixture
+def stored(emulated_storage, colour_models: dict[str, Path], request: pytest.FixtureRequest):
+    """``stored("v1")``: that colour model copied to a gs:// folder of the GCS emulator."""
+    test = re.sub(r"[^a-zA-Z0-9_-]+", "-", request.node.name)
+
+    def store(which: str) -> str:
+        uri = f"gs://beer-models/{test}/{which}/model"
+        return upload_folder(emulated_storage, colour_models[which], uri)
+
+    return store
 
 
 @pytest.fixture(scope="session")

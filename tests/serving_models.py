@@ -7,10 +7,13 @@ so tests know the right answer; ``reverse=True`` makes a second, distinguishable
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
 import tensorflow as tf
+from PIL import Image
 
 from components.lib.serving.contract import (
     CLASS_NAMES_FILE,
@@ -20,6 +23,17 @@ from components.lib.serving.contract import (
 )
 
 COLOURS = {"0red": (200, 40, 40), "1blue": (40, 40, 200), "2green": (40, 200, 40)}
+
+
+def colour_instance(colour: tuple[int, int, int]) -> dict:
+    """A prediction instance in the challenge's format: a JPEG of one colour."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), colour).save(buffer, format="JPEG")
+    return {"bytes": {"b64": base64.b64encode(buffer.getvalue()).decode()}}
+
+
+INSTANCES = [colour_instance(colour) for colour in COLOURS.values()]
+"""One instance per class, in class order."""
 
 
 class _ColourModule(tf.Module):

@@ -4,8 +4,6 @@ long-running operations polled, deploys that load the model, traffic rules, pred
 
 from __future__ import annotations
 
-import base64
-import io
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -16,45 +14,18 @@ from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform
 from google.cloud import aiplatform_v1 as v1
-from PIL import Image
 
 from components.lib.targets import Serving, endpoint_registry, model_registry
 from components.lib.targets.base import DEFAULT_SERVING, ModelVersion
 from components.lib.targets.vertex import VertexError
 from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, upload_folder
-from tests.serving_models import COLOURS, colour_model, unservable_model
+from tests.serving_models import INSTANCES
 from tests.vertex_emulator import VertexEmulator
 
 pytestmark = pytest.mark.vertex_emulator
 
 IMAGE = "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
 ENDPOINT = "beer-endpoint"
-
-
-@pytest.fixture(scope="session")
-def colour_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Version 1 tells red, blue and green apart; version 2 answers in reverse; broken cannot
-    be served by TF Serving."""
-    root = tmp_path_factory.mktemp("colour-models")
-    return {
-        "v1": colour_model(root / "v1"),
-        "v2": colour_model(root / "v2", reverse=True),
-        "broken": unservable_model(root / "broken"),
-    }
-
-
-@pytest.fixture
-def stored(
-    emulated_storage, colour_models: dict[str, Path], request: pytest.FixtureRequest
-) -> Callable[[str], str]:
-    """``stored("v1")``: the gs:// folder of that model in the GCS emulator."""
-    test = request.node.name.replace("[", "-").rstrip("]")
-
-    def store(which: str) -> str:
-        uri = f"gs://beer-models/{test}/{which}/model"
-        return upload_folder(emulated_storage, colour_models[which], uri)
-
-    return store
 
 
 def upload(uri: str, run: str = "run-a", image: str = IMAGE) -> ModelVersion:
@@ -65,15 +36,6 @@ def upload(uri: str, run: str = "run-a", image: str = IMAGE) -> ModelVersion:
 def deploy(version: ModelVersion, serving: Serving = DEFAULT_SERVING) -> dict:
     endpoints = endpoint_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, serving)
     return endpoints.deploy(ENDPOINT, version)
-
-
-def jpeg_b64(colour: tuple[int, int, int]) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), colour).save(buffer, format="JPEG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-INSTANCES = [{"bytes": {"b64": jpeg_b64(colour)}} for colour in COLOURS.values()]
 
 
 def gapic(client_class: type, emulator: VertexEmulator):
