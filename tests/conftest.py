@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -269,6 +270,35 @@ def upload_folder(client, folder: Path, uri: str) -> str:
     return uri
 
 
+@contextlib.contextmanager
+def running_vertex_emulator(
+    tls: tuple[Path, Path], gcs_url: str, mount_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A Vertex AI emulator on loopback over the GCS emulator at ``gcs_url``; this process's SDK
+    and the processes it starts (``BEER_VERTEX_EMULATOR_HOST``) talk to it.
+
+    ``mount_root`` (exported as ``BEER_GCS_MOUNT_ROOT``) stands in for the ``/gcs/`` FUSE mount:
+    what is written under ``<root>/<bucket>/`` reaches the GCS emulator before the emulator
+    reads it.
+    """
+    from components.lib.storage import GCS_MOUNT_ROOT_ENV
+    from components.lib.targets.vertex import EMULATOR_HOST_ENV
+    from tests.vertex_emulator import CloudStorage, VertexEmulator
+
+    emulator = VertexEmulator(
+        projects=[VERTEX_PROJECT],
+        storage=CloudStorage(gcs_url, mount_root=str(mount_root)),
+        operation_delay_s=0.2,
+    ).start(*tls)
+    _point_sdk_at(emulator.port, monkeypatch)
+    monkeypatch.setenv(EMULATOR_HOST_ENV, f"localhost:{emulator.port}")
+    monkeypatch.setenv(GCS_MOUNT_ROOT_ENV, str(mount_root))
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
 @pytest.fixture
 def vertex_emulator(
     vertex_tls: tuple[Path, Path],
@@ -277,27 +307,10 @@ def vertex_emulator(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path_factory: pytest.TempPathFactory,
 ):
-    """A fresh Vertex AI emulator on loopback with the GCS emulator as its storage; this
-    process's SDK and the processes it starts (``BEER_VERTEX_EMULATOR_HOST``) talk to it.
-
-    ``BEER_GCS_MOUNT_ROOT`` names a folder that stands in for the ``/gcs/`` FUSE mount: what is
-    written under ``<root>/<bucket>/`` reaches the GCS emulator before the emulator reads it.
-    """
-    from components.lib.storage import GCS_MOUNT_ROOT_ENV
-    from components.lib.targets.vertex import EMULATOR_HOST_ENV
-    from tests.vertex_emulator import CloudStorage, VertexEmulator
-
+    """A fresh Vertex AI emulator for this test (``running_vertex_emulator``)."""
     mount_root = tmp_path_factory.mktemp("gcs-mount")
-    emulator = VertexEmulator(
-        projects=[VERTEX_PROJECT],
-        storage=CloudStorage(gcs_server, mount_root=str(mount_root)),
-        operation_delay_s=0.2,
-    ).start(*vertex_tls)
-    _point_sdk_at(emulator.port, monkeypatch)
-    monkeypatch.setenv(EMULATOR_HOST_ENV, f"localhost:{emulator.port}")
-    monkeypatch.setenv(GCS_MOUNT_ROOT_ENV, str(mount_root))
-    yield emulator
-    emulator.stop()
+    with running_vertex_emulator(vertex_tls, gcs_server, mount_root, monkeypatch) as emulator:
+        yield emulator
 
 
 @pytest.fixture(scope="session")

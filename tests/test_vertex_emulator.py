@@ -221,3 +221,20 @@ def test_operations_can_be_waited_for_and_cancelled(vertex_emulator: VertexEmula
     operations.cancel_operation(hanging.operation.name)
     assert operations.get_operation(hanging.operation.name).error.code == 1  # CANCELLED
     assert [e.display_name for e in aiplatform.Endpoint.list()] == ["b"]
+
+
+@pytest.mark.usefixtures("no_ambient_vertex_settings")
+def test_submit_with_an_experiment_records_the_run_in_it(vertex_emulator: VertexEmulator):
+    from pipeline.run import main
+    from tests.conftest import VERTEX_SETTINGS
+
+    assert main([*VERTEX_SETTINGS, "--experiment", "beer-trials"]) == 0
+
+    metadata = vertex_emulator.metadata
+    store = f"projects/{vertex_emulator.project_number(VERTEX_PROJECT)}/locations/"
+    store += f"{VERTEX_LOCATION}/metadataStores/default"
+    experiment = metadata.contexts[f"{store}/contexts/beer-trials"]
+    assert experiment.schema_title == "system.Experiment"
+    [job] = vertex_emulator.pipelines.jobs.values()
+    assert metadata.children[experiment.name] == [job.job_detail.pipeline_run_context.name]
+    assert vertex_emulator.unimplemented == []

@@ -10,6 +10,7 @@ from google.cloud import aiplatform_v1 as v1
 from google.protobuf import empty_pb2
 
 from tests.vertex_emulator.context import Context, now
+from tests.vertex_emulator.metadata import Metadata
 from tests.vertex_emulator.resources import display_name_filter, not_found
 
 FAILED_JOB_MESSAGE = "The DAG failed because some tasks failed: step train: out of memory"
@@ -18,8 +19,9 @@ FAILED_JOB_MESSAGE = "The DAG failed because some tasks failed: step train: out 
 class Pipelines:
     """State and RPCs of ``PipelineService`` and ``ScheduleService``."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, metadata: Metadata) -> None:
         self.context = context
+        self.metadata = metadata
         self.jobs: dict[str, v1.PipelineJob] = {}
         self.final_state = v1.PipelineState.PIPELINE_STATE_SUCCEEDED
         self.schedules: dict[str, v1.Schedule] = {}
@@ -28,7 +30,11 @@ class Pipelines:
     def create_pipeline_job(self, request: v1.CreatePipelineJobRequest) -> v1.PipelineJob:
         parent = self.context.names.parent(request.parent)
         job = v1.PipelineJob(request.pipeline_job)
-        job.name = f"{parent}/pipelineJobs/{request.pipeline_job_id or self.context.new_id()}"
+        job_id = request.pipeline_job_id or self.context.new_id()
+        job.name = f"{parent}/pipelineJobs/{job_id}"
+        job.job_detail.pipeline_run_context = self.metadata.pipeline_run_context(
+            parent, job_id, job.display_name
+        )
         job.state = v1.PipelineState.PIPELINE_STATE_RUNNING
         job.create_time = job.start_time = now()
         with self.context.lock:

@@ -82,8 +82,8 @@ class VertexEmulator:
         self.endpoint_service = Endpoints(
             self.context, self.registry, ContainerRuntime(custom_images), seed
         )
-        self.pipelines = Pipelines(self.context)
         self.metadata = Metadata(self.context)
+        self.pipelines = Pipelines(self.context, self.metadata)
         self.requests: list[tuple[str, Any]] = []
         self.unimplemented: list[str] = []
         self._failures: dict[str, list[grpc.StatusCode]] = defaultdict(list)

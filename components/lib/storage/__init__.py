@@ -45,6 +45,19 @@ def mounted_path(uri: str) -> str:
     return os.path.join(gcs_mount_root(), uri[len(GCS_SCHEME) :])
 
 
+def gcs_uri(path: str) -> str:
+    """The ``gs://`` URI of a path under the mount root (what ``mounted_path`` maps back from);
+    a ``gs://`` URI or any other path unchanged.
+
+    A step that ran where the bucket is mounted (kfp.local with its pipeline root on the mount)
+    names its artifacts by the local path; the cloud knows them by this URI.
+    """
+    root = os.path.join(os.path.abspath(gcs_mount_root()), "")
+    if is_gcs(path) or not os.path.abspath(path).startswith(root):
+        return path
+    return GCS_SCHEME + os.path.abspath(path)[len(root) :]
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec file system of ``uri`` (gcsfs for ``gs://``) and the path within it."""
     return url_to_fs(uri)

@@ -25,6 +25,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform
 from google.cloud.aiplatform.constants import prediction
 
+from components.lib.storage import gcs_uri
 from components.lib.targets.base import DEFAULT_ALIAS, ModelVersion, Serving, most_traffic
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def use_emulator_if_set() -> None:
     without credentials, as ``STORAGE_EMULATOR_HOST`` does for Cloud Storage; no-op if unset."""
     host = os.environ.get(EMULATOR_HOST_ENV)
     if host:
-        aiplatform.init(api_endpoint=host, credentials=AnonymousCredentials())
+        # gRPC named: without a project, init would switch the SDK to REST.
+        aiplatform.init(api_endpoint=host, credentials=AnonymousCredentials(), api_transport="grpc")
 
 
 def call_vertex(what: str, call: Callable[[], T]) -> T:
@@ -150,11 +152,13 @@ class VertexModelRegistry:
         aliases: Sequence[str] = (),
         description: str = "",
     ) -> ModelVersion:
-        """Upload the SavedModel at ``artifact_dir`` (``gs://``) as the model's default version.
+        """Upload the SavedModel at ``artifact_dir`` (``gs://``, or a path under the bucket mount)
+        as the model's default version.
 
         Without a ``serving_image``, Vertex AI's prebuilt TensorFlow image for the installed
         TensorFlow version and the region serves it (the GPU variant when ``gpu``).
         """
+        artifact_dir = gcs_uri(artifact_dir)
         if not artifact_dir.startswith("gs://"):
             raise VertexError(
                 f"the model artifact {artifact_dir!r} is not in Cloud Storage; on Vertex AI the "
