@@ -11,8 +11,6 @@ the traffic split and answer in Vertex AI's format.
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 from typing import Any
 
 import grpc
@@ -37,7 +35,6 @@ from tests.vertex_emulator.serving import (
 )
 
 NEW_MODEL_KEY = "0"
-STAGING_BUCKET = "vertex-emulator-staging"
 
 
 def _failed_precondition(message: str) -> ApiError:
@@ -67,7 +64,7 @@ class Endpoints:
         self.containers: dict[str, Container] = {}
         self._busy: set[str] = set()
         self._random = random.Random(seed)
-        self._model_dirs: dict[str, str] = {}
+        self._files: dict[str, ModelFiles] = {}
 
     def _endpoint(self, name: str) -> v1.Endpoint:
         endpoint = self.endpoints.get(self.context.names.canonical(name))
@@ -189,25 +186,19 @@ class Endpoints:
             return self._start("DeployModel", name, v1.DeployModelOperationMetadata, work)
 
     def _serve(self, deployed_id: str, version: v1.Model) -> Container:
-        """The model server of ``version``, on its own copy of the artifacts (as Vertex AI
-        copies ``artifact_uri`` for the container: ``AIP_STORAGE_URI``)."""
+        """The model server of ``version`` on its own copy of the artifacts."""
         storage = self.context.storage
         if storage is None or not version.artifact_uri:
             raise _failed_precondition("The emulator needs the GCS emulator to deploy models.")
-        local_dir = tempfile.mkdtemp(prefix=f"vertex-emulator-model-{deployed_id}-")
-        storage_uri = f"gs://{STAGING_BUCKET}/deployments/{deployed_id}"
+        files = ModelFiles(storage, version.artifact_uri, deployed_id)
         try:
-            storage.download(version.artifact_uri, local_dir)
-            storage.copy(version.artifact_uri, storage_uri)
-            container = self.runtime.start(
-                version.container_spec, ModelFiles(local_dir, storage_uri)
-            )
+            container = self.runtime.start(version.container_spec, files)
         except DeployError as error:
-            shutil.rmtree(local_dir, ignore_errors=True)
+            files.remove()
             raise _failed_precondition(
                 f"Model server never became ready for {version.name}@{version.version_id}: {error}"
             ) from None
-        self._model_dirs[deployed_id] = local_dir
+        self._files[deployed_id] = files
         return container
 
     def undeploy_model(self, request: v1.UndeployModelRequest):
@@ -236,11 +227,11 @@ class Endpoints:
                 stored.traffic_split = split if kept else {}
                 stored.update_time = now()
                 container = self.containers.pop(request.deployed_model_id, None)
-                local_dir = self._model_dirs.pop(request.deployed_model_id, None)
+                files = self._files.pop(request.deployed_model_id, None)
             if container is not None:
                 container.stop()
-            if local_dir:
-                shutil.rmtree(local_dir, ignore_errors=True)
+            if files is not None:
+                files.remove()
             return v1.UndeployModelResponse()
 
         with self.context.lock:
@@ -312,8 +303,8 @@ class Endpoints:
         """Stop every model server (the emulator is shutting down)."""
         with self.context.lock:
             containers, self.containers = list(self.containers.values()), {}
-            directories, self._model_dirs = list(self._model_dirs.values()), {}
+            files, self._files = list(self._files.values()), {}
         for container in containers:
             container.stop()
-        for directory in directories:
-            shutil.rmtree(directory, ignore_errors=True)
+        for copy in files:
+            copy.remove()

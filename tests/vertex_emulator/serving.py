@@ -23,6 +23,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -34,6 +35,9 @@ from typing import Any, Protocol
 
 import grpc
 
+from tests.vertex_emulator.storage import CloudStorage, free_port
+
+STAGING_BUCKET = "vertex-emulator-staging"
 PREBUILT_TENSORFLOW = re.compile(
     r"^(us|europe|asia)-docker\.pkg\.dev/vertex-ai/prediction/tf2-(cpu|gpu)\.\d+-\d+(:.*)?$"
 )
@@ -60,13 +64,31 @@ class Container(Protocol):
     def stop(self) -> None: ...
 
 
-@dataclass(frozen=True)
 class ModelFiles:
-    """Where a deployed model's files are: ``local_dir`` for an in-process server,
-    ``storage_uri`` (``AIP_STORAGE_URI``) for a container that reads them itself."""
+    """A deployed model's copy of its artifacts, made on first use: a local folder for an
+    in-process server, or a ``gs://`` folder (``AIP_STORAGE_URI``) for a container that reads
+    it itself; Vertex AI also serves a copy, not ``artifact_uri`` itself."""
 
-    local_dir: str
-    storage_uri: str
+    def __init__(self, storage: CloudStorage, artifact_uri: str, deployed_id: str) -> None:
+        self.storage = storage
+        self.artifact_uri = artifact_uri
+        self.deployed_id = deployed_id
+        self._local_dir = ""
+
+    def local_dir(self) -> str:
+        if not self._local_dir:
+            self._local_dir = tempfile.mkdtemp(prefix=f"vertex-emulator-{self.deployed_id}-")
+            self.storage.download(self.artifact_uri, self._local_dir)
+        return self._local_dir
+
+    def storage_uri(self) -> str:
+        uri = f"gs://{STAGING_BUCKET}/deployments/{self.deployed_id}"
+        self.storage.copy(self.artifact_uri, uri)
+        return uri
+
+    def remove(self) -> None:
+        if self._local_dir:
+            shutil.rmtree(self._local_dir, ignore_errors=True)
 
 
 def _tiny_jpeg() -> bytes:
@@ -216,8 +238,6 @@ class ProcessContainer:
     startup_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
-        from tests.vertex_emulator.storage import free_port
-
         self.port = free_port()
         descriptor, self.log_path = tempfile.mkstemp(
             prefix="vertex-emulator-container-", suffix=".log"
@@ -228,7 +248,7 @@ class ProcessContainer:
             "AIP_HTTP_PORT": str(self.port),
             "AIP_HEALTH_ROUTE": self.health_route,
             "AIP_PREDICT_ROUTE": self.predict_route,
-            "AIP_STORAGE_URI": self.files.storage_uri,
+            "AIP_STORAGE_URI": self.files.storage_uri(),
         }
         with os.fdopen(descriptor, "wb") as log:
             self.process = subprocess.Popen(
@@ -299,7 +319,7 @@ class ContainerRuntime:
         ``files``; raises DeployError when it cannot serve."""
         image = container_spec.image_uri
         if PREBUILT_TENSORFLOW.match(image):
-            return TFServingContainer(files.local_dir)
+            return TFServingContainer(files.local_dir())
         for prefix, command in self.custom_images.items():
             if image.startswith(prefix):
                 # The process listens on a free port, passed as AIP_HTTP_PORT, not on the
