@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default: a temporary one); export it as BEER_GCS_MOUNT_ROOT",
     )
     parser.add_argument(
+        "--bucket",
+        action="append",
+        default=[],
+        help="create this bucket in the GCS emulator, mounted under the mount root (repeatable)",
+    )
+    parser.add_argument(
         "--operation-delay",
         type=float,
         default=1.0,
@@ -75,17 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     mount_root = os.path.abspath(args.mount_root or work / "gcs")
     os.makedirs(mount_root, exist_ok=True)
     cert, key = write_self_signed_certificate(work)
+    storage = CloudStorage(gcs_url, mount_root=mount_root)
+    for bucket in args.bucket:
+        if storage.client.lookup_bucket(bucket) is None:
+            storage.client.create_bucket(bucket)
+        os.makedirs(os.path.join(mount_root, bucket), exist_ok=True)
     emulator = VertexEmulator(
         projects=projects,
-        storage=CloudStorage(gcs_url, mount_root=mount_root),
+        storage=storage,
         operation_delay_s=args.operation_delay,
         custom_images=dict(args.custom_image),
     ).start(cert, key, port=args.port, rest_port=args.rest_port)
     host = f"localhost:{emulator.port}"
+    buckets = ", ".join(args.bucket) or "none"
     numbers = ", ".join(f"{p} = {emulator.project_number(p)}" for p in projects)
     print(
         f"""Vertex AI emulator: gRPC (TLS) on {host}, REST predictions on http://127.0.0.1:{emulator.rest_port}
-GCS emulator: {gcs_url}; stand-in /gcs mount: {mount_root}
+GCS emulator: {gcs_url}; stand-in /gcs mount: {mount_root}; buckets made: {buckets}
 projects (ID = number in resource names): {numbers}
 
 In the shell that runs the pipeline or the SDK:
