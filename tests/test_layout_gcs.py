@@ -3,73 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from components.lib.data.layout import DataLayoutError, DatasetLayout, download_dataset
-from tests.conftest import make_layout
+from tests.conftest import make_layout, upload_folder
 
 BUCKET = "beer-data"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs_emulator() -> Iterator[str]:
-    """``gcp-storage-emulator`` on loopback, in memory; yields its URL."""
-    port = _free_port()
-    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen(
-        [str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("the GCS emulator did not start")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
-
-
-@pytest.fixture
-def emulated_gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> storage.Client:
-    """Clients of this test (google-cloud-storage, gcsfs via fsspec) talk to the emulator."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
-    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_emulator})
-    # The emulator serves one connection at a time: one request in flight keeps gcsfs from
-    # stalling on connections the emulator has not accepted yet.
-    monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
-    fsspec.filesystem("gs").clear_instance_cache()
-    return storage.Client(credentials=AnonymousCredentials(), project="test")
-
-
-def upload_folder(client: storage.Client, folder: Path, prefix: str) -> str:
-    bucket = client.lookup_bucket(BUCKET) or client.create_bucket(BUCKET)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename(str(path))
-    return f"gs://{BUCKET}/{prefix}"
 
 
 def contents(layout: DatasetLayout) -> dict[str, str]:
@@ -84,7 +26,7 @@ def contents(layout: DatasetLayout) -> dict[str, str]:
 
 
 def assert_same_dataset(client: storage.Client, folder: Path, tmp_path: Path) -> None:
-    data_uri = upload_folder(client, folder, f"data-{tmp_path.name}")
+    data_uri = upload_folder(client, folder, f"gs://{BUCKET}/data-{tmp_path.name}")
     from_gcs = download_dataset(data_uri, str(tmp_path / "from-gcs"))
     from_folder = download_dataset(str(folder), str(tmp_path / "from-folder"))
     assert from_gcs.class_names == from_folder.class_names
@@ -94,29 +36,31 @@ def assert_same_dataset(client: storage.Client, folder: Path, tmp_path: Path) ->
 
 
 def test_gcs_data_gives_the_same_dataset_as_the_folder(
-    emulated_gcs: storage.Client, tmp_path: Path
+    emulated_storage: storage.Client, tmp_path: Path
 ) -> None:
     folder = make_layout(tmp_path / "data", {"0red": 3, "1blue": 2, "2green": 4})
-    assert_same_dataset(emulated_gcs, folder, tmp_path)
+    assert_same_dataset(emulated_storage, folder, tmp_path)
 
 
 @pytest.mark.e2e
 def test_beer_photos_from_gcs_equal_the_folder(
-    emulated_gcs: storage.Client, beer_data_dir: Path, tmp_path: Path
+    emulated_storage: storage.Client, beer_data_dir: Path, tmp_path: Path
 ) -> None:
     """All 500 beer photos uploaded to the emulator and read back through gcsfs."""
-    assert_same_dataset(emulated_gcs, beer_data_dir, tmp_path)
+    assert_same_dataset(emulated_storage, beer_data_dir, tmp_path)
 
 
 def test_missing_bucket_is_a_clear_layout_error(
-    emulated_gcs: storage.Client, tmp_path: Path
+    emulated_storage: storage.Client, tmp_path: Path
 ) -> None:
     with pytest.raises(DataLayoutError, match=r"'gs://no-such-bucket/data' does not exist"):
         download_dataset("gs://no-such-bucket/data", str(tmp_path / "out"))
 
 
-def test_missing_split_in_a_bucket_names_it(emulated_gcs: storage.Client, tmp_path: Path) -> None:
+def test_missing_split_in_a_bucket_names_it(
+    emulated_storage: storage.Client, tmp_path: Path
+) -> None:
     folder = make_layout(tmp_path / "data")
-    data_uri = upload_folder(emulated_gcs, folder / "train", "only-train")
+    data_uri = upload_folder(emulated_storage, folder / "train", f"gs://{BUCKET}/only-train")
     with pytest.raises(DataLayoutError, match="split folder 'train' is missing"):
         download_dataset(data_uri, str(tmp_path / "out"))

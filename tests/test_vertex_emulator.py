@@ -238,3 +238,51 @@ def test_submit_with_an_experiment_records_the_run_in_it(vertex_emulator: Vertex
     [job] = vertex_emulator.pipelines.jobs.values()
     assert metadata.children[experiment.name] == [job.job_detail.pipeline_run_context.name]
     assert vertex_emulator.unimplemented == []
+
+
+@pytest.mark.slow
+def test_started_by_hand_it_prints_settings_that_reach_it(tmp_path: Path) -> None:
+    """``python -m tests.vertex_emulator``, then a separate process with the printed settings."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "tests.vertex_emulator", "--bucket", "beer-pipeline"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        while not lines or "Ctrl-C" not in lines[-1]:
+            line = emulator.stdout.readline()
+            assert line, f"the emulator stopped: {''.join(lines)}"
+            lines.append(line)
+        exports = dict(re.findall(r"^  export (\w+)=(\S+)$", "".join(lines), re.MULTILINE))
+        assert os.path.isdir(Path(exports["BEER_GCS_MOUNT_ROOT"]) / "beer-pipeline")
+        client = (
+            "from google.cloud import aiplatform\n"
+            "from components.lib.targets.vertex import call_vertex\n"
+            "endpoint = call_vertex('create', lambda: aiplatform.Endpoint.create("
+            f"display_name='by-hand', project='{VERTEX_PROJECT}', location='{VERTEX_LOCATION}'))\n"
+            "print(endpoint.resource_name)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", client],
+            cwd=ROOT,
+            env={**os.environ, **exports, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        number = re.search(r"test-project = (\d{12})", "".join(lines)).group(1)
+        assert result.stdout.splitlines()[-1].startswith(f"projects/{number}/locations/")
+    finally:
+        emulator.send_signal(signal.SIGINT)
+        assert emulator.wait(timeout=60) == 0
