@@ -186,7 +186,7 @@ def test_unknown_images_and_unservable_models_fail_the_deploy(
     with pytest.raises(VertexError, match="cannot run the image"):
         deploy(other)
     broken = upload(stored("broken"), "run-b")
-    with pytest.raises(VertexError, match=r"FAILED_PRECONDITION: Could not find variable"):
+    with pytest.raises(VertexError, match=r"FailedPreconditionError: Could not find variable"):
         deploy(broken)
     [endpoint] = vertex_emulator.endpoints.values()
     assert list(endpoint.deployed_models) == [] and dict(endpoint.traffic_split) == {}
@@ -240,7 +240,6 @@ def test_submit_with_an_experiment_records_the_run_in_it(vertex_emulator: Vertex
     assert vertex_emulator.unimplemented == []
 
 
-@pytest.mark.slow
 def test_started_by_hand_it_prints_settings_that_reach_it(tmp_path: Path) -> None:
     """``python -m tests.vertex_emulator``, then a separate process with the printed settings."""
     import os

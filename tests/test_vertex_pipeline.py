@@ -30,7 +30,7 @@ from tests.conftest import (
 )
 from tests.vertex_emulator import VertexEmulator
 
-pytestmark = [pytest.mark.vertex_emulator, pytest.mark.slow]
+pytestmark = pytest.mark.vertex_emulator
 
 BUCKET = "beer-pipeline"
 PIPELINE_ROOT = f"gs://{BUCKET}/root"

@@ -5,8 +5,8 @@ endpoint's requests. The emulator does the same for the images it knows:
 
 - Vertex AI's prebuilt TensorFlow images run TensorFlow Serving, which loads the SavedModel with
   the C++ loader behind a TF1 session and feeds the ``serving_default`` signature by tensor name.
-  ``TFServingContainer`` takes that path (``tf.compat.v1.saved_model.loader.load`` and one
-  ``Session.run`` as a warm-up request), so a model that TF Serving cannot serve fails its deploy.
+  ``TFServingContainer`` takes that path (``components.lib.serving.tf_serving``, with one
+  warm-up request), so a model that TF Serving cannot serve fails its deploy.
 - Custom containers (``ProcessContainer``): a command registered for the image runs as a
   subprocess with Vertex AI's variables (``AIP_HTTP_PORT``, ``AIP_HEALTH_ROUTE``,
   ``AIP_PREDICT_ROUTE``, ``AIP_STORAGE_URI``); the deploy succeeds once its health route answers
@@ -33,15 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import grpc
-
+from components.lib.serving.contract import OUTPUT_CLASSES, OUTPUT_PROBABILITIES, SERVING_INPUT
 from tests.vertex_emulator.storage import CloudStorage, free_port
 
 STAGING_BUCKET = "vertex-emulator-staging"
 PREBUILT_TENSORFLOW = re.compile(
     r"^(us|europe|asia)-docker\.pkg\.dev/vertex-ai/prediction/tf2-(cpu|gpu)\.\d+-\d+(:.*)?$"
 )
-SERVING_INPUT_FORMATS = 'instances of {"<input>": {"b64": "..."}} or {"b64": "..."}'
 
 
 class DeployError(Exception):
@@ -100,96 +98,38 @@ def _tiny_jpeg() -> bytes:
 
 
 class TFServingContainer:
-    """A SavedModel held as TensorFlow Serving holds it: its own TF1 graph and session."""
+    """Vertex AI's prebuilt TensorFlow image: TF Serving holding the SavedModel in a TF1 session
+    (``components.lib.serving.tf_serving``), answering its REST API's row format."""
 
     def __init__(self, model_dir: str) -> None:
-        import tensorflow as tf
+        from components.lib.serving.tf_serving import TFServingError, load_like_tf_serving
 
-        self._tf = tf
-        graph = tf.compat.v1.Graph()
-        self._session = tf.compat.v1.Session(graph=graph)
+        self._errors = TFServingError
         try:
-            with graph.as_default():
-                meta_graph = tf.compat.v1.saved_model.loader.load(
-                    self._session, ["serve"], model_dir
-                )
-        except Exception as error:
-            self._session.close()
-            raise DeployError(
-                f"TF Serving could not load the SavedModel: {_first_line(error)}"
-            ) from None
-        signature = meta_graph.signature_def.get("serving_default")
-        if signature is None:
-            self._session.close()
-            raise DeployError("the SavedModel has no 'serving_default' signature")
-        self._inputs = {name: info.name for name, info in signature.inputs.items()}
-        self._string_inputs = {
-            name
-            for name, info in signature.inputs.items()
-            if info.dtype == tf.string.as_datatype_enum
-        }
-        self._outputs = {name: info.name for name, info in signature.outputs.items()}
-        if len(self._inputs) == 1 and self._string_inputs:
-            try:
-                self.predict([{"b64": base64.b64encode(_tiny_jpeg()).decode()}], None)
-            except PredictError as error:
-                self._session.close()
-                raise DeployError(f"the warm-up request failed: {error}") from None
-
-    def _feed(self, instances: list[Any]) -> dict[str, list[Any]]:
-        """TF Serving's row format: an instance is a dict of input name -> value, or one value
-        when the signature has one input; ``{"b64": ...}`` is a string input's bytes."""
-        if not isinstance(instances, list) or not instances:
-            raise PredictError('"instances" must be a non-empty list', invalid=True)
-        names = sorted(self._inputs)
-        columns: dict[str, list[Any]] = {name: [] for name in names}
-        for index, instance in enumerate(instances):
-            named = isinstance(instance, dict) and set(instance) == set(names)
-            if not named and len(names) != 1:
-                raise PredictError(f"instance {index} must name the inputs {names}", invalid=True)
-            values = instance if named else {names[0]: instance}
-            for name, value in values.items():
-                columns[name].append(self._value(index, name, value))
-        return columns
-
-    def _value(self, index: int, name: str, value: Any) -> Any:
-        if isinstance(value, dict) and set(value) == {"b64"} and name in self._string_inputs:
-            try:
-                return base64.b64decode(value["b64"], validate=True)
-            except (binascii.Error, TypeError):
-                raise PredictError(f"instance {index}: invalid base64 in {name!r}", True) from None
-        if isinstance(value, dict):
-            raise PredictError(
-                f"instance {index}: unexpected object for input {name!r}; expected "
-                f"{SERVING_INPUT_FORMATS}",
-                invalid=True,
-            )
-        return value
+            self._model = load_like_tf_serving(model_dir)
+        except TFServingError as error:
+            raise DeployError(str(error)) from None
+        try:
+            self._model([_tiny_jpeg()])  # a warm-up request, as TF Serving can be given
+        except TFServingError as error:
+            self._model.close()
+            raise DeployError(f"the warm-up request failed: {error}") from None
 
     def predict(self, instances: list[Any], parameters: Any) -> list[Any]:
-        import numpy as np
+        import tensorflow as tf
 
-        columns = self._feed(instances)
-        feed = {
-            self._inputs[name]: np.asarray(
-                values, dtype=object if name in self._string_inputs else None
-            )
-            for name, values in columns.items()
-        }
-        names = sorted(self._outputs)
+        if not isinstance(instances, list) or not instances:
+            raise PredictError('"instances" must be a non-empty list', invalid=True)
+        images = [_instance_bytes(index, instance) for index, instance in enumerate(instances)]
         try:
-            results = self._session.run([self._outputs[name] for name in names], feed_dict=feed)
-        except self._tf.errors.InvalidArgumentError as error:
-            raise PredictError(_first_line(error), invalid=True) from None
-        except self._tf.errors.OpError as error:
-            raise PredictError(_first_line(error), invalid=False) from None
-        rows = []
-        for row in range(len(instances)):
-            values = {
-                name: _plain(result[row]) for name, result in zip(names, results, strict=True)
-            }
-            rows.append(values if len(names) > 1 else next(iter(values.values())))
-        return rows
+            classes, probabilities = self._model(images)
+        except self._errors as error:
+            invalid = isinstance(error.__cause__, tf.errors.InvalidArgumentError)
+            raise PredictError(str(error), invalid=invalid) from None
+        return [
+            {OUTPUT_CLASSES: int(label), OUTPUT_PROBABILITIES: row.tolist()}
+            for label, row in zip(classes, probabilities, strict=True)
+        ]
 
     def raw_predict(self, body: bytes, content_type: str) -> tuple[bytes, str]:
         try:
@@ -202,28 +142,22 @@ class TFServingContainer:
         return json.dumps({"predictions": predictions}).encode(), "application/json"
 
     def stop(self) -> None:
-        self._session.close()
+        self._model.close()
 
 
-def _plain(value: Any) -> Any:
-    """A NumPy value as JSON-ready Python (bytes as TF Serving writes them: base64)."""
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, bytes):
-        return {"b64": base64.b64encode(value).decode()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
-def _first_line(error: BaseException) -> str:
-    """The line that says what went wrong, as TF Serving reports it: ``CODE: message``."""
-    message = getattr(error, "message", None) or str(error)
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    lines = [line for line in lines if line != "Graph execution error:"] or [type(error).__name__]
-    code = getattr(error, "error_code", None)
-    names = {status.value[0]: status.name for status in grpc.StatusCode}
-    return f"{names[code]}: {lines[0]}" if code in names else lines[0]
+def _instance_bytes(index: int, instance: Any) -> bytes:
+    """TF Serving's row format for the one string input: ``{"bytes": {"b64": ...}}``, or the
+    value alone, ``{"b64": ...}``."""
+    value = instance.get(SERVING_INPUT, instance) if isinstance(instance, dict) else instance
+    if not (isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str)):
+        raise PredictError(
+            f'instance {index} must be {{"{SERVING_INPUT}": {{"b64": "..."}}}} or {{"b64": "..."}}',
+            invalid=True,
+        )
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except binascii.Error:
+        raise PredictError(f"instance {index}: invalid base64", invalid=True) from None
 
 
 @dataclass
