@@ -197,10 +197,10 @@ def test_operations_can_be_waited_for_and_cancelled(vertex_emulator: VertexEmula
     from google.longrunning import operations_pb2
     from google.protobuf import duration_pb2
 
-    vertex_emulator.operations.hang("CreateEndpoint")
+    vertex_emulator.hold("CreateEndpoint")
     client = gapic(aiplatform.gapic.EndpointServiceClient, vertex_emulator)
     parent = f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
-    hanging = client.create_endpoint(parent=parent, endpoint=v1.Endpoint(display_name="a"))
+    held = client.create_endpoint(parent=parent, endpoint=v1.Endpoint(display_name="a"))
     finishing = client.create_endpoint(parent=parent, endpoint=v1.Endpoint(display_name="b"))
     channel = client.transport.grpc_channel
     wait = channel.unary_unary(
@@ -213,13 +213,13 @@ def test_operations_can_be_waited_for_and_cancelled(vertex_emulator: VertexEmula
     assert done.done and finishing.result(timeout=1).display_name == "b"
     still = wait(
         operations_pb2.WaitOperationRequest(
-            name=hanging.operation.name, timeout=duration_pb2.Duration(nanos=300_000_000)
+            name=held.operation.name, timeout=duration_pb2.Duration(nanos=300_000_000)
         )
     )
     assert not still.done
     operations = operations_v1.OperationsClient(channel)
-    operations.cancel_operation(hanging.operation.name)
-    assert operations.get_operation(hanging.operation.name).error.code == 1  # CANCELLED
+    operations.cancel_operation(held.operation.name)
+    assert operations.get_operation(held.operation.name).error.code == 1  # CANCELLED
     assert [e.display_name for e in aiplatform.Endpoint.list()] == ["b"]
 
 

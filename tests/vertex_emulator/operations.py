@@ -2,7 +2,7 @@
 
 A long-running call answers at once with an operation that is not done; its work runs in a
 thread after ``delay_s`` and the operation ends with the response, or with an error status when
-the work raises ApiError. The SDK polls GetOperation until then. Faults: ``hang`` (the next
+the work raises ApiError. The SDK polls GetOperation until then. Faults: ``hold`` (the next
 operations of a method never finish) and ``fail`` (they end in an error).
 """
 
@@ -41,12 +41,12 @@ class Operations:
         self._operations: dict[str, operations_pb2.Operation] = {}
         self._finished = threading.Condition()
         self._ids = itertools.count(5_000_000_000_000_000_001)
-        self._hang: dict[str, int] = defaultdict(int)
+        self._held: dict[str, int] = defaultdict(int)
         self._errors: dict[str, list[ApiError]] = defaultdict(list)
 
-    def hang(self, method: str, count: int = 1) -> None:
+    def hold(self, method: str, count: int = 1) -> None:
         """The next ``count`` operations of ``method`` never finish."""
-        self._hang[method] += count
+        self._held[method] += count
 
     def fail(self, method: str, code: grpc.StatusCode, message: str) -> None:
         """The next operation of ``method`` ends with this error, its work never done."""
@@ -63,8 +63,8 @@ class Operations:
         )
         with self._finished:
             self._operations[operation.name] = operation
-            if self._hang[method]:
-                self._hang[method] -= 1
+            if self._held[method]:
+                self._held[method] -= 1
                 return _copy(operation)
             if self._errors[method]:
                 error = self._errors[method].pop(0)

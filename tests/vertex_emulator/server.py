@@ -4,9 +4,9 @@ also over REST (what ``gcloud ai endpoints predict`` and plain HTTP clients spea
 Every request is recorded (``calls``). Faults: ``fail(method, *codes)`` answers the next calls
 of ``method`` with those status codes before doing anything; ``fail_after(method, code)`` does
 the call's work and then answers with the error, as when a reply is lost on the way back;
-``operations.hang``/``operations.fail`` make long-running operations never finish or end in an
-error. Methods the emulator does not serve are answered UNIMPLEMENTED and listed in
-``unimplemented``.
+``hold(method)`` and ``operations.fail(method, code, message)`` make the next long-running
+operations of ``method`` never finish, or end in that error. Methods the emulator does not serve
+are answered UNIMPLEMENTED and listed in ``unimplemented``.
 """
 
 from __future__ import annotations
@@ -110,6 +110,10 @@ class VertexEmulator:
     def fail_after(self, method: str, *codes: grpc.StatusCode) -> None:
         """The next calls of ``method`` take effect, then answer ``codes`` (a lost reply)."""
         self._failures_after[method].extend(codes)
+
+    def hold(self, method: str, count: int = 1) -> None:
+        """The next ``count`` long-running operations of ``method`` never finish."""
+        self.operations.hold(method, count)
 
     @property
     def endpoints(self) -> dict[str, v1.Endpoint]:
