@@ -28,7 +28,7 @@ from components.lib.serving.prediction import (
     decode_instances,
 )
 from components.lib.targets.base import pick_deployment
-from components.lib.targets.local import DEFAULT_STATE_DIR, EndpointRegistry, ModelRegistry
+from components.lib.targets.local import EndpointRegistry, ModelRegistry, default_state_dir
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "--host", default="127.0.0.1", help="address to bind (%(default)s: this machine only)"
     )
     parser.add_argument(
-        "--state-dir", default=DEFAULT_STATE_DIR, help="folder of a local run (%(default)s)"
+        "--state-dir", default=default_state_dir, help="folder of a local run (%(default)s)"
     )
     defaults = ServingLimits()
     parser.add_argument(

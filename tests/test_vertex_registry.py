@@ -296,8 +296,9 @@ def test_canary_at_10_then_a_run_at_100_retires_the_canary(fake_vertex: FakeVert
     assert len(fake_vertex.calls("DeployModel")) == 3
     [update] = fake_vertex.calls("UpdateEndpoint")
     assert dict(update.endpoint.traffic_split) == {ids["3"]: 100}
-    assert fake_vertex.calls("UndeployModel")[-1].deployed_model_id == (
-        first["deployedModels"][0]["id"]
+    assert (
+        fake_vertex.calls("UndeployModel")[-1].deployed_model_id
+        == (first["deployedModels"][0]["id"])
     )
 
     # The same run again changes nothing and calls nothing that changes the endpoint.
@@ -332,3 +333,19 @@ def test_a_deploy_that_does_not_finish_fails_after_the_timeout(
     with pytest.raises(VertexError, match=r"deploy .*@1 to .*: not finished after 2 s"):
         deploy(version)
     assert fake_vertex.calls("GetOperation"), "the operation was polled until the timeout"
+
+
+def test_an_address_that_does_not_resolve_fails_at_once(
+    fake_vertex: FakeVertex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a step (upload, deploy), where no preflight ran: DNS is not "try again later"."""
+    import time
+
+    from google.cloud.aiplatform import initializer
+
+    monkeypatch.setattr(initializer.global_config, "_api_endpoint", "vertex-api.invalid:443")
+    started = time.monotonic()
+    with pytest.raises(VertexError, match=r"cannot reach Vertex AI: its address does not resolve"):
+        upload("run-a")
+    assert time.monotonic() - started < 10
+    assert fake_vertex.requests == []

@@ -30,8 +30,13 @@ from components.lib.targets.base import (
     resource_id,
 )
 
-DEFAULT_STATE_DIR = os.environ.get("BEER_PIPELINE_STATE_DIR", ".vertex-local")
-"""Where a local run keeps its registry and endpoints, unless told otherwise."""
+STATE_DIR_ENV = "BEER_PIPELINE_STATE_DIR"
+
+
+def default_state_dir() -> str:
+    """Where a local run keeps its registry and endpoints unless told otherwise:
+    ``$BEER_PIPELINE_STATE_DIR``, else ``.vertex-local``."""
+    return os.environ.get(STATE_DIR_ENV, ".vertex-local")
 
 
 def _now() -> str:

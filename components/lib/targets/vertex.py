@@ -49,7 +49,9 @@ DEPLOY_TIMEOUT_S = 60 * 60
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
 _LABEL_LIMIT = 63
 # How gRPC says that the service's address could not be resolved or connected to.
-_DNS_FAILURE = re.compile(r"DNS resolution failed|Name or service not known|name resolution", re.I)
+_DNS_FAILURE = re.compile(
+    r"DNS resolution failed|errors resolving|lookup failed|Name or service not known", re.I
+)
 _CONNECT_FAILURE = re.compile(r"failed to connect to all addresses|Connection refused", re.I)
 
 
@@ -80,15 +82,14 @@ def call_vertex(
                     f"{_first_line(error.message)}); check the network connection and the region"
                 ) from error
             if attempt >= RETRY_ATTEMPTS:
-                unreachable = _CONNECT_FAILURE.search(error.message or "")
-                advice = (
-                    "cannot connect to Vertex AI; check the network connection, proxy and firewall"
-                    if unreachable
-                    else "try again later"
-                )
+                if _CONNECT_FAILURE.search(error.message or ""):
+                    raise VertexError(
+                        f"{what}: cannot connect to Vertex AI ({_first_line(error.message)}, "
+                        f"{attempt} attempts); check the network connection, proxy and firewall"
+                    ) from error
                 raise VertexError(
                     f"{what}: Vertex AI stayed unavailable after {attempt} attempts "
-                    f"({_first_line(error.message)}); {advice}"
+                    f"({_first_line(error.message)}); try again later"
                 ) from error
             logger.warning("%s: unavailable (%s), retry %d in %.0fs", what, error, attempt, delay)
             time.sleep(delay)
