@@ -3,73 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from components.lib.data.layout import DataLayoutError, DatasetLayout, download_dataset
-from tests.conftest import make_layout
-
-BUCKET = "beer-data"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs_emulator() -> Iterator[str]:
-    """``gcp-storage-emulator`` on loopback, in memory; yields its URL."""
-    port = _free_port()
-    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen(
-        [str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("the GCS emulator did not start")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
-
-
-@pytest.fixture
-def emulated_gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> storage.Client:
-    """Clients of this test (google-cloud-storage, gcsfs via fsspec) talk to the emulator."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
-    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_emulator})
-    # The emulator serves one connection at a time: one request in flight keeps gcsfs from
-    # stalling on connections the emulator has not accepted yet.
-    monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
-    fsspec.filesystem("gs").clear_instance_cache()
-    return storage.Client(credentials=AnonymousCredentials(), project="test")
-
-
-def upload_folder(client: storage.Client, folder: Path, prefix: str) -> str:
-    bucket = client.lookup_bucket(BUCKET) or client.create_bucket(BUCKET)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename(str(path))
-    return f"gs://{BUCKET}/{prefix}"
+from tests.conftest import make_layout, upload_folder
 
 
 def contents(layout: DatasetLayout) -> dict[str, str]:

@@ -220,7 +220,17 @@ def test_a_compiled_custom_job_pipeline_is_submitted_as_is(
     assert "--image applies to a fresh compile" in capsys.readouterr().err
     compile_main(["--output", str(spec)])
     assert main([*no_image, "--pipeline-file", str(spec)]) == 2
-    assert "runs the placeholder image us-docker.pkg.dev/your-project/" in (
-        capsys.readouterr().err
-    )
+    assert "runs the placeholder image us-docker.pkg.dev/your-project/" in (capsys.readouterr().err)
     assert len(fake_vertex.calls("CreatePipelineJob")) == 1
+
+
+@pytest.mark.parametrize("flags", [[], ["--enable-caching"]])
+def test_caching_keeps_each_steps_own_setting_unless_turned_off(
+    fake_vertex: FakeVertex, flags: list[str]
+) -> None:
+    assert main([*SETTINGS, *flags]) == 0
+    job = fake_vertex.calls("CreatePipelineJob")[0].pipeline_job
+    tasks = job.pipeline_spec["root"]["dag"]["tasks"]
+    assert dict(tasks["download-data"]["cachingOptions"]) == {"enableCache": True}
+    for never_cached in ("fingerprint-data", "evaluate-model"):
+        assert not dict(tasks[never_cached]["cachingOptions"]).get("enableCache")
