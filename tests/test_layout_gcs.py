@@ -60,3 +60,20 @@ def test_missing_split_in_a_bucket_names_it(emulated_gcs: storage.Client, tmp_pa
     data_uri = upload_folder(emulated_gcs, folder / "train", "only-train")
     with pytest.raises(DataLayoutError, match="split folder 'train' is missing"):
         download_dataset(data_uri, str(tmp_path / "out"))
+
+
+def test_the_fingerprint_of_a_bucket_follows_its_content(
+    emulated_gcs: storage.Client, tmp_path: Path
+) -> None:
+    from components.lib.data.layout import fingerprint_data
+
+    folder = make_layout(tmp_path / "data")
+    data_uri = upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    first, count = fingerprint_data(data_uri)
+    assert count == 16
+    upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    assert fingerprint_data(data_uri)[0] == first, "the same bytes uploaded again"
+    replaced = folder / "train/0red/000.jpg"
+    replaced.write_bytes(replaced.read_bytes() + b"\0")
+    upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    assert fingerprint_data(data_uri)[0] != first
