@@ -222,8 +222,8 @@ def build_pipeline(
                 empty for CPU only.
             serving_accelerator_count: GPUs per replica (0 with no serving accelerator).
             traffic_percentage: Share of the endpoint's traffic that the new version gets (100:
-                all; less: a canary beside the current version). Versions left with no traffic
-                are undeployed.
+                all; less: a canary beside the version that served most traffic before, which
+                keeps the rest). Every other deployed version is undeployed.
             serving_service_account: Service account the deployed model runs as on Vertex AI;
                 empty uses Vertex AI's default one (the deploy step says so in its log).
             target: Where models are registered and served: 'local' (registry and endpoint
