@@ -1,7 +1,8 @@
 """``python -m pipeline.serve``: a local endpoint server speaking Vertex AI's prediction REST API.
 
 ``POST /v1/projects/{p}/locations/{l}/endpoints/{e}:predict`` with ``{"instances": [...]}``
-answers as a Vertex endpoint does. The endpoint record is read on every request, so a version
+answers as a Vertex endpoint does; with a canary, each request goes to one deployed version,
+drawn by the traffic split. The endpoint record is read on every request, so a version
 that a pipeline run deploys is served at once, without a restart.
 """
 
@@ -26,7 +27,8 @@ from components.lib.serving.prediction import (
     ServingModel,
     decode_instances,
 )
-from components.lib.targets.local import DEFAULT_STATE_DIR, EndpointRegistry, ModelRegistry
+from components.lib.targets.base import pick_deployment
+from components.lib.targets.local import EndpointRegistry, ModelRegistry, default_state_dir
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class LocalEndpointService:
         self.limits = limits
         self._models: dict[str, ServingModel] = {}
         self._lock = threading.Lock()
+        self._rng = random.Random()
 
     def _model(self, artifact_uri: str) -> ServingModel:
         with self._lock:
@@ -74,8 +77,7 @@ class LocalEndpointService:
         if not record.get("deployedModels"):
             raise _ApiError(HTTPStatus.BAD_REQUEST, f"endpoint {name} has no deployed model")
         images = decode_instances(body, self.limits.max_instances)
-        split = record["trafficSplit"]
-        deployed_id = random.choices(list(split), weights=list(split.values()))[0]
+        deployed_id = pick_deployment(record["trafficSplit"], self._rng)
         deployed = next(model for model in record["deployedModels"] if model["id"] == deployed_id)
         version = ModelRegistry(self.state_dir, project, location).get_version(
             deployed["model"], deployed["modelVersionId"]
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "--host", default="127.0.0.1", help="address to bind (%(default)s: this machine only)"
     )
     parser.add_argument(
-        "--state-dir", default=DEFAULT_STATE_DIR, help="folder of a local run (%(default)s)"
+        "--state-dir", default=default_state_dir, help="folder of a local run (%(default)s)"
     )
     defaults = ServingLimits()
     parser.add_argument(

@@ -210,6 +210,9 @@ def beer_photos(beer_data_dir: Path, per_class: int) -> dict[str, bytes]:
 VERTEX_PROJECT = "test-project"
 VERTEX_LOCATION = "europe-west4"
 VERTEX_ROOT_URI = "gs://beer-pipeline-root/runs"
+VERTEX_IMAGE = (
+    f"{VERTEX_LOCATION}-docker.pkg.dev/{VERTEX_PROJECT}/beer-pipeline/beer-pipeline:0.1.0"
+)
 VERTEX_SETTINGS = [
     "--project",
     VERTEX_PROJECT,
@@ -217,15 +220,53 @@ VERTEX_SETTINGS = [
     VERTEX_LOCATION,
     "--pipeline-root",
     VERTEX_ROOT_URI,
+    "--image",
+    VERTEX_IMAGE,
 ]
 
 
 @pytest.fixture
 def no_ambient_vertex_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Vertex settings come only from what each test gives: no environment, no config file."""
-    for name in ("PROJECT", "REGION", "PIPELINE_ROOT", "SERVICE_ACCOUNT", "NETWORK", "EXPERIMENT"):
-        monkeypatch.delenv(f"BEER_PIPELINE_{name}", raising=False)
+    """Vertex settings come only from what each test gives: no environment, no config file;
+    commands log under ``tmp_path``."""
+    from pipeline.run import SETTINGS
+
+    for name in SETTINGS:
+        monkeypatch.delenv(f"BEER_PIPELINE_{name.upper()}", raising=False)
     monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(tmp_path / "absent.yaml"))
+    monkeypatch.setenv("BEER_PIPELINE_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture(scope="session")
+def service_account_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A service account key file with a throw-away RSA key: credentials that load offline."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path = tmp_path_factory.mktemp("credentials") / "key.json"
+    account = f"pipeline@{VERTEX_PROJECT}.iam.gserviceaccount.com"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": VERTEX_PROJECT,
+                "private_key_id": "0" * 40,
+                "private_key": pem,
+                "client_email": account,
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -239,7 +280,7 @@ def vertex_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _point_sdk_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The aiplatform SDK of this process talks to ``localhost:port``, without credentials.
+    """This process's aiplatform SDK talks to ``localhost:port``, anonymously.
 
     The SDK's calls that would leave this machine (Resource Manager, the pipeline root bucket
     check) are replaced; nothing else is.
@@ -269,55 +310,22 @@ def _point_sdk_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
-    """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it."""
+def fake_vertex(
+    vertex_tls: tuple[Path, Path], service_account_key: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it.
+
+    A service account key is in place, as a user's would be, though the SDK calls the fake
+    anonymously.
+    """
     from tests.fake_vertex import FakeVertex, start_server
 
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_key))
     fake = FakeVertex()
     server, port = start_server(fake, *vertex_tls)
     _point_sdk_at(port, monkeypatch)
     yield fake
     server.stop(None)
-
-
-@pytest.fixture(scope="session")
-def gcs_server() -> Iterator[str]:
-    """``gcp-storage-emulator`` on loopback, in memory, for the session; yields its URL."""
-    from tests.vertex_emulator.storage import start_gcs_emulator
-
-    process, url = start_gcs_emulator()
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
-
-
-@pytest.fixture
-def emulated_storage(gcs_server: str, monkeypatch: pytest.MonkeyPatch):
-    """Storage clients of this test and of the processes it starts (google-cloud-storage,
-    gcsfs) talk to the GCS emulator; returns a google-cloud-storage client."""
-    import fsspec
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
-    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_server})
-    # The emulator serves one connection at a time: one request in flight keeps gcsfs from
-    # stalling on connections the emulator has not accepted yet.
-    monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
-    fsspec.filesystem("gs").clear_instance_cache()
-    return storage.Client(credentials=AnonymousCredentials(), project="test")
-
-
-def upload_folder(client, folder: Path, uri: str) -> str:
-    """Copy ``folder`` to the ``gs://bucket/prefix`` folder ``uri`` (creating the bucket)."""
-    bucket_name, _, prefix = uri.removeprefix("gs://").partition("/")
-    bucket = client.lookup_bucket(bucket_name) or client.create_bucket(bucket_name)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            bucket.blob(f"{prefix}/{path.relative_to(folder).as_posix()}").upload_from_filename(
-                str(path)
-            )
-    return uri
 
 
 @contextlib.contextmanager
@@ -352,14 +360,14 @@ def running_vertex_emulator(
 @pytest.fixture
 def vertex_emulator(
     vertex_tls: tuple[Path, Path],
-    gcs_server: str,
-    emulated_storage,
+    gcs_emulator: str,
+    emulated_gcs,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path_factory: pytest.TempPathFactory,
 ):
     """A fresh Vertex AI emulator for this test (``running_vertex_emulator``)."""
     mount_root = tmp_path_factory.mktemp("gcs-mount")
-    with running_vertex_emulator(vertex_tls, gcs_server, mount_root, monkeypatch) as emulator:
+    with running_vertex_emulator(vertex_tls, gcs_emulator, mount_root, monkeypatch) as emulator:
         yield emulator
 
 
@@ -378,13 +386,12 @@ def colour_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def stored(emulated_storage, colour_models: dict[str, Path], request: pytest.FixtureRequest):
+def stored(emulated_gcs, colour_models: dict[str, Path], request: pytest.FixtureRequest):
     """``stored("v1")``: that colour model copied to a gs:// folder of the GCS emulator."""
     test = re.sub(r"[^a-zA-Z0-9_-]+", "-", request.node.name)
 
     def store(which: str) -> str:
-        uri = f"gs://beer-models/{test}/{which}/model"
-        return upload_folder(emulated_storage, colour_models[which], uri)
+        return upload_folder(emulated_gcs, colour_models[which], f"{test}/{which}", "beer-models")
 
     return store
 
@@ -399,6 +406,47 @@ def weak_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
         demo_data_dir,
         TrainingConfig(epochs=1, learning_rate=1e-7, fine_tune_epochs=0),
     )
+
+
+GCS_BUCKET = "beer-data"
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """``gcp-storage-emulator`` on loopback, in memory; yields its URL."""
+    from tests.vertex_emulator import start_gcs_emulator
+
+    process, url = start_gcs_emulator()
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def emulated_gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch):
+    """Clients of this test (google-cloud-storage, gcsfs via fsspec) talk to the emulator;
+    no ``/gcs`` mount holds anything (``BEER_GCS_MOUNT_ROOT`` points at an empty folder)."""
+    import fsspec
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    monkeypatch.setenv("BEER_GCS_MOUNT_ROOT", "/nonexistent-gcs-mount")
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_emulator})
+    # The emulator serves one connection at a time: one request in flight keeps gcsfs from
+    # stalling on connections the emulator has not accepted yet.
+    monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
+    fsspec.filesystem("gs").clear_instance_cache()
+    return storage.Client(credentials=AnonymousCredentials(), project="test")
+
+
+def upload_folder(client, folder: Path, prefix: str, bucket_name: str = GCS_BUCKET) -> str:
+    """Upload every file under ``folder`` to ``gs://<bucket>/<prefix>/``; returns that URI."""
+    bucket = client.lookup_bucket(bucket_name) or client.create_bucket(bucket_name)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename(str(path))
+    return f"gs://{bucket_name}/{prefix}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -276,3 +276,17 @@ def test_build_sh_says_when_docker_is_missing(tmp_path: Path) -> None:
     result = build_sh("--no-push", path=str(tmp_path))
     assert result.returncode == 1
     assert "docker not found" in result.stderr and "--cloud-build" in result.stderr
+
+
+def test_cloud_build_needs_no_buildkit_and_keeps_the_allowlist() -> None:
+    """The worker's Docker may lack buildx: the classic builder must get the same context."""
+    config = yaml.safe_load((DOCKER / "cloudbuild.yaml").read_text())
+    steps = config["steps"]
+    assert not any("DOCKER_BUILDKIT" in " ".join(step.get("env", [])) for step in steps)
+    build = next(i for i, step in enumerate(steps) if step.get("args", [None])[0] == "build")
+    copy = steps[build - 1]
+    assert (copy["entrypoint"], copy["args"]) == (
+        "cp",
+        ["docker/Dockerfile.dockerignore", ".dockerignore"],
+    )
+    assert "--file=docker/Dockerfile" in steps[build]["args"]

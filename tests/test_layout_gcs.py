@@ -11,8 +11,6 @@ from google.cloud import storage
 from components.lib.data.layout import DataLayoutError, DatasetLayout, download_dataset
 from tests.conftest import make_layout, upload_folder
 
-BUCKET = "beer-data"
-
 
 def contents(layout: DatasetLayout) -> dict[str, str]:
     """Relative path -> SHA-256 of every image of a downloaded dataset."""
@@ -26,7 +24,7 @@ def contents(layout: DatasetLayout) -> dict[str, str]:
 
 
 def assert_same_dataset(client: storage.Client, folder: Path, tmp_path: Path) -> None:
-    data_uri = upload_folder(client, folder, f"gs://{BUCKET}/data-{tmp_path.name}")
+    data_uri = upload_folder(client, folder, f"data-{tmp_path.name}")
     from_gcs = download_dataset(data_uri, str(tmp_path / "from-gcs"))
     from_folder = download_dataset(str(folder), str(tmp_path / "from-folder"))
     assert from_gcs.class_names == from_folder.class_names
@@ -36,31 +34,46 @@ def assert_same_dataset(client: storage.Client, folder: Path, tmp_path: Path) ->
 
 
 def test_gcs_data_gives_the_same_dataset_as_the_folder(
-    emulated_storage: storage.Client, tmp_path: Path
+    emulated_gcs: storage.Client, tmp_path: Path
 ) -> None:
     folder = make_layout(tmp_path / "data", {"0red": 3, "1blue": 2, "2green": 4})
-    assert_same_dataset(emulated_storage, folder, tmp_path)
+    assert_same_dataset(emulated_gcs, folder, tmp_path)
 
 
 @pytest.mark.e2e
 def test_beer_photos_from_gcs_equal_the_folder(
-    emulated_storage: storage.Client, beer_data_dir: Path, tmp_path: Path
+    emulated_gcs: storage.Client, beer_data_dir: Path, tmp_path: Path
 ) -> None:
     """All 500 beer photos uploaded to the emulator and read back through gcsfs."""
-    assert_same_dataset(emulated_storage, beer_data_dir, tmp_path)
+    assert_same_dataset(emulated_gcs, beer_data_dir, tmp_path)
 
 
 def test_missing_bucket_is_a_clear_layout_error(
-    emulated_storage: storage.Client, tmp_path: Path
+    emulated_gcs: storage.Client, tmp_path: Path
 ) -> None:
     with pytest.raises(DataLayoutError, match=r"'gs://no-such-bucket/data' does not exist"):
         download_dataset("gs://no-such-bucket/data", str(tmp_path / "out"))
 
 
-def test_missing_split_in_a_bucket_names_it(
-    emulated_storage: storage.Client, tmp_path: Path
-) -> None:
+def test_missing_split_in_a_bucket_names_it(emulated_gcs: storage.Client, tmp_path: Path) -> None:
     folder = make_layout(tmp_path / "data")
-    data_uri = upload_folder(emulated_storage, folder / "train", f"gs://{BUCKET}/only-train")
+    data_uri = upload_folder(emulated_gcs, folder / "train", "only-train")
     with pytest.raises(DataLayoutError, match="split folder 'train' is missing"):
         download_dataset(data_uri, str(tmp_path / "out"))
+
+
+def test_the_fingerprint_of_a_bucket_follows_its_content(
+    emulated_gcs: storage.Client, tmp_path: Path
+) -> None:
+    from components.lib.data.layout import fingerprint_data
+
+    folder = make_layout(tmp_path / "data")
+    data_uri = upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    first, count = fingerprint_data(data_uri)
+    assert count == 16
+    upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    assert fingerprint_data(data_uri)[0] == first, "the same bytes uploaded again"
+    replaced = folder / "train/0red/000.jpg"
+    replaced.write_bytes(replaced.read_bytes() + b"\0")
+    upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    assert fingerprint_data(data_uri)[0] != first

@@ -46,13 +46,12 @@ def gapic(client_class: type, emulator: VertexEmulator):
 
 
 def test_upload_is_checked_against_cloud_storage_and_named_with_the_project_number(
-    vertex_emulator: VertexEmulator, stored: Callable[[str], str], emulated_storage
+    vertex_emulator: VertexEmulator, stored: Callable[[str], str], emulated_gcs
 ) -> None:
     with pytest.raises(VertexError, match=r"gs://beer-models/nowhere is empty or does not exist"):
         upload("gs://beer-models/nowhere")
-    no_saved_model = upload_folder(
-        emulated_storage, Path(__file__).parent / "vertex_emulator", "gs://beer-models/code"
-    )
+    code = Path(__file__).parent / "vertex_emulator"
+    no_saved_model = upload_folder(emulated_gcs, code, "code", "beer-models")
     with pytest.raises(VertexError, match=r"exactly one of: \[saved_model.pb, saved_model.pbtxt\]"):
         upload(no_saved_model)
 
@@ -70,18 +69,27 @@ def test_aliases_move_between_versions_and_are_checked(
     vertex_emulator: VertexEmulator, stored: Callable[[str], str]
 ) -> None:
     uri = stored("v1")
-    first = upload(uri, "run-a")
-    upload(uri, "run-b")
-    third = upload(uri, "run-a")
+
+    def upload_version(alias: str, parent: str | None = None, **extra) -> aiplatform.Model:
+        return aiplatform.Model.upload(
+            display_name="Beer Classifier",
+            artifact_uri=uri,
+            serving_container_image_uri=IMAGE,
+            parent_model=parent,
+            version_aliases=[alias],
+            **extra,
+        )
+
+    first = upload_version("run-a")
+    upload_version("run-b", first.resource_name, is_default_version=False)
+    third = upload_version("run-a", first.resource_name)
 
     def aliases(version: str) -> list[str]:
-        return sorted(aiplatform.Model(first.model, version=version).version_aliases)
+        return sorted(aiplatform.Model(first.resource_name, version=version).version_aliases)
 
     assert (aliases("1"), aliases("2"), aliases("3")) == ([], ["run-b"], ["default", "run-a"])
-    assert aiplatform.Model(first.model).version_id == third.version_id == "3"
-    assert aiplatform.Model(first.model, version="run-b").version_id == "2"
-    parent = vertex_emulator.calls("UploadModel")[1].parent_model
-    assert parent == first.model, "later versions name the model as their parent"
+    assert aiplatform.Model(first.resource_name).version_id == third.version_id == "3"
+    assert aiplatform.Model(first.resource_name, version="run-b").version_id == "2"
 
     for bad in ({"version_aliases": ["1234"]}, {"labels": {"Run": "a"}}):
         with pytest.raises(exceptions.InvalidArgument):

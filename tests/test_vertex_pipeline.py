@@ -41,14 +41,14 @@ TRAINING = ["epochs=15", "fine_tune_epochs=0", "image_size=160"]
 
 @pytest.fixture(scope="module")
 def emulator(
-    vertex_tls: tuple[Path, Path], gcs_server: str, tmp_path_factory: pytest.TempPathFactory
+    vertex_tls: tuple[Path, Path], gcs_emulator: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VertexEmulator]:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     mount_root = tmp_path_factory.mktemp("gcs-mount")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
         for name in ("PROJECT", "REGION", "PIPELINE_ROOT", "SERVICE_ACCOUNT", "EXPERIMENT"):
             monkeypatch.delenv(f"BEER_PIPELINE_{name}", raising=False)
         monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(mount_root / "absent.yaml"))
@@ -56,7 +56,7 @@ def emulator(
         if client.lookup_bucket(BUCKET) is None:
             client.create_bucket(BUCKET)
         (mount_root / BUCKET).mkdir()
-        with running_vertex_emulator(vertex_tls, gcs_server, mount_root, monkeypatch) as running:
+        with running_vertex_emulator(vertex_tls, gcs_emulator, mount_root, monkeypatch) as running:
             yield running
 
 
