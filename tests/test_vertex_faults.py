@@ -3,6 +3,7 @@ each ends in one clear message, and none leaves the endpoint worse than it was."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,3 +111,39 @@ def test_permission_denied_is_one_message_naming_the_role(
     assert "permission denied" in message and "roles/aiplatform.user" in message
     assert "'aiplatform.endpoints.deploy'" in message, "the service's words name the permission"
     assert len(vertex_emulator.calls("DeployModel")) == 1, "a refusal is not retried"
+
+
+def test_an_upload_whose_answer_is_lost_registers_one_version(
+    vertex_emulator: VertexEmulator, stored: Callable[[str], str], tmp_path: Path
+) -> None:
+    upload_step(stored("v1"), tmp_path, "run-1")
+    vertex_emulator.fail_after("UploadModel", grpc.StatusCode.UNAVAILABLE)
+
+    version = upload_step(stored("v2"), tmp_path, "run-2")
+
+    assert version.endswith("@2")
+    [model] = vertex_emulator.registry.models.values()
+    assert [v.version_id for v in model.versions] == ["1", "2"], "no duplicate of version 2"
+
+
+def test_an_operation_that_never_finishes_is_waited_for_a_bounded_time(
+    vertex_emulator: VertexEmulator,
+    stored: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from components.lib.targets import vertex
+
+    version = upload_step(stored("v1"), tmp_path)
+    vertex_emulator.hold("DeployModel")
+    monkeypatch.setattr(vertex, "DEPLOY_TIMEOUT_S", 3)
+
+    started = time.monotonic()
+    with pytest.raises(VertexError) as failed:
+        deploy_step(version, tmp_path)
+
+    assert time.monotonic() - started < 30
+    message = str(failed.value)
+    assert "not finished after 3 s" in message and "\n" not in message
+    [held] = vertex_emulator.operations.pending()
+    assert held in message, "the message names the operation to look up"

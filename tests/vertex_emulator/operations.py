@@ -21,7 +21,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
-from tests.vertex_emulator.resources import ApiError, not_found, page
+from tests.vertex_emulator.resources import ApiError, Names, not_found, page
 
 Work = Callable[[], Any]
 
@@ -36,8 +36,9 @@ def pack(message: Any) -> any_pb2.Any:
 class Operations:
     """The operations of one emulator: started by the services, read by GetOperation."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, names: Names) -> None:
         self.delay_s = delay_s
+        self.names = names
         self._operations: dict[str, operations_pb2.Operation] = {}
         self._finished = threading.Condition()
         self._ids = itertools.count(5_000_000_000_000_000_001)
@@ -115,10 +116,9 @@ class Operations:
             return _copy(self._operations[request.name])
 
     def list(self, request: operations_pb2.ListOperationsRequest) -> Any:
+        prefix = self.names.canonical(request.name)
         with self._finished:
-            found = [
-                _copy(op) for name, op in self._operations.items() if name.startswith(request.name)
-            ]
+            found = [_copy(op) for name, op in self._operations.items() if name.startswith(prefix)]
         operations, token = page(found, request.page_size, request.page_token)
         return operations_pb2.ListOperationsResponse(operations=operations, next_page_token=token)
 

@@ -76,7 +76,8 @@ class VertexEmulator:
         custom_images: dict[str, Sequence[str]] | None = None,
         seed: int = 0,
     ) -> None:
-        self.context = Context(Names(projects), Operations(operation_delay_s), storage)
+        names = Names(projects)
+        self.context = Context(names, Operations(operation_delay_s, names), storage)
         self.operations = self.context.operations
         self.registry = ModelRegistry(self.context)
         self.endpoint_service = Endpoints(

@@ -47,6 +47,8 @@ T = TypeVar("T")
 RETRY_ATTEMPTS = 4
 RETRY_FIRST_DELAY_S = 2.0
 DEPLOY_TIMEOUT_S = 60 * 60
+UPLOAD_SETTLE_S = 10 * 60
+"""How long a retried upload waits for a lost upload still running to finish."""
 """How long a deploy or undeploy is waited for: a GPU replica can take half an hour to start."""
 # Artifact Registry multi-regions that host Vertex AI's prebuilt prediction images.
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
@@ -281,11 +283,43 @@ class VertexModelRegistry:
                 model.resource_name, model.version_id, display_name, artifact_dir, artifact_dir
             )
 
-        return call_vertex(
-            f"upload model {display_name!r}",
-            upload,
-            recover=lambda: self.find_version(display_name, artifact_dir),
-        )
+        def recover() -> ModelVersion | None:
+            self._finish_running_uploads()
+            return self.find_version(display_name, artifact_dir)
+
+        return call_vertex(f"upload model {display_name!r}", upload, recover=recover)
+
+    def _finish_running_uploads(self) -> None:
+        """Wait, at most ``UPLOAD_SETTLE_S``, until no upload runs in the location.
+
+        An upload whose answer was lost may still be running when it is retried: its version
+        exists only once it has finished, and looking for it earlier would register a second.
+        """
+        client = _client(utils.ModelClientWithOverride, self.location)
+        upload_type = aiplatform_v1.UploadModelOperationMetadata.pb().DESCRIPTOR
+        deadline = time.monotonic() + UPLOAD_SETTLE_S
+        while time.monotonic() < deadline:
+            running, token = False, ""
+            while True:
+                try:
+                    page = client.list_operations(
+                        request={
+                            "name": f"projects/{self.project}/locations/{self.location}",
+                            "page_token": token,
+                        }
+                    )
+                except exceptions.GoogleAPICallError as error:
+                    logger.warning("cannot list the running operations (%s)", error)
+                    return
+                running = running or any(
+                    not op.done and op.metadata.Is(upload_type) for op in page.operations
+                )
+                token = page.next_page_token
+                if running or not token:
+                    break
+            if not running:
+                return
+            time.sleep(1.0)
 
     def find_version(self, display_name: str, source_uri: str) -> ModelVersion | None:
         """The version of ``display_name`` whose artifact is ``source_uri``, if any."""
