@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import glob
 import json
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from components.lib.serving.routing import Deployment, EndpointNotFoundError, NothingDeployedError
 from components.lib.targets.base import (
     DEFAULT_ALIAS,
     ModelVersion,
@@ -192,3 +195,37 @@ class EndpointRegistry(_LocalStore):
             record["updateTime"] = _now()
             _write_json_atomic(self._record_path(endpoint_id), record)
         return record
+
+
+class LocalEndpoints:
+    """Every local endpoint under a state folder, for the prediction server (its
+    ``EndpointRouter``). Records are read on every request, so a new deployment serves at once."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    def endpoint_names(self) -> list[str]:
+        paths = sorted(glob.glob(os.path.join(self.root, "endpoints", "*.json")))
+        return [record["name"] for path in paths if (record := _read_json(path))]
+
+    def route(self, project: str, location: str, endpoint_id: str) -> Deployment:
+        """The deployed version that takes this request, drawn by the endpoint's traffic split."""
+        name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
+        record = EndpointRegistry(self.root, project, location).get(endpoint_id)
+        if record is None or record["name"] != name:
+            raise EndpointNotFoundError(f"endpoint {name} not found in {self.root}")
+        if not record.get("deployedModels"):
+            raise NothingDeployedError(f"endpoint {name} has no deployed model")
+        split = record["trafficSplit"]
+        deployed_id = random.choices(list(split), weights=list(split.values()))[0]
+        deployed = next(d for d in record["deployedModels"] if d["id"] == deployed_id)
+        version = ModelRegistry(self.root, project, location).get_version(
+            deployed["model"], deployed["modelVersionId"]
+        )
+        return Deployment(
+            artifact_uri=version.artifact_uri,
+            deployed_model_id=deployed_id,
+            model=deployed["model"],
+            model_version_id=deployed["modelVersionId"],
+            model_display_name=deployed["displayName"],
+        )
