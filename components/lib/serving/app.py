@@ -17,10 +17,12 @@ model in a browser (``/``), the OpenAPI description (``/openapi.json``) and Prom
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
@@ -365,7 +367,8 @@ def create_app(
     ).get_schema(routes)
     page_html = _page()
 
-    async def lifespan(app: Starlette):
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = None
         if container:
             loading = asyncio.create_task(_load_container_model(app, models, container))

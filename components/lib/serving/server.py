@@ -51,6 +51,7 @@ def serve(
     """Serve ``app`` on ``sock`` until stopped; 1 if the container's model failed to load."""
     config = logging_config(settings.log_level)
     logging.config.dictConfig(config)
+    logging.captureWarnings(True)  # Python's warnings as JSON lines too
     server = uvicorn.Server(
         uvicorn.Config(
             app,
