@@ -33,7 +33,7 @@ def test_params_are_typed_by_the_pipeline() -> None:
     [
         ("epochs", "is not NAME=VALUE"),
         ("epoch=3", "'epoch' is not a pipeline parameter; known: data_uri, epochs"),
-        ("epochs=three", "expected a number_integer"),
+        ("epochs=three", "expected a whole number"),
     ],
 )
 def test_bad_params_are_refused(assignment: str, message: str) -> None:
