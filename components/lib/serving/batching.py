@@ -27,7 +27,7 @@ class BatchingConfig:
 
     enabled: bool = True
     max_batch_size: int = 32
-    timeout_ms: float = 2.0
+    timeout_ms: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.timeout_ms < 0:
