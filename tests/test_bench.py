@@ -106,6 +106,7 @@ def test_input_pipeline_sides_read_every_image(tmp_path: Path) -> None:
     assert all(result.seconds > 0 and result.peak_rss_bytes > 0 for result in sides.values())
 
 
+@pytest.mark.slow
 def test_input_pipeline_side_in_its_own_process(tmp_path: Path) -> None:
     data_dir = make_layout(tmp_path / "data")
 
