@@ -11,7 +11,10 @@ on the machine slows all of them alike. Every answer must name the class the old
 Figures: p50/p99 latency and images/s per server and client count. Targets: at 8 clients,
 batching at least doubles the images/s of the unbatched server; at 1 client its p50 is no worse
 than the old server's. Last, 8 clients with one request in ten malformed against the batching
-server: no 5xx, every answer right (``bench/serve_load.py``).
+server: no 5xx, every answer right (``bench/serve_load.py``). And, with the servers stopped, the
+model alone in this process: images/s of one-image calls one at a time, of eight such calls at
+once (what the unbatched server runs under 8 clients) and of eight-image calls (what batching
+makes of them): the most that batching can gain over concurrent calls on this machine.
 
 Without ``--model-dir`` a small model is trained first, in a subprocess (the demo dataset, head
 only, one epoch, at the pipeline's default image size: the beer model's graph and cost).
@@ -229,6 +232,56 @@ def compare_servers(
     return results
 
 
+MODEL_ALONE = (
+    "1 image per call, one call at a time",
+    "1 image per call, 8 calls at once",
+    "8 images per call, one call at a time",
+)
+
+
+def model_alone(model_dir: str, images: list[bytes], rounds: int, calls: int = 64) -> dict:
+    """Images/s of the model's serving signature in this process, each way in turn per round."""
+    from components.lib.serving.prediction import ServingModel
+
+    model = ServingModel(model_dir)
+    singles = [[images[i % len(images)]] for i in range(calls)]
+    eights = [[images[(8 * i + j) % len(images)] for j in range(8)] for i in range(calls // 8)]
+
+    def at_once(batches: list[list[bytes]], threads: int) -> None:
+        pending = iter(batches)
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    batch = next(pending, None)
+                if batch is None:
+                    return
+                model.predict(batch)
+
+        workers = [threading.Thread(target=worker) for _ in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+
+    ways = {
+        MODEL_ALONE[0]: lambda: at_once(singles, 1),
+        MODEL_ALONE[1]: lambda: at_once(singles, 8),
+        MODEL_ALONE[2]: lambda: at_once(eights, 1),
+    }
+    for run in ways.values():  # warm up
+        run()
+    seconds = dict.fromkeys(ways, 0.0)
+    for round_index in range(rounds):
+        names = list(ways)
+        for name in names[round_index % 3 :] + names[: round_index % 3]:
+            started = time.perf_counter()
+            ways[name]()
+            seconds[name] += time.perf_counter() - started
+    return {name: calls * rounds / total for name, total in seconds.items()}
+
+
 def report(results: Results) -> tuple[str, list[Target]]:
     """A table of every cell, and the issue's targets."""
     rows = []
@@ -335,8 +388,13 @@ def main(argv: list[str] | None = None) -> int:
             results = compare_servers(urls, path, images, args.requests, args.rounds)
             progress("8 clients, one request in ten malformed, against the batching server ...")
             load = run_load(urls[BATCHED] + path, images, total=1000, clients=8)
+        progress("the model alone, in this process ...")
+        alone = model_alone(model_dir, images, args.rounds)
     table, targets = report(results)
     print(table)
+    print(
+        format_table(("the model alone", "images/s"), [(k, f"{v:.1f}") for k, v in alone.items()])
+    )
     server_errors = sum(count for status, count in load.statuses.items() if status >= 500)
     print(
         f"malformed load: {dict(sorted(load.statuses.items()))}, wrong answers "
@@ -367,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             for (name, clients), cell in results.items()
         ],
         "malformed_load_statuses": {str(k): v for k, v in load.statuses.items()},
+        "model_alone_images_per_second": alone,
     }
     return finish("serve_latency", figures, targets)
 
