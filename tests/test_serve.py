@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import re
 import shutil
@@ -17,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bench.serve_load import ServerProcess, request_body, server_process
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
@@ -202,6 +205,32 @@ def test_new_deployment_is_served_without_restart(
     assert status == 200
     assert payload["modelVersionId"] == "2" and payload["predictions"][0]["CLASSES"] == 1
     assert response.getheader("X-Model-Version") == "beer@2"
+
+
+def jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95, **options)
+    return buffer.getvalue()
+
+
+def test_a_phone_photo_stored_sideways_is_classified_upright(
+    server: ServerProcess, demo_data_dir: Path
+) -> None:
+    upright = Image.open(demo_data_dir / "eval/1cat/003.jpg").convert("RGB")
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # as a phone stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF Orientation: turn 90 degrees clockwise to view it upright
+    images = [jpeg(upright), jpeg(sideways, exif=exif), jpeg(sideways)]
+
+    status, payload, _ = call(server, "POST", PREDICT, request_body(images))
+
+    assert status == 200
+    original, tagged, untagged = (np.array(p["PROBABILITIES"]) for p in payload["predictions"])
+    assert payload["predictions"][1]["CLASSES"] == payload["predictions"][0]["CLASSES"] == 1
+    # The tagged photo is turned upright before the model sees it: the same pixels up to JPEG
+    # noise; the same photo without its tag is seen sideways, and answered differently.
+    assert np.abs(tagged - original).max() < 0.02
+    assert np.abs(untagged - original).max() > 5 * np.abs(tagged - original).max()
 
 
 @pytest.mark.slow
