@@ -26,6 +26,9 @@ from bench.serve_load import ServerProcess, request_body, server_process
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
 from tests.conftest import ROOT
 
+# Each module starts `python -m pipeline.serve` with TensorFlow and a trained model: seconds.
+pytestmark = pytest.mark.slow
+
 PROJECT, LOCATION = "local-project", "europe-west1"
 ENDPOINT = f"projects/{PROJECT}/locations/{LOCATION}/endpoints/beer-endpoint"
 PREDICT = f"/v1/{ENDPOINT}:predict"
@@ -233,7 +236,6 @@ def test_a_phone_photo_stored_sideways_is_classified_upright(
     assert np.abs(untagged - original).max() > 5 * np.abs(tagged - original).max()
 
 
-@pytest.mark.slow
 def test_load_with_concurrent_clients_and_malformed_requests(
     server: ServerProcess, demo_data_dir: Path
 ) -> None:
@@ -354,7 +356,6 @@ def test_help_is_fast_and_imports_no_tensorflow() -> None:
     assert "tensorflow" not in imported and "pipeline.run" not in imported
 
 
-@pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_finish(
     state_dir: Path, demo_data_dir: Path, tmp_path: Path
 ) -> None:
