@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=batching.timeout_ms,
         help="longest a batch's first request waits for others to join (%(default)s ms)",
     )
+    parser.add_argument(
+        "--max-concurrent-batches",
+        type=int,
+        default=batching.max_concurrent_batches,
+        help="model calls that may run at once (%(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -98,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         limits = ServingLimits(args.max_body_bytes, args.max_instances)
-        batching = BatchingConfig(args.batching, args.max_batch_size, args.batch_timeout_ms)
+        batching = BatchingConfig(
+            args.batching, args.max_batch_size, args.batch_timeout_ms, args.max_concurrent_batches
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -26,15 +26,22 @@ class RecordingModel:
     def __init__(self, seconds_per_call: float = 0.05) -> None:
         self.calls: list[int] = []
         self.seconds_per_call = seconds_per_call
+        self.running = self.most_running = 0
         self._lock = threading.Lock()
 
     def predict(self, images: list[bytes]) -> Outputs:
         with self._lock:
             self.calls.append(len(images))
-        bad = [index for index, image in enumerate(images) if image == b"bad"]
-        if bad:
-            raise InvalidImageError(bad)
-        time.sleep(self.seconds_per_call)
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            bad = [index for index, image in enumerate(images) if image == b"bad"]
+            if bad:
+                raise InvalidImageError(bad)
+            time.sleep(self.seconds_per_call)
+        finally:
+            with self._lock:
+                self.running -= 1
         classes = np.array([image[0] for image in images])
         return Outputs(classes, np.ones((len(images), 2)) / 2)
 
@@ -111,6 +118,21 @@ def test_an_undecodable_image_fails_only_its_own_request() -> None:
     assert list(first[0]) == [1] and list(third[0]) == [3]
     assert isinstance(second, InvalidImageError) and second.indices == [1]
     assert "instance(s) [1]" in str(second)
+
+
+@pytest.mark.parametrize("concurrent", [1, 2])
+def test_at_most_max_concurrent_batches_run_at_once(concurrent: int) -> None:
+    model = RecordingModel(seconds_per_call=0.1)
+
+    async def scenario() -> None:
+        config = BatchingConfig(max_batch_size=2, timeout_ms=0, max_concurrent_batches=concurrent)
+        batcher = Batcher(model.predict, config)
+        await asyncio.gather(*(batcher.predict([b"\x01"]) for _ in range(8)))
+        await batcher.close()
+
+    run(scenario())
+    assert sum(model.calls) == 8 and max(model.calls) <= 2
+    assert model.most_running == concurrent
 
 
 def test_without_batching_every_request_is_its_own_call() -> None:

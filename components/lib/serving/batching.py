@@ -1,12 +1,14 @@
 """Dynamic batching: requests that arrive together share one model call, as TF Serving batches.
 
 A model call costs a fixed part (running the graph at all) plus a part per image, so under
-concurrent load one call for eight images answers far more images per second than eight calls
-for one. The batcher runs one model call at a time; the requests that arrive while it runs make
-up the next batch. A batch closes when it holds ``max_batch_size`` instances, when the requests
-that the previous batch answered are back (closed-loop clients send their next request as soon
-as they have an answer), or ``timeout_ms`` after its first request, whichever comes first. A lone
-client therefore never waits for the window: its previous batch held one request.
+concurrent load one call for several images can answer more images per second than a call for
+each. The batcher runs at most ``max_concurrent_batches`` model calls at once (TF Serving's
+``num_batch_threads``: on a CPU, calls running side by side use the cores that one call's ops
+leave idle); the requests that arrive while they run make up the next batch. A batch closes
+when it holds ``max_batch_size`` instances, when the requests that the previous batch answered
+are back (closed-loop clients send their next request as soon as they have an answer), or
+``timeout_ms`` after its first request, whichever comes first. A lone client therefore never
+waits for the window: its previous batch held one request.
 """
 
 from __future__ import annotations
@@ -23,15 +25,20 @@ from components.lib.serving.protocol import InvalidImageError
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    """TF Serving's knobs by other names: ``max_batch_size``, ``batch_timeout_micros``."""
+    """TF Serving's knobs by other names: ``max_batch_size``, ``batch_timeout_micros``,
+    ``num_batch_threads``."""
 
     enabled: bool = True
     max_batch_size: int = 32
     timeout_ms: float = 5.0
+    max_concurrent_batches: int = 2
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.timeout_ms < 0:
-            raise ValueError("batching needs max_batch_size >= 1 and timeout_ms >= 0")
+        if self.max_batch_size < 1 or self.timeout_ms < 0 or self.max_concurrent_batches < 1:
+            raise ValueError(
+                "batching needs max_batch_size >= 1, timeout_ms >= 0 and "
+                "max_concurrent_batches >= 1"
+            )
 
 
 DEFAULT_BATCHING = BatchingConfig()
@@ -75,6 +82,7 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._last_batch_requests = 1
         self._worker: asyncio.Task | None = None
+        self._calls: set[asyncio.Task] = set()
 
     async def predict(self, images: list[bytes]) -> tuple[Any, Any]:
         """(classes, probabilities) of ``images``: rows of the model call that included them."""
@@ -92,16 +100,19 @@ class Batcher:
     async def close(self) -> None:
         """Stop the worker; requests still queued get an error (a graceful shutdown has already
         waited for every request in flight)."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        for task in [self._worker, *self._calls]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         while self._queue:
             _fail(self._queue.popleft(), RuntimeError("the server is shutting down"))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.config.max_concurrent_batches)
         while True:
+            await slots.acquire()
             while not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
@@ -122,7 +133,9 @@ class Batcher:
                 batch.append(self._queue.popleft())
                 size += len(batch[-1].images)
             self._last_batch_requests = len(batch)
-            await self._call(batch)
+            call = asyncio.create_task(self._call(batch))
+            self._calls.add(call)
+            call.add_done_callback(lambda done: (self._calls.discard(done), slots.release()))
 
     async def _call(self, batch: list[_Request]) -> None:
         images = [image for request in batch for image in request.images]
