@@ -334,7 +334,7 @@ def weak_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
 GCS_BUCKET = "beer-data"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -343,7 +343,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[str]:
     """``gcp-storage-emulator`` on loopback, in memory; yields its URL."""
-    port = _free_port()
+    port = free_port()
     emulator = Path(sys.executable).with_name("gcp-storage-emulator")
     process = subprocess.Popen(
         [str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
