@@ -168,6 +168,14 @@ def _add_pipeline_options(parser: argparse.ArgumentParser, with_defaults: bool) 
         "2 --image URI ...)",
     )
     vertex.add_argument(
+        "--template",
+        default=default(None),
+        metavar="URI[@TAG|@sha256:DIGEST]",
+        help="a published pipeline (python -m pipeline.run publish) to run instead of a fresh "
+        "compile: https://REGION-kfp.pkg.dev/PROJECT/REPOSITORY/PACKAGE, at a tag (default "
+        "latest, pinned to the digest it names now) or a digest",
+    )
+    vertex.add_argument(
         "--display-name",
         default=default(PIPELINE_NAME),
         help=f"display name of the job or schedule (default {PIPELINE_NAME})",
@@ -203,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="local: open the evaluation report in a web browser",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{schedule}")
+    commands = parser.add_subparsers(dest="command", metavar="{schedule,publish}")
     schedule = commands.add_parser(
         "schedule",
         help="create, update, list, pause, resume or delete a Vertex AI pipeline schedule",
@@ -218,6 +226,24 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=int, default=1, help="runs allowed at once (%(default)s)"
     )
     _add_pipeline_options(schedule, with_defaults=False)
+    publish = commands.add_parser(
+        "publish",
+        help="upload the compiled pipeline to a Kubeflow Pipelines repository in Artifact "
+        "Registry, tagged with the project version and latest",
+        description="Upload --pipeline-file (default: a fresh compile) as a pipeline template. "
+        "The same file again uploads nothing; a version tag already on other content is refused.",
+    )
+    publish.add_argument(
+        "--repository",
+        default=os.environ.get(f"{ENV_PREFIX}TEMPLATE_REPOSITORY"),
+        help=f"https://REGION-kfp.pkg.dev/PROJECT/REPOSITORY (env {ENV_PREFIX}TEMPLATE_REPOSITORY)",
+    )
+    publish.add_argument(
+        "--pipeline-file",
+        default=argparse.SUPPRESS,
+        help="the compiled pipeline to publish (default: a fresh compile)",
+    )
+    publish.add_argument("--tag", help="the version tag (default: the version in pyproject.toml)")
     return parser
 
 
@@ -302,11 +328,18 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
     of a Vertex AI job."""
     settings = vertex_settings(args)
     spec_path = getattr(args, "pipeline_file", None)
+    template = getattr(args, "template", None)
+    if spec_path and template:
+        raise UsageError("give --template or --pipeline-file, not both")
     if spec_path and not os.path.isfile(spec_path):
         raise UsageError(f"--pipeline-file {spec_path}: no such file")
-    spec_path = spec_path or compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
-    with open(spec_path) as file:
-        parameters = pipeline_parameters(yaml.safe_load(file))
+    if template:
+        spec_path, spec = _published_template(template)
+    else:
+        spec_path = spec_path or compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
+        with open(spec_path) as file:
+            spec = yaml.safe_load(file)
+    parameters = pipeline_parameters(spec)
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
     arguments["target"] = "vertex"
@@ -317,6 +350,44 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
             file=sys.stderr,
         )
     return settings, spec_path, arguments
+
+
+def _published_template(text: str) -> tuple[str, dict[str, Any]]:
+    """The template path (pinned to a digest) and the spec of ``--template``."""
+    from pipeline.templates import TemplateError, download_template, parse_template, pinned_template
+
+    try:
+        template = parse_template(text)
+    except TemplateError as error:
+        raise UsageError(str(error)) from None
+    pinned = pinned_template(template)
+    print(f"template       {pinned.uri}", file=sys.stderr)
+    return pinned.uri, download_template(pinned)
+
+
+def publish(args: argparse.Namespace) -> int:
+    """``python -m pipeline.run publish``: the compiled pipeline as a template in Artifact
+    Registry, tagged with the project version and ``latest``."""
+    from importlib import metadata
+
+    from pipeline.templates import publish_template
+
+    if not args.repository:
+        raise UsageError(
+            "publish needs --repository https://REGION-kfp.pkg.dev/PROJECT/REPOSITORY (or "
+            f"{ENV_PREFIX}TEMPLATE_REPOSITORY)"
+        )
+    if args.pipeline_file and not os.path.isfile(args.pipeline_file):
+        raise UsageError(f"--pipeline-file {args.pipeline_file}: no such file")
+    version = args.tag or metadata.version("beer-vertex-pipeline")
+    with tempfile.TemporaryDirectory() as spec_dir:
+        spec_path = args.pipeline_file or compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
+        published = publish_template(spec_path, args.repository, version)
+    template = published.template(args.repository)
+    print(f"{'published' if published.uploaded else 'unchanged'}      {template.uri}")
+    print(f"tags           {', '.join(published.tags)}")
+    print(f"run it with    --template {args.repository}/{published.package}@{version}")
+    return 0
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -473,18 +544,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     failures: tuple[type[Exception], ...] = (UsageError, PipelineFailed)
     try:
-        if args.command == "schedule" or not args.local:
+        if args.command in ("schedule", "publish") or not args.local:
             # The Vertex AI SDK takes seconds to import: only Vertex commands load it.
             from components.lib.targets.vertex import VertexError
+            from pipeline.templates import TemplateError
 
-            failures = (*failures, VertexError)
+            failures = (*failures, VertexError, TemplateError)
+            if args.command == "publish":
+                return publish(args)
             return schedule(args) if args.command == "schedule" else submit(args)
         summary = run_local(args)
     except failures as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
     except KeyboardInterrupt:
-        local = args.command != "schedule" and args.local
+        local = args.command is None and args.local
         hint = "; run the same command again to resume, finished steps are cached" if local else ""
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
