@@ -106,6 +106,7 @@ def batch_predict_vertex(
                 sync=False,
             ),
         )
+        call_vertex(f"create the job of {version}", job.wait_for_resource_creation)
         _follow(job, summary, progress)
         for line in _result_lines(job.output_info.gcs_output_directory):
             writer.write(_records(line, keys_by_hash, class_names, version))
