@@ -89,7 +89,12 @@ def batch_predict_vertex(
     class_names = _class_names(model.uri or "")
     writer = JsonlWriter(summary)
     try:
-        keys_by_hash = _write_instances(source, pending, f"{run}/instances.jsonl", writer)
+        try:
+            keys_by_hash = _write_instances(source, pending, f"{run}/instances.jsonl", writer)
+        except FileNotFoundError:
+            raise VertexError(
+                f"cannot write under --staging {staging}: does its bucket exist?"
+            ) from None
         if not keys_by_hash:
             return summary
         job = call_vertex(
