@@ -64,14 +64,15 @@ def decode_instances(body: bytes, max_instances: int) -> list[bytes]:
             f"{len(instances)} instances in one request; the limit is {max_instances}: "
             "split the request"
         )
-    images = [_instance_bytes(index, instance) for index, instance in enumerate(instances)]
+    images = [instance_bytes(index, instance) for index, instance in enumerate(instances)]
     not_images = [i for i, image in enumerate(images) if not image.startswith(_IMAGE_SIGNATURES)]
     if not_images:
         raise InvalidImageError(not_images)
     return images
 
 
-def _instance_bytes(index: int, instance: object) -> bytes:
+def instance_bytes(index: int, instance: object) -> bytes:
+    """The image bytes of one instance; ``index`` names it in the error."""
     encoded = instance.get(SERVING_INPUT, instance) if isinstance(instance, dict) else None
     if not isinstance(encoded, dict) or not isinstance(encoded.get("b64"), str):
         raise BadRequestError(
