@@ -213,8 +213,10 @@ def build_pipeline(
             model_display_name: Model in the registry that each deployed run adds a version to.
             endpoint_display_name: Endpoint that serves the deployed version.
             serving_image: Prediction image of the registered model on Vertex AI; empty picks
-                Vertex AI's prebuilt TensorFlow image for the training TensorFlow version and the
-                region (its GPU variant with a serving accelerator).
+                the project's serving image (docker/Dockerfile.serving, at build.sh's default
+                URI), "prebuilt" Vertex AI's prebuilt TensorFlow image for the training
+                TensorFlow version and the region (its GPU variant with a serving accelerator);
+                any other value is an image URI that follows the serving image's contract.
             machine_type: Vertex AI machine type of the endpoint's replicas.
             min_replicas: Replicas the endpoint always keeps (autoscaling lower bound).
             max_replicas: Replicas the endpoint may scale up to under load.

@@ -183,6 +183,14 @@ def _add_pipeline_options(parser: argparse.ArgumentParser, with_defaults: bool) 
         "2 --image URI ...)",
     )
     vertex.add_argument(
+        "--template",
+        default=default(None),
+        metavar="URI[@TAG|@sha256:DIGEST]",
+        help="a published pipeline (python -m pipeline.run publish) to run instead of a fresh "
+        "compile: https://REGION-kfp.pkg.dev/PROJECT/REPOSITORY/PACKAGE, at a tag (default "
+        "latest, pinned to the digest it names now) or a digest",
+    )
+    vertex.add_argument(
         "--display-name",
         default=default(PIPELINE_NAME),
         help=f"display name of the job or schedule (default {PIPELINE_NAME})",
@@ -226,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="local: open the evaluation report in a web browser",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{schedule}")
+    commands = parser.add_subparsers(dest="command", metavar="{schedule,publish}")
     schedule = commands.add_parser(
         "schedule",
         help="create, update, list, pause, resume or delete a Vertex AI pipeline schedule",
@@ -241,6 +249,29 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=int, default=1, help="runs allowed at once (%(default)s)"
     )
     _add_pipeline_options(schedule, with_defaults=False)
+    publish = commands.add_parser(
+        "publish",
+        help="upload the compiled pipeline to a Kubeflow Pipelines repository in Artifact "
+        "Registry, tagged with the project version and latest",
+        description="Upload --pipeline-file (default: a fresh compile) as a pipeline template. "
+        "The same file again uploads nothing; a version tag already on other content is refused.",
+    )
+    publish.add_argument(
+        "--repository",
+        default=os.environ.get(f"{ENV_PREFIX}TEMPLATE_REPOSITORY"),
+        help=f"https://REGION-kfp.pkg.dev/PROJECT/REPOSITORY (env {ENV_PREFIX}TEMPLATE_REPOSITORY)",
+    )
+    publish.add_argument(
+        "--pipeline-file",
+        default=argparse.SUPPRESS,
+        help="the compiled pipeline to publish (default: a fresh compile)",
+    )
+    publish.add_argument("--tag", help="the version tag (default: the version in pyproject.toml)")
+    publish.add_argument(
+        "--image",
+        default=argparse.SUPPRESS,
+        help=f"the steps' image for the fresh compile (env {ENV_PREFIX}IMAGE or the config file)",
+    )
     return parser
 
 
@@ -352,24 +383,24 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
     """The settings, the spec (--pipeline-file, or freshly compiled with the image) and the
     typed arguments of a Vertex AI job; all checked before anything is sent."""
     spec_path = getattr(args, "pipeline_file", None)
-    if spec_path:
+    template = getattr(args, "template", None)
+    if spec_path and template:
+        raise UsageError("give --template or --pipeline-file, not both")
+    if spec_path or template:
+        source = f"--template {template}" if template else f"--pipeline-file {spec_path}"
         if getattr(args, "image", None):
             raise UsageError(
-                "--image applies to a fresh compile; the images of --pipeline-file are compiled "
-                "in (python -m pipeline.compile --image URI ...)"
+                f"--image applies to a fresh compile; the images of {source} are compiled in "
+                "(python -m pipeline.compile --image URI ...)"
             )
-        if not os.path.isfile(spec_path):
+        if spec_path and not os.path.isfile(spec_path):
             raise UsageError(f"--pipeline-file {spec_path}: no such file")
         settings = vertex_settings(args, tuple(n for n in REQUIRED_SETTINGS if n != "image"))
-        with open(spec_path) as file:
-            spec = yaml.safe_load(file)
-        placeholders = sorted({image for image in _images(spec) if is_placeholder_image(image)})
-        if placeholders:
-            raise UsageError(
-                f"--pipeline-file {spec_path} runs the placeholder image {placeholders[0]}, "
-                "which no registry holds: compile it with --image URI (python -m "
-                "pipeline.compile --image URI ...)"
-            )
+        if template:
+            spec_path, spec = _published_template(template)
+        else:
+            spec = _read_spec(spec_path)
+        _refuse_placeholder_images(spec, source)
     else:
         settings = vertex_settings(args)
         spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), image=settings.image)
@@ -380,6 +411,21 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
     arguments.update(_arguments(args, parameters))
     arguments["target"] = "vertex"
     return settings, spec_path, arguments
+
+
+def _read_spec(path: str) -> dict[str, Any]:
+    with open(path) as file:
+        return yaml.safe_load(file)
+
+
+def _refuse_placeholder_images(spec: dict[str, Any], source: str) -> None:
+    """A compiled pipeline whose steps run the placeholder image fails to pull on Vertex AI."""
+    placeholders = sorted({image for image in _images(spec) if is_placeholder_image(image)})
+    if placeholders:
+        raise UsageError(
+            f"{source} runs the placeholder image {placeholders[0]}, which no registry "
+            "holds: compile it with --image URI (python -m pipeline.compile --image URI ...)"
+        )
 
 
 def _images(spec: dict[str, Any]) -> list[str]:
@@ -395,6 +441,49 @@ def _note_service_account(settings: VertexSettings) -> None:
             "service account",
             file=sys.stderr,
         )
+
+
+def _published_template(text: str) -> tuple[str, dict[str, Any]]:
+    """The template path (pinned to a digest) and the spec of ``--template``."""
+    from pipeline.templates import TemplateError, download_template, parse_template, pinned_template
+
+    try:
+        template = parse_template(text)
+    except TemplateError as error:
+        raise UsageError(str(error)) from None
+    pinned = pinned_template(template)
+    print(f"template       {pinned.uri}", file=sys.stderr)
+    return pinned.uri, download_template(pinned)
+
+
+def publish(args: argparse.Namespace) -> int:
+    """``python -m pipeline.run publish``: the compiled pipeline as a template in Artifact
+    Registry, tagged with the project version and ``latest``."""
+    from importlib import metadata
+
+    from pipeline.templates import publish_template
+
+    if not args.repository:
+        raise UsageError(
+            "publish needs --repository https://REGION-kfp.pkg.dev/PROJECT/REPOSITORY (or "
+            f"{ENV_PREFIX}TEMPLATE_REPOSITORY)"
+        )
+    if args.pipeline_file and not os.path.isfile(args.pipeline_file):
+        raise UsageError(f"--pipeline-file {args.pipeline_file}: no such file")
+    version = args.tag or metadata.version("beer-vertex-pipeline")
+    with tempfile.TemporaryDirectory() as spec_dir:
+        if args.pipeline_file:
+            spec_path = args.pipeline_file
+            _refuse_placeholder_images(_read_spec(spec_path), f"--pipeline-file {spec_path}")
+        else:
+            image = vertex_settings(args, ("image",)).image
+            spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), image=image)
+        published = publish_template(spec_path, args.repository, version)
+    template = published.template(args.repository)
+    print(f"{'published' if published.uploaded else 'unchanged'}      {template.uri}")
+    print(f"tags           {', '.join(published.tags)}")
+    print(f"run it with    --template {args.repository}/{published.package}@{version}")
+    return 0
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -617,15 +706,18 @@ def _run_vertex_command(args: argparse.Namespace) -> int:
 
     from components.lib.targets.vertex import VertexError
     from pipeline.submit import SetupError, log_to_file
+    from pipeline.templates import TemplateError
 
     args.log_path = os.path.abspath(os.path.join(args.state_dir, "logs", f"vertex-{_run_id()}.log"))
     with log_to_file(args.log_path):
         try:
+            if args.command == "publish":
+                return publish(args)
             return schedule(args) if args.command == "schedule" else submit(args)
         except (UsageError, SetupError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        except VertexError as error:
+        except (VertexError, TemplateError) as error:
             logging.getLogger(__name__).exception("failed")
             print(f"error: {error} (details: {args.log_path})", file=sys.stderr)
             return 1
@@ -646,14 +738,14 @@ def _one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "schedule" or not args.local:
+        if args.command in ("schedule", "publish") or not args.local:
             return _run_vertex_command(args)
         summary = run_local(args)
     except (UsageError, PipelineFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
     except KeyboardInterrupt:
-        local = args.command != "schedule" and args.local
+        local = args.command is None and args.local
         hint = "; run the same command again to resume, finished steps are cached" if local else ""
         print(f"interrupted{hint}", file=sys.stderr)
         return 130

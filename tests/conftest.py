@@ -374,15 +374,20 @@ def vertex_emulator(
 @pytest.fixture(scope="session")
 def colour_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny SavedModels (``tests/serving_models.py``): v1 tells red, blue and green apart, v2
-    answers in reverse, and TF Serving cannot serve ``broken``."""
+    answers in reverse, TF Serving cannot serve ``broken``, and ``no-model`` has only the class
+    names."""
     from tests.serving_models import colour_model, unservable_model
 
     root = tmp_path_factory.mktemp("colour-models")
-    return {
+    models = {
         "v1": colour_model(root / "v1"),
         "v2": colour_model(root / "v2", reverse=True),
         "broken": unservable_model(root / "broken"),
+        "no-model": root / "no-model",
     }
+    models["no-model"].mkdir()
+    shutil.copy(models["v1"] / "class_names.json", models["no-model"])
+    return models
 
 
 @pytest.fixture

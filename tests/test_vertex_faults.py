@@ -26,8 +26,11 @@ TARGET = {"target": "vertex", "project": VERTEX_PROJECT, "location": VERTEX_LOCA
 ENDPOINT = "beer-classifier-endpoint"
 
 
-def upload_step(model_uri: str, tmp_path: Path, run: str = "run-1") -> str:
-    """The pipeline's upload step, as a Vertex AI pipeline task runs it."""
+def upload_step(
+    model_uri: str, tmp_path: Path, run: str = "run-1", serving_image: str = "prebuilt"
+) -> str:
+    """The pipeline's upload step, as a Vertex AI pipeline task runs it (served by Vertex AI's
+    prebuilt TensorFlow image unless ``serving_image`` says otherwise: "" is the project's)."""
     return upload_model.python_func(
         model=dsl.Model(uri=model_uri),
         accuracy=0.95,
@@ -35,7 +38,7 @@ def upload_step(model_uri: str, tmp_path: Path, run: str = "run-1") -> str:
         decision="accuracy 0.9500 >= required 0.8000: deploy",
         model_display_name="beer-classifier",
         pipeline_job=run,
-        serving_image="",
+        serving_image=serving_image,
         accelerator_type="",
         local_state_dir="",
         vertex_model=VertexModel(uri=str(tmp_path / f"model-{run}")),
@@ -80,18 +83,32 @@ def test_unavailable_first_calls_are_retried(
         assert len(vertex_emulator.calls(method)) == 2, f"{method}: refused once, then retried"
 
 
+@pytest.mark.parametrize(
+    ("serving_image", "broken", "reason"),
+    [
+        ("prebuilt", "broken", "Could not find variable"),  # TF Serving cannot run the export
+        ("", "no-model", "Model server exited unexpectedly"),  # pipeline.serve cannot load it
+    ],
+    ids=["prebuilt-tf-serving", "serving-image"],
+)
 def test_a_model_that_cannot_be_served_fails_the_run_and_the_old_version_keeps_serving(
-    vertex_emulator: VertexEmulator, stored: Callable[[str], str], tmp_path: Path
+    vertex_emulator: VertexEmulator,
+    stored: Callable[[str], str],
+    tmp_path: Path,
+    serving_image: str,
+    broken: str,
+    reason: str,
 ) -> None:
-    endpoint = deploy_step(upload_step(stored("v1"), tmp_path, "run-1"), tmp_path)
-    broken = upload_step(stored("broken"), tmp_path, "run-2")
+    served_version = upload_step(stored("v1"), tmp_path, "run-1", serving_image)
+    endpoint = deploy_step(served_version, tmp_path)
+    unservable = upload_step(stored(broken), tmp_path, "run-2", serving_image)
 
     with pytest.raises(VertexError) as failed:
-        deploy_step(broken, tmp_path)
+        deploy_step(unservable, tmp_path)
 
     message = str(failed.value)
-    assert f"deploy {broken}" in message
-    assert "Could not find variable" in message, "the reason: TF Serving cannot run the model"
+    assert f"deploy {unservable}" in message
+    assert reason in message, "the reason the model server gives"
     assert served(vertex_emulator) == {"1": 100}
     answer = aiplatform.Endpoint(endpoint).predict(instances=INSTANCES[:1])
     assert (answer.model_version_id, answer.predictions[0]["CLASSES"]) == ("1", 0)

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from google.cloud import aiplatform_v1 as v1
 
+from components import SERVING_IMAGE
 from components.lib.targets import Serving, champion_version, endpoint_registry, model_registry
 from components.lib.targets.base import ModelVersion, version_alias
 from components.lib.targets.vertex import VertexError, label_value, prediction_image
@@ -45,6 +46,15 @@ def test_prebuilt_image_matches_region_and_tensorflow_version() -> None:
     assert newest_known.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-")
     with pytest.raises(VertexError, match="set the pipeline parameter serving_image"):
         prediction_image("europe-west1", "0.9")
+
+
+def test_serving_image_keyword_picks_the_prebuilt_image(fake_vertex: FakeVertex) -> None:
+    registry = model_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, "prebuilt", gpu=True)
+    registry.upload_version("beer", "gs://bucket/a/model", {"accuracy": 0.9}, {})
+    [request] = fake_vertex.calls("UploadModel")
+    container = request.model.container_spec
+    assert container.image_uri.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-")
+    assert (container.predict_route, container.health_route, list(container.ports)) == ("", "", [])
 
 
 def test_labels_and_aliases_follow_vertex_rules() -> None:
@@ -193,8 +203,10 @@ def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_
         **location,
     )
     [request] = fake_vertex.calls("UploadModel")
-    image = request.model.container_spec.image_uri
-    assert image.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-")
+    container = request.model.container_spec
+    assert container.image_uri == SERVING_IMAGE
+    assert (container.predict_route, container.health_route) == ("/predict", "/health")
+    assert [port.container_port for port in container.ports] == [8080]
     assert "beer-classifier-training-20261121" in request.model.version_aliases
     assert request.model.labels["champion_accuracy"] == "0-9300"
     assert request.model.version_description.endswith("champion 0.9300: deploy")

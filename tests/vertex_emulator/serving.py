@@ -7,8 +7,9 @@ endpoint's requests. The emulator does the same for the images it knows:
   the C++ loader behind a TF1 session and feeds the ``serving_default`` signature by tensor name.
   ``TFServingContainer`` takes that path (``components.lib.serving.tf_serving``, with one
   warm-up request), so a model that TF Serving cannot serve fails its deploy.
-- Custom containers (``ProcessContainer``): a command registered for the image runs as a
-  subprocess with Vertex AI's variables (``AIP_HTTP_PORT``, ``AIP_HEALTH_ROUTE``,
+- Custom containers (``ProcessContainer``): the project's serving image (``python -m
+  pipeline.serve``) or a command registered for the image runs as a subprocess with Vertex AI's
+  variables (``AIP_HTTP_PORT``, ``AIP_HEALTH_ROUTE``,
   ``AIP_PREDICT_ROUTE``, ``AIP_STORAGE_URI``); the deploy succeeds once its health route answers
   200, and fails when the process exits first or stays unready.
 
@@ -25,12 +26,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from components.lib.serving.contract import OUTPUT_CLASSES, OUTPUT_PROBABILITIES, SERVING_INPUT
@@ -169,7 +172,7 @@ class ProcessContainer:
     env: dict[str, str] = field(default_factory=dict)
     health_route: str = "/health"
     predict_route: str = "/predict"
-    startup_timeout_s: float = 120.0
+    startup_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -183,10 +186,18 @@ class ProcessContainer:
             "AIP_HEALTH_ROUTE": self.health_route,
             "AIP_PREDICT_ROUTE": self.predict_route,
             "AIP_STORAGE_URI": self.files.storage_uri(),
+            "AIP_DEPLOYED_MODEL_ID": self.files.deployed_id,
+            "AIP_MODE": "PREDICTION",
+            # The container reads its model from the emulated Cloud Storage.
+            "STORAGE_EMULATOR_HOST": self.files.storage.url,
         }
         with os.fdopen(descriptor, "wb") as log:
             self.process = subprocess.Popen(
-                list(self.command), env=environment, stdout=log, stderr=subprocess.STDOUT
+                list(self.command),
+                cwd=PROJECT_ROOT,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self._wait_until_healthy()
 
@@ -242,11 +253,30 @@ class ProcessContainer:
                 self.process.wait()
 
 
+def image_name(uri: str) -> str:
+    """``REGISTRY/PROJECT/REPOSITORY/NAME:TAG`` (or ``@sha256:...``) -> ``NAME``."""
+    return re.split(r"[:@]", uri.rsplit("/", 1)[-1], maxsplit=1)[0]
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_SERVING_COMMAND = (sys.executable, "-m", "pipeline.serve")
+"""The project's serving image's entrypoint (docker/Dockerfile.serving), run from this checkout."""
+
+
 class ContainerRuntime:
-    """Which container runs a model's image; custom images are registered by name prefix."""
+    """Which container runs a model's image: the prebuilt TensorFlow images, the project's
+    serving image (by its name, ``components.SERVING_IMAGE``'s, in any registry), and custom
+    images registered by URI prefix with the command that stands for their entrypoint."""
 
     def __init__(self, custom_images: dict[str, Sequence[str]] | None = None) -> None:
         self.custom_images = dict(custom_images or {})
+
+    def _command(self, image: str) -> Sequence[str] | None:
+        from components import SERVING_IMAGE
+
+        if image_name(image) == image_name(SERVING_IMAGE):
+            return PROJECT_SERVING_COMMAND
+        return next((c for p, c in self.custom_images.items() if image.startswith(p)), None)
 
     def start(self, container_spec: Any, files: ModelFiles) -> Container:
         """Start the model server of ``container_spec`` (a ``ModelContainerSpec``) on
@@ -254,18 +284,19 @@ class ContainerRuntime:
         image = container_spec.image_uri
         if PREBUILT_TENSORFLOW.match(image):
             return TFServingContainer(files.local_dir())
-        for prefix, command in self.custom_images.items():
-            if image.startswith(prefix):
-                # The process listens on a free port, passed as AIP_HTTP_PORT, not on the
-                # spec's port: several versions may be served at once on this machine.
-                return ProcessContainer(
-                    command=[*command, *container_spec.args],
-                    files=files,
-                    env={variable.name: variable.value for variable in container_spec.env},
-                    health_route=container_spec.health_route or "/health",
-                    predict_route=container_spec.predict_route or "/predict",
-                )
-        raise DeployError(
-            f"the Vertex AI emulator cannot run the image {image!r}: it runs Vertex AI's prebuilt "
-            f"TensorFlow images and the custom images {sorted(self.custom_images)}"
+        command = self._command(image)
+        if command is None:
+            raise DeployError(
+                f"the Vertex AI emulator cannot run the image {image!r}: it runs Vertex AI's "
+                "prebuilt TensorFlow images, the project's serving image and the custom images "
+                f"{sorted(self.custom_images)}"
+            )
+        # The process listens on a free port, passed as AIP_HTTP_PORT, not on the spec's port:
+        # several versions may be served at once on this machine.
+        return ProcessContainer(
+            command=[*command, *container_spec.args],
+            files=files,
+            env={variable.name: variable.value for variable in container_spec.env},
+            health_route=container_spec.health_route or "/health",
+            predict_route=container_spec.predict_route or "/predict",
         )

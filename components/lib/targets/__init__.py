@@ -68,8 +68,8 @@ def model_registry(
 ) -> ModelRegistryTarget:
     """The model registry of ``target``; on Vertex, uploads are served by ``serving_image``.
 
-    An empty ``serving_image`` picks Vertex AI's prebuilt TensorFlow image (``gpu``: its GPU
-    variant); the local registry needs no image.
+    An empty ``serving_image`` picks the project's serving image, ``prebuilt`` Vertex AI's
+    prebuilt TensorFlow image (``gpu``: its GPU variant); the local registry needs no image.
     """
     _check(target, local_state_dir, project, location)
     if target == LOCAL:

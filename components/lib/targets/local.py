@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import glob
 import json
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from components.lib.serving import routing
 from components.lib.storage import normalized_uri
 from components.lib.targets.base import (
     DEFAULT_ALIAS,
@@ -26,6 +29,7 @@ from components.lib.targets.base import (
     ModelVersion,
     Serving,
     most_traffic,
+    pick_deployment,
     plan_traffic,
     resource_id,
 )
@@ -251,3 +255,37 @@ def _deployments(record: dict[str, Any]) -> list[Deployment]:
         Deployment(d["id"], d["model"], d["modelVersionId"])
         for d in record.get("deployedModels", [])
     ]
+
+
+class LocalEndpoints:
+    """Every local endpoint under a state folder, for the prediction server (its
+    ``EndpointRouter``). Records are read on every request, so a new deployment serves at once."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self._rng = random.Random()
+
+    def endpoint_names(self) -> list[str]:
+        paths = sorted(glob.glob(os.path.join(self.root, "endpoints", "*.json")))
+        return [record["name"] for path in paths if (record := _read_json(path))]
+
+    def route(self, project: str, location: str, endpoint_id: str) -> routing.Deployment:
+        """The deployed version that takes this request, drawn by the endpoint's traffic split."""
+        name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
+        record = EndpointRegistry(self.root, project, location).get(endpoint_id)
+        if record is None or record["name"] != name:
+            raise routing.EndpointNotFoundError(f"endpoint {name} not found in {self.root}")
+        if not record.get("deployedModels"):
+            raise routing.NothingDeployedError(f"endpoint {name} has no deployed model")
+        deployed_id = pick_deployment(record["trafficSplit"], self._rng)
+        deployed = next(d for d in record["deployedModels"] if d["id"] == deployed_id)
+        version = ModelRegistry(self.root, project, location).get_version(
+            deployed["model"], deployed["modelVersionId"]
+        )
+        return routing.Deployment(
+            artifact_uri=version.artifact_uri,
+            deployed_model_id=deployed_id,
+            model=deployed["model"],
+            model_version_id=deployed["modelVersionId"],
+            model_display_name=deployed["displayName"],
+        )

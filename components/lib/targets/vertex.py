@@ -31,6 +31,12 @@ from google.cloud.aiplatform import initializer, utils
 from google.cloud.aiplatform.constants import prediction
 from google.protobuf import field_mask_pb2
 
+from components import SERVING_IMAGE
+from components.lib.serving.routing import (
+    CONTAINER_HEALTH_ROUTE,
+    CONTAINER_PORT,
+    CONTAINER_PREDICT_ROUTE,
+)
 from components.lib.storage import gcs_uri, normalized_uri
 from components.lib.targets.base import (
     DEFAULT_ALIAS,
@@ -179,6 +185,38 @@ def prediction_image(location: str, tensorflow_version: str, gpu: bool = False) 
     return images[version]
 
 
+# The model's serving container: the project's serving image by default.
+PREBUILT = "prebuilt"
+"""``serving_image`` keyword: Vertex AI's prebuilt TensorFlow Serving image (prediction_image)."""
+
+
+def serving_container(serving_image: str, location: str, gpu: bool) -> dict[str, Any]:
+    """``Model.upload``'s container arguments for the pipeline parameter ``serving_image``.
+
+    Empty: the project's serving image (docker/Dockerfile.serving), with the routes and port of
+    its contract. ``prebuilt``: Vertex AI's prebuilt TensorFlow image (``prediction_image``),
+    which brings its own. Any other URI is taken to follow the serving image's contract.
+    """
+    if serving_image == PREBUILT:
+        return {
+            "serving_container_image_uri": prediction_image(
+                location, installed_tensorflow_version(), gpu
+            )
+        }
+    if gpu and not serving_image:
+        logger.warning(
+            "the serving image runs TensorFlow on CPU; set serving_image=%s for Vertex AI's "
+            "GPU TensorFlow image",
+            PREBUILT,
+        )
+    return {
+        "serving_container_image_uri": serving_image or SERVING_IMAGE,
+        "serving_container_predict_route": CONTAINER_PREDICT_ROUTE,
+        "serving_container_health_route": CONTAINER_HEALTH_ROUTE,
+        "serving_container_ports": [CONTAINER_PORT],
+    }
+
+
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
 
@@ -247,8 +285,8 @@ class VertexModelRegistry:
 
         An artifact that is already a version of the model returns that version: a re-run whose
         training was cached registers nothing, and neither does a retry after an upload whose
-        answer was lost. Without a ``serving_image``, Vertex AI's prebuilt TensorFlow image for
-        the installed TensorFlow version and the region serves it (the GPU variant when ``gpu``).
+        answer was lost. It is served by the container that ``serving_container`` picks
+        for ``serving_image``.
         """
         artifact_dir = gcs_uri(artifact_dir)
         if not artifact_dir.startswith("gs://"):
@@ -256,9 +294,7 @@ class VertexModelRegistry:
                 f"the model artifact {artifact_dir!r} is not in Cloud Storage; on Vertex AI the "
                 "pipeline root must be a gs:// folder"
             )
-        image = self.serving_image or prediction_image(
-            self.location, installed_tensorflow_version(), self.gpu
-        )
+        container = serving_container(self.serving_image, self.location, self.gpu)
         parent = self._model(display_name)
         if parent is not None:
             existing = self._find_in(parent.resource_name, artifact_dir)
@@ -269,7 +305,7 @@ class VertexModelRegistry:
             model = aiplatform.Model.upload(
                 display_name=display_name,
                 artifact_uri=artifact_dir,
-                serving_container_image_uri=image,
+                **container,
                 parent_model=parent.resource_name if parent else None,
                 is_default_version=True,
                 version_aliases=[alias for alias in aliases if alias != DEFAULT_ALIAS],
