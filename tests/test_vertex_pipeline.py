@@ -4,11 +4,14 @@ stand-in ``/gcs/`` mount, as on Vertex AI Pipelines). Three runs on the beer pho
 eval photos scored through the emulated endpoint in the challenge's request format.
 
 1. first run: nothing served yet; the model passes the gate, is registered and deployed (the
-   emulator loads it as TF Serving does: an export it cannot serve fails here);
+   emulator runs the project's serving image on it, ``python -m pipeline.serve``);
 2. more training photos: the champion is read back from its ``gs://`` artifact and scored on the
    same eval photos; the new model is deployed only by the rule;
 3. unchanged photos: cached steps, and the model already registered and served is neither
    registered nor deployed again.
+
+The exported model is also deployed on Vertex AI's prebuilt TensorFlow image, which loads it as
+TF Serving does: an export that TF Serving cannot serve fails there.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
+from components import SERVING_IMAGE
 from tests.conftest import (
     VERTEX_LOCATION,
     VERTEX_PROJECT,
@@ -29,10 +34,12 @@ from tests.conftest import (
     running_vertex_emulator,
 )
 from tests.vertex_emulator import VertexEmulator
+from tests.vertex_emulator.serving import image_name
 
 pytestmark = pytest.mark.vertex_emulator
 
 BUCKET = "beer-pipeline"
+ENDPOINT = "beer-classifier-endpoint"
 PIPELINE_ROOT = f"gs://{BUCKET}/root"
 FIRST_SHARE = 0.7  # of each class's training photos in the first run; the second run has all
 # Cheap training: head epochs on cached backbone features (0.1 s each), no fine-tuning, 160 px.
@@ -100,9 +107,14 @@ def counts(emulator: VertexEmulator) -> dict[str, int]:
     return {method: len(emulator.calls(method)) for method in methods}
 
 
+def pipeline_endpoint(emulator: VertexEmulator):
+    [endpoint] = [e for e in emulator.endpoints.values() if e.display_name == ENDPOINT]
+    return endpoint
+
+
 def served(emulator: VertexEmulator) -> dict[str, int]:
-    """Version id -> traffic share on the endpoint."""
-    [endpoint] = emulator.endpoints.values()
+    """Version id -> traffic share on the pipeline's endpoint."""
+    endpoint = pipeline_endpoint(emulator)
     versions = {d.id: d.model_version_id for d in endpoint.deployed_models}
     return {versions[i]: share for i, share in endpoint.traffic_split.items() if share}
 
@@ -141,9 +153,9 @@ def test_first_run_registers_and_deploys(emulator: VertexEmulator, first: dict) 
     assert summary["model_version"].endswith("@1")
     [upload] = emulator.calls("UploadModel")
     assert upload.model.artifact_uri.startswith(f"{PIPELINE_ROOT}/")
-    assert upload.model.container_spec.image_uri.startswith(
-        "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu."
-    )
+    container = upload.model.container_spec
+    assert image_name(container.image_uri) == image_name(SERVING_IMAGE)
+    assert (container.predict_route, container.health_route) == ("/predict", "/health")
     assert first["calls"] == {"UploadModel": 1, "DeployModel": 1, "UndeployModel": 0}
 
 
@@ -181,7 +193,7 @@ def test_third_run_on_unchanged_photos_neither_registers_nor_deploys(
 def test_the_endpoint_scores_the_eval_photos_in_the_challenge_format(
     emulator: VertexEmulator, beer_data_dir: Path, second: dict, third: dict
 ) -> None:
-    [endpoint] = emulator.endpoints
+    endpoint = pipeline_endpoint(emulator).name
     url = f"http://127.0.0.1:{emulator.rest_port}/v1/{endpoint}:predict"
     classes = sorted(p.name for p in (beer_data_dir / "eval").iterdir())
     photos = [
@@ -208,3 +220,29 @@ def test_the_endpoint_scores_the_eval_photos_in_the_challenge_format(
         second["summary"]["accuracy"] if version == "2" else second["summary"]["champion_accuracy"]
     )
     assert correct / len(photos) == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_exported_model_also_serves_on_the_prebuilt_tensorflow_image(
+    emulator: VertexEmulator, beer_data_dir: Path, first: dict
+) -> None:
+    """Vertex AI's prebuilt TF image loads the model with TF Serving's session loader, which
+    the project's export must survive (``serving_image=prebuilt``): same answers as in-process."""
+    from components.lib.serving.prediction import ServingModel
+    from components.lib.storage import mounted_path
+    from components.lib.targets import endpoint_registry, model_registry
+
+    artifact = emulator.calls("UploadModel")[0].model.artifact_uri
+    registry = model_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, "prebuilt")
+    version = registry.upload_version("beer-prebuilt", artifact, {}, {})
+    endpoints = endpoint_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION)
+    endpoint = endpoints.deploy("beer-prebuilt-endpoint", version)["name"]
+
+    classes = sorted((beer_data_dir / "eval").iterdir())
+    photos = [sorted(folder.iterdir())[0].read_bytes() for folder in classes]
+    url = f"http://127.0.0.1:{emulator.rest_port}/v1/{endpoint}:predict"
+    instances = [{"bytes": {"b64": base64.b64encode(photo).decode()}} for photo in photos]
+    body = requests.post(url, json={"instances": instances}, timeout=120).json()
+    expected = ServingModel(mounted_path(artifact)).predict(photos)
+    served_probabilities = [p["PROBABILITIES"] for p in body["predictions"]]
+    np.testing.assert_allclose(served_probabilities, expected.probabilities, atol=1e-5)
+    assert [p["CLASSES"] for p in body["predictions"]] == expected.classes.tolist()
