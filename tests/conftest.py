@@ -332,15 +332,15 @@ def fake_vertex(
 def running_vertex_emulator(
     tls: tuple[Path, Path], gcs_url: str, mount_root: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """A Vertex AI emulator on loopback over the GCS emulator at ``gcs_url``; this process's SDK
-    and the processes it starts (``BEER_VERTEX_EMULATOR_HOST``) talk to it.
+    """A Vertex AI emulator on loopback over the GCS emulator at ``gcs_url``, which this
+    process's SDK talks to (processes it starts: with ``BEER_VERTEX_EMULATOR_HOST``, see
+    ``emulator_host``).
 
     ``mount_root`` (exported as ``BEER_GCS_MOUNT_ROOT``) stands in for the ``/gcs/`` FUSE mount:
     what is written under ``<root>/<bucket>/`` reaches the GCS emulator before the emulator
     reads it.
     """
     from components.lib.storage import GCS_MOUNT_ROOT_ENV
-    from components.lib.targets.vertex import EMULATOR_HOST_ENV
     from tests.vertex_emulator import CloudStorage, VertexEmulator
 
     emulator = VertexEmulator(
@@ -349,7 +349,6 @@ def running_vertex_emulator(
         operation_delay_s=0.2,
     ).start(*tls)
     _point_sdk_at(emulator.port, monkeypatch)
-    monkeypatch.setenv(EMULATOR_HOST_ENV, f"localhost:{emulator.port}")
     monkeypatch.setenv(GCS_MOUNT_ROOT_ENV, str(mount_root))
     try:
         yield emulator
@@ -362,13 +361,23 @@ def vertex_emulator(
     vertex_tls: tuple[Path, Path],
     gcs_emulator: str,
     emulated_gcs,
+    service_account_key: Path,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path_factory: pytest.TempPathFactory,
 ):
-    """A fresh Vertex AI emulator for this test (``running_vertex_emulator``)."""
+    """A fresh Vertex AI emulator for this test (``running_vertex_emulator``). A service
+    account key is in place, as a user's would be, though the SDK calls anonymously."""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_key))
     mount_root = tmp_path_factory.mktemp("gcs-mount")
     with running_vertex_emulator(vertex_tls, gcs_emulator, mount_root, monkeypatch) as emulator:
         yield emulator
+
+
+def emulator_host(emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes started from now on (kfp.local's steps, CLIs) call ``emulator`` too."""
+    from components.lib.targets.vertex import EMULATOR_HOST_ENV
+
+    monkeypatch.setenv(EMULATOR_HOST_ENV, f"localhost:{emulator.port}")
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from pipeline.templates import (
 )
 from tests.artifact_registry import ArtifactRegistryStandIn
 from tests.conftest import VERTEX_IMAGE, VERTEX_LOCATION, VERTEX_PROJECT, VERTEX_SETTINGS
-from tests.fake_vertex import FakeVertex
+from tests.vertex_emulator import VertexEmulator
 
 REPOSITORY = f"https://{VERTEX_LOCATION}-kfp.pkg.dev/{VERTEX_PROJECT}/pipelines"
 PACKAGE_URI = f"{REPOSITORY}/{PIPELINE_NAME}"
@@ -131,7 +131,7 @@ def test_a_released_version_is_never_overwritten(
 def test_submit_runs_the_published_template_pinned_to_its_digest(
     spec: Path,
     registry: ArtifactRegistryStandIn,
-    fake_vertex: FakeVertex,
+    vertex_emulator: VertexEmulator,
     capsys: pytest.CaptureFixture,
 ) -> None:
     assert main(["publish", "--repository", REPOSITORY, "--pipeline-file", str(spec)]) == 0
@@ -139,7 +139,7 @@ def test_submit_runs_the_published_template_pinned_to_its_digest(
 
     assert main([*SETTINGS, "--template", PACKAGE_URI, "--param", "epochs=3"]) == 0
     assert f"template       {PACKAGE_URI}/{digest}" in capsys.readouterr().err
-    [request] = fake_vertex.calls("CreatePipelineJob")
+    [request] = vertex_emulator.calls("CreatePipelineJob")
     job = request.pipeline_job
     assert job.template_uri == f"{PACKAGE_URI}/{digest}"  # latest, pinned
     published = yaml.safe_load(spec.read_text())
@@ -163,12 +163,12 @@ def test_submit_runs_the_published_template_pinned_to_its_digest(
 
 
 def test_schedule_runs_a_pinned_template(
-    spec: Path, registry: ArtifactRegistryStandIn, fake_vertex: FakeVertex
+    spec: Path, registry: ArtifactRegistryStandIn, vertex_emulator: VertexEmulator
 ) -> None:
     assert main(["publish", "--repository", REPOSITORY, "--pipeline-file", str(spec)]) == 0
     schedule = ["schedule", "--cron", "0 3 * * 1", "--template", f"{PACKAGE_URI}@0.1.0"]
     assert main([*SETTINGS, *schedule]) == 0
-    [request] = fake_vertex.calls("CreateSchedule")
+    [request] = vertex_emulator.calls("CreateSchedule")
     job = request.schedule.create_pipeline_job_request.pipeline_job
     assert job.template_uri == f"{PACKAGE_URI}/{digest_of(spec)}"
     assert request.schedule.cron == "0 3 * * 1"

@@ -30,6 +30,7 @@ from components import SERVING_IMAGE
 from tests.conftest import (
     VERTEX_LOCATION,
     VERTEX_PROJECT,
+    emulator_host,
     run_cli,
     running_vertex_emulator,
 )
@@ -64,6 +65,7 @@ def emulator(
             client.create_bucket(BUCKET)
         (mount_root / BUCKET).mkdir()
         with running_vertex_emulator(vertex_tls, gcs_emulator, mount_root, monkeypatch) as running:
+            emulator_host(running, monkeypatch)
             yield running
 
 

@@ -10,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from pipeline.run import main
-from tests.conftest import ROOT, VERTEX_SETTINGS
-from tests.fake_vertex import FakeVertex
+from tests.conftest import ROOT, VERTEX_PROJECT, VERTEX_SETTINGS
+from tests.vertex_emulator import VertexEmulator
 
 SETTINGS = VERTEX_SETTINGS
 pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings")
@@ -174,32 +175,34 @@ def test_an_unreachable_service_fails_at_once_for_every_command(
     ],
 )
 def test_bad_cron_region_and_experiment_are_refused_before_any_call(
-    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture, argv: list[str], message: str
+    vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture, argv: list[str], message: str
 ) -> None:
     assert main(argv) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert message in line
-    assert fake_vertex.requests == []
+    assert vertex_emulator.requests == []
 
 
 def test_an_experiment_that_cannot_be_used_is_a_clear_message(
-    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture
+    vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture
 ) -> None:
+    vertex_emulator.fail("GetMetadataStore", grpc.StatusCode.PERMISSION_DENIED)
     assert main([*SETTINGS, "--experiment", "beer-runs"]) == 1
     [line] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert line.startswith(
         "error: experiment 'beer-runs' could not be found or created in test-project/europe-west4 ("
     )
     assert "nothing was submitted" in line
-    assert fake_vertex.calls("CreatePipelineJob") == []
+    assert vertex_emulator.calls("CreatePipelineJob") == []
 
 
 def test_the_sdk_logs_to_the_log_file_not_the_terminal(
-    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture, tmp_path: Path
+    vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     assert main(SETTINGS) == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines()[0].startswith("submitted      projects/test-project/")
+    number = vertex_emulator.project_number(VERTEX_PROJECT)
+    assert captured.out.splitlines()[0].startswith(f"submitted      projects/{number}/")
     assert len(captured.out.splitlines()) == 2
     [log] = (tmp_path / "state/logs").glob("vertex-*.log")
     assert "PipelineJob created" in log.read_text()

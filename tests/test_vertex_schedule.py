@@ -8,19 +8,19 @@ from google.cloud import aiplatform_v1 as v1
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.run import main
 from tests.conftest import VERTEX_SETTINGS
-from tests.fake_vertex import FakeVertex
+from tests.vertex_emulator import VertexEmulator
 
 SETTINGS = VERTEX_SETTINGS
 pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings")
 
 
 def test_schedule_is_created_then_updated_not_duplicated(
-    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture
+    vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture
 ) -> None:
     account = "trainer@test-project.iam.gserviceaccount.com"
     assert main(["schedule", "--cron", "0 3 * * 1", "--max-concurrent", "2", *SETTINGS]) == 0
     assert "created schedule" in capsys.readouterr().out
-    [created] = fake_vertex.calls("CreateSchedule")
+    [created] = vertex_emulator.calls("CreateSchedule")
     assert created.schedule.display_name == PIPELINE_NAME
     assert created.schedule.cron == "0 3 * * 1"
     assert created.schedule.max_concurrent_run_count == 2
@@ -32,15 +32,15 @@ def test_schedule_is_created_then_updated_not_duplicated(
     argv = ["schedule", "--cron", "0 4 * * *", *SETTINGS, "--param", "epochs=5"]
     assert main([*argv, "--service-account", account]) == 0
     assert "updated schedule" in capsys.readouterr().out
-    assert len(fake_vertex.calls("CreateSchedule")) == 1
-    [update] = fake_vertex.calls("UpdateSchedule")
-    assert update.schedule.name == next(iter(fake_vertex.schedules))
+    assert len(vertex_emulator.calls("CreateSchedule")) == 1
+    [update] = vertex_emulator.calls("UpdateSchedule")
+    assert update.schedule.name == next(iter(vertex_emulator.schedules))
     assert set(update.update_mask.paths) == {
         "cron",
         "max_concurrent_run_count",
         "create_pipeline_job_request",
     }
-    [stored] = fake_vertex.schedules.values()
+    [stored] = vertex_emulator.schedules.values()
     assert stored.cron == "0 4 * * *"
     assert stored.max_concurrent_run_count == 1
     updated_job = stored.create_pipeline_job_request.pipeline_job
@@ -48,9 +48,11 @@ def test_schedule_is_created_then_updated_not_duplicated(
     assert updated_job.service_account == account
 
 
-def test_list_pause_resume_delete(fake_vertex: FakeVertex, capsys: pytest.CaptureFixture) -> None:
+def test_list_pause_resume_delete(
+    vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["schedule", "--cron", "0 3 * * 1", *SETTINGS]) == 0
-    [name] = fake_vertex.schedules
+    [name] = vertex_emulator.schedules
     capsys.readouterr()
 
     assert main(["schedule", "list", *SETTINGS[:4]]) == 0, "list needs no pipeline root"
@@ -58,11 +60,11 @@ def test_list_pause_resume_delete(fake_vertex: FakeVertex, capsys: pytest.Captur
     assert PIPELINE_NAME in listed and "ACTIVE" in listed and "0 3 * * 1" in listed
 
     assert main(["schedule", "pause", *SETTINGS]) == 0
-    assert fake_vertex.schedules[name].state == v1.Schedule.State.PAUSED
+    assert vertex_emulator.schedules[name].state == v1.Schedule.State.PAUSED
     assert main(["schedule", "resume", *SETTINGS]) == 0
-    assert fake_vertex.schedules[name].state == v1.Schedule.State.ACTIVE
+    assert vertex_emulator.schedules[name].state == v1.Schedule.State.ACTIVE
     assert main(["schedule", "delete", *SETTINGS]) == 0
-    assert fake_vertex.schedules == {}
+    assert vertex_emulator.schedules == {}
     assert f"deleted {name}" in capsys.readouterr().out
 
     assert main(["schedule", "pause", *SETTINGS]) == 1

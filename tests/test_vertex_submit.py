@@ -18,7 +18,7 @@ from tests.conftest import (
     VERTEX_SETTINGS,
     run_cli,
 )
-from tests.fake_vertex import FakeVertex
+from tests.vertex_emulator import VertexEmulator
 
 ROOT_URI = VERTEX_ROOT_URI
 SETTINGS = VERTEX_SETTINGS
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings")
 
 
 def test_submit_sends_spec_typed_parameters_root_account_and_labels(
-    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture
+    vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture
 ) -> None:
     code = main(
         [
@@ -53,7 +53,7 @@ def test_submit_sends_spec_typed_parameters_root_account_and_labels(
     assert code == 0
     assert "default service account" not in captured.err
 
-    [request] = fake_vertex.calls("CreatePipelineJob")
+    [request] = vertex_emulator.calls("CreatePipelineJob")
     assert request.parent == f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
     job = request.pipeline_job
     assert job.pipeline_spec["pipelineInfo"]["name"] == PIPELINE_NAME
@@ -79,7 +79,7 @@ def test_submit_sends_spec_typed_parameters_root_account_and_labels(
 
 
 def test_settings_come_from_environment_and_config_file(
-    fake_vertex: FakeVertex, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    vertex_emulator: VertexEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     config = tmp_path / "vertex.yaml"
     config.write_text(
@@ -88,7 +88,7 @@ def test_settings_come_from_environment_and_config_file(
     )
     monkeypatch.setenv("BEER_PIPELINE_PROJECT", VERTEX_PROJECT)
     assert main(["--config", str(config)]) == 0
-    job = fake_vertex.calls("CreatePipelineJob")[0].pipeline_job
+    job = vertex_emulator.calls("CreatePipelineJob")[0].pipeline_job
     assert job.runtime_config.gcs_output_directory == ROOT_URI
     assert dict(job.labels)["team"] == "vision"
     executors = job.pipeline_spec["deploymentSpec"]["executors"]
@@ -97,11 +97,11 @@ def test_settings_come_from_environment_and_config_file(
 
 @pytest.mark.parametrize(("final_state", "code"), [("SUCCEEDED", 0), ("FAILED", 1)])
 def test_wait_follows_the_job_and_fails_with_it(
-    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture, final_state: str, code: int
+    vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture, final_state: str, code: int
 ) -> None:
-    fake_vertex.pipeline_final_state = v1.PipelineState[f"PIPELINE_STATE_{final_state}"]
+    vertex_emulator.pipeline_final_state = v1.PipelineState[f"PIPELINE_STATE_{final_state}"]
     assert main([*SETTINGS, "--wait"]) == code
-    assert fake_vertex.calls("GetPipelineJob")
+    assert vertex_emulator.calls("GetPipelineJob")
     captured = capsys.readouterr()
     assert "note: no --service-account: the job runs as the project's Compute Engine" in (
         captured.err
@@ -138,27 +138,27 @@ def test_missing_required_setting_is_one_line_naming_it(
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_sent(
-    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture, extra: list[str], message: str
+    vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture, extra: list[str], message: str
 ) -> None:
     assert main([*SETTINGS, *extra]) == 2
     assert message in capsys.readouterr().err
-    assert fake_vertex.requests == []
+    assert vertex_emulator.requests == []
 
 
 def test_permission_denied_is_reported_clearly(
-    fake_vertex: FakeVertex, capsys: pytest.CaptureFixture
+    vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture
 ) -> None:
-    fake_vertex.fail("CreatePipelineJob", grpc.StatusCode.PERMISSION_DENIED)
+    vertex_emulator.fail("CreatePipelineJob", grpc.StatusCode.PERMISSION_DENIED)
     assert main(SETTINGS) == 1
     err = capsys.readouterr().err
     assert "submit pipeline job to test-project/europe-west4: permission denied" in err
     assert "roles/aiplatform.user" in err
 
 
-def test_unavailable_submission_is_retried(fake_vertex: FakeVertex) -> None:
-    fake_vertex.fail("CreatePipelineJob", grpc.StatusCode.UNAVAILABLE)
+def test_unavailable_submission_is_retried(vertex_emulator: VertexEmulator) -> None:
+    vertex_emulator.fail("CreatePipelineJob", grpc.StatusCode.UNAVAILABLE)
     assert main(SETTINGS) == 0
-    assert len(fake_vertex.calls("CreatePipelineJob")) == 2
+    assert len(vertex_emulator.calls("CreatePipelineJob")) == 2
 
 
 def test_cli_without_settings_says_all_that_is_missing_in_one_line(tmp_path: Path) -> None:
@@ -198,7 +198,7 @@ def test_flags_win_over_environment_which_wins_over_config(
 
 
 def test_a_compiled_custom_job_pipeline_is_submitted_as_is(
-    fake_vertex: FakeVertex, tmp_path: Path, capsys: pytest.CaptureFixture
+    vertex_emulator: VertexEmulator, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     from pipeline.compile import main as compile_main
 
@@ -206,7 +206,7 @@ def test_a_compiled_custom_job_pipeline_is_submitted_as_is(
     compile_main(["--output", str(spec), "--replicas", "2", "--image", "eu.gcr.io/p/img:9"])
     no_image = SETTINGS[: SETTINGS.index("--image")]
     assert main([*no_image, "--pipeline-file", str(spec), "--param", "epochs=4"]) == 0
-    job = fake_vertex.calls("CreatePipelineJob")[0].pipeline_job
+    job = vertex_emulator.calls("CreatePipelineJob")[0].pipeline_job
     executors = job.pipeline_spec["deploymentSpec"]["executors"]
     assert executors["exec-train-model"]["container"]["image"].startswith(
         "gcr.io/ml-pipeline/google-cloud-pipeline-components"
@@ -221,15 +221,15 @@ def test_a_compiled_custom_job_pipeline_is_submitted_as_is(
     compile_main(["--output", str(spec)])
     assert main([*no_image, "--pipeline-file", str(spec)]) == 2
     assert "runs the placeholder image us-docker.pkg.dev/your-project/" in (capsys.readouterr().err)
-    assert len(fake_vertex.calls("CreatePipelineJob")) == 1
+    assert len(vertex_emulator.calls("CreatePipelineJob")) == 1
 
 
 @pytest.mark.parametrize("flags", [[], ["--enable-caching"]])
 def test_caching_keeps_each_steps_own_setting_unless_turned_off(
-    fake_vertex: FakeVertex, flags: list[str]
+    vertex_emulator: VertexEmulator, flags: list[str]
 ) -> None:
     assert main([*SETTINGS, *flags]) == 0
-    job = fake_vertex.calls("CreatePipelineJob")[0].pipeline_job
+    job = vertex_emulator.calls("CreatePipelineJob")[0].pipeline_job
     tasks = job.pipeline_spec["root"]["dag"]["tasks"]
     assert dict(tasks["download-data"]["cachingOptions"]) == {"enableCache": True}
     for never_cached in ("fingerprint-data", "evaluate-model"):

@@ -121,6 +121,10 @@ class VertexEmulator:
         return self.endpoint_service.endpoints
 
     @property
+    def schedules(self) -> dict[str, v1.Schedule]:
+        return self.pipelines.schedules
+
+    @property
     def pipeline_final_state(self) -> v1.PipelineState:
         return self.pipelines.final_state
 

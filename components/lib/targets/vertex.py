@@ -254,6 +254,7 @@ def _single_by_display_name(
 
 
 def _client(client_class: type, location: str) -> Any:
+    use_emulator_if_set()
     return initializer.global_config.create_client(
         client_class=client_class, location_override=location
     )
