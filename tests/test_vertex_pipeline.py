@@ -184,11 +184,12 @@ def test_third_run_on_unchanged_photos_neither_registers_nor_deploys(
     summary = third["summary"]
     assert third["calls"] == second["calls"]
     assert set(summary["step_seconds"]) <= {
+        "fingerprint-data",
         "evaluate-model",
         "upload-model",
         "deploy-model",
         "report-not-deployed",
-    }, "download..train are cached on unchanged photos"
+    }, "download..train are cached on unchanged photos (their fingerprint says so)"
     assert summary["accuracy"] == pytest.approx(summary["champion_accuracy"])
 
 

@@ -1,4 +1,5 @@
-"""The Vertex target of upload and deploy, on the wire: the real SDK against a fake Vertex AI."""
+"""The Vertex target of upload and deploy, on the wire: the real SDK against the Vertex AI
+emulator, every artifact a small real model in the GCS emulator."""
 
 from __future__ import annotations
 
@@ -10,12 +11,29 @@ from components import SERVING_IMAGE
 from components.lib.targets import Serving, champion_version, endpoint_registry, model_registry
 from components.lib.targets.base import ModelVersion, version_alias
 from components.lib.targets.vertex import VertexError, label_value, prediction_image
-from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT
-from tests.fake_vertex import FakeVertex
+from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, upload_folder
+from tests.vertex_emulator import VertexEmulator
 
 IMAGE = "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
 DEFAULT_SERVING = Serving()
 PARENT = f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
+RUNS = ("run-a", "run-b", "run-c")
+ARTIFACTS = ("a/model", "b/model", "root/train-model/model", *(f"{r}/train/model" for r in RUNS))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def artifacts(gcs_emulator: str, colour_models: dict) -> None:
+    """Every ``gs://bucket/...`` artifact these tests register holds a small real model."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": gcs_emulator},
+    )
+    for prefix in ARTIFACTS:
+        upload_folder(client, colour_models["v1"], prefix, "bucket")
 
 
 def upload(run: str, uri: str = "") -> ModelVersion:
@@ -48,10 +66,10 @@ def test_prebuilt_image_matches_region_and_tensorflow_version() -> None:
         prediction_image("europe-west1", "0.9")
 
 
-def test_serving_image_keyword_picks_the_prebuilt_image(fake_vertex: FakeVertex) -> None:
+def test_serving_image_keyword_picks_the_prebuilt_image(vertex_emulator: VertexEmulator) -> None:
     registry = model_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, "prebuilt", gpu=True)
     registry.upload_version("beer", "gs://bucket/a/model", {"accuracy": 0.9}, {})
-    [request] = fake_vertex.calls("UploadModel")
+    [request] = vertex_emulator.calls("UploadModel")
     container = request.model.container_spec
     assert container.image_uri.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-")
     assert (container.predict_route, container.health_route, list(container.ports)) == ("", "", [])
@@ -68,11 +86,11 @@ def test_labels_and_aliases_follow_vertex_rules() -> None:
     assert version_alias("20261121_run") == "run-20261121-run"
 
 
-def test_first_upload_creates_the_model_then_versions_it(fake_vertex: FakeVertex) -> None:
+def test_first_upload_creates_the_model_then_versions_it(vertex_emulator: VertexEmulator) -> None:
     first = upload("run-a", "gs://bucket/a/model")
     second = upload("run-b", "gs://bucket/b/model")
 
-    requests = fake_vertex.calls("UploadModel")
+    requests = vertex_emulator.calls("UploadModel")
     assert [r.parent for r in requests] == [PARENT, PARENT]
     assert requests[0].parent_model == ""
     assert requests[1].parent_model == first.model
@@ -84,18 +102,18 @@ def test_first_upload_creates_the_model_then_versions_it(fake_vertex: FakeVertex
     assert dict(sent.labels) == {"pipeline_job": "run-b", "accuracy": "0-9691"}
     assert (second.model, second.version_id) == (first.model, "2")
     assert second.resource_name == f"{first.model}@2"
-    lookups = fake_vertex.calls("ListModels")
+    lookups = vertex_emulator.calls("ListModels")
     assert [r.filter for r in lookups] == ['display_name="Beer Classifier"'] * 2
 
 
-def test_upload_refuses_an_artifact_outside_cloud_storage(fake_vertex: FakeVertex) -> None:
+def test_upload_refuses_an_artifact_outside_cloud_storage(vertex_emulator: VertexEmulator) -> None:
     with pytest.raises(VertexError, match="pipeline root must be a gs:// folder"):
         upload("run-a", "/tmp/model")
-    assert fake_vertex.requests == []
+    assert vertex_emulator.requests == []
 
 
 def test_deploy_creates_the_endpoint_once_and_retires_the_old_version(
-    fake_vertex: FakeVertex,
+    vertex_emulator: VertexEmulator,
 ) -> None:
     serving = Serving(
         machine_type="n1-standard-4",
@@ -107,10 +125,10 @@ def test_deploy_creates_the_endpoint_once_and_retires_the_old_version(
     first = deploy(upload("run-a"), serving)
     second = deploy(upload("run-b"), serving)
 
-    assert len(fake_vertex.calls("CreateEndpoint")) == 1
-    assert fake_vertex.calls("CreateEndpoint")[0].endpoint.display_name == "beer-endpoint"
+    assert len(vertex_emulator.calls("CreateEndpoint")) == 1
+    assert vertex_emulator.calls("CreateEndpoint")[0].endpoint.display_name == "beer-endpoint"
     assert first["name"] == second["name"]
-    deploys = fake_vertex.calls("DeployModel")
+    deploys = vertex_emulator.calls("DeployModel")
     assert len(deploys) == 2
     resources = deploys[1].deployed_model.dedicated_resources
     assert resources.machine_spec.machine_type == "n1-standard-4"
@@ -120,55 +138,59 @@ def test_deploy_creates_the_endpoint_once_and_retires_the_old_version(
     assert deploys[1].deployed_model.model.endswith("@2")
     first_id = first["deployedModels"][0]["id"]
     assert dict(deploys[1].traffic_split) == {"0": 100}
-    undeploys = fake_vertex.calls("UndeployModel")
+    undeploys = vertex_emulator.calls("UndeployModel")
     assert [u.deployed_model_id for u in undeploys] == [first_id]
     assert [(d["modelVersionId"]) for d in second["deployedModels"]] == ["2"]
     assert second["trafficSplit"] == {second["deployedModels"][0]["id"]: 100}
 
 
-def test_canary_share_keeps_the_old_version_serving(fake_vertex: FakeVertex) -> None:
+def test_canary_share_keeps_the_old_version_serving(vertex_emulator: VertexEmulator) -> None:
     first = deploy(upload("run-a"))
     canary = deploy(upload("run-b"), Serving(traffic_percentage=10))
 
     old_id = first["deployedModels"][0]["id"]
     new_id = next(d["id"] for d in canary["deployedModels"] if d["modelVersionId"] == "2")
     assert canary["trafficSplit"] == {old_id: 90, new_id: 10}
-    assert fake_vertex.calls("UndeployModel") == []
+    assert vertex_emulator.calls("UndeployModel") == []
 
 
-def test_failed_deploy_leaves_the_old_version_with_all_traffic(fake_vertex: FakeVertex) -> None:
+def test_failed_deploy_leaves_the_old_version_with_all_traffic(
+    vertex_emulator: VertexEmulator,
+) -> None:
     first = deploy(upload("run-a"))
     version = upload("run-b")
-    fake_vertex.fail("DeployModel", grpc.StatusCode.RESOURCE_EXHAUSTED)
+    vertex_emulator.fail("DeployModel", grpc.StatusCode.RESOURCE_EXHAUSTED)
 
     with pytest.raises(VertexError, match=r"deploy .*@2 to .*RESOURCE_EXHAUSTED"):
         deploy(version)
-    assert fake_vertex.calls("UndeployModel") == []
-    endpoint = next(iter(fake_vertex.endpoints.values()))
+    assert vertex_emulator.calls("UndeployModel") == []
+    endpoint = next(iter(vertex_emulator.endpoints.values()))
     assert dict(endpoint.traffic_split) == first["trafficSplit"]
 
 
-def test_permission_denied_is_reported_with_the_missing_role(fake_vertex: FakeVertex) -> None:
-    fake_vertex.fail("ListModels", grpc.StatusCode.PERMISSION_DENIED)
+def test_permission_denied_is_reported_with_the_missing_role(
+    vertex_emulator: VertexEmulator,
+) -> None:
+    vertex_emulator.fail("ListModels", grpc.StatusCode.PERMISSION_DENIED)
     with pytest.raises(VertexError) as caught:
         upload("run-a")
     message = str(caught.value)
     assert "list models named 'Beer Classifier': permission denied" in message
     assert "roles/aiplatform.user" in message
-    assert fake_vertex.calls("UploadModel") == []
+    assert vertex_emulator.calls("UploadModel") == []
 
 
-def test_unavailable_is_retried_a_bounded_number_of_times(fake_vertex: FakeVertex) -> None:
-    fake_vertex.fail("UploadModel", *[grpc.StatusCode.UNAVAILABLE] * 2)
+def test_unavailable_is_retried_a_bounded_number_of_times(vertex_emulator: VertexEmulator) -> None:
+    vertex_emulator.fail("UploadModel", *[grpc.StatusCode.UNAVAILABLE] * 2)
     version = upload("run-a")
     assert version.version_id == "1"
-    assert len(fake_vertex.calls("UploadModel")) == 3
+    assert len(vertex_emulator.calls("UploadModel")) == 3
 
-    fake_vertex.fail("ListEndpoints", *[grpc.StatusCode.UNAVAILABLE] * 10)
+    vertex_emulator.fail("ListEndpoints", *[grpc.StatusCode.UNAVAILABLE] * 10)
     with pytest.raises(VertexError, match="stayed unavailable after 4 attempts"):
         deploy(version)
-    assert len(fake_vertex.calls("ListEndpoints")) == 4
-    assert fake_vertex.calls("CreateEndpoint") == []
+    assert len(vertex_emulator.calls("ListEndpoints")) == 4
+    assert vertex_emulator.calls("CreateEndpoint") == []
 
 
 def test_serving_settings_are_checked() -> None:
@@ -180,7 +202,9 @@ def test_serving_settings_are_checked() -> None:
         Serving(accelerator_type="NVIDIA_TESLA_T4")
 
 
-def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_path) -> None:
+def test_steps_output_vertex_artifacts_for_lineage(
+    vertex_emulator: VertexEmulator, tmp_path
+) -> None:
     from kfp import dsl
 
     from components.deploy import deploy_model
@@ -202,7 +226,7 @@ def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_
         vertex_model=vertex_model,
         **location,
     )
-    [request] = fake_vertex.calls("UploadModel")
+    [request] = vertex_emulator.calls("UploadModel")
     container = request.model.container_spec
     assert container.image_uri == SERVING_IMAGE
     assert (container.predict_route, container.health_route) == ("/predict", "/health")
@@ -228,12 +252,12 @@ def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_
         vertex_endpoint=vertex_endpoint,
         **location,
     )
-    assert endpoint == fake_vertex.calls("DeployModel")[0].endpoint
+    assert endpoint == vertex_emulator.calls("DeployModel")[0].endpoint
     assert vertex_endpoint.metadata == {"resourceName": endpoint}
     assert vertex_endpoint.uri.endswith(f"/v1/{endpoint}")
 
 
-def test_champion_is_the_version_with_most_traffic(fake_vertex: FakeVertex) -> None:
+def test_champion_is_the_version_with_most_traffic(vertex_emulator: VertexEmulator) -> None:
     args = ("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, "beer-endpoint")
     assert champion_version(*args) is None, "no endpoint yet: no champion"
     deploy(upload("run-a", "gs://bucket/a/model"))
@@ -248,47 +272,52 @@ def test_champion_is_the_version_with_most_traffic(fake_vertex: FakeVertex) -> N
 
 
 def test_deploy_runs_the_model_as_the_configured_service_account(
-    fake_vertex: FakeVertex, caplog: pytest.LogCaptureFixture
+    vertex_emulator: VertexEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     account = "beer-serving@test-project.iam.gserviceaccount.com"
     deploy(upload("run-a"), Serving(service_account=account))
-    [request] = fake_vertex.calls("DeployModel")
+    [request] = vertex_emulator.calls("DeployModel")
     assert request.deployed_model.service_account == account
     assert "default service account" not in caplog.text
 
     deploy(upload("run-b", "gs://bucket/b/model"))
-    assert fake_vertex.calls("DeployModel")[1].deployed_model.service_account == ""
+    assert vertex_emulator.calls("DeployModel")[1].deployed_model.service_account == ""
     assert "serving_service_account is not set" in caplog.text
 
 
-def test_an_artifact_already_registered_is_not_uploaded_again(fake_vertex: FakeVertex) -> None:
+def test_an_artifact_already_registered_is_not_uploaded_again(
+    vertex_emulator: VertexEmulator,
+) -> None:
     first = upload("run-a", "gs://bucket/a/model")
     again = upload("run-b", "gs://bucket/a/model/")
 
     assert again == first
-    assert len(fake_vertex.calls("UploadModel")) == 1
-    [versions] = fake_vertex.models.values()
-    assert len(versions) == 1
+    assert len(vertex_emulator.calls("UploadModel")) == 1
+    [model] = vertex_emulator.registry.models.values()
+    assert len(model.versions) == 1
 
 
-def test_an_upload_whose_answer_was_lost_is_not_repeated(fake_vertex: FakeVertex) -> None:
+def test_an_upload_whose_answer_was_lost_is_not_repeated(vertex_emulator: VertexEmulator) -> None:
     upload("run-a", "gs://bucket/a/model")
-    fake_vertex.fail_after("UploadModel", grpc.StatusCode.UNAVAILABLE)
+    vertex_emulator.fail_after("UploadModel", grpc.StatusCode.UNAVAILABLE)
 
     version = upload("run-b", "gs://bucket/b/model")
 
     assert version.version_id == "2"
-    assert len(fake_vertex.calls("UploadModel")) == 2, "one upload each, no retry of the second"
-    [versions] = fake_vertex.models.values()
-    assert [v.artifact_uri for v in versions] == ["gs://bucket/a/model", "gs://bucket/b/model"]
+    assert len(vertex_emulator.calls("UploadModel")) == 2, "one upload each, no retry of the second"
+    [model] = vertex_emulator.registry.models.values()
+    assert [v.artifact_uri for v in model.versions] == [
+        "gs://bucket/a/model",
+        "gs://bucket/b/model",
+    ]
 
 
-def test_canary_at_10_then_a_run_at_100_retires_the_canary(fake_vertex: FakeVertex) -> None:
+def test_canary_at_10_then_a_run_at_100_retires_the_canary(vertex_emulator: VertexEmulator) -> None:
     first = deploy(upload("run-a"))
     canary = deploy(upload("run-b"), Serving(traffic_percentage=10))
     ids = {d["modelVersionId"]: d["id"] for d in canary["deployedModels"]}
     assert canary["trafficSplit"] == {ids["1"]: 90, ids["2"]: 10}
-    assert dict(fake_vertex.calls("DeployModel")[1].traffic_split) == {"0": 10, ids["1"]: 90}
+    assert dict(vertex_emulator.calls("DeployModel")[1].traffic_split) == {"0": 10, ids["1"]: 90}
 
     # The next canary replaces the last one; the version serving 90% keeps serving.
     third = upload("run-c")
@@ -296,7 +325,7 @@ def test_canary_at_10_then_a_run_at_100_retires_the_canary(fake_vertex: FakeVert
     ids = {d["modelVersionId"]: d["id"] for d in second_canary["deployedModels"]}
     assert set(ids) == {"1", "3"}
     assert second_canary["trafficSplit"] == {ids["1"]: 90, ids["3"]: 10}
-    assert [u.deployed_model_id for u in fake_vertex.calls("UndeployModel")] == [
+    assert [u.deployed_model_id for u in vertex_emulator.calls("UndeployModel")] == [
         d["id"] for d in canary["deployedModels"] if d["modelVersionId"] == "2"
     ]
 
@@ -305,22 +334,24 @@ def test_canary_at_10_then_a_run_at_100_retires_the_canary(fake_vertex: FakeVert
     assert promoted["changed"] is True
     assert [d["modelVersionId"] for d in promoted["deployedModels"]] == ["3"]
     assert promoted["trafficSplit"] == {ids["3"]: 100}
-    assert len(fake_vertex.calls("DeployModel")) == 3
-    [update] = fake_vertex.calls("UpdateEndpoint")
+    assert len(vertex_emulator.calls("DeployModel")) == 3
+    [update] = vertex_emulator.calls("UpdateEndpoint")
     assert dict(update.endpoint.traffic_split) == {ids["3"]: 100}
     assert (
-        fake_vertex.calls("UndeployModel")[-1].deployed_model_id
+        vertex_emulator.calls("UndeployModel")[-1].deployed_model_id
         == (first["deployedModels"][0]["id"])
     )
 
     # The same run again changes nothing and calls nothing that changes the endpoint.
-    calls = len(fake_vertex.requests)
+    calls = len(vertex_emulator.requests)
     assert deploy(third)["changed"] is False
     changing = {"DeployModel", "UpdateEndpoint", "UndeployModel", "CreateEndpoint"}
-    assert not changing & set(fake_vertex.methods()[calls:])
+    assert not changing & set(vertex_emulator.methods()[calls:])
 
 
-def test_two_endpoints_with_one_name_are_an_error_naming_both(fake_vertex: FakeVertex) -> None:
+def test_two_endpoints_with_one_name_are_an_error_naming_both(
+    vertex_emulator: VertexEmulator,
+) -> None:
     from google.cloud import aiplatform
 
     for _ in range(2):
@@ -328,27 +359,27 @@ def test_two_endpoints_with_one_name_are_an_error_naming_both(fake_vertex: FakeV
     with pytest.raises(VertexError) as caught:
         deploy(upload("run-a"))
     message = str(caught.value)
-    for name in fake_vertex.endpoints:
+    for name in vertex_emulator.endpoints:
         assert name in message
     assert "2 endpoints in test-project/europe-west4 are named 'beer-endpoint'" in message
-    assert fake_vertex.calls("DeployModel") == []
+    assert vertex_emulator.calls("DeployModel") == []
 
 
 def test_a_deploy_that_does_not_finish_fails_after_the_timeout(
-    fake_vertex: FakeVertex, monkeypatch: pytest.MonkeyPatch
+    vertex_emulator: VertexEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from components.lib.targets import vertex
 
     monkeypatch.setattr(vertex, "DEPLOY_TIMEOUT_S", 1.5)
     version = upload("run-a")
-    fake_vertex.hold("DeployModel")
+    vertex_emulator.hold("DeployModel")
     with pytest.raises(VertexError, match=r"deploy .*@1 to .*: not finished after 2 s"):
         deploy(version)
-    assert fake_vertex.calls("GetOperation"), "the operation was polled until the timeout"
+    assert vertex_emulator.calls("GetOperation"), "the operation was polled until the timeout"
 
 
 def test_an_address_that_does_not_resolve_fails_at_once(
-    fake_vertex: FakeVertex, monkeypatch: pytest.MonkeyPatch
+    vertex_emulator: VertexEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Inside a step (upload, deploy), where no preflight ran: DNS is not "try again later"."""
     import time
@@ -360,4 +391,4 @@ def test_an_address_that_does_not_resolve_fails_at_once(
     with pytest.raises(VertexError, match=r"cannot reach Vertex AI: its address does not resolve"):
         upload("run-a")
     assert time.monotonic() - started < 10
-    assert fake_vertex.requests == []
+    assert vertex_emulator.requests == []

@@ -1,5 +1,5 @@
 """The Vertex target's evaluate -> upload -> deploy steps, run as the pipeline runs them, on real
-small models stored in Cloud Storage (the GCS emulator) against the fake Vertex AI API."""
+small models stored in Cloud Storage (the GCS emulator) against the Vertex AI emulator."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from components.lib.evaluation.metrics import evaluate_champion, evaluate_saved_
 from components.lib.storage import local_copy
 from components.upload import upload_model
 from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, upload_folder
-from tests.fake_vertex import FakeVertex
+from tests.vertex_emulator import VertexEmulator
 
 TARGET = {"target": "vertex", "project": VERTEX_PROJECT, "location": VERTEX_LOCATION}
 ENDPOINT = "beer-endpoint"
@@ -93,7 +93,7 @@ def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dic
 
 @pytest.mark.slow
 def test_evaluate_upload_deploy_on_vertex_run_after_run_with_a_champion_serving(
-    fake_vertex: FakeVertex,
+    vertex_emulator: VertexEmulator,
     emulated_gcs,
     demo_model_dir: Path,
     demo_data_dir: Path,
@@ -117,8 +117,8 @@ def test_evaluate_upload_deploy_on_vertex_run_after_run_with_a_champion_serving(
         f"(the same model as {first['version']}, served already)"
     )
     assert again["version"] == first["version"]
-    assert len(fake_vertex.calls("UploadModel")) == 1, "not registered again"
-    assert len(fake_vertex.calls("DeployModel")) == 1, "not redeployed"
+    assert len(vertex_emulator.calls("UploadModel")) == 1, "not registered again"
+    assert len(vertex_emulator.calls("DeployModel")) == 1, "not redeployed"
     assert f"{first['version']} is this model already: not registered again" in caplog.text
     assert "already serves (not redeployed)" in caplog.text
 
@@ -128,9 +128,9 @@ def test_evaluate_upload_deploy_on_vertex_run_after_run_with_a_champion_serving(
     assert third["evaluation"].champion_accuracy == accuracy
     assert "served already" not in third["evaluation"].reason
     assert third["version"].endswith("@2")
-    [endpoint] = fake_vertex.endpoints.values()
+    [endpoint] = vertex_emulator.endpoints.values()
     assert [d.model_version_id for d in endpoint.deployed_models] == ["2"]
     assert dict(endpoint.traffic_split) == {endpoint.deployed_models[0].id: 100}
-    assert [d.deployed_model.service_account for d in fake_vertex.calls("DeployModel")] == [
+    assert [d.deployed_model.service_account for d in vertex_emulator.calls("DeployModel")] == [
         "beer-serving@test-project.iam.gserviceaccount.com"
     ] * 2
