@@ -31,6 +31,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,8 @@ class ModelFiles:
         return self._local_dir
 
     def storage_uri(self) -> str:
-        uri = f"gs://{STAGING_BUCKET}/deployments/{self.deployed_id}"
+        # Unique: emulators that share a GCS emulator count deployed model ids alike.
+        uri = f"gs://{STAGING_BUCKET}/{uuid.uuid4().hex}/{self.deployed_id}"
         self.storage.copy(self.artifact_uri, uri)
         return uri
 
@@ -179,8 +181,11 @@ class ProcessContainer:
         descriptor, self.log_path = tempfile.mkstemp(
             prefix="vertex-emulator-container-", suffix=".log"
         )
+        # A container runs as Vertex AI's service account, not as the caller: none of the
+        # caller's credentials (gcsfs would try to refresh them); the emulated storage needs none.
+        inherited = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
         environment = {
-            **os.environ,
+            **inherited,
             **self.env,
             "AIP_HTTP_PORT": str(self.port),
             "AIP_HEALTH_ROUTE": self.health_route,
@@ -222,10 +227,14 @@ class ProcessContainer:
         self.stop()
         raise DeployError(f"Model server never became ready: {self._log_tail()}")
 
-    def _log_tail(self, lines: int = 5) -> str:
+    def _log_tail(self, lines: int = 3, width: int = 300) -> str:
+        """What the container said last, errors first, as a log viewer shows it: a JSON record
+        as its message and the last line of its exception."""
         with open(self.log_path, errors="replace") as file:
-            tail = file.read().strip().splitlines()[-lines:]
-        return " | ".join(tail) + f" (log: {self.log_path})"
+            records = [_log_line(line) for line in file.read().strip().splitlines()]
+        errors = [text for text, error in records if error]
+        tail = (errors or [text for text, _ in records])[-lines:]
+        return " | ".join(text[:width] for text in tail) + f" (log: {self.log_path})"
 
     def raw_predict(self, body: bytes, content_type: str) -> tuple[bytes, str]:
         request = urllib.request.Request(
@@ -251,6 +260,19 @@ class ProcessContainer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _log_line(line: str) -> tuple[str, bool]:
+    """A container's log line as text, and whether it reports an error."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or "message" not in record:
+        return line.strip(), "Error" in line
+    exception = str(record.get("exception", "")).strip().splitlines()
+    text = f"{record['message']}: {exception[-1]}" if exception else str(record["message"])
+    return text, record.get("severity") in ("ERROR", "CRITICAL")
 
 
 def image_name(uri: str) -> str:
