@@ -309,25 +309,6 @@ def _point_sdk_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-@pytest.fixture
-def fake_vertex(
-    vertex_tls: tuple[Path, Path], service_account_key: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it.
-
-    A service account key is in place, as a user's would be, though the SDK calls the fake
-    anonymously.
-    """
-    from tests.fake_vertex import FakeVertex, start_server
-
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_key))
-    fake = FakeVertex()
-    server, port = start_server(fake, *vertex_tls)
-    _point_sdk_at(port, monkeypatch)
-    yield fake
-    server.stop(None)
-
-
 @contextlib.contextmanager
 def running_vertex_emulator(
     tls: tuple[Path, Path], gcs_url: str, mount_root: Path, monkeypatch: pytest.MonkeyPatch
