@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from google_cloud_pipeline_components import _placeholders
 
-from components import PIPELINE_IMAGE, is_placeholder_image
+from components import PIPELINE_IMAGE, is_placeholder_image, serving_image_beside
 from components.lib.data.demo import make_demo_dataset
 from components.lib.targets import resolve_target
 from components.lib.targets.base import resource_id
@@ -401,6 +401,12 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
     arguments["target"] = "vertex"
+    if not arguments.get("serving_image"):
+        # The model is served by the serving image pushed beside the steps' image, not by the
+        # placeholder default, which no registry holds.
+        steps = [image for image in _images(spec) if "/beer-pipeline:" in image]
+        if steps:
+            arguments["serving_image"] = serving_image_beside(steps[0])
     return settings, spec_path, arguments
 
 
