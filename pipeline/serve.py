@@ -21,7 +21,7 @@ from components.lib.serving.routing import (
     CONTAINER_PREDICT_ROUTE,
     ContainerModel,
 )
-from components.lib.targets.local import DEFAULT_STATE_DIR, LocalEndpoints
+from components.lib.targets.local import LocalEndpoints, default_state_dir
 
 CONTAINER_ENV = ("AIP_STORAGE_URI", "AIP_HTTP_PORT", "AIP_PREDICT_ROUTE", "AIP_HEALTH_ROUTE")
 
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--state-dir",
-        default=DEFAULT_STATE_DIR,
+        default=default_state_dir(),
         help="folder of the local registry and endpoints (%(default)s)",
     )
     parser.add_argument(

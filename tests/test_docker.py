@@ -341,11 +341,15 @@ def test_build_sh_cloud_build_gives_the_same_uri(fake_tools: tuple[str, Path]) -
         build_sh(option, "--project", "p", "--repository", "r").stdout.strip()
         for option in ("--print-uri", "--print-serving-uri")
     ]
-    built = [
-        (arg.split("=", 1)[1] for arg in step["args"] if arg.startswith("--file="))
-        for step in config["steps"]
+    steps = config["steps"]
+    builds = [index for index, step in enumerate(steps) if step["args"][0] == "build"]
+    files = [
+        next(arg.split("=", 1)[1] for arg in steps[index]["args"] if arg.startswith("--file="))
+        for index in builds
     ]
-    assert [next(files) for files in built] == [f"docker/{name}" for name in DOCKERFILES]
+    assert files == [f"docker/{name}" for name in DOCKERFILES]
+    for index, dockerfile in zip(builds, files, strict=True):  # each build gets its allowlist
+        assert steps[index - 1]["args"] == [f"{dockerfile}.dockerignore", ".dockerignore"]
 
 
 def test_build_sh_says_when_docker_is_missing(tmp_path: Path) -> None:
@@ -355,3 +359,17 @@ def test_build_sh_says_when_docker_is_missing(tmp_path: Path) -> None:
     result = build_sh("--no-push", path=str(tmp_path))
     assert result.returncode == 1
     assert "docker not found" in result.stderr and "--cloud-build" in result.stderr
+
+
+def test_cloud_build_needs_no_buildkit_and_keeps_the_allowlist() -> None:
+    """The worker's Docker may lack buildx: the classic builder must get the same context."""
+    config = yaml.safe_load((DOCKER / "cloudbuild.yaml").read_text())
+    steps = config["steps"]
+    assert not any("DOCKER_BUILDKIT" in " ".join(step.get("env", [])) for step in steps)
+    build = next(i for i, step in enumerate(steps) if step.get("args", [None])[0] == "build")
+    copy = steps[build - 1]
+    assert (copy["entrypoint"], copy["args"]) == (
+        "cp",
+        ["docker/Dockerfile.dockerignore", ".dockerignore"],
+    )
+    assert "--file=docker/Dockerfile" in steps[build]["args"]

@@ -5,35 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import fsspec
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from components.lib.data.layout import DataLayoutError, DatasetLayout, download_dataset
-from tests.conftest import make_layout
-
-BUCKET = "beer-data"
-
-
-@pytest.fixture
-def emulated_gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> storage.Client:
-    """Clients of this test (google-cloud-storage, gcsfs via fsspec) talk to the emulator."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
-    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_emulator})
-    # The emulator serves one connection at a time: one request in flight keeps gcsfs from
-    # stalling on connections the emulator has not accepted yet.
-    monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
-    fsspec.filesystem("gs").clear_instance_cache()
-    return storage.Client(credentials=AnonymousCredentials(), project="test")
-
-
-def upload_folder(client: storage.Client, folder: Path, prefix: str) -> str:
-    bucket = client.lookup_bucket(BUCKET) or client.create_bucket(BUCKET)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename(str(path))
-    return f"gs://{BUCKET}/{prefix}"
+from tests.conftest import make_layout, upload_folder
 
 
 def contents(layout: DatasetLayout) -> dict[str, str]:
@@ -84,3 +60,20 @@ def test_missing_split_in_a_bucket_names_it(emulated_gcs: storage.Client, tmp_pa
     data_uri = upload_folder(emulated_gcs, folder / "train", "only-train")
     with pytest.raises(DataLayoutError, match="split folder 'train' is missing"):
         download_dataset(data_uri, str(tmp_path / "out"))
+
+
+def test_the_fingerprint_of_a_bucket_follows_its_content(
+    emulated_gcs: storage.Client, tmp_path: Path
+) -> None:
+    from components.lib.data.layout import fingerprint_data
+
+    folder = make_layout(tmp_path / "data")
+    data_uri = upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    first, count = fingerprint_data(data_uri)
+    assert count == 16
+    upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    assert fingerprint_data(data_uri)[0] == first, "the same bytes uploaded again"
+    replaced = folder / "train/0red/000.jpg"
+    replaced.write_bytes(replaced.read_bytes() + b"\0")
+    upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    assert fingerprint_data(data_uri)[0] != first

@@ -19,8 +19,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from bench.serve_load import ServerProcess, server_process
-from tests.conftest import ROOT, free_port
-from tests.test_layout_gcs import upload_folder
+from tests.conftest import ROOT, free_port, upload_folder
 
 pytestmark = pytest.mark.slow
 

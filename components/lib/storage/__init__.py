@@ -29,6 +29,12 @@ def is_gcs(uri: str) -> bool:
     return uri.startswith(GCS_SCHEME)
 
 
+def normalized_uri(uri: str) -> str:
+    """One spelling per location, so that two URIs of the same artifact compare equal:
+    ``gs://`` without a trailing slash, a local path absolute."""
+    return uri.rstrip("/") if is_gcs(uri) else os.path.abspath(uri)
+
+
 def gcs_mount_root() -> str:
     """The folder where ``gs://`` buckets are mounted: ``/gcs`` on Vertex AI."""
     return os.environ.get(GCS_MOUNT_ROOT_ENV, DEFAULT_GCS_MOUNT_ROOT)
