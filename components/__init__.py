@@ -5,6 +5,7 @@ carries this package and its dependencies; locally ``kfp.local`` runs them in th
 """
 
 PIPELINE_IMAGE = "us-docker.pkg.dev/your-project/beer-pipeline/beer-pipeline:0.1.0"
+
 # The serving image (docker/Dockerfile.serving) that the upload step registers by default.
 SERVING_IMAGE = "us-docker.pkg.dev/your-project/beer-pipeline/beer-serving:0.1.0"
 

@@ -252,35 +252,6 @@ def test_load_with_concurrent_clients_and_malformed_requests(
     assert call(server, "GET", "/health")[0] == 200
 
 
-def test_a_canary_gets_its_share_of_requests_until_promoted(
-    server: ServerProcess,
-    state_dir: Path,
-    demo_model_dir: Path,
-    demo_data_dir: Path,
-    tmp_path: Path,
-) -> None:
-    from components.lib.targets import Serving
-
-    canary_model = shutil.copytree(demo_model_dir, tmp_path / "canary")
-    version = ModelRegistry(str(state_dir), PROJECT, LOCATION).upload_version(
-        "beer", str(canary_model), {"accuracy": 1.0}, {}
-    )
-    canary = EndpointRegistry(str(state_dir), PROJECT, LOCATION, Serving(traffic_percentage=10))
-    split = canary.deploy("beer-endpoint", version)["trafficSplit"]
-    assert sorted(split.values()) == [10, 90]
-    body = request_body([photo(demo_data_dir, "1cat", 1)])
-
-    served = [call(server, "POST", PREDICT, body)[1]["deployedModelId"] for _ in range(300)]
-
-    # Binomial(300, 0.1): 30 expected; outside 10..55 once in about 10^5 runs.
-    assert 10 <= served.count(f"beer-v{version.version_id}") <= 55
-    assert set(served) == set(split)
-    EndpointRegistry(str(state_dir), PROJECT, LOCATION).deploy("beer-endpoint", version)
-    assert {call(server, "POST", PREDICT, body)[1]["deployedModelId"] for _ in range(20)} == {
-        f"beer-v{version.version_id}"
-    }
-
-
 def metric(exposition: str, name: str) -> float:
     """The value of the series named exactly ``name`` (with its labels) in Prometheus text."""
     for line in exposition.splitlines():
@@ -405,3 +376,32 @@ def test_sigterm_lets_the_request_in_flight_finish(
         assert started.process.wait(timeout=60) in (0, -signal.SIGTERM)
     assert answers == [200]
     assert "Finished server process" in (tmp_path / "log").read_text()
+
+
+def test_a_canary_gets_its_share_of_requests_until_promoted(
+    server: tuple[str, int],
+    state_dir: Path,
+    demo_model_dir: Path,
+    demo_data_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from components.lib.targets import Serving
+
+    canary_model = shutil.copytree(demo_model_dir, tmp_path / "canary")
+    version = ModelRegistry(str(state_dir), PROJECT, LOCATION).upload_version(
+        "beer", str(canary_model), {"accuracy": 1.0}, {}
+    )
+    canary = EndpointRegistry(str(state_dir), PROJECT, LOCATION, Serving(traffic_percentage=10))
+    split = canary.deploy("beer-endpoint", version)["trafficSplit"]
+    assert sorted(split.values()) == [10, 90]
+    body = request_body([photo(demo_data_dir, "1cat")])
+
+    served = [call(server, "POST", PREDICT, body)[1]["deployedModelId"] for _ in range(300)]
+
+    # Binomial(300, 0.1): 30 expected; outside 10..55 once in about 10^5 runs.
+    assert 10 <= served.count(f"beer-v{version.version_id}") <= 55
+    assert set(served) == set(split)
+    EndpointRegistry(str(state_dir), PROJECT, LOCATION).deploy("beer-endpoint", version)
+    assert {call(server, "POST", PREDICT, body)[1]["deployedModelId"] for _ in range(20)} == {
+        f"beer-v{version.version_id}"
+    }

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,8 +47,7 @@ def model_uri(gcs_emulator: str, demo_model_dir: Path) -> str:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
         client = storage.Client(credentials=AnonymousCredentials(), project="test")
-        # A new prefix each session: local_copy caches downloads by URI across processes.
-        return upload_folder(client, demo_model_dir, f"models/demo-{uuid.uuid4().hex}")
+        return upload_folder(client, demo_model_dir, "models/demo")
 
 
 def container_env(gcs_emulator: str, storage_uri: str) -> dict[str, str]:

@@ -51,10 +51,10 @@ from components.lib.serving.protocol import (
 )
 from components.lib.serving.routing import (
     ContainerModel,
+    Deployment,
     EndpointNotFoundError,
     EndpointRouter,
     NothingDeployedError,
-    ServedModel,
 )
 from components.lib.storage import local_copy
 
@@ -98,7 +98,7 @@ class _Models:
     def loaded(self, uri: str) -> _LoadedModel | None:
         return self._loaded.get(uri)
 
-    async def get(self, deployment: ServedModel) -> _LoadedModel:
+    async def get(self, deployment: Deployment) -> _LoadedModel:
         uri = deployment.artifact_uri
         if uri not in self._loaded:
             async with self._locks.setdefault(uri, asyncio.Lock()):
@@ -216,7 +216,7 @@ def create_app(
     health_route = container.health_route if container else "/health"
     predict_route = container.predict_route if container else LOCAL_PREDICT_ROUTE
 
-    def deployment_of(request: Request) -> ServedModel:
+    def deployment_of(request: Request) -> Deployment:
         if container:
             return container.deployment()
         params = request.path_params

@@ -9,7 +9,7 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
-class ServedModel:
+class Deployment:
     """The exported model that answers a request, and, where known, its place in a registry."""
 
     artifact_uri: str
@@ -46,7 +46,7 @@ class NothingDeployedError(LookupError):
 class EndpointRouter(Protocol):
     """Local endpoints: which deployed version answers a request (by the traffic split)."""
 
-    def route(self, project: str, location: str, endpoint_id: str) -> ServedModel: ...
+    def route(self, project: str, location: str, endpoint_id: str) -> Deployment: ...
 
     def endpoint_names(self) -> list[str]:
         """Resource names ``projects/P/locations/L/endpoints/E`` of every endpoint."""
@@ -69,5 +69,5 @@ class ContainerModel:
     health_route: str = CONTAINER_HEALTH_ROUTE
     deployed_model_id: str = ""
 
-    def deployment(self) -> ServedModel:
-        return ServedModel(self.storage_uri, deployed_model_id=self.deployed_model_id)
+    def deployment(self) -> Deployment:
+        return Deployment(self.storage_uri, deployed_model_id=self.deployed_model_id)

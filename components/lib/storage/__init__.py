@@ -61,8 +61,10 @@ def local_copy(uri: str, cache_root: str | None = None) -> str:
     (``tf.saved_model.load``, ``open``).
 
     A local path is returned as it is; a ``gs://`` URI is read through the mount when the mount
-    holds it, and otherwise downloaded once with gcsfs into ``cache_root`` (a temporary folder by
-    default). Raises FileNotFoundError naming the URI when neither has it.
+    holds it, and otherwise downloaded with gcsfs into ``cache_root`` (a temporary folder by
+    default). The copy is keyed by the objects' names, sizes and generations, so objects
+    replaced under the same URI are downloaded again, never served stale. Raises
+    FileNotFoundError naming the URI when neither has it.
     """
     if not is_gcs(uri):
         return uri
@@ -70,15 +72,20 @@ def local_copy(uri: str, cache_root: str | None = None) -> str:
     if os.path.exists(mounted):
         return mounted
     fs, path = filesystem(uri)
-    if not fs.exists(path):
+    objects = fs.find(path, detail=True) if fs.exists(path) else {}
+    if not objects:
         raise FileNotFoundError(
             f"{uri} does not exist (looked under {gcs_mount_root()} and in GCS)"
         )
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    listing = sorted(
+        (name, info.get("size"), info.get("generation") or info.get("md5Hash") or info.get("etag"))
+        for name, info in objects.items()
+    )
+    key = hashlib.sha256(repr((uri, listing)).encode()).hexdigest()[:16]
     root = cache_root or os.path.join(tempfile.gettempdir(), "beer-storage-cache")
     destination = os.path.join(root, key, os.path.basename(path.rstrip("/")))
     if not os.path.exists(destination):
-        partial = destination + ".partial"
+        partial = f"{destination}.partial-{os.getpid()}"
         if fs.isdir(path):
             fs.get(path.rstrip("/") + "/", partial, recursive=True)
         else:

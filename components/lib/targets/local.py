@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from components.lib.serving.routing import EndpointNotFoundError, NothingDeployedError, ServedModel
+from components.lib.serving import routing
 from components.lib.storage import normalized_uri
 from components.lib.targets.base import (
     DEFAULT_ALIAS,
@@ -269,20 +269,20 @@ class LocalEndpoints:
         paths = sorted(glob.glob(os.path.join(self.root, "endpoints", "*.json")))
         return [record["name"] for path in paths if (record := _read_json(path))]
 
-    def route(self, project: str, location: str, endpoint_id: str) -> ServedModel:
+    def route(self, project: str, location: str, endpoint_id: str) -> routing.Deployment:
         """The deployed version that takes this request, drawn by the endpoint's traffic split."""
         name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
         record = EndpointRegistry(self.root, project, location).get(endpoint_id)
         if record is None or record["name"] != name:
-            raise EndpointNotFoundError(f"endpoint {name} not found in {self.root}")
+            raise routing.EndpointNotFoundError(f"endpoint {name} not found in {self.root}")
         if not record.get("deployedModels"):
-            raise NothingDeployedError(f"endpoint {name} has no deployed model")
+            raise routing.NothingDeployedError(f"endpoint {name} has no deployed model")
         deployed_id = pick_deployment(record["trafficSplit"], self._rng)
         deployed = next(d for d in record["deployedModels"] if d["id"] == deployed_id)
         version = ModelRegistry(self.root, project, location).get_version(
             deployed["model"], deployed["modelVersionId"]
         )
-        return ServedModel(
+        return routing.Deployment(
             artifact_uri=version.artifact_uri,
             deployed_model_id=deployed_id,
             model=deployed["model"],

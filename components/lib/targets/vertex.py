@@ -263,12 +263,12 @@ class VertexModelRegistry:
         aliases: Sequence[str] = (),
         description: str = "",
     ) -> ModelVersion:
-        """Upload the SavedModel at ``artifact_dir`` (``gs://``) as the model's default version,
-        served by the container that ``serving_container`` picks for ``serving_image``.
+        """Upload the SavedModel at ``artifact_dir`` (``gs://``) as the model's default version.
 
         An artifact that is already a version of the model returns that version: a re-run whose
         training was cached registers nothing, and neither does a retry after an upload whose
-        answer was lost.
+        answer was lost. It is served by the container that ``serving_container`` picks
+        for ``serving_image``.
         """
         if not artifact_dir.startswith("gs://"):
             raise VertexError(
