@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from components.lib.data.demo import make_demo_dataset
+from components.lib.modelling.variants import BACKBONES
 from components.lib.targets.base import resource_id
 from components.lib.targets.local import DEFAULT_STATE_DIR, EndpointRegistry
 from pipeline.compile import compile_pipeline
@@ -81,6 +82,9 @@ def parse_params(assignments: list[str], parameters: dict[str, dict[str, Any]]) 
             values[name] = _PARAMETER_TYPES[kind](text)
         except (KeyError, ValueError):
             raise UsageError(f"--param {name}={text!r}: expected a {kind.lower()}") from None
+    backbone = values.get("backbone")
+    if backbone is not None and backbone not in BACKBONES:
+        raise UsageError(f"--param backbone={backbone!r}: choose one of {', '.join(BACKBONES)}")
     return values
 
 

@@ -8,9 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from components.lib.modelling.backbone import build_efficientnet_lite0
+from components.lib.modelling.backbone import build_efficientnet_lite
 from components.lib.modelling.model import (
-    NUM_BLOCKS,
     TrainingConfig,
     class_weights,
     export_serving_model,
@@ -21,7 +20,7 @@ from components.lib.modelling.model import (
 
 @pytest.fixture(scope="module")
 def backbone() -> keras.Model:
-    return build_efficientnet_lite0(input_shape=(32, 32, 3), weights=None)
+    return build_efficientnet_lite("efficientnet-lite0", (32, 32, 3), weights=None)
 
 
 def trainable_prefixes(backbone: keras.Model) -> set[str]:
@@ -29,7 +28,6 @@ def trainable_prefixes(backbone: keras.Model) -> set[str]:
 
 
 def test_fine_tuning_trains_only_the_top_blocks_without_batch_norm(backbone: keras.Model) -> None:
-    assert NUM_BLOCKS == 16
     count = unfreeze_top(backbone, 14)
     assert trainable_prefixes(backbone) == {"block14", "block15", "head"}
     assert count == 7  # expand, depthwise and project convolutions of two blocks, and head
@@ -45,6 +43,14 @@ def test_fine_tuning_trains_only_the_top_blocks_without_batch_norm(backbone: ker
 def test_fine_tune_block_out_of_range_is_refused(backbone: keras.Model) -> None:
     with pytest.raises(ValueError, match=r"fine_tune_from_block must be in \[0, 16\]"):
         unfreeze_top(backbone, 17)
+
+
+def test_fine_tuning_counts_the_blocks_of_a_deeper_backbone() -> None:
+    lite2 = build_efficientnet_lite("efficientnet-lite2", (32, 32, 3), weights=None)
+    unfreeze_top(lite2, 20)
+    assert trainable_prefixes(lite2) == {"block20", "head"}
+    with pytest.raises(ValueError, match=r"must be in \[0, 21\] \(efficientnet_lite2 has"):
+        unfreeze_top(lite2, 22)
 
 
 def test_class_weights_only_when_imbalanced() -> None:
