@@ -106,3 +106,34 @@ def test_mixed_precision_trains_and_exports_a_float32_model(
     images = sorted(demo_data_dir.glob("eval/*/*"))[:4]
     predictions = ServingModel(str(tmp_path / "model")).predict([p.read_bytes() for p in images])
     np.testing.assert_allclose(np.asarray(predictions.probabilities).sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_larger_backbone_trains_from_its_features_and_fine_tunes_its_own_top(
+    demo_data_dir: Path, tmp_path: Path
+) -> None:
+    """Lite1 through the features step and both phases: of its blocks, only the last (20)
+    moves from the ImageNet weights."""
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.modelling.backbone import read_torch_legacy_state_dict
+    from components.lib.modelling.features import check_features, extract_features
+    from components.lib.modelling.variants import get_variant
+
+    lite1 = get_variant("efficientnet-lite1")
+    dataset = preprocess_dataset(
+        str(demo_data_dir), str(tmp_path / "records"), image_size=64, validation_fraction=0.25
+    )
+    features_dir = str(tmp_path / "features")
+    extract_features(dataset, features_dir, backbone=lite1.name)
+    check_features(features_dir, 64, lite1.name)
+    config = TrainingConfig(
+        backbone=lite1.name, epochs=1, fine_tune_epochs=1, fine_tune_from_block=20
+    )
+    trained = train_classifier(dataset, config, features_dir)
+
+    tuned = trained.model.get_layer(lite1.keras_name)
+    imagenet = read_torch_legacy_state_dict(lite1.weights_path())
+    for block, moved in ((19, False), (20, True)):
+        before = imagenet[f"_blocks.{block}._project_conv.weight"][:, :, 0, 0].T
+        after = tuned.get_layer(f"block{block}_project_conv").get_weights()[0][0, 0]
+        assert (not np.array_equal(before, after)) == moved, block
