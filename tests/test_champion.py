@@ -56,6 +56,7 @@ def test_champion_is_the_served_version_artifact(tmp_path: Path, demo_model_dir:
     ).read_text()
 
 
+@pytest.mark.slow
 def test_weaker_challenger_is_not_deployed_and_stronger_one_replaces_it(
     tmp_path: Path, demo_model_dir: Path, weak_model_dir: Path, demo_data_dir: Path
 ) -> None:

@@ -37,7 +37,7 @@ def test_params_are_typed_by_the_pipeline() -> None:
     [
         ("epochs", "is not NAME=VALUE"),
         ("epoch=3", "'epoch' is not a pipeline parameter; known: backbone, data_uri, epochs"),
-        ("epochs=three", "expected a number_integer"),
+        ("epochs=three", "expected a whole number"),
         (
             "backbone=efficientnet-b0",
             "backbone='efficientnet-b0': choose one of efficientnet-lite0, efficientnet-lite1, "
@@ -50,6 +50,7 @@ def test_bad_params_are_refused(assignment: str, message: str) -> None:
         parse_params([assignment], PARAMETERS)
 
 
+@pytest.mark.slow
 def test_demo_default_runs_end_to_end(tmp_path: Path) -> None:
     result = run_cli("--local", "--state-dir", str(tmp_path / "state"), "--json")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -78,6 +79,7 @@ def test_demo_default_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "state/demo-data/train/1cat").is_dir()
 
 
+@pytest.mark.slow
 def test_missing_data_uri_fails_clearly(tmp_path: Path) -> None:
     result = run_cli("--local", "--state-dir", str(tmp_path), "--data-uri", str(tmp_path / "none"))
     assert result.returncode == 1
@@ -86,6 +88,7 @@ def test_missing_data_uri_fails_clearly(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_too_many_bad_images_fail_clearly_naming_them(tmp_path: Path) -> None:
     data = make_layout(tmp_path / "data")
     (data / "train/1blue/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
@@ -96,6 +99,7 @@ def test_too_many_bad_images_fail_clearly_naming_them(tmp_path: Path) -> None:
     assert "cannot be decoded: corrupt or truncated: 1: train/1blue/corrupt.jpg" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> None:
     state = tmp_path / "state"
     command = [*RUN, "--state-dir", str(state)]
@@ -133,6 +137,7 @@ def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> N
     assert summary["deployed"] is True
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_against_one_registry_record_both_versions(tmp_path: Path) -> None:
     state = tmp_path / "state"
     quick = ["--param", "epochs=2", "--param", "fine_tune_epochs=0", "--no-cache"]
