@@ -25,6 +25,7 @@ from google_cloud_pipeline_components import _placeholders
 
 from components import PIPELINE_IMAGE, is_placeholder_image, serving_image_beside
 from components.lib.data.demo import make_demo_dataset
+from components.lib.modelling.variants import BACKBONES
 from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
 from components.lib.targets import resolve_target
 from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
@@ -103,6 +104,9 @@ def parse_params(assignments: list[str], parameters: dict[str, dict[str, Any]]) 
         except (KeyError, ValueError):
             expected = _PARAMETER_KINDS.get(kind, kind.lower())
             raise UsageError(f"--param {name}={text!r}: expected {expected}") from None
+    backbone = values.get("backbone")
+    if backbone is not None and backbone not in BACKBONES:
+        raise UsageError(f"--param backbone={backbone!r}: choose one of {', '.join(BACKBONES)}")
     return values
 
 
