@@ -9,21 +9,25 @@ from components import PIPELINE_IMAGE
 def preprocess_data(
     raw_data: dsl.Input[dsl.Dataset],
     image_size: int,
+    backbone: str,
     validation_fraction: float,
     seed: int,
     dataset: dsl.Output[dsl.Dataset],
 ) -> None:
     """Write ``{train,val,eval}-*.tfrecord``, ``class_map.json`` and ``stats.json``; ``val`` is
-    carved from the training images (stratified, seeded) for early stopping."""
+    carved from the training images (stratified, seeded) for early stopping. Images are resized
+    to ``image_size``, or with 0 to the ``backbone``'s native size."""
     from components.lib.data.records import preprocess_dataset
+    from components.lib.modelling.variants import input_size
 
+    size = input_size(backbone, image_size)
     result = preprocess_dataset(
         raw_data.path,
         dataset.path,
-        image_size,
+        size,
         seed=seed,
         validation_fraction=validation_fraction,
     )
     dataset.metadata.update(
-        {"image_size": image_size, "class_names": result.class_names, "counts": result.counts}
+        {"image_size": size, "class_names": result.class_names, "counts": result.counts}
     )

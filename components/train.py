@@ -1,4 +1,4 @@
-"""Pipeline step: transfer learning on EfficientNet-Lite0, exported as a serving SavedModel."""
+"""Pipeline step: transfer learning on an EfficientNet-Lite, exported as a serving SavedModel."""
 
 from kfp import dsl
 
@@ -10,6 +10,7 @@ def train_model(
     dataset: dsl.Input[dsl.Dataset],
     features: dsl.Input[dsl.Dataset],
     pipeline_root: str,
+    backbone: str,
     epochs: int,
     learning_rate: float,
     fine_tune_epochs: int,
@@ -48,6 +49,7 @@ def train_model(
 
     data = load_preprocessed(dataset.path)
     config = TrainingConfig(
+        backbone=backbone,
         epochs=epochs,
         learning_rate=learning_rate,
         fine_tune_epochs=fine_tune_epochs,
@@ -61,7 +63,7 @@ def train_model(
         imbalance_ratio=imbalance_ratio,
         seed=seed,
     )
-    check_features(features.path, data.image_size)
+    check_features(features.path, data.image_size, backbone)
     checkpoint_dir = checkpoint_directory(
         pipeline_root, dataset=dataset.uri, features=features.uri, config=dataclasses.asdict(config)
     )
@@ -73,7 +75,7 @@ def train_model(
     model.metadata.update(
         {
             "framework": "tensorflow",
-            "backbone": "efficientnet_lite0",
+            "backbone": backbone,
             "image_size": data.image_size,
             "class_names": data.class_names,
             "training_config": dataclasses.asdict(config),

@@ -25,6 +25,7 @@ from components.evaluate import evaluate_model
 from components.features import extract_features
 from components.fingerprint import fingerprint_data
 from components.gate import report_not_deployed
+from components.lib.modelling.variants import DEFAULT_BACKBONE
 from components.preprocess import preprocess_data
 from components.target import resolve_target
 from components.train import train_model
@@ -138,7 +139,7 @@ def build_pipeline(
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description=(
-            "Transfer learning on EfficientNet-Lite0 for image classification; the model is "
+            "Transfer learning on EfficientNet-Lite for image classification; the model is "
             "registered and deployed only when it passes the accuracy gate."
         ),
     )
@@ -146,7 +147,8 @@ def build_pipeline(
         data_uri: str = CHALLENGE_DATA_URI,
         min_image_size: int = 32,
         max_unusable_share: float = 0.05,
-        image_size: int = 224,
+        backbone: str = DEFAULT_BACKBONE,
+        image_size: int = 0,
         epochs: int = 10,
         learning_rate: float = 0.01,
         fine_tune_epochs: int = 10,
@@ -185,15 +187,20 @@ def build_pipeline(
             min_image_size: Images smaller than this on a side are skipped as unusable.
             max_unusable_share: The run fails when a larger share of the files is unusable
                 (corrupt, not images, too small, duplicates, train/eval leaks).
-            image_size: Side in pixels that images are resized to before the backbone.
+            backbone: ImageNet-trained network the classifier is built on: efficientnet-lite0,
+                efficientnet-lite1 or efficientnet-lite2 (larger: slower, more accurate on
+                ImageNet; the README compares them on the beer photos).
+            image_size: Side in pixels that images are resized to before the backbone; 0: the
+                backbone's native size (224, 240 and 260 px for Lite0, Lite1 and Lite2).
             epochs: Epochs that train the new classification head on the frozen backbone.
             learning_rate: Adam learning rate of the head epochs.
             fine_tune_epochs: Epochs that then fine-tune the top of the backbone (0: head only).
             fine_tune_learning_rate: Starting Adam learning rate of fine-tuning, decayed to 0
                 along a cosine.
-            fine_tune_from_block: First EfficientNet-Lite0 block (0-16) that fine-tuning trains;
-                the blocks below keep their ImageNet weights (0: the whole backbone, 16: only its
-                last convolution). Batch normalisation always stays frozen.
+            fine_tune_from_block: First backbone block that fine-tuning trains; the blocks below
+                keep their ImageNet weights (0: the whole backbone; its block count, 16 for Lite0
+                and 21 for Lite1 and Lite2: only its last convolution). Batch normalisation
+                always stays frozen.
             batch_size: Images per training step.
             dropout: Dropout rate before the classification head.
             validation_fraction: Share of each class's training images held out (stratified,
@@ -266,12 +273,13 @@ def build_pipeline(
         preprocess = preprocess_data(
             raw_data=validate.outputs["dataset"],
             image_size=image_size,
+            backbone=backbone,
             validation_fraction=validation_fraction,
             seed=seed,
         ).set_display_name("preprocess")
-        features = extract_features(dataset=preprocess.outputs["dataset"]).set_display_name(
-            "features"
-        )
+        features = extract_features(
+            dataset=preprocess.outputs["dataset"], backbone=backbone
+        ).set_display_name("features")
         if resources.accelerator_type and resources.accelerator_count:
             features.set_accelerator_type(resources.accelerator_type).set_accelerator_limit(1)
         train = _train_task(
@@ -280,6 +288,7 @@ def build_pipeline(
             dataset=preprocess.outputs["dataset"],
             features=features.outputs["features"],
             pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+            backbone=backbone,
             epochs=epochs,
             learning_rate=learning_rate,
             fine_tune_epochs=fine_tune_epochs,

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from google_cloud_pipeline_components import _placeholders
 
-from components import PIPELINE_IMAGE, is_placeholder_image
+from components import PIPELINE_IMAGE, is_placeholder_image, serving_image_beside
 from components.lib.data.demo import make_demo_dataset
+from components.lib.modelling.variants import BACKBONES
 from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
 from components.lib.targets import resolve_target
 from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
@@ -103,6 +104,9 @@ def parse_params(assignments: list[str], parameters: dict[str, dict[str, Any]]) 
         except (KeyError, ValueError):
             expected = _PARAMETER_KINDS.get(kind, kind.lower())
             raise UsageError(f"--param {name}={text!r}: expected {expected}") from None
+    backbone = values.get("backbone")
+    if backbone is not None and backbone not in BACKBONES:
+        raise UsageError(f"--param backbone={backbone!r}: choose one of {', '.join(BACKBONES)}")
     return values
 
 
@@ -410,6 +414,12 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
     arguments["target"] = "vertex"
+    if not arguments.get("serving_image"):
+        # The model is served by the serving image pushed beside the steps' image, not by the
+        # placeholder default, which no registry holds.
+        steps = [image for image in _images(spec) if "/beer-pipeline:" in image]
+        if steps:
+            arguments["serving_image"] = serving_image_beside(steps[0])
     return settings, spec_path, arguments
 
 

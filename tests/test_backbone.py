@@ -1,8 +1,9 @@
-"""Tests for the torch-free EfficientNet-Lite0 backbone (components/lib/modelling/backbone.py).
+"""Tests for the torch-free EfficientNet-Lite backbones (components/lib/modelling/backbone.py,
+variants.py).
 
 The ImageNet predictions on real photos are the end-to-end proof that the checkpoint reader,
-the layout conversions, the architecture, the padding and the input scaling are all right:
-a single mistake in any of them destroys the top-1 class.
+the layout conversions, the architecture (each variant's scaling), the padding and the input
+scaling are all right: a single mistake in any of them destroys the top-1 class.
 """
 
 from __future__ import annotations
@@ -24,9 +25,25 @@ skimage_data = pytest.importorskip("skimage.data")
 skimage_transform = pytest.importorskip("skimage.transform")
 
 from components.lib.modelling import backbone  # noqa: E402
+from components.lib.modelling.variants import (  # noqa: E402
+    BACKBONES,
+    BLOCK_ARGS,
+    DEFAULT_BACKBONE,
+    get_variant,
+    input_size,
+)
 
 ESPRESSO = 967
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian Mau
+LITE0 = "efficientnet-lite0"
+# Trainable parameters (BatchNorm's moving statistics left out) of the reference EfficientNet-Lite
+# PyTorch port (d-li14/efficientnet-lite.pytorch: 4.652M, 5.417M, 6.092M), and every element of
+# the checkpoint but the num_batches_tracked counters (Keras' count_params).
+PARAMETERS = {
+    "efficientnet-lite0": (4_652_008, 4_694_024),
+    "efficientnet-lite1": (5_416_680, 5_470_344),
+    "efficientnet-lite2": (6_092_072, 6_150_168),
+}
 
 
 def _photo(name: str, size: int = 224) -> np.ndarray:
@@ -38,17 +55,18 @@ def _photo(name: str, size: int = 224) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def state() -> dict[str, np.ndarray]:
-    return backbone.read_torch_legacy_state_dict(backbone.weights_path())
+    return backbone.read_torch_legacy_state_dict(get_variant(LITE0).weights_path())
 
 
-@pytest.fixture(scope="module")
-def classifier() -> keras.Model:
-    return backbone.build_efficientnet_lite0((224, 224, 3), include_top=True)
+@pytest.fixture(scope="module", params=list(BACKBONES))
+def classifier(request: pytest.FixtureRequest) -> keras.Model:
+    """Each variant with its ImageNet head, at its native size."""
+    return backbone.build_efficientnet_lite(request.param, include_top=True)
 
 
 @pytest.fixture(scope="module")
 def features_160() -> keras.Model:
-    return backbone.build_efficientnet_lite0((160, 160, 3))
+    return backbone.build_efficientnet_lite(LITE0, (160, 160, 3))
 
 
 # ------------------------------------------------------------------------- checkpoint reader
@@ -198,16 +216,54 @@ def test_reader_rejects_zip_checkpoint(tmp_path: Path) -> None:
 
 def test_reader_rejects_truncated_file(tmp_path: Path) -> None:
     path = tmp_path / "truncated.pth"
-    path.write_bytes(Path(backbone.weights_path()).read_bytes()[:1_000_000])
+    path.write_bytes(Path(get_variant(LITE0).weights_path()).read_bytes()[:1_000_000])
     with pytest.raises(ValueError, match="truncated"):
         backbone.read_torch_legacy_state_dict(str(path))
+
+
+# ------------------------------------------------------------------------------- variants
+
+
+def test_variants_scale_b0_as_the_reference_builder() -> None:
+    """Repeats and channels of each stage: what the checkpoints hold (tensorflow/tpu
+    efficientnet_lite_builder: Lite1 = depth 1.1, Lite2 = width 1.1 and depth 1.2, first and
+    last stages and the stem fixed)."""
+    lite0, lite1, lite2 = (get_variant(f"efficientnet-lite{n}") for n in range(3))
+    assert lite0.stages == BLOCK_ARGS
+    assert [stage[-1] for stage in lite1.stages] == [1, 3, 3, 4, 4, 5, 1]
+    assert [stage[4] for stage in lite1.stages] == [16, 24, 40, 80, 112, 192, 320]
+    assert [stage[-1] for stage in lite2.stages] == [1, 3, 3, 4, 4, 5, 1]
+    assert [stage[4] for stage in lite2.stages] == [16, 24, 48, 88, 120, 208, 352]
+    assert [stage[3] for stage in lite2.stages] == [32, 16, 24, 48, 88, 120, 208]
+    assert (lite0.num_blocks, lite1.num_blocks, lite2.num_blocks) == (16, 21, 21)
+    assert [v.native_image_size for v in (lite0, lite1, lite2)] == [224, 240, 260]
+    assert DEFAULT_BACKBONE in BACKBONES
+
+
+def test_image_size_defaults_to_the_backbones_native_size() -> None:
+    assert input_size("efficientnet-lite1") == 240
+    assert input_size("efficientnet-lite2", 0) == 260
+    assert input_size("efficientnet-lite2", 160) == 160
+    with pytest.raises(ValueError, match="native size"):
+        input_size(LITE0, -1)
+    with pytest.raises(ValueError, match="choose one of efficientnet-lite0, efficientnet-lite1"):
+        input_size("efficientnet-b7")
 
 
 # ---------------------------------------------------------------------------------- model
 
 
+def _native_photo(classifier: keras.Model, name: str) -> np.ndarray:
+    return _photo(name, classifier.input_shape[1])
+
+
+def _predict(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    """One eager call: for a single batch, faster than ``predict``'s traced loop."""
+    return keras.ops.convert_to_numpy(model(batch, training=False))
+
+
 def test_coffee_is_espresso(classifier: keras.Model) -> None:
-    probs = classifier.predict(_photo("coffee"), verbose=0)[0]
+    probs = _predict(classifier, _native_photo(classifier, "coffee"))[0]
     assert probs.shape == (1000,)
     assert np.isclose(probs.sum(), 1.0, atol=1e-4)
     assert int(np.argmax(probs)) == ESPRESSO
@@ -215,36 +271,39 @@ def test_coffee_is_espresso(classifier: keras.Model) -> None:
 
 
 def test_chelsea_is_a_cat(classifier: keras.Model) -> None:
-    probs = classifier.predict(_photo("chelsea"), verbose=0)[0]
+    probs = _predict(classifier, _native_photo(classifier, "chelsea"))[0]
     assert int(np.argmax(probs)) in CAT_CLASSES
 
 
 def test_classifier_param_count(classifier: keras.Model) -> None:
-    assert classifier.count_params() == 4_694_024  # every checkpoint element but the counters
+    trainable, total = PARAMETERS[classifier.name.removesuffix("_imagenet").replace("_", "-")]
+    assert sum(int(np.prod(w.shape)) for w in classifier.trainable_weights) == trainable
+    assert classifier.count_params() == total  # every checkpoint element but the counters
 
 
 def test_features_model_at_160(features_160: keras.Model) -> None:
     assert features_160.name == "efficientnet_lite0"
     assert features_160.output_shape == (None, backbone.FEATURE_DIM)
-    feats = features_160.predict(_photo("coffee", 160), verbose=0)
+    feats = _predict(features_160, _photo("coffee", 160))
     assert feats.shape == (1, 1280)
     assert np.isfinite(feats).all()
     assert feats.min() >= 0.0 and feats.max() <= 6.0  # pooled ReLU6 activations
     assert feats.std() > 0.1  # loaded weights give an informative, non-constant embedding
 
 
+@pytest.mark.parametrize("classifier", [LITE0], indirect=True)
 def test_features_feed_the_imagenet_head(classifier: keras.Model) -> None:
     """The features model is exactly the classifier minus its head (same weights, same graph)."""
-    features = backbone.build_efficientnet_lite0((224, 224, 3))
+    features = backbone.build_efficientnet_lite(LITE0)
     x = _photo("chelsea")
-    feats = features.predict(x, verbose=0)
+    feats = _predict(features, x)
     kernel, bias = classifier.get_layer("predictions").get_weights()
-    expected = classifier.predict(x, verbose=0)
+    expected = _predict(classifier, x)
     np.testing.assert_allclose(tf.nn.softmax(feats @ kernel + bias).numpy(), expected, atol=1e-5)
 
 
 def test_random_init_differs_from_imagenet(features_160: keras.Model) -> None:
-    random = backbone.build_efficientnet_lite0((160, 160, 3), weights=None)
+    random = backbone.build_efficientnet_lite(LITE0, (160, 160, 3), weights=None)
     trained = features_160.get_layer("stem_conv").get_weights()[0]
     assert not np.allclose(random.get_layer("stem_conv").get_weights()[0], trained)
 
@@ -255,28 +314,34 @@ def test_random_init_differs_from_imagenet(features_160: keras.Model) -> None:
         ({"input_shape": (16, 16, 3)}, ">= 32"),
         ({"input_shape": (224, 224, 1)}, r"\(height, width, 3\)"),
         ({"weights": "/some/file.h5"}, "'imagenet' or None"),
+        ({"variant": "efficientnet-lite9"}, "unknown backbone 'efficientnet-lite9'"),
     ],
 )
 def test_build_rejects_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        backbone.build_efficientnet_lite0(**kwargs)
+        backbone.build_efficientnet_lite(**{"variant": LITE0, **kwargs})
 
 
 def test_loader_fails_loudly(state: dict[str, np.ndarray]) -> None:
-    model = backbone.build_efficientnet_lite0((64, 64, 3), weights=None)
-    backbone._load_weights(model, state, include_top=False)  # the real thing loads cleanly
+    lite0 = get_variant(LITE0)
+    model = backbone.build_efficientnet_lite(LITE0, (64, 64, 3), weights=None)
+    backbone._load_weights(model, lite0, state, include_top=False)  # the real thing loads
 
     extra = dict(state, **{"_blocks.16._bn1.weight": np.ones(320, np.float32)})
     with pytest.raises(ValueError, match="unused"):
-        backbone._load_weights(model, extra, include_top=False)
+        backbone._load_weights(model, lite0, extra, include_top=False)
 
     bad_shape = dict(state, **{"_bn0.weight": np.ones(33, np.float32)})
     with pytest.raises(ValueError, match="shape"):
-        backbone._load_weights(model, bad_shape, include_top=False)
+        backbone._load_weights(model, lite0, bad_shape, include_top=False)
 
     missing = {k: v for k, v in state.items() if k != "_conv_head.weight"}
     with pytest.raises(ValueError, match="missing"):
-        backbone._load_weights(model, missing, include_top=False)
+        backbone._load_weights(model, lite0, missing, include_top=False)
+
+    lite1 = backbone.build_efficientnet_lite("efficientnet-lite1", (64, 64, 3), weights=None)
+    with pytest.raises(ValueError, match="efficientnet-lite1 weight loading failed"):
+        backbone._load_weights(lite1, get_variant("efficientnet-lite1"), state, include_top=False)
 
 
 # Keras' own .keras writer trips a numpy 2 DeprecationWarning per variable; not ours.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import input_pipeline, pipeline_steps, serve_latency
+from bench import backbones, input_pipeline, pipeline_steps, serve_latency
 from bench.common import (
     GIB,
     MIB,
@@ -234,3 +234,24 @@ def test_old_and_new_servers_answer_alike(
     assert sum(cell.wrong_answers for cell in results.values()) == 0
     old_log = (tmp_path / "old.log").read_text()  # http.server's plain request lines
     assert '"POST /v1/projects/' in old_log and '"httpRequest"' not in old_log
+
+
+def _training_run(backbone: str, seed: int, correct: int) -> backbones.TrainingRun:
+    return backbones.TrainingRun(
+        backbone, seed, 224, 4_000_000, 8.0, 12.0, 60.0, 4, 6, correct, 97, "/m", 16 * MIB, GIB
+    )
+
+
+def test_backbones_report_the_default_lowest_accuracy_over_seeds() -> None:
+    default, other = backbones.DEFAULT_BACKBONE, "efficientnet-lite9"
+    latency = {default: (20.0, 30.0), other: (40.0, 55.0)}
+    good = [_training_run(default, 42, 96), _training_run(default, 1, 95)]
+
+    text, targets = backbones.report([*good, _training_run(other, 42, 97)], latency)
+    assert f"{default} (default)" in text and "0.9897 / 0.9794" in text
+    assert "95.5/97" in text and "40.0" in text
+    assert [(target.measured, target.met) for target in targets] == [(95 / 97, True)]
+
+    _, targets = backbones.report([*good, _training_run(default, 7, 94)], latency)
+    assert not targets[0].met  # 94/97 = 0.969 < 0.97
+    assert backbones.report([_training_run(other, 42, 97)], latency)[1] == []

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64
 CONFIG = {
+    "backbone": "efficientnet-lite0",
     "epochs": 2,
     "learning_rate": 0.01,
     "fine_tune_epochs": 1,

@@ -24,8 +24,13 @@ def test_features_of_train_and_val_match_their_labels(demo_data_dir: Path, tmp_p
     assert features.shape == (16, 1280) and features.dtype == np.float32
     assert np.bincount(labels).tolist() == [4, 4, 4, 4]
     assert np.all(features >= 0) and features.std() > 0  # pooled ReLU6 activations, not zeros
-    check_features(str(tmp_path / "features"), 64)
-    with pytest.raises(ValueError, match="at 64 px, but training uses efficientnet_lite0 at 96"):
-        check_features(str(tmp_path / "features"), 96)
+    check_features(str(tmp_path / "features"), 64, "efficientnet-lite0")
+    with pytest.raises(ValueError, match="at 64 px, but training uses efficientnet-lite0 at 96"):
+        check_features(str(tmp_path / "features"), 96, "efficientnet-lite0")
+    with pytest.raises(
+        ValueError,
+        match="come from efficientnet-lite0 at 64 px, but training uses efficientnet-lite1 at 64",
+    ):
+        check_features(str(tmp_path / "features"), 64, "efficientnet-lite1")
     with pytest.raises(FileNotFoundError, match="run the features step first"):
         read_features(str(tmp_path / "features"), "eval", batch_size=5)

@@ -8,9 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from components.lib.modelling.backbone import build_efficientnet_lite0
+from components.lib.modelling.backbone import build_efficientnet_lite
 from components.lib.modelling.model import (
-    NUM_BLOCKS,
     TrainingConfig,
     class_weights,
     export_serving_model,
@@ -21,7 +20,7 @@ from components.lib.modelling.model import (
 
 @pytest.fixture(scope="module")
 def backbone() -> keras.Model:
-    return build_efficientnet_lite0(input_shape=(32, 32, 3), weights=None)
+    return build_efficientnet_lite("efficientnet-lite0", (32, 32, 3), weights=None)
 
 
 def trainable_prefixes(backbone: keras.Model) -> set[str]:
@@ -29,7 +28,6 @@ def trainable_prefixes(backbone: keras.Model) -> set[str]:
 
 
 def test_fine_tuning_trains_only_the_top_blocks_without_batch_norm(backbone: keras.Model) -> None:
-    assert NUM_BLOCKS == 16
     count = unfreeze_top(backbone, 14)
     assert trainable_prefixes(backbone) == {"block14", "block15", "head"}
     assert count == 7  # expand, depthwise and project convolutions of two blocks, and head
@@ -45,6 +43,14 @@ def test_fine_tuning_trains_only_the_top_blocks_without_batch_norm(backbone: ker
 def test_fine_tune_block_out_of_range_is_refused(backbone: keras.Model) -> None:
     with pytest.raises(ValueError, match=r"fine_tune_from_block must be in \[0, 16\]"):
         unfreeze_top(backbone, 17)
+
+
+def test_fine_tuning_counts_the_blocks_of_a_deeper_backbone() -> None:
+    lite2 = build_efficientnet_lite("efficientnet-lite2", (32, 32, 3), weights=None)
+    unfreeze_top(lite2, 20)
+    assert trainable_prefixes(lite2) == {"block20", "head"}
+    with pytest.raises(ValueError, match=r"must be in \[0, 21\] \(efficientnet_lite2 has"):
+        unfreeze_top(lite2, 22)
 
 
 def test_class_weights_only_when_imbalanced() -> None:
@@ -102,3 +108,34 @@ def test_mixed_precision_trains_and_exports_a_float32_model(
     images = sorted(demo_data_dir.glob("eval/*/*"))[:4]
     predictions = ServingModel(str(tmp_path / "model")).predict([p.read_bytes() for p in images])
     np.testing.assert_allclose(np.asarray(predictions.probabilities).sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_larger_backbone_trains_from_its_features_and_fine_tunes_its_own_top(
+    demo_data_dir: Path, tmp_path: Path
+) -> None:
+    """Lite1 through the features step and both phases: of its blocks, only the last (20)
+    moves from the ImageNet weights."""
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.modelling.backbone import read_torch_legacy_state_dict
+    from components.lib.modelling.features import check_features, extract_features
+    from components.lib.modelling.variants import get_variant
+
+    lite1 = get_variant("efficientnet-lite1")
+    dataset = preprocess_dataset(
+        str(demo_data_dir), str(tmp_path / "records"), image_size=64, validation_fraction=0.25
+    )
+    features_dir = str(tmp_path / "features")
+    extract_features(dataset, features_dir, backbone=lite1.name)
+    check_features(features_dir, 64, lite1.name)
+    config = TrainingConfig(
+        backbone=lite1.name, epochs=1, fine_tune_epochs=1, fine_tune_from_block=20
+    )
+    trained = train_classifier(dataset, config, features_dir)
+
+    tuned = trained.model.get_layer(lite1.keras_name)
+    imagenet = read_torch_legacy_state_dict(lite1.weights_path())
+    for block, moved in ((19, False), (20, True)):
+        before = imagenet[f"_blocks.{block}._project_conv.weight"][:, :, 0, 0].T
+        after = tuned.get_layer(f"block{block}_project_conv").get_weights()[0][0, 0]
+        assert (not np.array_equal(before, after)) == moved, block

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.lib.modelling.variants import BACKBONES, DEFAULT_BACKBONE
 from pipeline.compile import compile_pipeline, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +61,17 @@ def test_every_parameter_has_a_default_and_a_description(spec: dict) -> None:
         assert "defaultValue" in parameter, name
         assert len(parameter.get("description", "")) > 20, name
     assert parameters["min_accuracy"]["defaultValue"] == 0.8
+
+
+def test_backbone_parameter_offers_every_variant_at_its_native_size(spec: dict) -> None:
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["backbone"]["defaultValue"] == DEFAULT_BACKBONE
+    assert all(name in parameters["backbone"]["description"] for name in BACKBONES)
+    assert parameters["image_size"]["defaultValue"] == 0  # 0: the backbone's native size
+    tasks = spec["root"]["dag"]["tasks"]
+    for task in ("preprocess-data", "extract-features", "train-model"):
+        backbone = tasks[task]["inputs"]["parameters"]["backbone"]
+        assert backbone == {"componentInputParameter": "backbone"}, task
 
 
 def test_upload_and_deploy_run_only_behind_the_accuracy_gate(spec: dict) -> None:

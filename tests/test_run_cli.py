@@ -20,20 +20,29 @@ PARAMETERS = {
     "epochs": {"parameterType": "NUMBER_INTEGER"},
     "learning_rate": {"parameterType": "NUMBER_DOUBLE"},
     "data_uri": {"parameterType": "STRING"},
+    "backbone": {"parameterType": "STRING"},
 }
 
 
 def test_params_are_typed_by_the_pipeline() -> None:
     values = parse_params(["epochs=3", "learning_rate=0.5", "data_uri=gs://b/x=y"], PARAMETERS)
     assert values == {"epochs": 3, "learning_rate": 0.5, "data_uri": "gs://b/x=y"}
+    assert parse_params(["backbone=efficientnet-lite2"], PARAMETERS) == {
+        "backbone": "efficientnet-lite2"
+    }
 
 
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [
         ("epochs", "is not NAME=VALUE"),
-        ("epoch=3", "'epoch' is not a pipeline parameter; known: data_uri, epochs"),
+        ("epoch=3", "'epoch' is not a pipeline parameter; known: backbone, data_uri, epochs"),
         ("epochs=three", "expected a whole number"),
+        (
+            "backbone=efficientnet-b0",
+            "backbone='efficientnet-b0': choose one of efficientnet-lite0, efficientnet-lite1, "
+            "efficientnet-lite2",
+        ),
     ],
 )
 def test_bad_params_are_refused(assignment: str, message: str) -> None:
@@ -76,7 +85,7 @@ def test_demo_default_runs_end_to_end(tmp_path: Path) -> None:
 def test_missing_data_uri_fails_clearly(tmp_path: Path) -> None:
     result = run_cli("--local", "--state-dir", str(tmp_path), "--data-uri", str(tmp_path / "none"))
     assert result.returncode == 1
-    assert "step download-data failed" in result.stderr
+    assert "step fingerprint-data failed" in result.stderr, "the first step that reads the data"
     assert "DataLayoutError" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 

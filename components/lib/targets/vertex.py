@@ -134,19 +134,20 @@ def call_vertex(
 
 
 def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
-def wait_for_operation(what: str, operation: Any, timeout_s: float = 0) -> Any:
-    """The result of a long-running ``operation``, waiting at most ``timeout_s`` (default
-    ``DEPLOY_TIMEOUT_S``); VertexError when it fails or is still running by then."""
-    timeout_s = timeout_s or DEPLOY_TIMEOUT_S
+def wait_for_operation(what: str, operation: Any) -> Any:
+    """The result of a long-running ``operation``, waiting at most ``DEPLOY_TIMEOUT_S``;
+    VertexError when it fails or is still running by then."""
     try:
-        return operation.result(timeout=timeout_s)
+        return operation.result(timeout=DEPLOY_TIMEOUT_S)
     except concurrent.futures.TimeoutError:
         raise VertexError(
-            f"{what}: not finished after {timeout_s:.0f} s; it goes on in Vertex AI (operation "
-            f"{operation.operation.name}): check the endpoint in the console before re-running"
+            f"{what}: not finished after {DEPLOY_TIMEOUT_S:.0f} s; it goes on in Vertex AI "
+            f"(operation {operation.operation.name}): check the endpoint in the console before "
+            "re-running"
         ) from None
     except exceptions.GoogleAPICallError as error:
         raise VertexError(f"{what}: {_first_line(error.message)}") from error
