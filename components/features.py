@@ -11,14 +11,16 @@ from components import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def extract_features(
     dataset: dsl.Input[dsl.Dataset],
+    beam_pipeline_args: str,
     features: dsl.Output[dsl.Dataset],
 ) -> None:
-    """Write the EfficientNet-Lite0 (ImageNet) features of the train and val splits."""
+    """Write the EfficientNet-Lite0 (ImageNet) features of the train and val splits, one file
+    per shard of images; with ``beam_pipeline_args``, on Apache Beam workers."""
     from components.lib.data.records import load_preprocessed
     from components.lib.modelling.features import extract_features as extract
 
     data = load_preprocessed(dataset.path)
-    counts = extract(data, features.path)
+    counts = extract(data, features.uri, beam_args=beam_pipeline_args, records_uri=dataset.uri)
     features.metadata.update(
         {"backbone": "efficientnet_lite0", "image_size": data.image_size, "counts": counts}
     )

@@ -177,6 +177,7 @@ def build_pipeline(
         project: str = "",
         location: str = "europe-west1",
         local_state_dir: str = "",
+        beam_pipeline_args: str = "",
     ) -> PipelineOutputs:
         """Train an image classifier by transfer learning and deploy it if it is good enough.
 
@@ -233,6 +234,12 @@ def build_pipeline(
             location: Region of the model and endpoint, and of the train step when it runs as a
                 Vertex AI custom training job.
             local_state_dir: Folder of the local model registry and endpoints (target 'local').
+            beam_pipeline_args: Empty: the preprocess and features steps do their work
+                themselves, streaming, on every core of their machine. Otherwise Apache Beam
+                flags that run that work as a Beam pipeline: '--runner=DirectRunner' on the
+                step's machine, or '--runner=DataflowRunner --project=P --region=R
+                --temp_location=gs://B/tmp --sdk_container_image=<pipeline image>' on as many
+                Dataflow workers as the data needs (README: Scale).
         """
         registry = {
             "target": target,
@@ -251,10 +258,11 @@ def build_pipeline(
             image_size=image_size,
             validation_fraction=validation_fraction,
             seed=seed,
+            beam_pipeline_args=beam_pipeline_args,
         ).set_display_name("preprocess")
-        features = extract_features(dataset=preprocess.outputs["dataset"]).set_display_name(
-            "features"
-        )
+        features = extract_features(
+            dataset=preprocess.outputs["dataset"], beam_pipeline_args=beam_pipeline_args
+        ).set_display_name("features")
         if resources.accelerator_type and resources.accelerator_count:
             features.set_accelerator_type(resources.accelerator_type).set_accelerator_limit(1)
         train = _train_task(

@@ -120,3 +120,29 @@ def test_missing_split_in_a_bucket_names_it(emulated_gcs: storage.Client, tmp_pa
     data_uri = upload_folder(emulated_gcs, folder / "train", "only-train")
     with pytest.raises(DataLayoutError, match="split folder 'train' is missing"):
         download_dataset(data_uri, str(tmp_path / "out"))
+
+
+@pytest.mark.slow
+def test_bucket_to_bucket_steps_write_what_the_folder_steps_write(
+    emulated_gcs: storage.Client, tmp_path: Path
+) -> None:
+    """Download, validate and preprocess with every artifact in a bucket (as on Vertex AI,
+    through gcsfs rather than the /gcs mount) give the records the same steps give on folders."""
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.data.validation import validate_dataset
+
+    folder = make_layout(tmp_path / "data", {"0red": 3, "1blue": 2})
+    data_uri = upload_folder(emulated_gcs, folder, f"data-{tmp_path.name}")
+    runs = {"gcs": f"gs://{BUCKET}/artifacts-{tmp_path.name}", "folder": str(tmp_path / "local")}
+    for root in runs.values():
+        download_dataset(data_uri if root.startswith("gs://") else str(folder), f"{root}/raw")
+        validate_dataset(f"{root}/raw", f"{root}/valid", str(tmp_path / f"{root[-5:]}.md"))
+        preprocess_dataset(f"{root}/valid", f"{root}/records", 16, images_per_shard=2)
+
+    fs = fsspec.filesystem("gs")
+    names = sorted(path.name for path in Path(runs["folder"], "records").iterdir())
+    in_bucket = sorted(path.rsplit("/", 1)[-1] for path in fs.ls(f"{runs['gcs']}/records"))
+    assert in_bucket == names and "train-00002-of-00003.tfrecord" in names
+    for name in names:
+        local = Path(runs["folder"], "records", name).read_bytes()
+        assert fs.cat_file(f"{runs['gcs']}/records/{name}") == local

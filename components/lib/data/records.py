@@ -9,20 +9,21 @@ records of decoded pixels (``encoding="pixels"``, kept for that comparison) the 
 
 Preprocessing still decodes every image once, so a corrupt file fails here with its path rather
 than in the middle of training. Its work is cut into one task per output shard
-(``tasks.run_tasks``): a task reads its few hundred files in one bulk call, decodes them on every
+(``tasks.run_tasks``): a task reads its few hundred files concurrently, decodes them on every
 core and writes one file, so memory does not grow with the dataset, and the tasks run in this
 process or on Apache Beam.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from components.lib.data.images import decode_and_resize
 from components.lib.data.layout import SPLITS, discover_layout
 from components.lib.data.tasks import run_tasks
-from components.lib.storage import filesystem
+from components.lib.storage import filesystem, read_files
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def _decode_one(data: bytes, image_size: int, encoding: str) -> bytes | Exceptio
 
 def _decode_all(items: list[bytes], image_size: int, encoding: str) -> list[bytes | Exception]:
     """What to store of each item (its own bytes, or its decoded pixels), or why it does not
-    decode, as ``fsspec``'s ``on_error="return"`` does: decoded in parallel on every core."""
+    decode: decoded in parallel on every core."""
     if not items:
         return []
     images = (
@@ -134,37 +135,58 @@ def _decode_all(items: list[bytes], image_size: int, encoding: str) -> list[byte
     return stored
 
 
+def write_records(output_dir: str, name: str, records: Iterable[bytes]) -> int:
+    """Write serialized ``records`` as the TFRecord file ``name`` in ``output_dir`` (a folder or
+    ``gs://``: written locally, then uploaded in one piece); returns how many."""
+    fs, output = filesystem(output_dir)
+    local = isinstance(fs, LocalFileSystem)
+    count = 0
+    with tempfile.TemporaryDirectory(prefix="records-") as scratch:
+        path = os.path.join(output if local else scratch, name)
+        with tf.io.TFRecordWriter(path) as writer:
+            for record in records:
+                writer.write(record)
+                count += 1
+        if not local:
+            fs.put_file(path, f"{output}/{name}")
+    return count
+
+
+@contextlib.contextmanager
+def local_file(uri: str) -> Iterator[str]:
+    """A local path of the file ``uri`` while in the block: itself, or a download of it."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, LocalFileSystem):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="records-") as scratch:
+        local = os.path.join(scratch, os.path.basename(path))
+        fs.get_file(path, local)
+        yield local
+
+
 def write_shard(task: dict[str, Any]) -> dict[str, Any]:
-    """One preprocessing task: read the task's files in one bulk call (concurrent requests on
+    """One preprocessing task: read the task's files concurrently (many requests in flight on
     gcsfs), decode them in parallel, write its one TFRecord file. Returns the summary
     ``{"split", "name", "images", "failures"}``; a file that cannot be read or decoded is
     left out and named in ``failures``."""
     source_fs, _ = filesystem(task["source"])
-    paths = [path for path, _ in task["files"]]
-    contents = source_fs.cat(paths, on_error="return")
+    contents = read_files(source_fs, [path for path, _ in task["files"]])
     failures: list[str] = []
     readable = []
-    for path, label in task["files"]:
-        data = contents[path]
+    for (path, label), data in zip(task["files"], contents, strict=True):
         if isinstance(data, Exception):
             failures.append(f"{path} (cannot be read: {data})")
         else:
             readable.append((path, label, data))
     stored = _decode_all([data for _, _, data in readable], task["image_size"], task["encoding"])
-    output_fs, output = filesystem(task["output"])
-    written = 0
-    with tempfile.TemporaryDirectory(prefix="shard-") as scratch:
-        local = isinstance(output_fs, LocalFileSystem)
-        path = os.path.join(output if local else scratch, task["name"])
-        with tf.io.TFRecordWriter(path) as writer:
-            for (source, label, _), value in zip(readable, stored, strict=True):
-                if isinstance(value, Exception):
-                    failures.append(f"{source} ({str(value).splitlines()[0][:120]})")
-                    continue
-                writer.write(_image_example(value, label, task["encoding"]))
-                written += 1
-        if not local:
-            output_fs.put_file(path, f"{output}/{task['name']}")
+    examples = []
+    for (source, label, _), value in zip(readable, stored, strict=True):
+        if isinstance(value, Exception):
+            failures.append(f"{source} ({str(value).splitlines()[0][:120]})")
+        else:
+            examples.append(_image_example(value, label, task["encoding"]))
+    written = write_records(task["output"], task["name"], examples)
     return {"split": task["split"], "name": task["name"], "images": written, "failures": failures}
 
 
@@ -264,13 +286,34 @@ def load_preprocessed(directory: str) -> PreprocessedDataset:
     )
 
 
-def split_files(directory: str, split: str) -> list[str]:
-    """The TFRecord shards of one split under ``directory``, in name order."""
+def split_files(directory: str, split: str, written_by: str = "preprocessing") -> list[str]:
+    """The TFRecord shards of one split under ``directory`` (a local folder), in name order."""
     pattern = os.path.join(directory, f"{split}-*.tfrecord")
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
-        raise FileNotFoundError(f"no TFRecords match {pattern}; run the step that writes them")
+        raise FileNotFoundError(f"no TFRecords match {pattern}; run {written_by} first")
     return files
+
+
+def image_parser(
+    image_size: int, encoding: str
+) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """``record -> (uint8 image, label)`` for records that ``write_shard`` wrote."""
+    features = {
+        IMAGE_FEATURE[encoding]: tf.io.FixedLenFeature([], tf.string),
+        LABEL_FEATURE: tf.io.FixedLenFeature([], tf.int64),
+    }
+
+    def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        parsed = tf.io.parse_single_example(record, features)
+        stored = parsed[IMAGE_FEATURE[encoding]]
+        if encoding == ENCODED:
+            image = decode_and_resize(stored, image_size)
+        else:
+            image = tf.reshape(tf.io.decode_raw(stored, tf.uint8), [image_size, image_size, 3])
+        return image, parsed[LABEL_FEATURE]
+
+    return parse
 
 
 def read_records(
@@ -328,21 +371,7 @@ def read_split(
     prefetching: uint8 images, or float32 ones through ``augment`` (a Keras layer, called in
     training mode); ``shuffle`` and ``repeat`` as in ``read_records``."""
     files = split_files(dataset.directory, split)
-    size, encoding = dataset.image_size, dataset.encoding
-    features = {
-        IMAGE_FEATURE[encoding]: tf.io.FixedLenFeature([], tf.string),
-        LABEL_FEATURE: tf.io.FixedLenFeature([], tf.int64),
-    }
-
-    def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        parsed = tf.io.parse_single_example(record, features)
-        stored = parsed[IMAGE_FEATURE[encoding]]
-        if encoding == ENCODED:
-            image = decode_and_resize(stored, size)
-        else:
-            image = tf.reshape(tf.io.decode_raw(stored, tf.uint8), [size, size, 3])
-        return image, parsed[LABEL_FEATURE]
-
+    parse = image_parser(dataset.image_size, dataset.encoding)
     batches = read_records(
         files, parse, dataset.split_size(split), batch_size, shuffle, seed, repeat
     )
