@@ -27,5 +27,5 @@ def test_features_of_train_and_val_match_their_labels(demo_data_dir: Path, tmp_p
     check_features(str(tmp_path / "features"), 64)
     with pytest.raises(ValueError, match="at 64 px, but training uses efficientnet_lite0 at 96"):
         check_features(str(tmp_path / "features"), 96)
-    with pytest.raises(FileNotFoundError, match="no TFRecords.*run the features step first"):
+    with pytest.raises(FileNotFoundError, match=r"no TFRecords.*run the features step first"):
         read_features(str(tmp_path / "features"), "eval", batch_size=5)
