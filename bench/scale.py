@@ -14,8 +14,11 @@ at N images is its time beyond that: (t(N) - t(base)) / (N - base), per 1,000 im
 data:
 
 - peak RSS flat: RSS(largest) / RSS(smallest) <= 1.15;
-- cost per image flat: |cost(largest) / cost(smallest) - 1| <= 0.20, judged where the step's time
+- cost per image flat: cost(largest) / cost(smallest) <= 1.20, judged where the step's time
   beyond start-up at the smallest size is at least MIN_TIMED_SECONDS (shorter is noise here).
+  The bound is on growth, which is what breaks linear time; a cost that falls with size (start-up
+  work the base run does not show, such as tracing per dataset, or a busier machine during the
+  smaller run) is printed, not failed.
 
     python -m bench.scale --sizes 2000,20000       # about 30 min on 2 cores
     python -m bench.scale --sizes 500,2000 --keep /tmp/scale   # a quick look, keeps the data
@@ -46,7 +49,7 @@ DATA_STEPS = (
     "evaluate-model",
 )
 TARGET_RSS_GROWTH = 1.15
-TARGET_COST_CHANGE = 0.20
+TARGET_COST_GROWTH = 0.20
 MIN_TIMED_SECONDS = 5.0
 DEFAULT_PARAMS = ("epochs=1", "fine_tune_epochs=1")
 IMAGE_SIZE = 160
@@ -191,12 +194,11 @@ def evaluate(
             )
         timed = (first.seconds(step) or 0) - (base.seconds(step) or 0)
         if costs[0] and costs[-1] and timed >= MIN_TIMED_SECONDS:
-            change = abs(ratio(costs[-1], costs[0]) - 1)
             targets.append(
                 Target(
-                    f"{step} cost per image, |@{last.images} / @{first.images} - 1|",
-                    change,
-                    TARGET_COST_CHANGE,
+                    f"{step} cost per image @{last.images} / @{first.images}",
+                    ratio(costs[-1], costs[0]),
+                    1 + TARGET_COST_GROWTH,
                     False,
                 )
             )
