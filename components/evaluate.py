@@ -26,7 +26,12 @@ def evaluate_model(
     "EvaluationOutputs",
     [("accuracy", float), ("champion_accuracy", float), ("deploy", bool), ("reason", str)],
 ):
-    """Both models through the serving signature; champion_accuracy is -1 when none serves."""
+    """Both models through the serving signature; champion_accuracy is -1 when none serves.
+
+    Models are read by URI through the storage seam (on Vertex AI the champion's registry URI
+    is ``gs://``). When the new model is the served one itself (same data and parameters: its
+    training was cached), it is scored once and the decision says so.
+    """
     import logging
     from collections import namedtuple
 
@@ -37,18 +42,25 @@ def evaluate_model(
         evaluate_saved_model,
     )
     from components.lib.evaluation.report import build_report
-    from components.lib.targets import champion_model_dir
+    from components.lib.storage import normalized_uri
+    from components.lib.targets import champion_version
 
-    evaluation = evaluate_saved_model(model.path, raw_data.path)
-    champion = evaluate_champion(
-        champion_model_dir(target, local_state_dir, project, location, endpoint_display_name),
-        raw_data.path,
-    )
+    logger = logging.getLogger(__name__)
+    evaluation = evaluate_saved_model(model.uri, raw_data.path)
+    served = champion_version(target, local_state_dir, project, location, endpoint_display_name)
+    itself = served is not None and normalized_uri(served.source_uri) == normalized_uri(model.uri)
+    if itself:
+        logger.info("the new model is %s, the served one: scored once", served.resource_name)
+        champion = evaluation
+    else:
+        champion = evaluate_champion(served.artifact_uri if served else None, raw_data.path)
     champion_accuracy = champion.accuracy if champion else None
     deploy, reason = deployment_decision(
         evaluation.accuracy, min_accuracy, champion_accuracy, max_regression
     )
-    logging.getLogger(__name__).info("decision: %s", reason)
+    if itself:
+        reason = f"{reason} (the same model as {served.resource_name}, served already)"
+    logger.info("decision: %s", reason)
 
     metrics.log_metric("accuracy", round(evaluation.accuracy, 4))
     metrics.log_metric("macro_f1", round(evaluation.macro_f1, 4))

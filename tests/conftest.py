@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -154,9 +157,62 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
     )
 
 
+@pytest.fixture(scope="session")
+def backbone_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real ImageNet backbone under an untrained, seeded five-class head, exported for
+    serving at 160 px: real photo features and spread-out probabilities, without training."""
+    import keras
+
+    from components.lib.modelling.model import build_classifier, export_serving_model
+
+    keras.utils.set_random_seed(7)
+    model = build_classifier(num_classes=5, image_size=160, dropout=0.2)
+    model_dir = tmp_path_factory.mktemp("backbone-model") / "model"
+    export_serving_model(model, [f"{index}class" for index in range(5)], 160, str(model_dir))
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def backbone_serving(backbone_model_dir: Path):
+    """``backbone_model_dir`` loaded as the evaluate step and the local endpoint load it."""
+    from components.lib.serving.prediction import ServingModel
+
+    return ServingModel(str(backbone_model_dir))
+
+
+def sample_photos() -> dict[str, bytes]:
+    """Photos that are always here (scikit-image's samples, of several sizes and formats), by
+    name: the stand-in for the beer photos when ``BEER_DATA_DIR`` is not set."""
+    import skimage.data
+
+    photos = {}
+    for name, fmt in (
+        ("chelsea", "JPEG"),
+        ("coffee", "JPEG"),
+        ("astronaut", "PNG"),
+        ("rocket", "JPEG"),
+    ):
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(buffer, format=fmt)
+        photos[f"{name}.{fmt.lower()}"] = buffer.getvalue()
+    return photos
+
+
+def beer_photos(beer_data_dir: Path, per_class: int) -> dict[str, bytes]:
+    """The first ``per_class`` eval photos of each beer, by path relative to the data."""
+    return {
+        str(path.relative_to(beer_data_dir)): path.read_bytes()
+        for class_dir in sorted((beer_data_dir / "eval").iterdir())
+        for path in sorted(class_dir.glob("*.jpg"))[:per_class]
+    }
+
+
 VERTEX_PROJECT = "test-project"
 VERTEX_LOCATION = "europe-west4"
 VERTEX_ROOT_URI = "gs://beer-pipeline-root/runs"
+VERTEX_IMAGE = (
+    f"{VERTEX_LOCATION}-docker.pkg.dev/{VERTEX_PROJECT}/beer-pipeline/beer-pipeline:0.1.0"
+)
 VERTEX_SETTINGS = [
     "--project",
     VERTEX_PROJECT,
@@ -164,15 +220,53 @@ VERTEX_SETTINGS = [
     VERTEX_LOCATION,
     "--pipeline-root",
     VERTEX_ROOT_URI,
+    "--image",
+    VERTEX_IMAGE,
 ]
 
 
 @pytest.fixture
 def no_ambient_vertex_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Vertex settings come only from what each test gives: no environment, no config file."""
-    for name in ("PROJECT", "REGION", "PIPELINE_ROOT", "SERVICE_ACCOUNT", "NETWORK", "EXPERIMENT"):
-        monkeypatch.delenv(f"BEER_PIPELINE_{name}", raising=False)
+    """Vertex settings come only from what each test gives: no environment, no config file;
+    commands log under ``tmp_path``."""
+    from pipeline.run import SETTINGS
+
+    for name in SETTINGS:
+        monkeypatch.delenv(f"BEER_PIPELINE_{name.upper()}", raising=False)
     monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(tmp_path / "absent.yaml"))
+    monkeypatch.setenv("BEER_PIPELINE_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture(scope="session")
+def service_account_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A service account key file with a throw-away RSA key: credentials that load offline."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path = tmp_path_factory.mktemp("credentials") / "key.json"
+    account = f"pipeline@{VERTEX_PROJECT}.iam.gserviceaccount.com"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": VERTEX_PROJECT,
+                "private_key_id": "0" * 40,
+                "private_key": pem,
+                "client_email": account,
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -186,12 +280,16 @@ def vertex_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
+def fake_vertex(
+    vertex_tls: tuple[Path, Path], service_account_key: Path, monkeypatch: pytest.MonkeyPatch
+):
     """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it.
 
     The SDK's calls that would leave this machine (Resource Manager, the pipeline root bucket
-    check) are replaced; nothing else is.
+    check) are replaced; nothing else is. A service account key is in place, as a user's would
+    be, though the SDK calls the fake anonymously.
     """
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_key))
     from google.auth.credentials import AnonymousCredentials
     from google.cloud.aiplatform import initializer, pipeline_jobs
     from google.cloud.aiplatform.utils import gcs_utils, resource_manager_utils
@@ -231,3 +329,71 @@ def weak_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
         demo_data_dir,
         TrainingConfig(epochs=1, learning_rate=1e-7, fine_tune_epochs=0),
     )
+
+
+GCS_BUCKET = "beer-data"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """``gcp-storage-emulator`` on loopback, in memory; yields its URL."""
+    port = free_port()
+    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
+    process = subprocess.Popen(
+        [str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("the GCS emulator did not start")
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def emulated_gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch):
+    """Clients of this test (google-cloud-storage, gcsfs via fsspec) talk to the emulator;
+    no ``/gcs`` mount holds anything (``BEER_GCS_MOUNT_ROOT`` points at an empty folder)."""
+    import fsspec
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    monkeypatch.setenv("BEER_GCS_MOUNT_ROOT", "/nonexistent-gcs-mount")
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_emulator})
+    # The emulator serves one connection at a time: one request in flight keeps gcsfs from
+    # stalling on connections the emulator has not accepted yet.
+    monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
+    fsspec.filesystem("gs").clear_instance_cache()
+    return storage.Client(credentials=AnonymousCredentials(), project="test")
+
+
+def upload_folder(client, folder: Path, prefix: str, bucket_name: str = GCS_BUCKET) -> str:
+    """Upload every file under ``folder`` to ``gs://<bucket>/<prefix>/``; returns that URI."""
+    bucket = client.lookup_bucket(bucket_name) or client.create_bucket(bucket_name)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename(str(path))
+    return f"gs://{bucket_name}/{prefix}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end and emulator tests are slow by nature: ``-m "not slow"`` leaves them out."""
+    for item in items:
+        if item.get_closest_marker("e2e") or item.get_closest_marker("vertex_emulator"):
+            item.add_marker(pytest.mark.slow)

@@ -13,7 +13,7 @@ from components.lib.evaluation.metrics import (
     evaluate_champion,
     evaluate_saved_model,
 )
-from components.lib.targets import champion_model_dir
+from components.lib.targets import champion_version
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
 from tests.conftest import make_layout
 
@@ -21,7 +21,8 @@ PROJECT, LOCATION, ENDPOINT = "local-project", "europe-west1", "beer-classifier-
 
 
 def champion(state: Path) -> str | None:
-    return champion_model_dir("local", str(state), PROJECT, LOCATION, ENDPOINT)
+    served = champion_version("local", str(state), PROJECT, LOCATION, ENDPOINT)
+    return served.artifact_uri if served else None
 
 
 def serve(state: Path, model_dir: Path) -> None:
@@ -56,6 +57,7 @@ def test_champion_is_the_served_version_artifact(tmp_path: Path, demo_model_dir:
     ).read_text()
 
 
+@pytest.mark.slow
 def test_weaker_challenger_is_not_deployed_and_stronger_one_replaces_it(
     tmp_path: Path, demo_model_dir: Path, weak_model_dir: Path, demo_data_dir: Path
 ) -> None:

@@ -114,9 +114,12 @@ def test_gate_holds_when_the_bar_is_above_the_model(
     assert f"< required {first_run['accuracy'] + 0.01:.4f}" in second["decision"]
     assert second["accuracy"] == first_run["accuracy"]
     assert second["champion_accuracy"] == first_run["accuracy"], "the champion is the same model"
-    assert list(second["step_seconds"]) == ["evaluate-model", "report-not-deployed"], (
-        "download, preprocess and train are cached on an unchanged re-run; evaluate never is"
-    )
+    assert set(second["step_seconds"]) == {
+        "fingerprint-data",
+        "evaluate-model",
+        "report-not-deployed",
+    }, "download, preprocess and train are cached on unchanged data; the fingerprint and "
+    "evaluate never are"
     model = json.loads((state / "models/beer-classifier/model.json").read_text())
     assert [v["versionId"] for v in model["versions"]] == ["1"]
     assert endpoint_record.read_text() == before
@@ -157,7 +160,10 @@ def test_bad_files_mixed_into_the_photos_are_skipped_and_reported(
 
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert abs(summary["accuracy"] - first_run["accuracy"]) <= 0.02
+    # Skipping the bad files must not cost accuracy: not worse than the clean run by more than
+    # two photos' worth (training is seeded, not bit-exact: see the README's reproducibility
+    # line); a better score is no failure.
+    assert summary["accuracy"] >= first_run["accuracy"] - 0.02
     reasons = {
         "corrupt": "cannot be decoded",
         "truncated": "cannot be decoded",

@@ -3,73 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from components.lib.data.layout import DataLayoutError, DatasetLayout, download_dataset
-from tests.conftest import make_layout
-
-BUCKET = "beer-data"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs_emulator() -> Iterator[str]:
-    """``gcp-storage-emulator`` on loopback, in memory; yields its URL."""
-    port = _free_port()
-    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen(
-        [str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("the GCS emulator did not start")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
-
-
-@pytest.fixture
-def emulated_gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> storage.Client:
-    """Clients of this test (google-cloud-storage, gcsfs via fsspec) talk to the emulator."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
-    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_emulator})
-    # The emulator serves one connection at a time: one request in flight keeps gcsfs from
-    # stalling on connections the emulator has not accepted yet.
-    monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
-    fsspec.filesystem("gs").clear_instance_cache()
-    return storage.Client(credentials=AnonymousCredentials(), project="test")
-
-
-def upload_folder(client: storage.Client, folder: Path, prefix: str) -> str:
-    bucket = client.lookup_bucket(BUCKET) or client.create_bucket(BUCKET)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename(str(path))
-    return f"gs://{BUCKET}/{prefix}"
+from tests.conftest import GCS_BUCKET, make_layout, upload_folder
 
 
 def contents(layout: DatasetLayout) -> dict[str, str]:
@@ -122,6 +63,23 @@ def test_missing_split_in_a_bucket_names_it(emulated_gcs: storage.Client, tmp_pa
         download_dataset(data_uri, str(tmp_path / "out"))
 
 
+def test_the_fingerprint_of_a_bucket_follows_its_content(
+    emulated_gcs: storage.Client, tmp_path: Path
+) -> None:
+    from components.lib.data.layout import fingerprint_data
+
+    folder = make_layout(tmp_path / "data")
+    data_uri = upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    first, count = fingerprint_data(data_uri)
+    assert count == 16
+    upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    assert fingerprint_data(data_uri)[0] == first, "the same bytes uploaded again"
+    replaced = folder / "train/0red/000.jpg"
+    replaced.write_bytes(replaced.read_bytes() + b"\0")
+    upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    assert fingerprint_data(data_uri)[0] != first
+
+
 @pytest.mark.slow
 def test_bucket_to_bucket_steps_write_what_the_folder_steps_write(
     emulated_gcs: storage.Client, tmp_path: Path
@@ -133,7 +91,10 @@ def test_bucket_to_bucket_steps_write_what_the_folder_steps_write(
 
     folder = make_layout(tmp_path / "data", {"0red": 3, "1blue": 2})
     data_uri = upload_folder(emulated_gcs, folder, f"data-{tmp_path.name}")
-    runs = {"gcs": f"gs://{BUCKET}/artifacts-{tmp_path.name}", "folder": str(tmp_path / "local")}
+    runs = {
+        "gcs": f"gs://{GCS_BUCKET}/artifacts-{tmp_path.name}",
+        "folder": str(tmp_path / "local"),
+    }
     for root in runs.values():
         download_dataset(data_uri if root.startswith("gs://") else str(folder), f"{root}/raw")
         validate_dataset(f"{root}/raw", f"{root}/valid", str(tmp_path / f"{root[-5:]}.md"))

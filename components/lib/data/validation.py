@@ -91,6 +91,8 @@ class ValidationReport:
             f"({self.unusable_share:.1%} unusable)"
         ]
         for reason, paths in self.skipped.items():
+            if not paths:
+                continue
             lines.append(f"skipped, {SKIP_REASONS[reason]}: {len(paths)}: {', '.join(paths)}")
         for kind, paths in self.converted.items():
             lines.append(f"converted, {CONVERSIONS[kind]}: {len(paths)}")
@@ -120,6 +122,7 @@ class ValidationReport:
             rows += [
                 f"- **{words[key]}** ({len(paths)}): " + ", ".join(f"`{p}`" for p in paths)
                 for key, paths in groups.items()
+                if paths
             ] or ["none"]
         return "\n".join(rows) + "\n"
 
