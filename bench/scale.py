@@ -20,7 +20,7 @@ data:
   work the base run does not show, such as tracing per dataset, or a busier machine during the
   smaller run) is printed, not failed.
 
-    python -m bench.scale --sizes 2000,20000       # about 30 min on 2 cores
+    python -m bench.scale --sizes 2000,20000       # about 70 min on 2 busy cores
     python -m bench.scale --sizes 500,2000 --keep /tmp/scale   # a quick look, keeps the data
 """
 
