@@ -17,3 +17,11 @@ def is_placeholder_image(uri: str) -> bool:
     """Whether ``uri`` is still the stand-in image, which no registry holds: a job that runs it
     fails to pull its first step."""
     return f"/{PLACEHOLDER_PROJECT}/" in uri
+
+
+def serving_image_beside(pipeline_image: str) -> str:
+    """The serving image that docker/build.sh pushes beside ``pipeline_image`` (same registry,
+    repository and tag, named ``beer-serving``)."""
+    repository, _, name_and_tag = pipeline_image.rpartition("/")
+    tag = name_and_tag.partition(":")[2]
+    return f"{repository}/beer-serving:{tag}" if tag else f"{repository}/beer-serving"

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from google_cloud_pipeline_components import _placeholders
 
-from components import PIPELINE_IMAGE, is_placeholder_image
+from components import PIPELINE_IMAGE, is_placeholder_image, serving_image_beside
 from components.lib.data.demo import make_demo_dataset
+from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
 from components.lib.targets import resolve_target
-from components.lib.targets.base import resource_id
+from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
 from components.lib.targets.local import EndpointRegistry, default_state_dir
 from pipeline.compile import compile_pipeline
 from pipeline.pipeline import PIPELINE_NAME
@@ -206,6 +207,14 @@ def _parser() -> argparse.ArgumentParser:
         "dataset made from scikit-image's sample photos (a smoke test, not a benchmark).",
     )
     parser.add_argument("--local", action="store_true", help="run on this machine with kfp.local")
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=LOCAL,
+        help="with --local: where the model is registered and served (%(default)s); 'vertex' "
+        "registers and deploys on Vertex AI (or the emulator at BEER_VERTEX_EMULATOR_HOST) and "
+        "needs the Vertex settings, the pipeline root's bucket mounted at BEER_GCS_MOUNT_ROOT",
+    )
     _add_pipeline_options(parser, with_defaults=True)
     parser.add_argument(
         "--wait", action="store_true", help="Vertex: follow the job; exit 1 unless it succeeds"
@@ -401,6 +410,12 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
     arguments["target"] = "vertex"
+    if not arguments.get("serving_image"):
+        # The model is served by the serving image pushed beside the steps' image, not by the
+        # placeholder default, which no registry holds.
+        steps = [image for image in _images(spec) if "/beer-pipeline:" in image]
+        if steps:
+            arguments["serving_image"] = serving_image_beside(steps[0])
     return settings, spec_path, arguments
 
 
@@ -552,10 +567,15 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     from kfp import components
 
     state_dir = os.path.abspath(args.state_dir)
+    target, pipeline_root = _local_target(args, state_dir)
     with tempfile.TemporaryDirectory() as spec_dir:  # private: runs may start side by side
         spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
         with open(spec_path) as file:
-            spec_text = _resolve_job_placeholders(file.read())
+            spec_text = _resolve_job_placeholders(
+                file.read(),
+                target.get("project", LOCAL_PROJECT),
+                target.get("location", LOCAL_LOCATION),
+            )
         with open(spec_path, "w") as file:
             file.write(spec_text)
         parameters = pipeline_parameters(yaml.safe_load(spec_text))
@@ -564,11 +584,11 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     if "data_uri" not in arguments:
         arguments["data_uri"] = make_demo_dataset(os.path.join(state_dir, "demo-data"))
         print(f"using the offline demo dataset at {arguments['data_uri']}", file=sys.stderr)
-    arguments.update(target="local", local_state_dir=state_dir)
+    arguments.update(target)
 
     kfp.local.init(
         runner=kfp.local.SubprocessRunner(use_venv=False),
-        pipeline_root=os.path.join(state_dir, "pipeline_root"),
+        pipeline_root=pipeline_root,
         enable_caching=args.caching is not False,
     )
     log_path = os.path.join(state_dir, "logs", f"run-{_run_id()}.log")
@@ -591,7 +611,9 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     values = {
         name: arguments.get(name, spec.get("defaultValue")) for name, spec in parameters.items()
     }
-    endpoint = outputs["endpoint"] or _existing_endpoint(state_dir, values)
+    endpoint = outputs["endpoint"] or (
+        _existing_endpoint(state_dir, values) if values["target"] == LOCAL else None
+    )
     champion_accuracy = outputs["champion_accuracy"]
     return {
         "accuracy": outputs["accuracy"],
@@ -603,16 +625,44 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         "endpoint": endpoint,
         "report": _report_file(outputs["report"].path),
         "step_seconds": progress.step_seconds,
+        "target": values["target"],
         "state_dir": state_dir,
         "log": log_path,
     }
 
 
-def _resolve_job_placeholders(spec_text: str) -> str:
+def _local_target(args: argparse.Namespace, state_dir: str) -> tuple[dict[str, Any], str]:
+    """The target parameters of a --local run, and where kfp.local keeps the steps' outputs.
+
+    ``--target vertex`` registers and deploys on Vertex AI (or the emulator named by
+    ``BEER_VERTEX_EMULATOR_HOST``): the outputs then go under the pipeline root's gs:// folder
+    through its mount (``BEER_GCS_MOUNT_ROOT``, Cloud Storage FUSE), as on Vertex AI Pipelines,
+    so that Vertex AI reads the model the steps wrote.
+    """
+    if args.target == LOCAL:
+        return (
+            {"target": LOCAL, "local_state_dir": state_dir},
+            os.path.join(state_dir, "pipeline_root"),
+        )
+    # The steps run here, in this environment: no image to name.
+    settings = vertex_settings(args, tuple(n for n in REQUIRED_SETTINGS if n != "image"))
+    bucket = settings.pipeline_root[len("gs://") :].split("/", 1)[0]
+    if not os.path.isdir(mounted_path(f"gs://{bucket}")):
+        raise UsageError(
+            f"--target vertex runs the steps here, writing to {settings.pipeline_root} through "
+            f"its mount, and the bucket is not mounted at {mounted_path(f'gs://{bucket}')}: "
+            f"mount it there with Cloud Storage FUSE, or set {GCS_MOUNT_ROOT_ENV} to the "
+            "folder where it is mounted"
+        )
+    target = {"project": settings.project, "location": settings.region, "target": VERTEX}
+    return {**target, "local_state_dir": ""}, mounted_path(settings.pipeline_root)
+
+
+def _resolve_job_placeholders(spec_text: str, project: str, location: str) -> str:
     """The compiled spec with the job's project and location filled in, as Vertex AI does at
     run time: kfp.local does not know these placeholders."""
-    return spec_text.replace(_placeholders.PROJECT_ID_PLACEHOLDER, LOCAL_PROJECT).replace(
-        _placeholders.LOCATION_PLACEHOLDER, LOCAL_LOCATION
+    return spec_text.replace(_placeholders.PROJECT_ID_PLACEHOLDER, project).replace(
+        _placeholders.LOCATION_PLACEHOLDER, location
     )
 
 
@@ -651,7 +701,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     ]
     for label, value in rows:
         print(f"{label:<14} {value}")
-    if summary["endpoint"]:
+    if summary["endpoint"] and summary["target"] == LOCAL:
         print(f"serve it with  python -m pipeline.serve --state-dir {summary['state_dir']}")
 
 

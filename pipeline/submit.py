@@ -27,7 +27,7 @@ from google.cloud.aiplatform import initializer
 from google.cloud.aiplatform.constants.base import SUPPORTED_REGIONS
 from google.protobuf import field_mask_pb2
 
-from components.lib.targets.vertex import VertexError, call_vertex
+from components.lib.targets.vertex import VertexError, call_vertex, use_emulator_if_set
 
 PROBE_TIMEOUT_S = 10.0
 """How long the service's address may take to resolve, and then to accept a connection."""
@@ -197,8 +197,10 @@ def _connect_problem(host: str, port: int, timeout_s: float) -> str | None:
 
 
 def preflight(settings: VertexSettings) -> None:
-    """What must hold before the first API call: credentials, and an API that answers."""
-    check_credentials()
+    """What must hold before the first API call: credentials (none for an emulator at
+    ``BEER_VERTEX_EMULATOR_HOST``), and an API that answers."""
+    if not use_emulator_if_set():
+        check_credentials()
     if settings.api_endpoint:
         aiplatform.init(api_endpoint=settings.api_endpoint)
     check_reachable("Vertex AI", *api_address(settings))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -272,33 +272,25 @@ def service_account_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vertex_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A certificate the SDK's TLS channel trusts (gRPC reads the roots file once per process)."""
-    from tests.fake_vertex import write_self_signed_certificate
+    from tests.vertex_emulator import write_self_signed_certificate
 
     cert, key = write_self_signed_certificate(tmp_path_factory.mktemp("tls"))
     os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(cert)
     return cert, key
 
 
-@pytest.fixture
-def fake_vertex(
-    vertex_tls: tuple[Path, Path], service_account_key: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it.
+def _point_sdk_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's aiplatform SDK talks to ``localhost:port``, anonymously.
 
     The SDK's calls that would leave this machine (Resource Manager, the pipeline root bucket
-    check) are replaced; nothing else is. A service account key is in place, as a user's would
-    be, though the SDK calls the fake anonymously.
+    check) are replaced; nothing else is.
     """
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_key))
     from google.auth.credentials import AnonymousCredentials
     from google.cloud.aiplatform import initializer, pipeline_jobs
     from google.cloud.aiplatform.utils import gcs_utils, resource_manager_utils
 
     from components.lib.targets import vertex
-    from tests.fake_vertex import FakeVertex, start_server
 
-    fake = FakeVertex()
-    server, port = start_server(fake, *vertex_tls)
     monkeypatch.setattr(initializer, "global_config", initializer._Config())
     monkeypatch.setattr(resource_manager_utils, "get_project_number", lambda *_, **__: 1234)
     monkeypatch.setattr(
@@ -315,8 +307,98 @@ def fake_vertex(
         api_endpoint=f"localhost:{port}",
         credentials=AnonymousCredentials(),
     )
+
+
+@pytest.fixture
+def fake_vertex(
+    vertex_tls: tuple[Path, Path], service_account_key: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it.
+
+    A service account key is in place, as a user's would be, though the SDK calls the fake
+    anonymously.
+    """
+    from tests.fake_vertex import FakeVertex, start_server
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_key))
+    fake = FakeVertex()
+    server, port = start_server(fake, *vertex_tls)
+    _point_sdk_at(port, monkeypatch)
     yield fake
     server.stop(None)
+
+
+@contextlib.contextmanager
+def running_vertex_emulator(
+    tls: tuple[Path, Path], gcs_url: str, mount_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A Vertex AI emulator on loopback over the GCS emulator at ``gcs_url``; this process's SDK
+    and the processes it starts (``BEER_VERTEX_EMULATOR_HOST``) talk to it.
+
+    ``mount_root`` (exported as ``BEER_GCS_MOUNT_ROOT``) stands in for the ``/gcs/`` FUSE mount:
+    what is written under ``<root>/<bucket>/`` reaches the GCS emulator before the emulator
+    reads it.
+    """
+    from components.lib.storage import GCS_MOUNT_ROOT_ENV
+    from components.lib.targets.vertex import EMULATOR_HOST_ENV
+    from tests.vertex_emulator import CloudStorage, VertexEmulator
+
+    emulator = VertexEmulator(
+        projects=[VERTEX_PROJECT],
+        storage=CloudStorage(gcs_url, mount_root=str(mount_root)),
+        operation_delay_s=0.2,
+    ).start(*tls)
+    _point_sdk_at(emulator.port, monkeypatch)
+    monkeypatch.setenv(EMULATOR_HOST_ENV, f"localhost:{emulator.port}")
+    monkeypatch.setenv(GCS_MOUNT_ROOT_ENV, str(mount_root))
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def vertex_emulator(
+    vertex_tls: tuple[Path, Path],
+    gcs_emulator: str,
+    emulated_gcs,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """A fresh Vertex AI emulator for this test (``running_vertex_emulator``)."""
+    mount_root = tmp_path_factory.mktemp("gcs-mount")
+    with running_vertex_emulator(vertex_tls, gcs_emulator, mount_root, monkeypatch) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="session")
+def colour_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny SavedModels (``tests/serving_models.py``): v1 tells red, blue and green apart, v2
+    answers in reverse, TF Serving cannot serve ``broken``, and ``no-model`` has only the class
+    names."""
+    from tests.serving_models import colour_model, unservable_model
+
+    root = tmp_path_factory.mktemp("colour-models")
+    models = {
+        "v1": colour_model(root / "v1"),
+        "v2": colour_model(root / "v2", reverse=True),
+        "broken": unservable_model(root / "broken"),
+        "no-model": root / "no-model",
+    }
+    models["no-model"].mkdir()
+    shutil.copy(models["v1"] / "class_names.json", models["no-model"])
+    return models
+
+
+@pytest.fixture
+def stored(emulated_gcs, colour_models: dict[str, Path], request: pytest.FixtureRequest):
+    """``stored("v1")``: that colour model copied to a gs:// folder of the GCS emulator."""
+    test = re.sub(r"[^a-zA-Z0-9_-]+", "-", request.node.name)
+
+    def store(which: str) -> str:
+        return upload_folder(emulated_gcs, colour_models[which], f"{test}/{which}", "beer-models")
+
+    return store
 
 
 @pytest.fixture(scope="session")
@@ -334,33 +416,13 @@ def weak_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
 GCS_BUCKET = "beer-data"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[str]:
     """``gcp-storage-emulator`` on loopback, in memory; yields its URL."""
-    port = free_port()
-    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen(
-        [str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("the GCS emulator did not start")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
+    from tests.vertex_emulator import start_gcs_emulator
+
+    process, url = start_gcs_emulator()
+    yield url
     process.terminate()
     process.wait(timeout=10)
 

@@ -76,7 +76,7 @@ def test_demo_default_runs_end_to_end(tmp_path: Path) -> None:
 def test_missing_data_uri_fails_clearly(tmp_path: Path) -> None:
     result = run_cli("--local", "--state-dir", str(tmp_path), "--data-uri", str(tmp_path / "none"))
     assert result.returncode == 1
-    assert "step download-data failed" in result.stderr
+    assert "step fingerprint-data failed" in result.stderr, "the first step that reads the data"
     assert "DataLayoutError" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 

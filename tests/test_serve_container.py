@@ -19,7 +19,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from bench.serve_load import ServerProcess, server_process
-from tests.conftest import ROOT, free_port, upload_folder
+from tests.conftest import ROOT, upload_folder
+from tests.vertex_emulator.storage import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -63,6 +63,10 @@ def test_submit_sends_spec_typed_parameters_root_account_and_labels(
     assert values["data_uri"] == "gs://beers/data"
     assert values["target"] == "vertex"
     assert (values["project"], values["location"]) == (VERTEX_PROJECT, VERTEX_LOCATION)
+    # The model is served by the serving image pushed beside the steps' image.
+    assert values["serving_image"] == (
+        f"{VERTEX_LOCATION}-docker.pkg.dev/{VERTEX_PROJECT}/beer-pipeline/beer-serving:0.1.0"
+    )
     assert job.runtime_config.gcs_output_directory == ROOT_URI
     assert job.service_account == "trainer@test-project.iam.gserviceaccount.com"
     assert job.network == "projects/1234/global/networks/ml"

@@ -86,9 +86,14 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 
 def evaluate_saved_model(
-    model_dir: str, data_dir: str, split: str = "eval", batch_size: int = 32
+    model_dir: str,
+    data_dir: str,
+    split: str = "eval",
+    batch_size: int = 32,
+    role: str = "new model (challenger)",
 ) -> Evaluation:
-    """Score the SavedModel in ``model_dir`` on ``data_dir/<split>`` (challenge layout)."""
+    """Score the SavedModel in ``model_dir`` on ``data_dir/<split>`` (challenge layout); the log
+    line names the model's ``role``."""
     model = ServingModel(model_dir)
     _, layout = discover_layout(data_dir)
     if layout.class_names != model.class_names:
@@ -123,7 +128,9 @@ def evaluate_saved_model(
         confusion_matrix=matrix.tolist(),
         misclassified=tuple(misclassified),
     )
-    logger.info("%s accuracy %.4f on %d images", split, evaluation.accuracy, evaluation.count)
+    logger.info(
+        "%s: %s accuracy %.4f on %d images", role, split, evaluation.accuracy, evaluation.count
+    )
     return evaluation
 
 
@@ -135,12 +142,12 @@ def evaluate_champion(model_dir: str | None, data_dir: str) -> Evaluation | None
         logger.info("no champion: nothing is served on the endpoint yet")
         return None
     try:
-        champion = evaluate_saved_model(model_dir, data_dir)
+        return evaluate_saved_model(
+            model_dir, data_dir, role=f"served model (champion, at {model_dir})"
+        )
     except ClassMismatchError as error:
         logger.warning("champion not compared: %s", error)
         return None
-    logger.info("champion (the served model at %s): accuracy %.4f", model_dir, champion.accuracy)
-    return champion
 
 
 def deployment_decision(

@@ -33,7 +33,9 @@ def is_gcs(uri: str) -> bool:
 
 def normalized_uri(uri: str) -> str:
     """One spelling per location, so that two URIs of the same artifact compare equal:
-    ``gs://`` without a trailing slash, a local path absolute."""
+    ``gs://`` without a trailing slash (a path under the bucket mount too), a local path
+    absolute."""
+    uri = gcs_uri(uri)
     return uri.rstrip("/") if is_gcs(uri) else os.path.abspath(uri)
 
 
@@ -51,6 +53,19 @@ def mounted_path(uri: str) -> str:
     if not is_gcs(uri):
         return uri
     return os.path.join(gcs_mount_root(), uri[len(GCS_SCHEME) :])
+
+
+def gcs_uri(path: str) -> str:
+    """The ``gs://`` URI of a path under the mount root (what ``mounted_path`` maps back from);
+    a ``gs://`` URI or any other path unchanged.
+
+    A step that ran where the bucket is mounted (kfp.local with its pipeline root on the mount)
+    names its artifacts by the local path; the cloud knows them by this URI.
+    """
+    root = os.path.join(os.path.abspath(gcs_mount_root()), "")
+    if is_gcs(path) or not os.path.abspath(path).startswith(root):
+        return path
+    return GCS_SCHEME + os.path.abspath(path)[len(root) :]
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from components.lib.serving import routing
-from components.lib.storage import normalized_uri
+from components.lib.storage import local_copy, normalized_uri
 from components.lib.targets.base import (
     DEFAULT_ALIAS,
     DEFAULT_SERVING,
@@ -130,7 +130,7 @@ class ModelRegistry(_LocalStore):
             version_id = str(len(record["versions"]) + 1)
             artifact_uri = os.path.join(self.root, "models", model_id, "versions", version_id)
             shutil.rmtree(artifact_uri, ignore_errors=True)
-            shutil.copytree(artifact_dir, artifact_uri)
+            shutil.copytree(local_copy(artifact_dir), artifact_uri)
             new_aliases = [DEFAULT_ALIAS, *(a for a in aliases if a != DEFAULT_ALIAS)]
             for version in record["versions"]:
                 version["versionAliases"] = [

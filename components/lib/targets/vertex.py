@@ -8,7 +8,8 @@ local ``ModelRegistry`` and ``EndpointRegistry`` do, so the upload and deploy st
 on the target. Every API call goes through ``call_vertex``: a transient UNAVAILABLE is retried a
 bounded number of times, a service that cannot be reached or a refused permission becomes one
 message that says what to do. Long operations (deploy, undeploy) wait at most
-``DEPLOY_TIMEOUT_S``.
+``DEPLOY_TIMEOUT_S``. With ``BEER_VERTEX_EMULATOR_HOST`` set, the calls go to a Vertex AI
+emulator instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +25,7 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 from google.api_core import exceptions
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform, aiplatform_v1
 from google.cloud.aiplatform import initializer, utils
 from google.cloud.aiplatform.constants import prediction
@@ -34,7 +37,7 @@ from components.lib.serving.routing import (
     CONTAINER_PORT,
     CONTAINER_PREDICT_ROUTE,
 )
-from components.lib.storage import normalized_uri
+from components.lib.storage import gcs_uri, normalized_uri
 from components.lib.targets.base import (
     DEFAULT_ALIAS,
     Deployment,
@@ -50,10 +53,13 @@ T = TypeVar("T")
 RETRY_ATTEMPTS = 4
 RETRY_FIRST_DELAY_S = 2.0
 DEPLOY_TIMEOUT_S = 60 * 60
+UPLOAD_SETTLE_S = 10 * 60
+"""How long a retried upload waits for a lost upload still running to finish."""
 """How long a deploy or undeploy is waited for: a GPU replica can take half an hour to start."""
 # Artifact Registry multi-regions that host Vertex AI's prebuilt prediction images.
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
 _LABEL_LIMIT = 63
+EMULATOR_HOST_ENV = "BEER_VERTEX_EMULATOR_HOST"
 # How gRPC says that the service's address could not be resolved or connected to.
 _DNS_FAILURE = re.compile(
     r"DNS resolution failed|errors resolving|lookup failed|Name or service not known", re.I
@@ -63,6 +69,16 @@ _CONNECT_FAILURE = re.compile(r"failed to connect to all addresses|Connection re
 
 class VertexError(RuntimeError):
     """A Vertex AI call failed for good; the message says what to do about it."""
+
+
+def use_emulator_if_set() -> bool:
+    """Send the SDK's calls to the emulator at ``BEER_VERTEX_EMULATOR_HOST`` (``host:port``),
+    without credentials, as ``STORAGE_EMULATOR_HOST`` does for Cloud Storage; False if unset."""
+    host = os.environ.get(EMULATOR_HOST_ENV)
+    if host:
+        # gRPC named: without a project, init would switch the SDK to REST.
+        aiplatform.init(api_endpoint=host, credentials=AnonymousCredentials(), api_transport="grpc")
+    return bool(host)
 
 
 def call_vertex(
@@ -77,6 +93,7 @@ def call_vertex(
     attempts, for a refused permission and for any other API error, naming ``what`` was being
     done.
     """
+    use_emulator_if_set()
     attempt, delay = 1, RETRY_FIRST_DELAY_S
     while True:
         try:
@@ -117,19 +134,20 @@ def call_vertex(
 
 
 def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
-def wait_for_operation(what: str, operation: Any, timeout_s: float = 0) -> Any:
-    """The result of a long-running ``operation``, waiting at most ``timeout_s`` (default
-    ``DEPLOY_TIMEOUT_S``); VertexError when it fails or is still running by then."""
-    timeout_s = timeout_s or DEPLOY_TIMEOUT_S
+def wait_for_operation(what: str, operation: Any) -> Any:
+    """The result of a long-running ``operation``, waiting at most ``DEPLOY_TIMEOUT_S``;
+    VertexError when it fails or is still running by then."""
     try:
-        return operation.result(timeout=timeout_s)
+        return operation.result(timeout=DEPLOY_TIMEOUT_S)
     except concurrent.futures.TimeoutError:
         raise VertexError(
-            f"{what}: not finished after {timeout_s:.0f} s; it goes on in Vertex AI (operation "
-            f"{operation.operation.name}): check the endpoint in the console before re-running"
+            f"{what}: not finished after {DEPLOY_TIMEOUT_S:.0f} s; it goes on in Vertex AI "
+            f"(operation {operation.operation.name}): check the endpoint in the console before "
+            "re-running"
         ) from None
     except exceptions.GoogleAPICallError as error:
         raise VertexError(f"{what}: {_first_line(error.message)}") from error
@@ -263,13 +281,15 @@ class VertexModelRegistry:
         aliases: Sequence[str] = (),
         description: str = "",
     ) -> ModelVersion:
-        """Upload the SavedModel at ``artifact_dir`` (``gs://``) as the model's default version.
+        """Upload the SavedModel at ``artifact_dir`` (``gs://``, or a path under the bucket
+        mount) as the model's default version.
 
         An artifact that is already a version of the model returns that version: a re-run whose
         training was cached registers nothing, and neither does a retry after an upload whose
         answer was lost. It is served by the container that ``serving_container`` picks
         for ``serving_image``.
         """
+        artifact_dir = gcs_uri(artifact_dir)
         if not artifact_dir.startswith("gs://"):
             raise VertexError(
                 f"the model artifact {artifact_dir!r} is not in Cloud Storage; on Vertex AI the "
@@ -300,11 +320,43 @@ class VertexModelRegistry:
                 model.resource_name, model.version_id, display_name, artifact_dir, artifact_dir
             )
 
-        return call_vertex(
-            f"upload model {display_name!r}",
-            upload,
-            recover=lambda: self.find_version(display_name, artifact_dir),
-        )
+        def recover() -> ModelVersion | None:
+            self._finish_running_uploads()
+            return self.find_version(display_name, artifact_dir)
+
+        return call_vertex(f"upload model {display_name!r}", upload, recover=recover)
+
+    def _finish_running_uploads(self) -> None:
+        """Wait, at most ``UPLOAD_SETTLE_S``, until no upload runs in the location.
+
+        An upload whose answer was lost may still be running when it is retried: its version
+        exists only once it has finished, and looking for it earlier would register a second.
+        """
+        client = _client(utils.ModelClientWithOverride, self.location)
+        upload_type = aiplatform_v1.UploadModelOperationMetadata.pb().DESCRIPTOR
+        deadline = time.monotonic() + UPLOAD_SETTLE_S
+        while time.monotonic() < deadline:
+            running, token = False, ""
+            while True:
+                try:
+                    page = client.list_operations(
+                        request={
+                            "name": f"projects/{self.project}/locations/{self.location}",
+                            "page_token": token,
+                        }
+                    )
+                except exceptions.GoogleAPICallError as error:
+                    logger.warning("cannot list the running operations (%s)", error)
+                    return
+                running = running or any(
+                    not op.done and op.metadata.Is(upload_type) for op in page.operations
+                )
+                token = page.next_page_token
+                if running or not token:
+                    break
+            if not running:
+                return
+            time.sleep(1.0)
 
     def find_version(self, display_name: str, source_uri: str) -> ModelVersion | None:
         """The version of ``display_name`` whose artifact is ``source_uri``, if any."""
