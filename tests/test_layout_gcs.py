@@ -82,12 +82,18 @@ def test_the_fingerprint_of_a_bucket_follows_its_content(
 
 @pytest.mark.slow
 def test_bucket_to_bucket_steps_write_what_the_folder_steps_write(
-    emulated_gcs: storage.Client, tmp_path: Path
+    emulated_gcs: storage.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Download, validate and preprocess with every artifact in a bucket (as on Vertex AI,
     through gcsfs rather than the /gcs mount) give the records the same steps give on folders."""
+    from components.lib import storage as storage_seam
+    from components.lib.data import validation
     from components.lib.data.records import preprocess_dataset
     from components.lib.data.validation import validate_dataset
+
+    # The emulator serves one connection at a time: one request in flight, as gcsfs is told.
+    monkeypatch.setattr(storage_seam, "READ_THREADS", 1)
+    monkeypatch.setattr(validation, "IO_THREADS", 1)
 
     folder = make_layout(tmp_path / "data", {"0red": 3, "1blue": 2})
     data_uri = upload_folder(emulated_gcs, folder, f"data-{tmp_path.name}")

@@ -73,10 +73,11 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return url_to_fs(uri)
 
 
-def read_files(
-    fs: fsspec.AbstractFileSystem, paths: Sequence[str], threads: int = 16
-) -> list[bytes | OSError]:
-    """The bytes of every path of ``fs``, in order, read concurrently (on gcsfs, that many
+READ_THREADS = 16
+
+
+def read_files(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> list[bytes | OSError]:
+    """The bytes of every path of ``fs``, in order, read concurrently (on gcsfs, READ_THREADS
     requests in flight); a file that cannot be read gives its error instead.
 
     One ``cat_file`` per path, not ``fs.cat(paths)``, which would take a name such as
@@ -89,7 +90,7 @@ def read_files(
         except OSError as error:
             return error
 
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(READ_THREADS) as pool:
         return list(pool.map(read, paths))
 
 
