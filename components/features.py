@@ -12,15 +12,22 @@ from components import PIPELINE_IMAGE
 def extract_features(
     dataset: dsl.Input[dsl.Dataset],
     backbone: str,
+    beam_pipeline_args: str,
     features: dsl.Output[dsl.Dataset],
 ) -> None:
     """Write the ImageNet ``backbone``'s (EfficientNet-Lite) features of the train and val
-    splits."""
+    splits, one file per shard of images; with ``beam_pipeline_args``, on Apache Beam workers."""
     from components.lib.data.records import load_preprocessed
     from components.lib.modelling.features import extract_features as extract
 
     data = load_preprocessed(dataset.path)
-    counts = extract(data, features.path, backbone=backbone)
+    counts = extract(
+        data,
+        features.uri,
+        backbone=backbone,
+        beam_args=beam_pipeline_args,
+        records_uri=dataset.uri,
+    )
     features.metadata.update(
         {"backbone": backbone, "image_size": data.image_size, "counts": counts}
     )

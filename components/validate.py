@@ -13,10 +13,11 @@ def validate_data(
     dataset: dsl.Output[dsl.Dataset],
     report: dsl.Output[dsl.Markdown],
 ) -> None:
-    """Fails with the list of bad files when more than ``max_unusable_share`` is unusable."""
+    """Fails with the list of bad files when more than ``max_unusable_share`` is unusable. Reads
+    and writes the images by URI, many requests at once (not file by file through ``/gcs``)."""
     from components.lib.data.validation import validate_dataset
 
     result = validate_dataset(
-        raw_data.path, dataset.path, report.path, min_image_size, max_unusable_share
+        raw_data.uri, dataset.uri, report.path, min_image_size, max_unusable_share
     )
     dataset.metadata.update({"counts": result.counts, "unusable": result.unusable})

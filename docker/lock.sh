@@ -19,7 +19,7 @@ if ! command -v uv >/dev/null; then
   echo "lock.sh: uv not found; install it with: pip install uv" >&2
   exit 1
 fi
-uv pip compile pyproject.toml --quiet \
+uv pip compile pyproject.toml --quiet --extra dataflow \
   --python-version "$PYTHON_VERSION" --python-platform "$PLATFORM" \
   --custom-compile-command "bash docker/lock.sh" \
   --output-file docker/requirements.lock "$@"

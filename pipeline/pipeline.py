@@ -178,6 +178,7 @@ def build_pipeline(
         project: str = "",
         location: str = "",
         local_state_dir: str = "",
+        beam_pipeline_args: str = "",
     ) -> PipelineOutputs:
         """Train an image classifier by transfer learning and deploy it if it is good enough.
 
@@ -240,6 +241,12 @@ def build_pipeline(
             project: Google Cloud project of the model and endpoint; empty: the pipeline job's.
             location: Region of the model and endpoint; empty: the pipeline job's.
             local_state_dir: Folder of the local model registry and endpoints (target 'local').
+            beam_pipeline_args: Empty: the preprocess and features steps do their work
+                themselves, streaming, on every core of their machine. Otherwise Apache Beam
+                flags that run that work as a Beam pipeline: '--runner=DirectRunner' on the
+                step's machine, or '--runner=DataflowRunner --project=P --region=R
+                --temp_location=gs://B/tmp --sdk_container_image=<pipeline image>' on as many
+                Dataflow workers as the data needs (README: Scale).
         """
         # Where models go, settled first: an empty project or location is the job's own.
         resolved = resolve_target(
@@ -276,9 +283,12 @@ def build_pipeline(
             backbone=backbone,
             validation_fraction=validation_fraction,
             seed=seed,
+            beam_pipeline_args=beam_pipeline_args,
         ).set_display_name("preprocess")
         features = extract_features(
-            dataset=preprocess.outputs["dataset"], backbone=backbone
+            dataset=preprocess.outputs["dataset"],
+            backbone=backbone,
+            beam_pipeline_args=beam_pipeline_args,
         ).set_display_name("features")
         if resources.accelerator_type and resources.accelerator_count:
             features.set_accelerator_type(resources.accelerator_type).set_accelerator_limit(1)

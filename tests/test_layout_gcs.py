@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import fsspec
 import pytest
 from google.cloud import storage
 
 from components.lib.data.layout import DataLayoutError, DatasetLayout, download_dataset
-from tests.conftest import make_layout, upload_folder
+from tests.conftest import GCS_BUCKET, make_layout, upload_folder
 
 
 def contents(layout: DatasetLayout) -> dict[str, str]:
@@ -77,3 +78,38 @@ def test_the_fingerprint_of_a_bucket_follows_its_content(
     replaced.write_bytes(replaced.read_bytes() + b"\0")
     upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
     assert fingerprint_data(data_uri)[0] != first
+
+
+@pytest.mark.slow
+def test_bucket_to_bucket_steps_write_what_the_folder_steps_write(
+    emulated_gcs: storage.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Download, validate and preprocess with every artifact in a bucket (as on Vertex AI,
+    through gcsfs rather than the /gcs mount) give the records the same steps give on folders."""
+    from components.lib import storage as storage_seam
+    from components.lib.data import validation
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.data.validation import validate_dataset
+
+    # The emulator serves one connection at a time: one request in flight, as gcsfs is told.
+    monkeypatch.setattr(storage_seam, "READ_THREADS", 1)
+    monkeypatch.setattr(validation, "IO_THREADS", 1)
+
+    folder = make_layout(tmp_path / "data", {"0red": 3, "1blue": 2})
+    data_uri = upload_folder(emulated_gcs, folder, f"data-{tmp_path.name}")
+    runs = {
+        "gcs": f"gs://{GCS_BUCKET}/artifacts-{tmp_path.name}",
+        "folder": str(tmp_path / "local"),
+    }
+    for root in runs.values():
+        download_dataset(data_uri if root.startswith("gs://") else str(folder), f"{root}/raw")
+        validate_dataset(f"{root}/raw", f"{root}/valid", str(tmp_path / f"{root[-5:]}.md"))
+        preprocess_dataset(f"{root}/valid", f"{root}/records", 16, images_per_shard=2)
+
+    fs = fsspec.filesystem("gs")
+    names = sorted(path.name for path in Path(runs["folder"], "records").iterdir())
+    in_bucket = sorted(path.rsplit("/", 1)[-1] for path in fs.ls(f"{runs['gcs']}/records"))
+    assert in_bucket == names and "train-00002-of-00003.tfrecord" in names
+    for name in names:
+        local = Path(runs["folder"], "records", name).read_bytes()
+        assert fs.cat_file(f"{runs['gcs']}/records/{name}") == local

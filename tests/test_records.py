@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from components.lib.data import records
 from components.lib.data.records import (
     UndecodableImageError,
     carve_validation,
@@ -31,6 +32,7 @@ def test_preprocess_writes_shards_class_map_and_counts(tmp_path: Path) -> None:
     stats = json.loads((out / "stats.json").read_text())
     assert stats == {
         "image_size": 32,
+        "encoding": "encoded",
         "counts": {"train": {"0red": 5, "1blue": 3}, "eval": {"0red": 5, "1blue": 3}},
     }
     assert load_preprocessed(str(out)) == result
@@ -118,3 +120,65 @@ def test_preprocess_writes_a_val_split_and_leaves_eval_alone(tmp_path: Path) -> 
     assert load_preprocessed(str(tmp_path / "records")) == dataset
     labels = np.concatenate([labels.numpy() for _, labels in read_split(dataset, "val", 8)])
     assert sorted(labels.tolist()) == [0, 0, 1]
+
+
+def _all_of(dataset: records.PreprocessedDataset, split: str, **options) -> tuple:
+    batches = list(read_split(dataset, split, batch_size=4, **options))
+    return (
+        np.concatenate([images.numpy() for images, _ in batches]),
+        np.concatenate([labels.numpy() for _, labels in batches]),
+    )
+
+
+def test_encoded_records_give_the_pixels_of_pixel_records_and_are_smaller(
+    tmp_path: Path,
+) -> None:
+    root = make_layout(tmp_path / "data", {"0red": 3, "1blue": 3})
+    encoded = preprocess_dataset(str(root), str(tmp_path / "encoded"), image_size=40)
+    pixels = preprocess_dataset(
+        str(root), str(tmp_path / "pixels"), image_size=40, encoding=records.PIXELS
+    )
+
+    assert load_preprocessed(str(tmp_path / "pixels")).encoding == records.PIXELS
+    encoded_images, encoded_labels = _all_of(encoded, "train")
+    pixel_images, pixel_labels = _all_of(pixels, "train")
+    np.testing.assert_array_equal(encoded_images, pixel_images)
+    np.testing.assert_array_equal(encoded_labels, pixel_labels)
+
+    def size(folder: str) -> int:
+        return sum(path.stat().st_size for path in (tmp_path / folder).glob("*.tfrecord"))
+
+    assert size("encoded") < size("pixels") / 2
+
+
+def test_training_shuffle_is_bounded_yet_reorders_every_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A split larger than the buffer: every image once per pass, in a new order each pass."""
+    root = make_layout(tmp_path / "data", {"0red": 12, "1blue": 12})
+    dataset = preprocess_dataset(str(root), str(tmp_path / "r"), 8, images_per_shard=4)
+    monkeypatch.setattr(records, "SHUFFLE_BUFFER", 3)
+    in_order, _ = _all_of(dataset, "train")
+    passes = read_split(dataset, "train", batch_size=24, shuffle=True, seed=1, repeat=True)
+    first, second = (images.numpy() for images, _ in passes.take(2))
+
+    def keys(images: np.ndarray) -> list[bytes]:
+        return sorted(image.tobytes() for image in images)
+
+    assert keys(first) == keys(second) == keys(in_order)
+    assert not np.array_equal(first, second) and not np.array_equal(first, in_order)
+
+
+@pytest.mark.slow
+def test_beam_direct_runner_writes_the_same_records(tmp_path: Path) -> None:
+    root = make_layout(tmp_path / "data", {"0red": 5, "1blue": 4})
+    here = preprocess_dataset(str(root), str(tmp_path / "here"), 16, images_per_shard=3)
+    beam = preprocess_dataset(
+        str(root), str(tmp_path / "beam"), 16, images_per_shard=3, beam_args="--runner=DirectRunner"
+    )
+
+    assert beam.counts == here.counts
+    names = sorted(path.name for path in (tmp_path / "here").iterdir())
+    assert sorted(path.name for path in (tmp_path / "beam").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "beam" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()

@@ -13,13 +13,17 @@ import io
 import json
 import logging
 import os
-import shutil
 from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import fsspec
+from fsspec.core import url_to_fs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from components.lib.data.layout import IGNORED_FILES, SPLITS, discover_layout
+from components.lib.storage import read_files
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ CONVERSIONS: dict[str, str] = {
     "other_format": "a format other than JPEG/PNG, re-encoded as PNG",
 }
 IMBALANCE_RATIO = 3.0
+IO_THREADS = 16
+READ_CHUNK = 64
 
 
 class DataValidationError(ValueError):
@@ -159,6 +165,31 @@ def _inspect(data: bytes, min_image_size: int) -> tuple[str | None, list[str], I
     return None, conversions, rgb
 
 
+def _inspected(
+    fs: fsspec.AbstractFileSystem,
+    pool: ThreadPoolExecutor,
+    paths: list[str],
+    min_image_size: int,
+) -> Iterator[tuple[str, bytes, tuple[str | None, list[str], Image.Image | None]]]:
+    """``(path, bytes, _inspect(bytes))`` of every path in order, each file read once,
+    concurrently (many requests in flight on gcsfs) a chunk at a time, and inspected on the
+    pool's threads (Pillow decodes without holding the GIL): memory holds one chunk."""
+    for start in range(0, len(paths), READ_CHUNK):
+        chunk = paths[start : start + READ_CHUNK]
+        data = read_files(fs, chunk)
+        for path, content in zip(chunk, data, strict=True):
+            if isinstance(content, OSError):
+                raise OSError(f"cannot read {path}: {content}") from content
+        inspected = pool.map(lambda item: _inspect(item, min_image_size), data)
+        yield from zip(chunk, data, inspected, strict=True)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def validate_dataset(
     raw_dir: str,
     output_dir: str,
@@ -166,58 +197,63 @@ def validate_dataset(
     min_image_size: int = 32,
     max_unusable_share: float = 0.05,
 ) -> ValidationReport:
-    """Write the usable images of ``raw_dir`` to ``output_dir`` (same layout) and a Markdown
-    report to ``report_path``.
+    """Write the usable images of ``raw_dir`` to ``output_dir`` (same layout; folders or
+    ``gs://``) and a Markdown report to ``report_path``. Reads each file once, in bulk, and
+    checks and writes on a pool of threads.
 
     Raises DataValidationError, after writing the report, when more than ``max_unusable_share``
     of the files cannot be used or a class is left without images.
     """
-    _, layout = discover_layout(raw_dir)
+    fs, layout = discover_layout(raw_dir)
+    output_fs, output_root = url_to_fs(output_dir)
+    output_root = output_root.rstrip("/")
     report = ValidationReport()
-    ignored_path = os.path.join(raw_dir, IGNORED_FILES)
-    if os.path.exists(ignored_path):
-        with open(ignored_path) as file:
+    ignored_path = f"{layout.root}/{IGNORED_FILES}"
+    if fs.exists(ignored_path):
+        with fs.open(ignored_path) as file:
             report.skipped["not_an_image"].extend(json.load(file))
     eval_hashes: set[str] = set()
-    for split in reversed(SPLITS):
-        report.counts[split] = {}
-        seen: set[str] = set()
-        for class_name, paths in layout.files[split].items():
-            usable = 0
-            target_dir = os.path.join(output_dir, split, class_name)
-            os.makedirs(target_dir, exist_ok=True)
-            for path in paths:
-                relative = os.path.relpath(path, raw_dir)
-                with open(path, "rb") as file:
-                    data = file.read()
-                digest = hashlib.sha256(data).hexdigest()
-                reason, conversions, rewritten = _inspect(data, min_image_size)
-                if reason is None and digest in seen:
-                    reason = "duplicate"
-                elif reason is None and split == "train" and digest in eval_hashes:
-                    reason = "leak"
-                if reason:
-                    report.skipped[reason].append(relative)
-                    continue
-                seen.add(digest)
-                usable += 1
-                for kind in conversions:
-                    report.converted[kind].append(relative)
-                name = os.path.basename(path)
-                if rewritten is None:
-                    shutil.copyfile(path, os.path.join(target_dir, name))
-                else:
-                    rewritten.save(os.path.join(target_dir, os.path.splitext(name)[0] + ".png"))
-            report.counts[split][class_name] = usable
-        if split == "eval":
-            eval_hashes = seen
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        for split in reversed(SPLITS):
+            report.counts[split] = {}
+            seen: set[str] = set()
+            for class_name, paths in layout.files[split].items():
+                usable = 0
+                target_dir = f"{output_root}/{split}/{class_name}"
+                output_fs.makedirs(target_dir, exist_ok=True)
+                writes = []
+                for path, data, (reason, conversions, rewritten) in _inspected(
+                    fs, pool, paths, min_image_size
+                ):
+                    relative = path[len(layout.root) + 1 :]
+                    digest = hashlib.sha256(data).hexdigest()
+                    if reason is None and digest in seen:
+                        reason = "duplicate"
+                    elif reason is None and split == "train" and digest in eval_hashes:
+                        reason = "leak"
+                    if reason:
+                        report.skipped[reason].append(relative)
+                        continue
+                    seen.add(digest)
+                    usable += 1
+                    for kind in conversions:
+                        report.converted[kind].append(relative)
+                    name = path.rsplit("/", 1)[-1]
+                    if rewritten is not None:
+                        name, data = os.path.splitext(name)[0] + ".png", _png(rewritten)
+                    writes.append(pool.submit(output_fs.pipe_file, f"{target_dir}/{name}", data))
+                for write in writes:
+                    write.result()
+                report.counts[split][class_name] = usable
+            if split == "eval":
+                eval_hashes = seen
     report.counts = {split: report.counts[split] for split in SPLITS}
     train_counts = report.counts["train"].values()
     if min(train_counts) and max(train_counts) / min(train_counts) > IMBALANCE_RATIO:
         report.warnings.append(
             f"class imbalance in train: {max(train_counts)} vs {min(train_counts)} images"
         )
-    with open(os.path.join(output_dir, REPORT_FILE), "w") as file:
+    with output_fs.open(f"{output_root}/{REPORT_FILE}", "w") as file:
         json.dump(report.to_dict(), file, indent=2)
     os.makedirs(os.path.dirname(report_path) or ".", exist_ok=True)
     with open(report_path, "w") as file:
