@@ -1,4 +1,5 @@
-"""Pipeline step: copy the images from ``gs://`` or a folder into a Dataset artifact."""
+"""Pipeline step: read ``data_uri`` (a folder or an import file, ``gs://`` or local) and copy its
+images into a Dataset artifact in the folder layout."""
 
 from kfp import dsl
 
@@ -6,11 +7,28 @@ from components import PIPELINE_IMAGE
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
-def download_data(data_uri: str, raw_data: dsl.Output[dsl.Dataset]) -> None:
-    """Copy ``<data_uri>/{train,eval}/<class>/<image>`` after checking the layout."""
-    from components.lib.data.layout import download_dataset, redact_uri
+def download_data(
+    data_uri: str,
+    eval_fraction: float,
+    seed: int,
+    csv_file_column: str,
+    csv_label_column: str,
+    csv_image_folder: str,
+    raw_data: dsl.Output[dsl.Dataset],
+) -> None:
+    """Copy the images as ``{train,eval}/<class>/<image>`` after checking the source; an eval
+    split is carved from train when the source has none; skipped rows go to validation."""
+    from components.lib.data.layout import redact_uri
+    from components.lib.data.sources import SourceOptions, download_dataset
 
-    layout = download_dataset(data_uri, raw_data.path)
+    options = SourceOptions(
+        eval_fraction=eval_fraction,
+        seed=seed,
+        file_column=csv_file_column,
+        label_column=csv_label_column,
+        image_folder=csv_image_folder,
+    )
+    layout = download_dataset(data_uri, raw_data.path, options)
     raw_data.metadata.update(
         {
             "source": redact_uri(data_uri),

@@ -15,7 +15,8 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from components.lib.data.layout import DataLayoutError, DatasetLayout, download_dataset
+from components.lib.data.layout import DataLayoutError, DatasetLayout
+from components.lib.data.sources import download_dataset
 from tests.conftest import make_layout
 
 BUCKET = "beer-data"

@@ -1,7 +1,9 @@
-"""Find, check and copy a dataset in the challenge layout: ``<root>/{train,eval}/<class>/<image>``.
+"""Find, check and copy a dataset in the folder layout: ``<root>/{train,eval}/<class>/<image>``.
 
 The same code reads a local folder and a ``gs://`` bucket: fsspec picks the file system from the URI
-(gcsfs for ``gs://``), so the layout rules cannot drift between the two.
+(gcsfs for ``gs://``), so the layout rules cannot drift between the two. Every data source
+(``sources.py``) ends as this listing, and the copy is always written in this layout, which is
+what validation, preprocessing and evaluation read.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import logging
 import os
 import urllib.parse
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,12 +27,13 @@ IGNORED_FILES = "ignored_files.json"
 
 
 class DataLayoutError(ValueError):
-    """The data does not follow ``{train,eval}/<class>/<image>``; the message says how to fix it."""
+    """The data cannot be read as a dataset; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
 class DatasetLayout:
-    """Image paths per split and class, with classes in index order (sorted folder names)."""
+    """Image paths per split and class (the in-memory listing every data source produces);
+    classes in index order: their names sorted by Unicode code point, as Python sorts strings."""
 
     root: str
     files: Mapping[str, Mapping[str, list[str]]]
@@ -67,11 +71,14 @@ def _join(fs: fsspec.AbstractFileSystem, *parts: str) -> str:
     return fs.sep.join(part.rstrip(fs.sep) for part in parts)
 
 
-def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLayout]:
+def discover_layout(
+    data_uri: str, eval_optional: bool = False
+) -> tuple[fsspec.AbstractFileSystem, DatasetLayout]:
     """List every image under ``data_uri`` and check the layout before anything is copied.
 
-    Raises DataLayoutError naming the missing or inconsistent part, so a wrong URI or a
-    half-uploaded bucket fails in seconds instead of after training.
+    With ``eval_optional`` a folder without ``eval/`` lists its ``train`` split only (the data
+    source then carves one). Raises DataLayoutError naming the missing or inconsistent part, so a
+    wrong URI or a half-uploaded bucket fails in seconds instead of after training.
     """
     shown = redact_uri(data_uri)
     try:
@@ -90,6 +97,8 @@ def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLa
     ignored: list[str] = []
     for split in SPLITS:
         split_dir = _join(fs, root, split)
+        if split != SPLITS[0] and eval_optional and not fs.isdir(split_dir):
+            continue
         if not fs.isdir(split_dir):
             raise DataLayoutError(
                 f"split folder {split!r} is missing under {shown!r}; expected "
@@ -112,20 +121,22 @@ def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLa
             files[split][class_dir.rsplit(fs.sep, 1)[-1]] = [p for p in names if is_image_file(p)]
             ignored += [p[len(root) + 1 :] for p in names if not is_image_file(p)]
 
-    _check_classes(shown, files)
+    check_classes(shown, files)
     return fs, DatasetLayout(root=root, files=files, ignored=tuple(ignored))
 
 
-def _check_classes(data_uri: str, files: Mapping[str, Mapping[str, list[str]]]) -> None:
-    reference, other = (set(files[split]) for split in SPLITS)
+def check_classes(data_uri: str, files: Mapping[str, Mapping[str, list[str]]]) -> None:
+    """Every class has images in every split that ``files`` holds; DataLayoutError otherwise."""
     problems = []
-    for split, missing in ((SPLITS[1], reference - other), (SPLITS[0], other - reference)):
-        if missing:
-            problems.append(f"class folder(s) {sorted(missing)} missing from split {split!r}")
+    if all(split in files for split in SPLITS):
+        reference, other = (set(files[split]) for split in SPLITS)
+        for split, missing in ((SPLITS[1], reference - other), (SPLITS[0], other - reference)):
+            if missing:
+                problems.append(f"class(es) {sorted(missing)} missing from split {split!r}")
     for split, classes in files.items():
         empty = sorted(name for name, paths in classes.items() if not paths)
         if empty:
-            problems.append(f"class folder(s) {empty} in split {split!r} hold no images")
+            problems.append(f"class(es) {empty} in split {split!r} hold no images")
     if problems:
         raise DataLayoutError(
             f"data under {data_uri!r} is not usable: " + "; ".join(problems) + ". Every class "
@@ -134,26 +145,37 @@ def _check_classes(data_uri: str, files: Mapping[str, Mapping[str, list[str]]]) 
         )
 
 
-def download_dataset(data_uri: str, destination: str) -> DatasetLayout:
-    """Copy the images of ``data_uri`` into ``destination`` in the same layout.
+def target_names(paths: list[str], sep: str) -> list[str]:
+    """File names for one class folder of the copy: each path's own name, prefixed with its
+    position when another path of the class has the same name (import files may list
+    ``a/1.jpg`` and ``b/1.jpg``), and given ``.jpg`` when it has no image extension (validation
+    then judges the content, as for every other file)."""
+    names = [path.rsplit(sep, 1)[-1] for path in paths]
+    repeated = {name for name, count in Counter(names).items() if count > 1}
+    return [
+        (f"{index:06d}-{name}" if name in repeated else name)
+        + ("" if is_image_file(name) else ".jpg")
+        for index, name in enumerate(names)
+    ]
+
+
+def copy_dataset(
+    fs: fsspec.AbstractFileSystem, layout: DatasetLayout, destination: str
+) -> DatasetLayout:
+    """Copy the images that ``layout`` lists (on ``fs``) into ``destination`` as
+    ``<split>/<class>/<image>``.
 
     Returns the layout of the copy, so later steps read local files only.
     """
-    fs, layout = discover_layout(data_uri)
     total = sum(len(paths) for classes in layout.files.values() for paths in classes.values())
-    logger.info(
-        "copying %d images of %d classes from %s",
-        total,
-        len(layout.class_names),
-        redact_uri(data_uri),
-    )
+    logger.info("copying %d images of %d classes", total, len(layout.class_names))
     copied: dict[str, dict[str, list[str]]] = {}
     for split, classes in layout.files.items():
         copied[split] = {}
         for class_name, paths in classes.items():
             target_dir = os.path.join(destination, split, class_name)
             os.makedirs(target_dir, exist_ok=True)
-            targets = [os.path.join(target_dir, path.rsplit(fs.sep, 1)[-1]) for path in paths]
+            targets = [os.path.join(target_dir, name) for name in target_names(paths, fs.sep)]
             fs.get(paths, targets)
             copied[split][class_name] = targets
         logger.info("%s: %s", split, layout.counts()[split])
