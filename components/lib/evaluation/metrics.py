@@ -137,7 +137,7 @@ def evaluate_saved_model(
             f"the model was trained on classes {model.class_names} but the {split} data has "
             f"{layout.class_names}; evaluate on data with the same class folders"
         )
-    labels, predictions, misclassified, photos, probabilities = [], [], [], [], []
+    labels, predictions, misclassified, photos, served = [], [], [], [], []
     for index, name in enumerate(layout.class_names):
         paths = layout.files[split][name]
         for start in range(0, len(paths), batch_size):
@@ -159,7 +159,7 @@ def evaluate_saved_model(
             predictions.extend(predicted.classes.tolist())
             labels.extend([index] * len(batch))
             photos.extend(batch_paths)
-            probabilities.extend(predicted.probabilities)
+            served.extend(predicted.probabilities)
     matrix = confusion_matrix(np.asarray(labels), np.asarray(predictions), len(model.class_names))
     evaluation = Evaluation(
         class_names=model.class_names,
@@ -167,7 +167,7 @@ def evaluate_saved_model(
         misclassified=tuple(misclassified),
         photos=tuple(photos),
         labels=tuple(labels),
-        probabilities=np.asarray(probabilities, dtype=np.float64),
+        probabilities=np.asarray(served, dtype=np.float64),
         temperature=read_temperature(model.model_dir),
     )
     logger.info("%s accuracy %.4f on %d images", split, evaluation.accuracy, evaluation.count)
