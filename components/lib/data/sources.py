@@ -147,8 +147,13 @@ def read_source(data_uri: str, options: SourceOptions = SourceOptions()) -> Sour
             rows = _label_csv_rows(text, options)
             source = _read_import(shown, LABEL_CSV, rows, folder_fs, folder, match_stem=True)
         else:
+            hint = (
+                "; it was read as Vertex AI import lines [ML_USE,]GCS_FILE_PATH,LABEL: a label "
+                f"table names its columns csv_file_column ({options.file_column!r}) and "
+                f"csv_label_column ({options.label_column!r}) in its first row"
+            )
             rows = _vertex_csv_rows(text)
-            source = _read_import(shown, VERTEX_CSV, rows, fs, posixpath.dirname(path))
+            source = _read_import(shown, VERTEX_CSV, rows, fs, posixpath.dirname(path), hint=hint)
     else:
         raise DataLayoutError(
             f"data_uri {shown!r} is a file but not an import file: expected .csv (Vertex AI "
@@ -338,6 +343,7 @@ def _read_import(
     fs: fsspec.AbstractFileSystem,
     base: str,
     match_stem: bool = False,
+    hint: str = "",
 ) -> Source:
     """Resolve each row's file (a URI, or a path relative to ``base`` on ``fs``), check that it
     exists, skip repeated files, and list the rest by split and class."""
@@ -379,10 +385,10 @@ def _read_import(
             first_line[resolved] = row.line
             files[row.split][row.label].append(resolved)
     if not files.get(TRAIN):
+        first = f", the first: {min(bad, key=lambda row: row.line)}" if bad else ""
         raise DataLayoutError(
-            f"import file {shown!r} lists no usable training image ({len(bad)} bad rows"
-            + (f", the first: {sorted(bad, key=lambda r: r.line)[0]}" if bad else "")
-            + ")"
+            f"import file {shown!r} lists no usable training image ({len(bad)} bad rows{first})"
+            + hint
         )
     listing = {split: dict(files[split]) for split in SPLITS if split in files}
     for split in listing:
