@@ -63,7 +63,7 @@ def evaluate_model(
 
     low, high = evaluation.accuracy_interval
     ece_before, ece_after = evaluation.uncalibrated_error(), evaluation.calibration_error()
-    summary = {
+    summary = {  # KFP passes no None inside a dict: what is not known is left out
         "accuracy_ci95": [round(low, 4), round(high, 4)],
         "correct": evaluation.correct,
         "eval_images": evaluation.count,
@@ -76,6 +76,7 @@ def evaluate_model(
         "ece_after": None if ece_after is None else round(ece_after, 4),
         "gate": {**dataclasses.asdict(rule), "rule": rule.describe()},
     }
+    summary = {name: value for name, value in summary.items() if value is not None}
     metrics.log_metric("accuracy", round(evaluation.accuracy, 4))
     metrics.log_metric("accuracy_ci95_low", round(low, 4))
     metrics.log_metric("accuracy_ci95_high", round(high, 4))
@@ -88,7 +89,7 @@ def evaluate_model(
     if decision.comparison:
         metrics.log_metric("mcnemar_p_value", round(decision.comparison.p_value, 4))
     for name in ("ece_before", "ece_after", "temperature"):
-        if summary[name] is not None:
+        if name in summary:
             metrics.log_metric(name, round(summary[name], 4))
     metrics.log_metric("deploy", decision.deploy)
     metrics.metadata["decision"] = decision.reason

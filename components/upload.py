@@ -34,7 +34,7 @@ def upload_model(
     import logging
 
     from components.lib.artifacts import describe_resource
-    from components.lib.evaluation.metrics import GateRule
+    from components.lib.evaluation.rule import GateRule
     from components.lib.targets import model_registry, resource_uri
     from components.lib.targets.base import version_alias
 

@@ -62,6 +62,7 @@ def test_champion_is_the_served_version_artifact(tmp_path: Path, demo_model_dir:
     ).read_text()
 
 
+@pytest.mark.slow
 def test_weaker_challenger_is_not_deployed_and_stronger_one_replaces_it(
     tmp_path: Path, demo_model_dir: Path, weak_model_dir: Path, demo_data_dir: Path
 ) -> None:
@@ -91,6 +92,7 @@ def test_weaker_challenger_is_not_deployed_and_stronger_one_replaces_it(
     assert Path(champion(tmp_path)) == tmp_path / "models/beer-classifier/versions/2"
 
 
+@pytest.mark.slow
 def test_champion_with_other_classes_is_served_but_never_replaced_unless_allowed(
     tmp_path: Path, demo_model_dir: Path
 ) -> None:

@@ -74,6 +74,7 @@ def test_bad_bytes_are_named_by_index(serving: ServingModel, demo_data_dir: Path
     assert raised.value.indices == [1, 3]
 
 
+@pytest.mark.slow
 def test_calibration_temperature_is_applied_in_the_export(
     demo_data_dir: Path, tmp_path: Path
 ) -> None:

@@ -146,6 +146,7 @@ def test_evaluate_step_writes_metrics_confusion_matrix_and_report(
     assert embedded_png(page, "training-curves").startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_evaluate_step_says_a_champion_serves_but_is_not_compared(
     tmp_path: Path, demo_model_dir: Path
 ) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from components.lib.data.layout import discover_layout
+from components.lib.evaluation.rule import GateRule
 from components.lib.evaluation.statistics import SIGNIFICANCE, mcnemar_exact, wilson_interval
 from components.lib.modelling.calibration import expected_calibration_error, read_temperature, scale
 from components.lib.serving.prediction import ServingModel
@@ -282,44 +283,13 @@ def compare_paired(challenger: Evaluation, champion: Evaluation) -> PairedCompar
 
 
 @dataclass(frozen=True)
-class GateRule:
-    """The deploy rule's settings (the pipeline parameters of the same names)."""
-
-    min_accuracy: float = 0.8
-    max_regression: float = 0.0
-    allow_class_change: bool = False
-
-    def labels(self) -> dict[str, str]:
-        """The rule's settings as registry labels (Vertex turns them into label values)."""
-        return {
-            "gate_min_accuracy": f"{self.min_accuracy:.4f}",
-            "gate_max_regression": f"{self.max_regression:.4f}",
-            "gate_allow_class_change": str(self.allow_class_change).lower(),
-            "gate_test": "mcnemar-exact",
-        }
-
-    def describe(self) -> str:
-        """The exact rule, as recorded with a registered version."""
-        change = "replaced" if self.allow_class_change else "kept"
-        return (
-            f"deploy when accuracy >= {self.min_accuracy:.4f} and, against a served model with "
-            "the same classes, (photos right only by the new model) - (photos right only by the "
-            f"served one) >= -{self.max_regression:.4f} x eval photos; exact McNemar test "
-            f"reported; a served model with other classes is {change} (allow_class_change="
-            f"{str(self.allow_class_change).lower()})"
-        )
-
-
-@dataclass(frozen=True)
 class Decision:
     deploy: bool
     reason: str
     comparison: PairedComparison | None = None
 
 
-def deployment_decision(
-    challenger: Evaluation, champion: Champion, rule: GateRule = GateRule()
-) -> Decision:
+def deployment_decision(challenger: Evaluation, champion: Champion, rule: GateRule) -> Decision:
     """Deploy when the challenger reaches ``min_accuracy`` and either nothing is served, or the
     served model has the same classes and the challenger is not worse on the same photos by more
     than ``max_regression`` of them, or it has other classes and ``allow_class_change`` is set.

@@ -27,7 +27,7 @@ _STYLE = (
     "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
     "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
     ".grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:170px;font-size:12px}"
-    ".deploy{color:#0a7d28}.reject{color:#b3261e}"
+    ".deploy{color:#0a7d28}.reject{color:#b3261e}.facts td{text-align:left;max-width:60em}"
 )
 
 
