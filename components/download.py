@@ -19,7 +19,11 @@ def download_data(
     """Copy the images as ``{train,eval}/<class>/<image>`` after checking the source; an eval
     split is carved from train when the source has none; skipped rows go to validation."""
     from components.lib.data.layout import redact_uri
-    from components.lib.data.sources import SourceOptions, download_dataset
+    from components.lib.data.sources import (
+        SourceOptions,
+        download_dataset,
+        read_source_description,
+    )
 
     options = SourceOptions(
         eval_fraction=eval_fraction,
@@ -29,9 +33,12 @@ def download_data(
         image_folder=csv_image_folder,
     )
     layout = download_dataset(data_uri, raw_data.path, options)
+    source = read_source_description(raw_data.path)
     raw_data.metadata.update(
         {
             "source": redact_uri(data_uri),
+            "source_kind": source["kind"],
+            "eval_split": source["eval_split"],
             "class_names": layout.class_names,
             "counts": layout.counts(),
         }

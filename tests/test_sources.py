@@ -18,6 +18,7 @@ from components.lib.data.sources import (
     SourceOptions,
     download_dataset,
     read_source,
+    read_source_description,
 )
 from components.lib.data.validation import DataValidationError, validate_dataset
 from tests.conftest import make_layout, write_image
@@ -339,3 +340,30 @@ def test_files_of_the_same_name_from_two_folders_are_both_kept(tmp_path: Path) -
         str(tmp_path / "raw"), str(tmp_path / "clean"), str(tmp_path / "r.md")
     )
     assert report.counts["train"] == {"Blue": 4, "Red": 4}
+
+
+def test_download_step_records_the_source_and_its_eval_split(photos: Path, tmp_path: Path) -> None:
+    """The step's own function: a train/-only folder is copied with a carved eval split, and the
+    artifact's metadata and source.json say so (evaluate and the run summary read it)."""
+    from kfp import dsl
+
+    from components.download import download_data
+
+    shutil.rmtree(photos / "eval")
+    raw = dsl.Dataset(name="raw", uri=str(tmp_path / "raw"), metadata={})
+
+    download_data.python_func(
+        data_uri=str(photos),
+        eval_fraction=0.3,
+        seed=1,
+        csv_file_column="file",
+        csv_label_column="label",
+        csv_image_folder="",
+        raw_data=raw,
+    )
+
+    note = "carved from train: 9 images, 30% of each class (eval_fraction 0.3, seed 1)"
+    assert raw.metadata["source_kind"] == FOLDER and raw.metadata["eval_split"] == note
+    assert raw.metadata["counts"]["eval"] == {"0red": 3, "1blue": 3, "2green": 3}
+    assert len(list((tmp_path / "raw/eval").rglob("*.jpg"))) == 9
+    assert read_source_description(str(tmp_path / "raw"))["eval_split"] == note
