@@ -1,7 +1,8 @@
-"""The beer photos through the local pipeline from other data sources: a train/-only folder (eval
-carved) deploys; the same photos as a Vertex AI import CSV with display names train, replace the
-served model only when allow_class_change says so, and serve the names in their sorted order; a
-3-class model is never deployed over the 5-class one, and every output says why."""
+"""The beer photos through the local pipeline from other data sources, three runs against one
+state folder: a train/-only folder (eval carved) deploys; a 3-class model from a Vertex AI
+import CSV is not deployed over that 5-class model, and every output says why; the 5 classes as
+a Vertex AI import CSV with display names replace it only with allow_class_change, and the
+endpoint serves the names in their sorted order."""
 
 from __future__ import annotations
 
@@ -77,24 +78,40 @@ def train_only_run(
 
 
 @pytest.fixture(scope="module")
-def vertex_csv(beer_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def three_class_run(
+    state: Path,
+    beer_data_dir: Path,
+    train_only_run: dict,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[dict, str, str]:
+    """Three classes under display names against the served 5-class model; the endpoint
+    record before the run is returned with the run's summary and output."""
+    folder = tmp_path_factory.mktemp("three-classes")
+    before = (state / "endpoints/beer-classifier-endpoint.json").read_text()
+    three = import_csv(folder / "three.csv", beer_data_dir, list(DISPLAY_NAMES)[:3])
+    summary, stdout = run_pipeline(state, three, "--min-accuracy", "0.5")
+    return summary, stdout, before
+
+
+@pytest.fixture(scope="module")
+def vertex_run(
+    state: Path,
+    beer_data_dir: Path,
+    three_class_run: tuple[dict, str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict:
+    """All five classes under display names against the served train/-only model (the same
+    photos, other class names): deployed because allow_class_change says so."""
     folder = tmp_path_factory.mktemp("vertex-import")
-    return import_csv(folder / "beers.csv", beer_data_dir, list(DISPLAY_NAMES))
-
-
-@pytest.fixture(scope="module")
-def vertex_runs(state: Path, vertex_csv: Path, train_only_run: dict) -> tuple[dict, dict]:
-    """The import CSV against the served train/-only model (same photos, other class names):
-    refused, then allowed with allow_class_change."""
-    refused, _ = run_pipeline(state, vertex_csv, "--min-accuracy", "0.5")
-    allowed, _ = run_pipeline(
-        state, vertex_csv, "--min-accuracy", "0.5", "--param", "allow_class_change=true"
+    data = import_csv(folder / "beers.csv", beer_data_dir, list(DISPLAY_NAMES))
+    summary, _ = run_pipeline(
+        state, data, "--min-accuracy", "0.5", "--param", "allow_class_change=true"
     )
-    return refused, allowed
+    return summary
 
 
 @pytest.fixture(scope="module")
-def endpoint_url(state: Path, vertex_runs: tuple[dict, dict]) -> Iterator[str]:
+def endpoint_url(state: Path, vertex_run: dict) -> Iterator[str]:
     server = subprocess.Popen(
         [sys.executable, "-m", "pipeline.serve", "--port", "0", "--state-dir", str(state)],
         cwd=ROOT,
@@ -125,22 +142,34 @@ def test_train_only_folder_carves_an_eval_split_and_deploys(
     assert train_only_run["model_version"].endswith("/models/beer-classifier@1")
 
 
-def test_other_class_names_replace_the_served_model_only_when_allowed(
-    vertex_runs: tuple[dict, dict], state: Path
+def test_a_three_class_model_is_not_deployed_over_the_five_class_one(
+    three_class_run: tuple[dict, str, str], state: Path
 ) -> None:
-    refused, allowed = vertex_runs
-    assert refused["deployed"] is False and refused["champion_status"] == "not_comparable"
-    assert refused["decision"].endswith(
+    summary, stdout, endpoint_before = three_class_run
+    three_names = sorted(DISPLAY_NAMES[folder] for folder in list(DISPLAY_NAMES)[:3])
+    reason = f"it was trained on 5 classes {list(DISPLAY_NAMES)}, this model on 3 {three_names}"
+    assert summary["deployed"] is False and summary["model_version"] is None
+    assert summary["champion_status"] == "not_comparable" and summary["champion_accuracy"] is None
+    assert summary["champion"] == f"a model serves but could not be compared: {reason}"
+    assert f"a champion serves but could not be compared ({reason})" in summary["decision"]
+    assert summary["decision"].endswith(
         "replacing it needs allow_class_change=true: not deployed, the champion keeps serving"
     )
-    assert allowed["deployed"] is True and allowed["decision"].endswith(
-        "allow_class_change is set: deploy"
-    )
-    assert list(allowed["step_seconds"]) == ["evaluate-model", "upload-model", "deploy-model"], (
-        "allow_class_change is evaluate's alone: download to train are cached"
-    )
-    assert allowed["eval_split"] == "the import file's test rows"
-    assert allowed["model_version"].endswith("/models/beer-classifier@2")
+    assert f"champion       a model serves but could not be compared: {reason}" in stdout
+    page = Path(summary["report"]).read_text()
+    assert "a model serves but could not be compared: it was trained on 5 classes" in page
+    assert "none served" not in page
+    assert (state / "endpoints/beer-classifier-endpoint.json").read_text() == endpoint_before
+
+
+def test_display_names_replace_the_served_model_only_when_allowed(
+    vertex_run: dict, state: Path
+) -> None:
+    assert vertex_run["deployed"] is True and vertex_run["champion_status"] == "not_comparable"
+    assert vertex_run["decision"].endswith("allow_class_change is set: deploy")
+    assert vertex_run["eval_split"] == "the import file's test rows"
+    assert vertex_run["eval_images"] == 97
+    assert vertex_run["model_version"].endswith("/models/beer-classifier@2")
     record = json.loads((state / "models/beer-classifier/model.json").read_text())
     labels = record["versions"][1]["labels"]
     assert labels["gate_allow_class_change"] == "true"
@@ -164,25 +193,3 @@ def test_the_endpoint_serves_the_display_names_in_sorted_order(
         right += predicted.count(name)
         total += len(predicted)
     assert right / total >= 0.7
-
-
-def test_a_three_class_model_is_not_deployed_over_the_five_class_one(
-    state: Path, beer_data_dir: Path, vertex_runs: tuple[dict, dict], tmp_path: Path
-) -> None:
-    endpoint = state / "endpoints/beer-classifier-endpoint.json"
-    before = endpoint.read_text()
-    three = import_csv(tmp_path / "three.csv", beer_data_dir, list(DISPLAY_NAMES)[:3])
-
-    summary, stdout = run_pipeline(state, three, "--min-accuracy", "0.5")
-
-    three_names = sorted(DISPLAY_NAMES[folder] for folder in list(DISPLAY_NAMES)[:3])
-    reason = f"it was trained on 5 classes {SORTED_NAMES}, this model on 3 {three_names}"
-    assert summary["deployed"] is False and summary["model_version"] is None
-    assert summary["champion_status"] == "not_comparable" and summary["champion_accuracy"] is None
-    assert summary["champion"] == f"a model serves but could not be compared: {reason}"
-    assert f"a champion serves but could not be compared ({reason})" in summary["decision"]
-    assert f"champion       a model serves but could not be compared: {reason}" in stdout
-    page = Path(summary["report"]).read_text()
-    assert "a model serves but could not be compared: it was trained on 5 classes" in page
-    assert "none served" not in page
-    assert endpoint.read_text() == before
