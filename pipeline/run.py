@@ -59,6 +59,15 @@ _PARAMETER_TYPES = {
 }
 
 
+_PARAMETER_KINDS = {
+    "NUMBER_INTEGER": "a whole number, e.g. 5",
+    "NUMBER_DOUBLE": "a number, e.g. 0.5",
+    "BOOLEAN": "true or false",
+    "STRING": "text",
+}
+"""How a parameter type of the compiled pipeline is named to a person."""
+
+
 class UsageError(Exception):
     """A mistake in the command line; printed as one line, no traceback."""
 
@@ -84,7 +93,8 @@ def parse_params(assignments: list[str], parameters: dict[str, dict[str, Any]]) 
         try:
             values[name] = _PARAMETER_TYPES[kind](text)
         except (KeyError, ValueError):
-            raise UsageError(f"--param {name}={text!r}: expected a {kind.lower()}") from None
+            expected = _PARAMETER_KINDS.get(kind, kind.lower())
+            raise UsageError(f"--param {name}={text!r}: expected {expected}") from None
     return values
 
 
@@ -513,8 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     _print_summary(summary)
-    if args.open_report:
-        webbrowser.open(f"file://{summary['report']}")
+    if args.open_report and not webbrowser.open(f"file://{summary['report']}"):
+        print(
+            f"--open-report: no browser can be started here; open {summary['report']} yourself",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(summary))
     return 0

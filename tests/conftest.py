@@ -173,6 +173,56 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
     )
 
 
+@pytest.fixture(scope="session")
+def backbone_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real ImageNet backbone under an untrained, seeded five-class head, exported for
+    serving at 160 px: real photo features and spread-out probabilities, without training."""
+    import keras
+
+    from components.lib.modelling.model import build_classifier, export_serving_model
+
+    keras.utils.set_random_seed(7)
+    model = build_classifier(num_classes=5, image_size=160, dropout=0.2)
+    model_dir = tmp_path_factory.mktemp("backbone-model") / "model"
+    export_serving_model(model, [f"{index}class" for index in range(5)], 160, str(model_dir))
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def backbone_serving(backbone_model_dir: Path):
+    """``backbone_model_dir`` loaded as the evaluate step and the local endpoint load it."""
+    from components.lib.serving.prediction import ServingModel
+
+    return ServingModel(str(backbone_model_dir))
+
+
+def sample_photos() -> dict[str, bytes]:
+    """Photos that are always here (scikit-image's samples, of several sizes and formats), by
+    name: the stand-in for the beer photos when ``BEER_DATA_DIR`` is not set."""
+    import skimage.data
+
+    photos = {}
+    for name, fmt in (
+        ("chelsea", "JPEG"),
+        ("coffee", "JPEG"),
+        ("astronaut", "PNG"),
+        ("rocket", "JPEG"),
+    ):
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(buffer, format=fmt)
+        photos[f"{name}.{fmt.lower()}"] = buffer.getvalue()
+    return photos
+
+
+def beer_photos(beer_data_dir: Path, per_class: int) -> dict[str, bytes]:
+    """The first ``per_class`` eval photos of each beer, by path relative to the data."""
+    return {
+        str(path.relative_to(beer_data_dir)): path.read_bytes()
+        for class_dir in sorted((beer_data_dir / "eval").iterdir())
+        for path in sorted(class_dir.glob("*.jpg"))[:per_class]
+    }
+
+
 VERTEX_PROJECT = "test-project"
 VERTEX_LOCATION = "europe-west4"
 VERTEX_ROOT_URI = "gs://beer-pipeline-root/runs"
@@ -250,3 +300,10 @@ def weak_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
         demo_data_dir,
         TrainingConfig(epochs=1, learning_rate=1e-7, fine_tune_epochs=0),
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end and emulator tests are slow by nature: ``-m "not slow"`` leaves them out."""
+    for item in items:
+        if item.get_closest_marker("e2e") or item.get_closest_marker("vertex_emulator"):
+            item.add_marker(pytest.mark.slow)

@@ -281,6 +281,7 @@ def test_loader_fails_loudly(state: dict[str, np.ndarray]) -> None:
 
 # Keras' own .keras writer trips a numpy 2 DeprecationWarning per variable; not ours.
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.slow
 def test_exports_inside_a_larger_model(features_160: keras.Model, tmp_path: Path) -> None:
     """The backbone must survive SavedModel export as part of the transfer-learning model."""
     inputs = keras.Input((160, 160, 3))

@@ -105,6 +105,7 @@ def test_input_pipeline_sides_read_every_image(tmp_path: Path) -> None:
     assert all(result.seconds > 0 and result.peak_rss_bytes > 0 for result in sides.values())
 
 
+@pytest.mark.slow
 def test_input_pipeline_side_in_its_own_process(tmp_path: Path) -> None:
     data_dir = make_layout(tmp_path / "data")
 
@@ -203,6 +204,7 @@ def test_serving_comparison_counts_each_way_and_mismatches() -> None:
     assert not targets[-1].met
 
 
+@pytest.mark.slow
 def test_serving_over_http_matches_the_model_in_process(
     demo_model_dir: Path, demo_data_dir: Path, tmp_path: Path
 ) -> None:

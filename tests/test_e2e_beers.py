@@ -157,7 +157,10 @@ def test_bad_files_mixed_into_the_photos_are_skipped_and_reported(
 
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert abs(summary["accuracy"] - first_run["accuracy"]) <= 0.02
+    # Skipping the bad files must not cost accuracy: not worse than the clean run by more than
+    # two photos' worth (training is seeded, not bit-exact: see the README's reproducibility
+    # line); a better score is no failure.
+    assert summary["accuracy"] >= first_run["accuracy"] - 0.02
     reasons = {
         "corrupt": "cannot be decoded",
         "truncated": "cannot be decoded",

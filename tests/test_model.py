@@ -54,6 +54,7 @@ def test_class_weights_only_when_imbalanced() -> None:
     assert class_weights({"a": 10, "b": 10}, imbalance_ratio=0.5) == {0: 1.0, 1: 1.0}
 
 
+@pytest.mark.slow
 def test_same_seed_and_data_train_the_same_model(demo_data_dir: Path, tmp_path: Path) -> None:
     """Reproducible on CPU: both phases, validation split, early stopping and augmentation."""
     from components.lib.data.records import preprocess_dataset
@@ -83,6 +84,7 @@ def test_same_seed_and_data_train_the_same_model(demo_data_dir: Path, tmp_path: 
     np.testing.assert_array_equal(np.asarray(first.confusion_matrix).sum(axis=1), [6, 6, 6, 6])
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_and_exports_a_float32_model(
     demo_data_dir: Path, tmp_path: Path
 ) -> None:

@@ -79,7 +79,8 @@ def test_calibration_temperature_is_applied_in_the_export(
     demo_data_dir: Path, tmp_path: Path
 ) -> None:
     """The same weights exported with T = 0.5 serve softmax(log p / 0.5) of the uncalibrated
-    export's probabilities, with the same classes; calibration.json records T."""
+    export's probabilities, with the same classes, through tf.saved_model.load and through TF
+    Serving's session loader alike; calibration.json records T."""
     from components.lib.data.records import preprocess_dataset
     from components.lib.modelling.calibration import read_temperature, scale
     from components.lib.modelling.model import (
@@ -87,6 +88,7 @@ def test_calibration_temperature_is_applied_in_the_export(
         export_serving_model,
         train_classifier,
     )
+    from components.lib.serving.tf_serving import TFServingModel
 
     dataset = preprocess_dataset(str(demo_data_dir), str(tmp_path / "records"), image_size=32)
     trained = train_classifier(dataset, TrainingConfig(epochs=1, fine_tune_epochs=0))
@@ -102,3 +104,7 @@ def test_calibration_temperature_is_applied_in_the_export(
     np.testing.assert_allclose(calibrated.probabilities, scale(raw.probabilities, 0.5), atol=1e-5)
     assert calibrated.classes.tolist() == raw.classes.tolist()
     assert read_temperature(str(tmp_path / "calibrated")) == 0.5
+    with TFServingModel(str(tmp_path / "calibrated")) as tf_serving:
+        classes, probabilities = tf_serving(photos)
+    np.testing.assert_allclose(probabilities, calibrated.probabilities, atol=1e-6)
+    assert classes.tolist() == raw.classes.tolist()

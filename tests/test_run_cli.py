@@ -34,7 +34,7 @@ def test_params_are_typed_by_the_pipeline() -> None:
     [
         ("epochs", "is not NAME=VALUE"),
         ("epoch=3", "'epoch' is not a pipeline parameter; known: data_uri, epochs"),
-        ("epochs=three", "expected a number_integer"),
+        ("epochs=three", "expected a whole number"),
     ],
 )
 def test_bad_params_are_refused(assignment: str, message: str) -> None:
@@ -99,6 +99,7 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
     assert (tmp_path / "state/demo-data/train/1cat").is_dir()
 
 
+@pytest.mark.slow
 def test_missing_data_uri_fails_clearly(tmp_path: Path) -> None:
     result = run_cli("--local", "--state-dir", str(tmp_path), "--data-uri", str(tmp_path / "none"))
     assert result.returncode == 1
@@ -107,6 +108,7 @@ def test_missing_data_uri_fails_clearly(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_too_many_bad_images_fail_clearly_naming_them(tmp_path: Path) -> None:
     data = make_layout(tmp_path / "data")
     (data / "train/1blue/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
@@ -117,6 +119,7 @@ def test_too_many_bad_images_fail_clearly_naming_them(tmp_path: Path) -> None:
     assert "cannot be decoded: corrupt or truncated: 1: train/1blue/corrupt.jpg" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> None:
     state = tmp_path / "state"
     command = [*RUN, "--state-dir", str(state)]
@@ -154,6 +157,7 @@ def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> N
     assert summary["deployed"] is True
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_against_one_registry_record_both_versions(tmp_path: Path) -> None:
     state = tmp_path / "state"
     quick = ["--param", "epochs=2", "--param", "fine_tune_epochs=0", "--no-cache"]

@@ -21,7 +21,7 @@ import requests
 from components.lib.serving.prediction import ServingModel
 from tests.conftest import ROOT, run_cli
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.e2e
 
 DISPLAY_NAMES = {
     "0chimayblue": "Chimay Blue",

@@ -96,6 +96,8 @@ class ValidationReport:
             f"({self.unusable_share:.1%} unusable)"
         ]
         for reason, paths in self.skipped.items():
+            if not paths:
+                continue
             lines.append(f"skipped, {SKIP_REASONS[reason]}: {len(paths)}: {', '.join(paths)}")
         for reason, words in BAD_ROW_REASONS.items():
             numbers = [str(row.line) for row in self.bad_rows if row.reason == reason]
@@ -135,6 +137,7 @@ class ValidationReport:
             rows += [
                 f"- **{words[key]}** ({len(paths)}): " + ", ".join(f"`{p}`" for p in paths)
                 for key, paths in groups.items()
+                if paths
             ] or ["none"]
         return "\n".join(rows) + "\n"
 

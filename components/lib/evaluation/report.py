@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from components.lib.evaluation.metrics import (
@@ -72,6 +73,7 @@ def training_curves_png(history: Mapping[str, list[float]]) -> str | None:
         if head_epochs and f"fine_tune_{metric}" in history:
             axes.axvline(head_epochs + 0.5, color="grey", linestyle=":", label="fine-tuning starts")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(metric)
         axes.legend()
     return _png(figure)

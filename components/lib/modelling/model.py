@@ -38,6 +38,7 @@ from components.lib.serving.contract import (
     OUTPUT_CLASSES,
     OUTPUT_PROBABILITIES,
     SERVING_INPUT,
+    SIGNATURE_NAME,
 )
 
 logger = logging.getLogger(__name__)
@@ -320,29 +321,40 @@ def train_classifier(
 
 
 class _ServingModule(tf.Module):
+    """What the SavedModel holds: the classifier's weights and the serving function.
+
+    It tracks the ``tf.Variable`` behind each Keras variable (``.value``), not the Keras model:
+    the serving function reaches the model through a closure. Tracking the Keras 3 model itself
+    writes every weight twice, and TF Serving's session loader then restores one copy while the
+    signature reads the other ("Could not find variable", tensorflow/tensorflow#72963); here the
+    checkpoint and the signature's graph name the same variables, so ``tf.saved_model.load`` and
+    TF Serving serve the same model.
+    """
+
     def __init__(self, classifier: keras.Model, image_size: int, temperature: float) -> None:
         super().__init__()
-        self.classifier = classifier
-        self.image_size = image_size
-        self.temperature = temperature  # a Python float: a constant in the traced graph
+        self.classifier_variables = [variable.value for variable in classifier.variables]
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
-    def serve(self, bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        pixels = tf.map_fn(
-            lambda encoded: decode_and_resize(encoded, self.image_size),
-            bytes,
-            fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.uint8),
+        def serve(bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+            pixels = tf.map_fn(
+                lambda encoded: decode_and_resize(encoded, image_size),
+                bytes,
+                fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
+            )
+            probabilities = tf.cast(
+                classifier(tf.cast(pixels, tf.float32), training=False), tf.float32
+            )
+            if temperature != 1.0:  # calibrated: softmax(log p / T), a constant; the same argmax
+                log_probabilities = tf.math.log(tf.maximum(probabilities, 1e-30))
+                probabilities = tf.nn.softmax(log_probabilities / temperature)
+            return {
+                OUTPUT_CLASSES: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+                OUTPUT_PROBABILITIES: probabilities,
+            }
+
+        self.serve = tf.function(
+            serve, input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)]
         )
-        probabilities = tf.cast(
-            self.classifier(tf.cast(pixels, tf.float32), training=False), tf.float32
-        )
-        if self.temperature != 1.0:  # calibrated: softmax(log p / T), the same argmax
-            log_probabilities = tf.math.log(tf.maximum(probabilities, 1e-30))
-            probabilities = tf.nn.softmax(log_probabilities / self.temperature)
-        return {
-            OUTPUT_CLASSES: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
-            OUTPUT_PROBABILITIES: probabilities,
-        }
 
 
 def export_serving_model(
@@ -353,13 +365,14 @@ def export_serving_model(
     temperature: float = 1.0,
 ) -> None:
     """Write a SavedModel whose ``serving_default`` maps ``bytes`` to CLASSES and PROBABILITIES,
-    the probabilities scaled by the calibration ``temperature``.
+    the probabilities scaled by the calibration ``temperature``, loadable both by
+    ``tf.saved_model.load`` and by TF Serving's session loader.
 
     The class names go beside it, because the signature returns indices (the challenge's
     contract), and the temperature (``calibration.json``), for evaluation's before/after figures.
     """
     module = _ServingModule(model, image_size, temperature)
-    tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
+    tf.saved_model.save(module, export_dir, signatures={SIGNATURE_NAME: module.serve})
     with open(os.path.join(export_dir, CLASS_NAMES_FILE), "w") as file:
         json.dump(class_names, file, indent=2)
     write_calibration(export_dir, temperature)
