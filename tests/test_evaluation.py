@@ -131,3 +131,16 @@ def test_evaluate_refuses_data_with_other_classes(demo_model_dir: Path, tmp_path
     other = make_layout(tmp_path / "other")
     with pytest.raises(ClassMismatchError, match="trained on classes"):
         evaluate_saved_model(str(demo_model_dir), str(other))
+
+
+def test_temperature_of_a_validation_split_without_errors_stays_finite() -> None:
+    """40 photos all right, each at 0.9 (label smoothing's ceiling): the temperature sharpens them
+    to about Laplace's 41/42, not to certainty."""
+    probabilities = np.tile([0.9, 0.025, 0.025, 0.025, 0.025], (40, 1))
+    labels = np.zeros(40, dtype=int)
+
+    temperature = fit_temperature(probabilities, labels)
+
+    confidence = scale(probabilities, temperature).max(axis=1)
+    assert 0.2 < temperature < 0.9
+    assert confidence == pytest.approx(np.full(40, 41 / 42), abs=1e-3)

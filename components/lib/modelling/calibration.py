@@ -29,24 +29,38 @@ def scale(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return exponentials / exponentials.sum(axis=-1, keepdims=True)
 
 
-def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    chosen = np.asarray(probabilities)[np.arange(len(labels)), np.asarray(labels)]
-    return float(-np.mean(np.log(np.maximum(chosen, 1e-300))))
+def cross_entropy(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """Mean cross-entropy of predicted ``probabilities`` against ``targets`` (rows of weights)."""
+    return float(-np.mean(np.sum(targets * np.log(np.maximum(probabilities, 1e-300)), axis=1)))
+
+
+def laplace_targets(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The labels as soft targets by Laplace's rule of succession: 1 - 1/(n+2) on the true class,
+    1/(n+2) shared by the others. n photos, all classified right, do not show that the model is
+    never wrong: fitted to one-hot labels, the temperature of such a split goes to 0 and every
+    answer, wrong ones too, reads 1.00; fitted to these it stays finite. With hundreds of photos
+    the targets are all but one-hot."""
+    share = 1 / (len(labels) + 2)
+    targets = np.full((len(labels), num_classes), share / (num_classes - 1))
+    targets[np.arange(len(labels)), np.asarray(labels)] = 1 - share
+    return targets
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises the negative log-likelihood of ``labels``.
+    """The temperature that minimises the cross-entropy of the scaled probabilities against the
+    ``laplace_targets`` of ``labels`` (the negative log-likelihood, kept finite).
 
     The loss is convex in 1/T, so a golden-section search over ``TEMPERATURE_RANGE`` finds it;
     no labels gives 1 (no change).
     """
     if len(labels) == 0:
         return 1.0
+    targets = laplace_targets(labels, np.asarray(probabilities).shape[1])
     low, high = (1 / TEMPERATURE_RANGE[1]), (1 / TEMPERATURE_RANGE[0])  # over 1/T
     ratio = (math.sqrt(5) - 1) / 2
 
     def loss(inverse: float) -> float:
-        return negative_log_likelihood(scale(probabilities, 1 / inverse), labels)
+        return cross_entropy(scale(probabilities, 1 / inverse), targets)
 
     for _ in range(80):
         left, right = high - ratio * (high - low), low + ratio * (high - low)
