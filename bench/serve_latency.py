@@ -1,88 +1,81 @@
-"""Serving: the local endpoint over HTTP versus the SavedModel's serving signature in-process.
+"""Serving: the old ``http.server`` endpoint against the new ASGI server, without and with
+dynamic batching, at 1 and 8 concurrent clients.
 
-The same exported model answers three ways: ``ServingModel.predict`` called directly in this
-process (what the endpoint does inside), and ``python -m pipeline.serve`` in its own process,
-called over loopback with Vertex's JSON body (base64 images), one request at a time, over one
-kept-alive connection (as an SDK or ``requests.Session`` calls) and over a new connection per
-request (as ``curl`` does). The calls take turns, each way in each round, so that other work on
-the machine slows all of them alike. Single images give latency (p50, p99); batched requests
-(``--batch-size`` instances) give images/s. Every HTTP answer must name the same classes as
-the direct call. The target (HTTP adds at most 20% at p50) is on the kept-alive client.
+Three servers answer the same model, each ``python -m pipeline.serve`` in its own process on
+loopback: the old one (``pipeline/serve.py`` as of ``--old-ref``, taken from git history with
+the library it ran on), the new one with ``--no-batching`` and the new one with batching (its
+defaults). Each client keeps its connection alive (as an SDK does) and sends one photo per request
+as Vertex JSON, the next as soon as it has an answer. The servers take turns: every round measures
+each server at 1 and then 8 clients, each round starting with the next server, so that other work
+on the machine slows all of them alike. Every answer must name the class the old server names.
+Figures: p50/p99 latency and images/s per server and client count. Targets: at 8 clients,
+batching at least doubles the images/s of the unbatched server; at 1 client its p50 is no worse
+than the old server's. Last, 8 clients with one request in ten malformed against the batching
+server: no 5xx, every answer right (``bench/serve_load.py``). And, with the servers stopped, the
+model alone in this process: images/s of one-image calls one at a time, of eight such calls at
+once (what the unbatched server runs under 8 clients) and of eight-image calls (what batching
+makes of them): the most that batching can gain over concurrent calls on this machine.
 
 Without ``--model-dir`` a small model is trained first, in a subprocess (the demo dataset, head
-only, one epoch, at the pipeline's default image size), so the script runs on its own.
+only, one epoch, at the pipeline's default image size: the beer model's graph and cost).
 
-    python -m bench.serve_latency [--model-dir DIR] [--images DIR] [--requests 200]
+    python -m bench.serve_latency [--model-dir DIR] [--images DIR] [--requests 200] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
+import io
 import json
 import os
-import re
 import subprocess
 import sys
+import tarfile
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bench.common import Target, finish, format_table, percentile, progress, ratio
-from bench.serve_load import request_body
+from bench.serve_load import ROOT, request_body, run_load, server_process
 
-TARGET_P50_OVERHEAD = 1.20
+OLD_SERVER_REF = "5632518"  # the last commit whose pipeline/serve.py was the http.server one
+OLD, UNBATCHED, BATCHED = "old (http.server)", "new, no batching", "new, batching"
+NEW_SERVER_ARGS = {UNBATCHED: ["--no-batching"], BATCHED: []}
+CLIENTS = (1, 8)
+TARGET_BATCHING_SPEEDUP = 2.0
+TARGET_P50_RATIO = 1.0
 PROJECT, LOCATION = "bench-project", "europe-west1"
 MODEL_NAME, ENDPOINT_NAME = "bench-model", "bench-endpoint"
-ROOT = Path(__file__).resolve().parent.parent
-
-Predict = Callable[[list[bytes]], list[int]]
 
 
 @dataclass
-class Timings:
-    """Seconds per call of one way of predicting: single images, and batches."""
+class Cell:
+    """Requests of one server at one number of clients, over every round."""
 
-    batch_size: int
-    single_s: list[float] = field(default_factory=list)
-    batch_s: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    wrong_answers: int = 0
 
     @property
     def p50_ms(self) -> float:
-        return 1000 * percentile(self.single_s, 0.5)
+        return 1000 * percentile(self.latencies, 0.5)
 
     @property
     def p99_ms(self) -> float:
-        return 1000 * percentile(self.single_s, 0.99)
+        return 1000 * percentile(self.latencies, 0.99)
 
     @property
-    def batch_images_per_second(self) -> float:
-        return ratio(self.batch_size * len(self.batch_s), sum(self.batch_s))
+    def images_per_second(self) -> float:
+        return ratio(len(self.latencies), self.seconds)
 
 
-DIRECT = "direct"
-KEPT_ALIVE = "http kept-alive"
-NEW_CONNECTION = "http new connection"
-
-
-@dataclass
-class Comparison:
-    """Timings of each way of predicting, and how many HTTP answers differed from direct ones."""
-
-    timings: dict[str, Timings]
-    mismatches: int = 0
-
-    def p50_ratio(self, way: str) -> float:
-        return ratio(self.timings[way].p50_ms, self.timings[DIRECT].p50_ms)
-
-    def batch_throughput_ratio(self, way: str) -> float:
-        return ratio(
-            self.timings[way].batch_images_per_second,
-            self.timings[DIRECT].batch_images_per_second,
-        )
+Results = dict[tuple[str, int], Cell]
 
 
 def train_small_model(work_dir: str, image_size: int) -> str:
@@ -105,8 +98,8 @@ def train_small_model(work_dir: str, image_size: int) -> str:
 
 
 def train_in_subprocess(work_dir: str, image_size: int) -> str:
-    """``train_small_model`` in its own process, so that the process measuring the direct calls
-    holds the loaded model alone, as the server's does, not what training left behind."""
+    """``train_small_model`` in its own process, so that no TensorFlow runtime lingers in the
+    process that runs the clients."""
     command = [sys.executable, "-m", "bench.serve_latency", "--train-in", work_dir]
     subprocess.run([*command, "--image-size", str(image_size)], cwd=ROOT, check=True)
     return os.path.join(work_dir, "model")
@@ -127,133 +120,220 @@ def deploy_locally(model_dir: str, state_dir: str) -> str:
     )
 
 
-@contextlib.contextmanager
-def local_endpoint_server(state_dir: str, log_path: str) -> Iterator[tuple[str, int]]:
-    """``python -m pipeline.serve`` on a free loopback port, as a user starts it; (host, port)."""
+def old_server_tree(ref: str, destination: str) -> str:
+    """``pipeline/`` and ``components/`` as of ``ref``, from this repository's git history."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref, "pipeline", "components"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(destination, filter="data")
+    return destination
+
+
+@contextmanager
+def servers(state_dir: str, work: str, old_ref: str) -> Iterator[dict[str, str]]:
+    """The three servers, started side by side; ``{name: base URL}``."""
     command = [sys.executable, "-m", "pipeline.serve", "--port", "0", "--state-dir", state_dir]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
-    try:
-        first_line = server.stdout.readline() if server.stdout else ""
-        address = re.search(r"http://([\d.]+):(\d+)", first_line)
-        if not address:
-            raise RuntimeError(f"the server did not start; its log: {log_path}")
-        yield address.group(1), int(address.group(2))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with ExitStack() as stack:
+        old_tree = old_server_tree(old_ref, os.path.join(work, "old-server"))
+        env = {**os.environ, "PYTHONPATH": old_tree}
+        urls = {
+            OLD: stack.enter_context(
+                server_process(command, os.path.join(work, "old.log"), env=env, cwd=old_tree)
+            ).url
+        }
+        for name, args in NEW_SERVER_ARGS.items():
+            log = os.path.join(work, f"{name.replace(' ', '').replace(',', '-')}.log")
+            urls[name] = stack.enter_context(server_process([*command, *args], log)).url
+        yield urls
 
 
-def http_predictor(host: str, port: int, path: str, keep_alive: bool) -> Predict:
-    """Predict through the endpoint, over one kept-alive connection (as an SDK or a
-    ``requests.Session`` does) or over a new connection per request (as ``curl`` does)."""
-    kept = http.client.HTTPConnection(host, port, timeout=120) if keep_alive else None
+def answer_classes(url: str, path: str, images: list[bytes]) -> list[int]:
+    """The class of each image, one request each, over one connection."""
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=300)
+    classes = []
+    for image in images:
+        connection.request(
+            "POST", path, request_body([image]), {"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        payload = json.loads(response.read())
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}: {payload}")
+        classes.append(payload["predictions"][0]["CLASSES"])
+    connection.close()
+    return classes
 
-    def predict(images: list[bytes]) -> list[int]:
-        connection = kept or http.client.HTTPConnection(host, port, timeout=120)
-        try:
-            connection.request(
-                "POST", path, request_body(images), {"Content-Type": "application/json"}
-            )
+
+def run_clients(
+    url: str, path: str, images: list[bytes], expected: list[int], requests: int, clients: int
+) -> Cell:
+    """``requests`` single-image requests from ``clients`` threads, each on its own kept-alive
+    connection, sending its next request as soon as it has an answer."""
+    cell = Cell()
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    address = urlsplit(url)
+    bodies = [request_body([image]) for image in images]
+    headers = {"Content-Type": "application/json"}
+
+    def client() -> None:
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=300)
+        for index in iter(lambda: next(counter, None), None):
+            started = time.perf_counter()
+            connection.request("POST", path, bodies[index % len(bodies)], headers)
             response = connection.getresponse()
             payload = json.loads(response.read())
-        finally:
-            if not keep_alive:
-                connection.close()
-        if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status}: {payload}")
-        return [prediction["CLASSES"] for prediction in payload["predictions"]]
+            latency = time.perf_counter() - started
+            right = (
+                response.status == 200
+                and payload["predictions"][0]["CLASSES"] == expected[index % len(expected)]
+            )
+            with lock:
+                cell.latencies.append(latency)
+                cell.wrong_answers += not right
+        connection.close()
 
-    return predict
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cell.seconds = time.perf_counter() - started
+    return cell
 
 
-def direct_predictor(model_dir: str) -> Predict:
-    """Predict through the SavedModel's serving signature in this process."""
+def compare_servers(
+    urls: dict[str, str], path: str, images: list[bytes], requests: int, rounds: int
+) -> Results:
+    """Every server at every client count, ``requests`` per cell and round, servers in turn;
+    answers are checked against the first server's."""
+    names = list(urls)
+    expected = answer_classes(urls[names[0]], path, images)
+    for name in names:  # warm up: load the model, trace, and batch at every size once
+        answer_classes(urls[name], path, images)
+        run_clients(urls[name], path, images, expected, 4 * max(CLIENTS), max(CLIENTS))
+    results: Results = {(name, clients): Cell() for name in names for clients in CLIENTS}
+    for round_index in range(rounds):
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
+        for name in order:
+            for clients in CLIENTS:
+                measured = run_clients(urls[name], path, images, expected, requests, clients)
+                cell = results[(name, clients)]
+                cell.latencies += measured.latencies
+                cell.seconds += measured.seconds
+                cell.wrong_answers += measured.wrong_answers
+        progress(f"  round {round_index + 1}/{rounds} done")
+    return results
+
+
+MODEL_ALONE = (
+    "1 image per call, one call at a time",
+    "1 image per call, 8 calls at once",
+    "8 images per call, one call at a time",
+)
+
+
+def model_alone(model_dir: str, images: list[bytes], rounds: int, calls: int = 64) -> dict:
+    """Images/s of the model's serving signature in this process, each way in turn per round."""
     from components.lib.serving.prediction import ServingModel
 
     model = ServingModel(model_dir)
-    return lambda images: [int(label) for label in model.predict(images).classes]
+    singles = [[images[i % len(images)]] for i in range(calls)]
+    eights = [[images[(8 * i + j) % len(images)] for j in range(8)] for i in range(calls // 8)]
 
+    def at_once(batches: list[list[bytes]], threads: int) -> None:
+        pending = iter(batches)
+        lock = threading.Lock()
 
-def compare_predictors(
-    ways: dict[str, Predict],
-    images: list[bytes],
-    single_requests: int,
-    batch_requests: int,
-    batch_size: int,
-    warmup: int = 3,
-) -> Comparison:
-    """Time every way call by call, in turn, after ``warmup`` untimed calls of each shape (the
-    first ones trace the graph and load the model). Each round starts with the next way, so no
-    way always follows the same other one (and inherits its lingering CPU use). The first way is
-    the reference whose answers the others must repeat."""
-    comparison = Comparison({way: Timings(batch_size) for way in ways})
-    names = list(ways)
-    batch = [images[index % len(images)] for index in range(batch_size)]
-    for _ in range(warmup):
-        for predict in ways.values():
-            predict(images[:1])
-            predict(batch)
+        def worker() -> None:
+            while True:
+                with lock:
+                    batch = next(pending, None)
+                if batch is None:
+                    return
+                model.predict(batch)
 
-    total = single_requests + batch_requests
-    for index in range(total):
-        single = index < single_requests
-        request = [images[index % len(images)]] if single else batch
-        answers = {}
-        for way in names[index % len(names) :] + names[: index % len(names)]:
+        workers = [threading.Thread(target=worker) for _ in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+
+    ways = {
+        MODEL_ALONE[0]: lambda: at_once(singles, 1),
+        MODEL_ALONE[1]: lambda: at_once(singles, 8),
+        MODEL_ALONE[2]: lambda: at_once(eights, 1),
+    }
+    for run in ways.values():  # warm up
+        run()
+    seconds = dict.fromkeys(ways, 0.0)
+    for round_index in range(rounds):
+        names = list(ways)
+        for name in names[round_index % 3 :] + names[: round_index % 3]:
             started = time.perf_counter()
-            answers[way] = ways[way](request)
-            seconds = time.perf_counter() - started
-            timings = comparison.timings[way]
-            (timings.single_s if single else timings.batch_s).append(seconds)
-        comparison.mismatches += sum(answers[way] != answers[names[0]] for way in names[1:])
-        if (index + 1) % 50 == 0 or index + 1 == total:
-            progress(f"  {index + 1}/{total} rounds of requests")
-    return comparison
+            ways[name]()
+            seconds[name] += time.perf_counter() - started
+    return {name: calls * rounds / total for name, total in seconds.items()}
 
 
-def read_images(folder: Path, limit: int) -> list[bytes]:
-    """Up to ``limit`` JPEG/PNG files under ``folder``, sorted by path."""
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    if not paths:
-        raise FileNotFoundError(f"no JPEG or PNG images under {folder}")
-    return [path.read_bytes() for path in paths[:limit]]
-
-
-def report(comparison: Comparison) -> tuple[str, list[Target]]:
-    """A table of every way's figures, and the issue's target: HTTP adds at most 20% at p50,
-    for a client that keeps its connection (a new connection per request is shown beside)."""
-    rows = [
-        (
-            way,
-            f"{timings.p50_ms:.1f}",
-            f"{timings.p99_ms:.1f}",
-            f"{comparison.p50_ratio(way):.2f}",
-            f"{timings.batch_images_per_second:.1f}",
-            f"{comparison.batch_throughput_ratio(way):.2f}",
+def report(results: Results) -> tuple[str, list[Target]]:
+    """A table of every cell, and the issue's targets."""
+    rows = []
+    for (name, clients), cell in results.items():
+        old = results[(OLD, clients)]
+        rows.append(
+            (
+                name,
+                clients,
+                f"{cell.p50_ms:.1f}",
+                f"{cell.p99_ms:.1f}",
+                f"{cell.images_per_second:.1f}",
+                f"{ratio(cell.images_per_second, old.images_per_second):.2f}x",
+            )
         )
-        for way, timings in comparison.timings.items()
-    ]
-    batch = comparison.timings[DIRECT].batch_size
-    headers = (
-        "way",
-        "p50 ms",
-        "p99 ms",
-        "p50 / direct",
-        f"images/s ({batch}/request)",
-        "images/s / direct",
-    )
+    headers = ("server", "clients", "p50 ms", "p99 ms", "images/s", "images/s vs old")
+    many = max(CLIENTS)
     targets = [
         Target(
-            f"{KEPT_ALIVE} p50 / direct p50",
-            comparison.p50_ratio(KEPT_ALIVE),
-            TARGET_P50_OVERHEAD,
+            f"images/s at {many} clients, batching / no batching",
+            ratio(
+                results[(BATCHED, many)].images_per_second,
+                results[(UNBATCHED, many)].images_per_second,
+            ),
+            TARGET_BATCHING_SPEEDUP,
+            True,
+            "x",
+        ),
+        Target(
+            "p50 at 1 client, batching server / old server",
+            ratio(results[(BATCHED, 1)].p50_ms, results[(OLD, 1)].p50_ms),
+            TARGET_P50_RATIO,
             False,
             "x",
         ),
-        Target("http answers unlike direct ones", comparison.mismatches, 0, False),
+        Target(
+            "answers unlike the old server's",
+            sum(c.wrong_answers for c in results.values()),
+            0,
+            False,
+        ),
     ]
     return format_table(headers, rows), targets
+
+
+def read_images(folder: Path, limit: int) -> list[bytes]:
+    """Up to ``limit`` JPEG/PNG files under ``folder``, spread over its sub-folders."""
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if not paths:
+        raise FileNotFoundError(f"no JPEG or PNG images under {folder}")
+    step = max(1, len(paths) // limit)
+    return [path.read_bytes() for path in paths[::step][:limit]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,19 +352,19 @@ def main(argv: list[str] | None = None) -> int:
         "--image-size", type=int, default=224, help="of the model trained here (%(default)s)"
     )
     parser.add_argument(
-        "--requests", type=int, default=200, help="single-image requests (%(default)s)"
+        "--requests", type=int, default=200, help="requests per server, client count and round"
     )
-    parser.add_argument("--batches", type=int, default=20, help="batched requests (%(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (%(default)s)")
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="instances per batched request (%(default)s)"
+        "--old-ref", default=OLD_SERVER_REF, help="git commit of the old server (%(default)s)"
     )
     parser.add_argument("--train-in", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.train_in:  # the training subprocess that train_in_subprocess started
         train_small_model(args.train_in, args.image_size)
         return 0
-    if min(args.requests, args.batches, args.batch_size) < 1:
-        parser.error("--requests, --batches and --batch-size must be at least 1")
+    if min(args.requests, args.rounds) < 1:
+        parser.error("--requests and --rounds must be at least 1")
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as work:
         model_dir = str(args.model_dir) if args.model_dir else None
@@ -292,53 +372,60 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"training a small model at {args.image_size}x{args.image_size} ...")
             model_dir = train_in_subprocess(work, args.image_size)
         if args.images:
-            images = read_images(args.images, args.batch_size)
+            images = read_images(args.images, 32)
         else:
             from components.lib.data.demo import make_demo_dataset
 
-            demo = Path(make_demo_dataset(os.path.join(work, "demo-data")))
-            images = read_images(demo / "eval", args.batch_size)
+            images = read_images(Path(make_demo_dataset(os.path.join(work, "demo"))) / "eval", 32)
         state_dir = os.path.join(work, "state")
         path = deploy_locally(model_dir, state_dir)
-        progress("loading the model in this process and starting python -m pipeline.serve ...")
-        direct = direct_predictor(model_dir)
-        with local_endpoint_server(state_dir, os.path.join(work, "serve.log")) as (host, port):
-            ways = {
-                DIRECT: direct,
-                KEPT_ALIVE: http_predictor(host, port, path, keep_alive=True),
-                NEW_CONNECTION: http_predictor(host, port, path, keep_alive=False),
-            }
+        progress(f"starting the servers: {OLD} ({args.old_ref}), {UNBATCHED}, {BATCHED} ...")
+        with servers(state_dir, work, args.old_ref) as urls:
             progress(
-                f"timing {args.requests} single-image and {args.batches} batched requests "
-                f"each way: {', '.join(ways)}"
+                f"timing {args.requests} requests per server and client count ({CLIENTS}), "
+                f"{args.rounds} rounds"
             )
-            comparison = compare_predictors(
-                ways, images, args.requests, args.batches, args.batch_size
-            )
-    table, targets = report(comparison)
+            results = compare_servers(urls, path, images, args.requests, args.rounds)
+            progress("8 clients, one request in ten malformed, against the batching server ...")
+            load = run_load(urls[BATCHED] + path, images, total=1000, clients=8)
+        progress("the model alone, in this process ...")
+        alone = model_alone(model_dir, images, args.rounds)
+    table, targets = report(results)
     print(table)
-    added = {way: 100 * (comparison.p50_ratio(way) - 1) for way in (KEPT_ALIVE, NEW_CONNECTION)}
     print(
-        f"HTTP adds {added[KEPT_ALIVE]:.1f}% at p50 for single images over a kept-alive "
-        f"connection, {added[NEW_CONNECTION]:.1f}% with a new connection per request; batched "
-        f"requests reach {comparison.batch_throughput_ratio(KEPT_ALIVE):.2f}x the direct images/s"
+        format_table(("the model alone", "images/s"), [(k, f"{v:.1f}") for k, v in alone.items()])
+    )
+    server_errors = sum(count for status, count in load.statuses.items() if status >= 500)
+    print(
+        f"malformed load: {dict(sorted(load.statuses.items()))}, wrong answers "
+        f"{load.wrong_answers}, errors without JSON {load.non_json_errors}"
+    )
+    targets.append(
+        Target(
+            "5xx or wrong answers under malformed load",
+            server_errors + load.wrong_answers,
+            0,
+            False,
+        )
     )
     figures = {
         "model_dir": str(args.model_dir) if args.model_dir else "trained here (demo data)",
         "requests": args.requests,
-        "batches": args.batches,
-        "batch_size": args.batch_size,
-        "ways": {
-            way: {
-                "p50_ms": timings.p50_ms,
-                "p99_ms": timings.p99_ms,
-                "p50_ratio": comparison.p50_ratio(way),
-                "batch_images_per_second": timings.batch_images_per_second,
-                "batch_throughput_ratio": comparison.batch_throughput_ratio(way),
+        "rounds": args.rounds,
+        "old_ref": args.old_ref,
+        "cells": [
+            {
+                "server": name,
+                "clients": clients,
+                "p50_ms": cell.p50_ms,
+                "p99_ms": cell.p99_ms,
+                "images_per_second": cell.images_per_second,
+                "wrong_answers": cell.wrong_answers,
             }
-            for way, timings in comparison.timings.items()
-        },
-        "mismatches": comparison.mismatches,
+            for (name, clients), cell in results.items()
+        ],
+        "malformed_load_statuses": {str(k): v for k, v in load.statuses.items()},
+        "model_alone_images_per_second": alone,
     }
     return finish("serve_latency", figures, targets)
 

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import os
+import re
+import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
 from bench.common import percentile
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MALFORMED_BODIES: tuple[bytes, ...] = (
     b"{not json",
@@ -46,6 +53,42 @@ class LoadResult:
 
     def percentile_ms(self, share: float) -> float:
         return 1000 * percentile(self.latencies, share)
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    url: str  # http://host:port, as announced (0.0.0.0 becomes 127.0.0.1 to connect to)
+    announced: str  # the first line the server printed
+
+
+@contextlib.contextmanager
+def server_process(
+    command: list[str],
+    log_path: str | os.PathLike,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike = ROOT,
+) -> Iterator[ServerProcess]:
+    """A prediction server started as ``command`` (e.g. ``python -m pipeline.serve --port 0``),
+    stopped with SIGTERM at the end; yields where it listens, read from its first line."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=log, text=True
+        )
+    try:
+        first_line = process.stdout.readline() if process.stdout else ""
+        address = re.search(r"http://([\d.]+):(\d+)", first_line)
+        if not address:
+            raise RuntimeError(f"the server did not start: {first_line!r}; its log: {log_path}")
+        host = "127.0.0.1" if address.group(1) == "0.0.0.0" else address.group(1)
+        yield ServerProcess(process, f"http://{host}:{address.group(2)}", first_line)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def request_body(images: list[bytes]) -> bytes:

@@ -1,4 +1,8 @@
-"""Pipeline step: serve a registered model version on the endpoint and retire the old one."""
+"""Pipeline step: serve a registered model version on the endpoint with its traffic share.
+
+The new version gets ``traffic_percentage``; the version that served most traffic before keeps
+the rest; every other deployed version is retired (``components.lib.targets.base.plan_traffic``).
+"""
 
 from kfp import dsl
 
@@ -23,7 +27,10 @@ def deploy_model(
     local_state_dir: str,
     vertex_endpoint: dsl.Output[VertexEndpoint],
 ) -> str:
-    """Returns the endpoint's resource name, ``projects/P/locations/L/endpoints/E``."""
+    """Returns the endpoint's resource name, ``projects/P/locations/L/endpoints/E``.
+
+    A version that already serves with the requested share is not deployed again.
+    """
     import logging
 
     from components.lib.artifacts import describe_resource
@@ -48,7 +55,12 @@ def deploy_model(
     describe_resource(
         vertex_endpoint, endpoint["name"], resource_uri(target, location, endpoint["name"])
     )
+    done = "serves" if endpoint["changed"] else "already serves (not redeployed)"
     logging.getLogger(__name__).info(
-        "%s serves %s; traffic split %s", endpoint["name"], model_version, endpoint["trafficSplit"]
+        "%s %s %s; traffic split %s",
+        endpoint["name"],
+        done,
+        model_version,
+        endpoint["trafficSplit"],
     )
     return endpoint["name"]

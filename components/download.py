@@ -9,6 +9,7 @@ from components import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def download_data(
     data_uri: str,
+    data_fingerprint: str,
     eval_fraction: float,
     seed: int,
     csv_file_column: str,
@@ -17,7 +18,11 @@ def download_data(
     raw_data: dsl.Output[dsl.Dataset],
 ) -> None:
     """Copy the images as ``{train,eval}/<class>/<image>`` after checking the source; an eval
-    split is carved from train when the source has none; skipped rows go to validation."""
+    split is carved from train when the source has none; skipped rows go to validation.
+
+    ``data_fingerprint`` (of the images ``data_uri`` names) is not read here: as an input it
+    makes the step's cache key, and so every later step's, follow the data, not just its URI.
+    """
     from components.lib.data.layout import redact_uri
     from components.lib.data.sources import (
         SourceOptions,
@@ -39,6 +44,7 @@ def download_data(
             "source": redact_uri(data_uri),
             "source_kind": source["kind"],
             "eval_split": source["eval_split"],
+            "fingerprint": data_fingerprint,
             "class_names": layout.class_names,
             "counts": layout.counts(),
         }

@@ -36,7 +36,12 @@ def evaluate_model(
     """Both models through the serving signature, compared photo by photo; champion_accuracy
     is -1 when none was compared (none serves, or it has other classes: ``summary`` says which
     and why, with the accuracy's confidence interval, the paired test, the calibration error
-    and the gate rule)."""
+    and the gate rule).
+
+    Models are read by URI through the storage seam (on Vertex AI the champion's registry URI
+    is ``gs://``). When the new model is the served one itself (same data and parameters: its
+    training was cached), it is scored once and the decision says so.
+    """
     import dataclasses
     import logging
     from collections import namedtuple
@@ -44,22 +49,32 @@ def evaluate_model(
     from components.lib.artifacts import write_metadata_file
     from components.lib.data.sources import read_source_description
     from components.lib.evaluation.metrics import (
+        COMPARED,
+        Champion,
         GateRule,
         deployment_decision,
         evaluate_champion,
         evaluate_saved_model,
     )
     from components.lib.evaluation.report import build_report
-    from components.lib.targets import champion_model_dir
+    from components.lib.storage import normalized_uri
+    from components.lib.targets import champion_version
 
-    evaluation = evaluate_saved_model(model.path, raw_data.path)
-    champion = evaluate_champion(
-        champion_model_dir(target, local_state_dir, project, location, endpoint_display_name),
-        raw_data.path,
-    )
+    logger = logging.getLogger(__name__)
+    evaluation = evaluate_saved_model(model.uri, raw_data.path)
+    served = champion_version(target, local_state_dir, project, location, endpoint_display_name)
+    itself = served is not None and normalized_uri(served.source_uri) == normalized_uri(model.uri)
+    if itself:
+        logger.info("the new model is %s, the served one: scored once", served.resource_name)
+        champion = Champion(COMPARED, evaluation)
+    else:
+        champion = evaluate_champion(served.artifact_uri if served else None, raw_data.path)
     rule = GateRule(min_accuracy, max_regression, allow_class_change)
     decision = deployment_decision(evaluation, champion, rule)
-    logging.getLogger(__name__).info("decision: %s", decision.reason)
+    if itself:
+        reason = f"{decision.reason} (the same model as {served.resource_name}, served already)"
+        decision = dataclasses.replace(decision, reason=reason)
+    logger.info("decision: %s", decision.reason)
 
     low, high = evaluation.accuracy_interval
     ece_before, ece_after = evaluation.uncalibrated_error(), evaluation.calibration_error()

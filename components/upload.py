@@ -29,7 +29,8 @@ def upload_model(
     both accuracies (champion_accuracy -1: none compared), the champion's status and the gate
     rule's settings, and as its description the decision's reason and the exact rule, so the
     registry says why and by which rule each version was deployed; ``vertex_model`` records it
-    for lineage.
+    for lineage. A model already registered (a re-run whose training was cached) is not
+    registered again: its version is returned, and the log says so.
     """
     import logging
 
@@ -43,25 +44,30 @@ def upload_model(
     registry = model_registry(
         target, local_state_dir, project, location, serving_image, gpu=bool(accelerator_type)
     )
-    champion = f"{champion_accuracy:.4f}" if champion_accuracy >= 0 else "none"
-    test = evaluation.get("paired_test") or {}
-    version = registry.upload_version(
-        display_name=model_display_name,
-        artifact_dir=model.uri,
-        metrics={"accuracy": accuracy, "champion_accuracy": champion_accuracy},
-        labels={
-            "pipeline_job": pipeline_job,
-            "accuracy": f"{accuracy:.4f}",
-            "champion_accuracy": champion,
-            "champion_status": evaluation["champion_status"],
-            **rule.labels(),
-            **({"mcnemar_p": f"{test['p_value']:.4f}"} if test else {}),
-        },
-        aliases=[version_alias(pipeline_job)],
-        description=f"{decision}. Rule: {rule.describe()}",
-    )
+    logger = logging.getLogger(__name__)
+    version = registry.find_version(model_display_name, model.uri)
+    if version is not None:
+        logger.info("%s is this model already: not registered again", version.resource_name)
+    else:
+        champion = f"{champion_accuracy:.4f}" if champion_accuracy >= 0 else "none"
+        test = evaluation.get("paired_test") or {}
+        version = registry.upload_version(
+            display_name=model_display_name,
+            artifact_dir=model.uri,
+            metrics={"accuracy": accuracy, "champion_accuracy": champion_accuracy},
+            labels={
+                "pipeline_job": pipeline_job,
+                "accuracy": f"{accuracy:.4f}",
+                "champion_accuracy": champion,
+                "champion_status": evaluation["champion_status"],
+                **rule.labels(),
+                **({"mcnemar_p": f"{test['p_value']:.4f}"} if test else {}),
+            },
+            aliases=[version_alias(pipeline_job)],
+            description=f"{decision}. Rule: {rule.describe()}",
+        )
+        logger.info("registered %s", version.resource_name)
     describe_resource(
         vertex_model, version.resource_name, resource_uri(target, location, version.resource_name)
     )
-    logging.getLogger(__name__).info("registered %s", version.resource_name)
     return version.resource_name

@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# Build the image the pipeline's components run in (docker/Dockerfile) and push it to Artifact
-# Registry as REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-pipeline:VERSION, VERSION being
-# pyproject.toml's version. The defaults give the image compiled into pipeline.yaml
-# (components/__init__.py: PIPELINE_IMAGE); tests/test_docker.py keeps the two equal.
+# Build the image the pipeline's components run in (docker/Dockerfile) and the serving image
+# (docker/Dockerfile.serving), and push them to Artifact Registry as
+# REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-{pipeline,serving}:VERSION, VERSION being
+# pyproject.toml's version. The defaults give the image compiled into pipeline.yaml and the one
+# the upload step registers (components/__init__.py: PIPELINE_IMAGE, SERVING_IMAGE);
+# tests/test_docker.py keeps them equal.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
 Usage: bash docker/build.sh [OPTIONS]
 
-Build docker/Dockerfile and push it to Artifact Registry, tagged with pyproject.toml's version:
+Build docker/Dockerfile (the pipeline image) and docker/Dockerfile.serving (the serving image)
+and push them to Artifact Registry, tagged with pyproject.toml's version:
   ${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/beer-pipeline:${VERSION}
+  ${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/beer-serving:${VERSION}
 
 Options (each also read from the environment variable named in capitals):
   --project PROJECT        Google Cloud project of the registry (default: your-project)
   --region REGION          Artifact Registry location, e.g. us, europe-west4 (default: us)
   --repository REPOSITORY  Artifact Registry Docker repository (default: beer-pipeline)
-  --print-uri              print the image URI and exit (needs neither docker nor gcloud)
+  --print-uri              print the pipeline image's URI and exit (needs neither docker nor gcloud)
+  --print-serving-uri      print the serving image's URI and exit
   --no-push                build with the local Docker engine, do not push
   --cloud-build            build and push with Cloud Build instead (needs gcloud, not docker)
   -h, --help               show this help
 
-Then compile the pipeline for that image: python -m pipeline.compile --image URI
+Then compile the pipeline for that image: python -m pipeline.compile --image URI, and run it
+with --param serving_image=SERVING_URI unless both URIs are the defaults.
 EOF
 }
 
@@ -40,6 +46,7 @@ while (($#)); do
     --region) REGION=${2:?--region needs a value} && shift 2 ;;
     --repository) REPOSITORY=${2:?--repository needs a value} && shift 2 ;;
     --print-uri) MODE=print-uri && shift ;;
+    --print-serving-uri) MODE=print-serving-uri && shift ;;
     --no-push) MODE=no-push && shift ;;
     --cloud-build) MODE=cloud-build && shift ;;
     -h | --help) usage && exit 0 ;;
@@ -54,10 +61,14 @@ VERSION=$(awk -F'"' '/^\[/ { in_project = ($0 == "[project]") }
 [[ -n $VERSION ]] || die "no version in the [project] table of $ROOT/pyproject.toml"
 HOST=$REGION-docker.pkg.dev
 IMAGE=$HOST/$PROJECT/$REPOSITORY/beer-pipeline:$VERSION
+SERVING_IMAGE=$HOST/$PROJECT/$REPOSITORY/beer-serving:$VERSION
 
 case $MODE in
   print-uri)
     echo "$IMAGE"
+    ;;
+  print-serving-uri)
+    echo "$SERVING_IMAGE"
     ;;
   cloud-build)
     command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud CLI"
@@ -75,14 +86,18 @@ case $MODE in
         die "gcloud not found: it authenticates the push to $HOST (or build with --no-push)"
       gcloud auth configure-docker "$HOST" --quiet
     fi
-    # BuildKit reads docker/Dockerfile.dockerignore; Vertex AI runs linux/amd64 machines.
-    DOCKER_BUILDKIT=1 docker build --platform linux/amd64 -f "$ROOT/docker/Dockerfile" \
-      --label "org.opencontainers.image.version=$VERSION" -t "$IMAGE" "$ROOT"
-    if [[ $MODE == push ]]; then
-      docker push "$IMAGE"
-      echo "pushed $IMAGE"
-    else
-      echo "built $IMAGE"
-    fi
+    # BuildKit reads docker/<Dockerfile>.dockerignore; Vertex AI runs linux/amd64 machines.
+    for pair in "Dockerfile=$IMAGE" "Dockerfile.serving=$SERVING_IMAGE"; do
+      DOCKER_BUILDKIT=1 docker build --platform linux/amd64 -f "$ROOT/docker/${pair%%=*}" \
+        --label "org.opencontainers.image.version=$VERSION" -t "${pair#*=}" "$ROOT"
+    done
+    for uri in "$IMAGE" "$SERVING_IMAGE"; do
+      if [[ $MODE == push ]]; then
+        docker push "$uri"
+        echo "pushed $uri"
+      else
+        echo "built $uri"
+      fi
+    done
     ;;
 esac

@@ -23,8 +23,10 @@ from components.deploy import deploy_model
 from components.download import download_data
 from components.evaluate import evaluate_model
 from components.features import extract_features
+from components.fingerprint import fingerprint_data
 from components.gate import report_not_deployed
 from components.preprocess import preprocess_data
+from components.target import resolve_target
 from components.train import train_model
 from components.upload import upload_model
 from components.validate import validate_data
@@ -86,9 +88,7 @@ def _in_image(component: BaseComponent, image: str) -> BaseComponent:
     return copied
 
 
-def _train_task(
-    resources: TrainResources, image: str, location: str, **inputs: Any
-) -> dsl.PipelineTask:
+def _train_task(resources: TrainResources, image: str, **inputs: Any) -> dsl.PipelineTask:
     """The train task: a plain component, or a custom training job (``TrainResources``)."""
     if not resources.custom_job:
         return (
@@ -115,9 +115,8 @@ def _train_task(
         # Vertex AI's Custom Code Service Agent, which may not read the pipeline's bucket.
         service_account=_placeholders.SERVICE_ACCOUNT_PLACEHOLDER,
     )
-    # The job's project is left at its default, the pipeline job's own: the pipeline's project
-    # parameter may be empty.
-    return job(location=location, **inputs)
+    # The job's project and location are left at their defaults, the pipeline job's own.
+    return job(**inputs)
 
 
 def _run_in(image: str) -> None:
@@ -181,7 +180,7 @@ def build_pipeline(
         serving_service_account: str = "",
         target: str = "vertex",
         project: str = "",
-        location: str = "europe-west1",
+        location: str = "",
         local_state_dir: str = "",
     ) -> PipelineOutputs:
         """Train an image classifier by transfer learning and deploy it if it is good enough.
@@ -233,8 +232,10 @@ def build_pipeline(
             model_display_name: Model in the registry that each deployed run adds a version to.
             endpoint_display_name: Endpoint that serves the deployed version.
             serving_image: Prediction image of the registered model on Vertex AI; empty picks
-                Vertex AI's prebuilt TensorFlow image for the training TensorFlow version and the
-                region (its GPU variant with a serving accelerator).
+                the project's serving image (docker/Dockerfile.serving, at build.sh's default
+                URI), "prebuilt" Vertex AI's prebuilt TensorFlow image for the training
+                TensorFlow version and the region (its GPU variant with a serving accelerator);
+                any other value is an image URI that follows the serving image's contract.
             machine_type: Vertex AI machine type of the endpoint's replicas.
             min_replicas: Replicas the endpoint always keeps (autoscaling lower bound).
             max_replicas: Replicas the endpoint may scale up to under load.
@@ -242,30 +243,48 @@ def build_pipeline(
                 empty for CPU only.
             serving_accelerator_count: GPUs per replica (0 with no serving accelerator).
             traffic_percentage: Share of the endpoint's traffic that the new version gets (100:
-                all; less: a canary beside the current version). Versions left with no traffic
-                are undeployed.
+                all; less: a canary beside the version that served most traffic before, which
+                keeps the rest). Every other deployed version is undeployed.
             serving_service_account: Service account the deployed model runs as on Vertex AI;
                 empty uses Vertex AI's default one (the deploy step says so in its log).
             target: Where models are registered and served: 'local' (registry and endpoint
                 records under local_state_dir) or 'vertex' (Vertex AI Model Registry).
-            project: Google Cloud project of the model and endpoint resource names.
-            location: Region of the model and endpoint, and of the train step when it runs as a
-                Vertex AI custom training job.
+            project: Google Cloud project of the model and endpoint; empty: the pipeline job's.
+            location: Region of the model and endpoint; empty: the pipeline job's.
             local_state_dir: Folder of the local model registry and endpoints (target 'local').
         """
+        # Where models go, settled first: an empty project or location is the job's own.
+        resolved = resolve_target(
+            target=target,
+            project=project,
+            location=location,
+            local_state_dir=local_state_dir,
+            job_project=_placeholders.PROJECT_ID_PLACEHOLDER,
+            job_location=_placeholders.LOCATION_PLACEHOLDER,
+        ).set_display_name("target")
         registry = {
             "target": target,
-            "project": project,
-            "location": location,
+            "project": resolved.outputs["project"],
+            "location": resolved.outputs["location"],
             "local_state_dir": local_state_dir,
         }
+        # Never cached: it is how the cache of every later step follows the data.
+        csv_columns = {
+            "csv_file_column": csv_file_column,
+            "csv_label_column": csv_label_column,
+            "csv_image_folder": csv_image_folder,
+        }
+        fingerprint = (
+            fingerprint_data(data_uri=data_uri, **csv_columns)
+            .set_display_name("fingerprint")
+            .set_caching_options(False)
+        )
         download = download_data(
             data_uri=data_uri,
+            data_fingerprint=fingerprint.output,
             eval_fraction=eval_fraction,
             seed=seed,
-            csv_file_column=csv_file_column,
-            csv_label_column=csv_label_column,
-            csv_image_folder=csv_image_folder,
+            **csv_columns,
         ).set_display_name("download")
         validate = validate_data(
             raw_data=download.outputs["raw_data"],
@@ -286,7 +305,6 @@ def build_pipeline(
         train = _train_task(
             resources,
             image,
-            location,
             dataset=preprocess.outputs["dataset"],
             features=features.outputs["features"],
             pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,

@@ -21,14 +21,18 @@ import webbrowser
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from google_cloud_pipeline_components import _placeholders
 
+from components import PIPELINE_IMAGE, is_placeholder_image, serving_image_beside
 from components.lib.data.demo import (
     DEMO_ENDPOINT_DISPLAY_NAME,
     DEMO_MODEL_DISPLAY_NAME,
     make_demo_dataset,
 )
-from components.lib.targets.base import resource_id
-from components.lib.targets.local import DEFAULT_STATE_DIR, EndpointRegistry
+from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
+from components.lib.targets import resolve_target
+from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
+from components.lib.targets.local import EndpointRegistry, default_state_dir
 from pipeline.compile import compile_pipeline
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.progress import StepProgress
@@ -37,17 +41,25 @@ if TYPE_CHECKING:
     from pipeline.submit import VertexSettings
 
 LOCAL_PROJECT = "local-project"
+LOCAL_LOCATION = "europe-west1"
+"""What the local runner puts in the job's project and location placeholders, as Vertex AI
+puts the job's own: the local target's resource names."""
 ENV_PREFIX = "BEER_PIPELINE_"
 DEFAULT_CONFIG = "~/.config/beer-pipeline/vertex.yaml"
 SETTINGS = {
     "project": "Google Cloud project (required)",
     "region": "Vertex AI region, e.g. europe-west4 (required)",
     "pipeline_root": "gs:// folder for the steps' outputs (required)",
+    "image": "container image of the steps, as docker/build.sh pushed it (required to submit "
+    "or schedule a fresh compile)",
     "service_account": "service account the job runs as",
     "network": "VPC network to peer with, projects/NUMBER/global/networks/NAME",
     "experiment": "Vertex AI experiment to record the run in",
+    "api_endpoint": "Vertex AI API host[:port] (default REGION-aiplatform.googleapis.com), "
+    "e.g. a Private Service Connect endpoint",
 }
-REQUIRED_SETTINGS = ("project", "region", "pipeline_root")
+REQUIRED_SETTINGS = ("project", "region", "pipeline_root", "image")
+EXPERIMENT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 PAST_TENSE = {"pause": "paused", "resume": "resumed", "delete": "deleted"}
@@ -127,14 +139,17 @@ def _add_pipeline_options(parser: argparse.ArgumentParser, with_defaults: bool) 
         metavar="NAME=VALUE",
         help="any pipeline parameter, e.g. --param epochs=5 (repeatable)",
     )
+    # No flag forces caching on for every step: it would cache the data fingerprint and the
+    # champion check too, and a retrain would stop following the data.
     caching = parser.add_mutually_exclusive_group()
     caching.add_argument(
         "--enable-caching",
         dest="caching",
         action="store_const",
-        const=True,
+        const=None,
         default=default(None),
-        help="reuse the results of unchanged steps (the default)",
+        help="each step keeps its own caching setting: unchanged steps are reused, the data "
+        "fingerprint, evaluate, upload and deploy always run (the default)",
     )
     caching.add_argument(
         "--no-cache",
@@ -172,6 +187,14 @@ def _add_pipeline_options(parser: argparse.ArgumentParser, with_defaults: bool) 
         "2 --image URI ...)",
     )
     vertex.add_argument(
+        "--template",
+        default=default(None),
+        metavar="URI[@TAG|@sha256:DIGEST]",
+        help="a published pipeline (python -m pipeline.run publish) to run instead of a fresh "
+        "compile: https://REGION-kfp.pkg.dev/PROJECT/REPOSITORY/PACKAGE, at a tag (default "
+        "latest, pinned to the digest it names now) or a digest",
+    )
+    vertex.add_argument(
         "--display-name",
         default=default(PIPELINE_NAME),
         help=f"display name of the job or schedule (default {PIPELINE_NAME})",
@@ -188,15 +211,23 @@ def _parser() -> argparse.ArgumentParser:
         "dataset made from scikit-image's sample photos (a smoke test, not a benchmark).",
     )
     parser.add_argument("--local", action="store_true", help="run on this machine with kfp.local")
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=LOCAL,
+        help="with --local: where the model is registered and served (%(default)s); 'vertex' "
+        "registers and deploys on Vertex AI (or the emulator at BEER_VERTEX_EMULATOR_HOST) and "
+        "needs the Vertex settings, the pipeline root's bucket mounted at BEER_GCS_MOUNT_ROOT",
+    )
     _add_pipeline_options(parser, with_defaults=True)
     parser.add_argument(
         "--wait", action="store_true", help="Vertex: follow the job; exit 1 unless it succeeds"
     )
     parser.add_argument(
         "--state-dir",
-        default=DEFAULT_STATE_DIR,
-        help="local: folder of the registry, endpoints, pipeline root and cache "
-        "(env BEER_PIPELINE_STATE_DIR, default %(default)s)",
+        default=default_state_dir(),
+        help="folder of the local registry, endpoints, pipeline root and cache, and of the logs "
+        "(Vertex commands too) (env BEER_PIPELINE_STATE_DIR, default %(default)s)",
     )
     parser.add_argument("--verbose", action="store_true", help="local: stream kfp.local's output")
     parser.add_argument(
@@ -207,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="local: open the evaluation report in a web browser",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{schedule}")
+    commands = parser.add_subparsers(dest="command", metavar="{schedule,publish}")
     schedule = commands.add_parser(
         "schedule",
         help="create, update, list, pause, resume or delete a Vertex AI pipeline schedule",
@@ -222,6 +253,29 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=int, default=1, help="runs allowed at once (%(default)s)"
     )
     _add_pipeline_options(schedule, with_defaults=False)
+    publish = commands.add_parser(
+        "publish",
+        help="upload the compiled pipeline to a Kubeflow Pipelines repository in Artifact "
+        "Registry, tagged with the project version and latest",
+        description="Upload --pipeline-file (default: a fresh compile) as a pipeline template. "
+        "The same file again uploads nothing; a version tag already on other content is refused.",
+    )
+    publish.add_argument(
+        "--repository",
+        default=os.environ.get(f"{ENV_PREFIX}TEMPLATE_REPOSITORY"),
+        help=f"https://REGION-kfp.pkg.dev/PROJECT/REPOSITORY (env {ENV_PREFIX}TEMPLATE_REPOSITORY)",
+    )
+    publish.add_argument(
+        "--pipeline-file",
+        default=argparse.SUPPRESS,
+        help="the compiled pipeline to publish (default: a fresh compile)",
+    )
+    publish.add_argument("--tag", help="the version tag (default: the version in pyproject.toml)")
+    publish.add_argument(
+        "--image",
+        default=argparse.SUPPRESS,
+        help=f"the steps' image for the fresh compile (env {ENV_PREFIX}IMAGE or the config file)",
+    )
     return parser
 
 
@@ -262,32 +316,60 @@ def vertex_settings(
 ) -> VertexSettings:
     """Settings from flags, then ``BEER_PIPELINE_<NAME>``, then the config file.
 
-    Raises UsageError naming the first of ``required`` that none of them gives.
+    Everything wrong is reported at once, in one UsageError: every missing one of ``required``,
+    a region Vertex AI does not have, a pipeline root outside Cloud Storage, an image that is
+    still the placeholder, a malformed experiment name or label. Nothing here uses the network.
     """
-    from pipeline.submit import VertexSettings
+    from pipeline.submit import VertexSettings, check_region
 
     path = getattr(args, "config", None) or os.environ.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG)
     config = _read_config(os.path.expanduser(path))
     values: dict[str, Any] = {}
     for name in SETTINGS:
-        value = (
+        values[name] = (
             getattr(args, name, None)
             or os.environ.get(f"{ENV_PREFIX}{name.upper()}")
             or config.get(name)
+            or None
         )
-        if name in required and not value:
-            raise UsageError(
-                f"missing setting {name}: pass --{name.replace('_', '-')}, set "
-                f"{ENV_PREFIX}{name.upper()} or put {name!r} in {path}; or add --local to run "
-                "on this machine"
+    if "image" in required:
+        values["image"] = values["image"] or PIPELINE_IMAGE
+    missing = [name for name in required if not values[name]]
+    problems = []
+    if missing:
+        problems.append(
+            f"missing setting{'s' if len(missing) > 1 else ''} "
+            + ", ".join(
+                f"{name} (--{name.replace('_', '-')}, {ENV_PREFIX}{name.upper()} or {name!r} in "
+                f"{path})"
+                for name in missing
             )
-        values[name] = value or None
+        )
+    if "image" in required and is_placeholder_image(values["image"]):
+        problems.append(
+            f"image {values['image']} is the placeholder, which no registry holds: build and "
+            "push the image (bash docker/build.sh --project PROJECT --region REGION) and pass "
+            f"its URI with --image, {ENV_PREFIX}IMAGE or 'image' in {path}"
+        )
+    if values["region"] and (problem := check_region(values["region"])):
+        problems.append(problem)
     if values["pipeline_root"] and not values["pipeline_root"].startswith("gs://"):
-        raise UsageError(
+        problems.append(
             f"pipeline_root {values['pipeline_root']!r} must be a gs:// folder (Vertex AI "
             "writes the step outputs there)"
         )
-    labels = _labels(getattr(args, "labels", []), config.get("labels") or {})
+    if values["experiment"] and not EXPERIMENT_NAME.fullmatch(values["experiment"]):
+        problems.append(
+            f"experiment {values['experiment']!r}: lowercase letters, digits and dashes, "
+            "starting with a letter or digit, at most 128 characters"
+        )
+    try:
+        labels = _labels(getattr(args, "labels", []), config.get("labels") or {})
+    except UsageError as error:
+        problems.append(str(error))
+    if problems:
+        hint = "; or add --local to run on this machine" if missing else ""
+        raise UsageError("; ".join(problems) + hint)
     return VertexSettings(**values, labels=labels)
 
 
@@ -302,37 +384,131 @@ def _arguments(args: argparse.Namespace, parameters: dict[str, dict[str, Any]]) 
 
 
 def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings, str, dict]:
-    """The settings, the spec (--pipeline-file, or freshly compiled) and the typed arguments
-    of a Vertex AI job."""
-    settings = vertex_settings(args)
+    """The settings, the spec (--pipeline-file, or freshly compiled with the image) and the
+    typed arguments of a Vertex AI job; all checked before anything is sent."""
     spec_path = getattr(args, "pipeline_file", None)
-    if spec_path and not os.path.isfile(spec_path):
-        raise UsageError(f"--pipeline-file {spec_path}: no such file")
-    spec_path = spec_path or compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
-    with open(spec_path) as file:
-        parameters = pipeline_parameters(yaml.safe_load(file))
+    template = getattr(args, "template", None)
+    if spec_path and template:
+        raise UsageError("give --template or --pipeline-file, not both")
+    if spec_path or template:
+        source = f"--template {template}" if template else f"--pipeline-file {spec_path}"
+        if getattr(args, "image", None):
+            raise UsageError(
+                f"--image applies to a fresh compile; the images of {source} are compiled in "
+                "(python -m pipeline.compile --image URI ...)"
+            )
+        if spec_path and not os.path.isfile(spec_path):
+            raise UsageError(f"--pipeline-file {spec_path}: no such file")
+        settings = vertex_settings(args, tuple(n for n in REQUIRED_SETTINGS if n != "image"))
+        if template:
+            spec_path, spec = _published_template(template)
+        else:
+            spec = _read_spec(spec_path)
+        _refuse_placeholder_images(spec, source)
+    else:
+        settings = vertex_settings(args)
+        spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), image=settings.image)
+        with open(spec_path) as file:
+            spec = yaml.safe_load(file)
+    parameters = pipeline_parameters(spec)
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
     arguments["target"] = "vertex"
+    if not arguments.get("serving_image"):
+        # The model is served by the serving image pushed beside the steps' image, not by the
+        # placeholder default, which no registry holds.
+        steps = [image for image in _images(spec) if "/beer-pipeline:" in image]
+        if steps:
+            arguments["serving_image"] = serving_image_beside(steps[0])
+    return settings, spec_path, arguments
+
+
+def _read_spec(path: str) -> dict[str, Any]:
+    with open(path) as file:
+        return yaml.safe_load(file)
+
+
+def _refuse_placeholder_images(spec: dict[str, Any], source: str) -> None:
+    """A compiled pipeline whose steps run the placeholder image fails to pull on Vertex AI."""
+    placeholders = sorted({image for image in _images(spec) if is_placeholder_image(image)})
+    if placeholders:
+        raise UsageError(
+            f"{source} runs the placeholder image {placeholders[0]}, which no registry "
+            "holds: compile it with --image URI (python -m pipeline.compile --image URI ...)"
+        )
+
+
+def _images(spec: dict[str, Any]) -> list[str]:
+    """The container images of a compiled pipeline's steps."""
+    executors = spec.get("deploymentSpec", {}).get("executors", {})
+    return [e["container"]["image"] for e in executors.values() if "container" in e]
+
+
+def _note_service_account(settings: VertexSettings) -> None:
     if not settings.service_account:
         print(
             "note: no --service-account: the job runs as the project's Compute Engine default "
             "service account",
             file=sys.stderr,
         )
-    return settings, spec_path, arguments
+
+
+def _published_template(text: str) -> tuple[str, dict[str, Any]]:
+    """The template path (pinned to a digest) and the spec of ``--template``."""
+    from pipeline.templates import TemplateError, download_template, parse_template, pinned_template
+
+    try:
+        template = parse_template(text)
+    except TemplateError as error:
+        raise UsageError(str(error)) from None
+    pinned = pinned_template(template)
+    print(f"template       {pinned.uri}", file=sys.stderr)
+    return pinned.uri, download_template(pinned)
+
+
+def publish(args: argparse.Namespace) -> int:
+    """``python -m pipeline.run publish``: the compiled pipeline as a template in Artifact
+    Registry, tagged with the project version and ``latest``."""
+    from importlib import metadata
+
+    from pipeline.templates import publish_template
+
+    if not args.repository:
+        raise UsageError(
+            "publish needs --repository https://REGION-kfp.pkg.dev/PROJECT/REPOSITORY (or "
+            f"{ENV_PREFIX}TEMPLATE_REPOSITORY)"
+        )
+    if args.pipeline_file and not os.path.isfile(args.pipeline_file):
+        raise UsageError(f"--pipeline-file {args.pipeline_file}: no such file")
+    version = args.tag or metadata.version("beer-vertex-pipeline")
+    with tempfile.TemporaryDirectory() as spec_dir:
+        if args.pipeline_file:
+            spec_path = args.pipeline_file
+            _refuse_placeholder_images(_read_spec(spec_path), f"--pipeline-file {spec_path}")
+        else:
+            image = vertex_settings(args, ("image",)).image
+            spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), image=image)
+        published = publish_template(spec_path, args.repository, version)
+    template = published.template(args.repository)
+    print(f"{'published' if published.uploaded else 'unchanged'}      {template.uri}")
+    print(f"tags           {', '.join(published.tags)}")
+    print(f"run it with    --template {args.repository}/{published.package}@{version}")
+    return 0
 
 
 def submit(args: argparse.Namespace) -> int:
     """``python -m pipeline.run`` without --local: submit to Vertex AI Pipelines."""
-    from pipeline.submit import console_url, submit_pipeline, wait_for
+    from pipeline.submit import console_url, preflight, submit_pipeline, wait_for
 
     with tempfile.TemporaryDirectory() as spec_dir:
         settings, spec_path, arguments = _vertex_job(args, spec_dir)
+        preflight(settings)
+        _note_service_account(settings)
         job = submit_pipeline(settings, spec_path, args.display_name, arguments, args.caching)
     print(f"submitted      {job.resource_name}")
     print(f"console        {console_url(settings, job.name)}")
     if args.wait:
+        print(f"waiting        (the job's progress is logged in {args.log_path})", flush=True)
         wait_for(job)
         print(f"state          {job.state.name}")
     return 0
@@ -340,25 +516,37 @@ def submit(args: argparse.Namespace) -> int:
 
 def schedule(args: argparse.Namespace) -> int:
     """``python -m pipeline.run schedule ...``: create or update, list, pause, resume, delete."""
-    from pipeline.submit import change_schedule, list_schedules, upsert_schedule
+    from pipeline.submit import (
+        change_schedule,
+        check_cron,
+        list_schedules,
+        preflight,
+        upsert_schedule,
+    )
 
     location_only = ("project", "region")
-    if args.action == "list":
-        for row in list_schedules(vertex_settings(args, location_only)):
-            print(f"{row['display_name']:<32} {row['state']:<10} {row['cron']:<16} {row['name']}")
-        return 0
     if args.action:
-        names = change_schedule(
-            vertex_settings(args, location_only), args.display_name, args.action
-        )
+        settings = vertex_settings(args, location_only)
+        preflight(settings)
+        if args.action == "list":
+            for row in list_schedules(settings):
+                print(
+                    f"{row['display_name']:<32} {row['state']:<10} {row['cron']:<16} {row['name']}"
+                )
+            return 0
+        names = change_schedule(settings, args.display_name, args.action)
         print(f"{PAST_TENSE[args.action]} {names}")
         return 0
     if not args.cron:
         raise UsageError('schedule needs --cron, e.g. --cron "0 3 * * 1" (or an action: list, ...)')
+    if problem := check_cron(args.cron):
+        raise UsageError(problem)
     if args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     with tempfile.TemporaryDirectory() as spec_dir:
         settings, spec_path, arguments = _vertex_job(args, spec_dir)
+        preflight(settings)
+        _note_service_account(settings)
         name, created = upsert_schedule(
             settings,
             spec_path,
@@ -383,13 +571,20 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     from kfp import components
 
     state_dir = os.path.abspath(args.state_dir)
+    target, pipeline_root = _local_target(args, state_dir)
     with tempfile.TemporaryDirectory() as spec_dir:  # private: runs may start side by side
         spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
         with open(spec_path) as file:
-            parameters = pipeline_parameters(yaml.safe_load(file))
+            spec_text = _resolve_job_placeholders(
+                file.read(),
+                target.get("project", LOCAL_PROJECT),
+                target.get("location", LOCAL_LOCATION),
+            )
+        with open(spec_path, "w") as file:
+            file.write(spec_text)
+        parameters = pipeline_parameters(yaml.safe_load(spec_text))
         pipeline = components.load_component_from_file(spec_path)
-    arguments: dict[str, Any] = {"project": LOCAL_PROJECT}
-    arguments.update(_arguments(args, parameters))
+    arguments = _arguments(args, parameters)
     if "data_uri" not in arguments:
         arguments["data_uri"] = make_demo_dataset(os.path.join(state_dir, "demo-data"))
         arguments.setdefault("model_display_name", DEMO_MODEL_DISPLAY_NAME)
@@ -400,11 +595,11 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
             f"{arguments['endpoint_display_name']!r}",
             file=sys.stderr,
         )
-    arguments.update(target="local", local_state_dir=state_dir)
+    arguments.update(target)
 
     kfp.local.init(
         runner=kfp.local.SubprocessRunner(use_venv=False),
-        pipeline_root=os.path.join(state_dir, "pipeline_root"),
+        pipeline_root=pipeline_root,
         enable_caching=args.caching is not False,
     )
     log_path = os.path.join(state_dir, "logs", f"run-{_run_id()}.log")
@@ -427,7 +622,9 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     values = {
         name: arguments.get(name, spec.get("defaultValue")) for name, spec in parameters.items()
     }
-    endpoint = outputs["endpoint"] or _existing_endpoint(state_dir, values)
+    endpoint = outputs["endpoint"] or (
+        _existing_endpoint(state_dir, values) if values["target"] == LOCAL else None
+    )
     champion_accuracy = outputs["champion_accuracy"]
     evaluation = outputs["evaluation"]
     return {
@@ -450,14 +647,53 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         "endpoint": endpoint,
         "report": _report_file(outputs["report"].path),
         "step_seconds": progress.step_seconds,
+        "target": values["target"],
         "state_dir": state_dir,
         "log": log_path,
     }
 
 
+def _local_target(args: argparse.Namespace, state_dir: str) -> tuple[dict[str, Any], str]:
+    """The target parameters of a --local run, and where kfp.local keeps the steps' outputs.
+
+    ``--target vertex`` registers and deploys on Vertex AI (or the emulator named by
+    ``BEER_VERTEX_EMULATOR_HOST``): the outputs then go under the pipeline root's gs:// folder
+    through its mount (``BEER_GCS_MOUNT_ROOT``, Cloud Storage FUSE), as on Vertex AI Pipelines,
+    so that Vertex AI reads the model the steps wrote.
+    """
+    if args.target == LOCAL:
+        return (
+            {"target": LOCAL, "local_state_dir": state_dir},
+            os.path.join(state_dir, "pipeline_root"),
+        )
+    # The steps run here, in this environment: no image to name.
+    settings = vertex_settings(args, tuple(n for n in REQUIRED_SETTINGS if n != "image"))
+    bucket = settings.pipeline_root[len("gs://") :].split("/", 1)[0]
+    if not os.path.isdir(mounted_path(f"gs://{bucket}")):
+        raise UsageError(
+            f"--target vertex runs the steps here, writing to {settings.pipeline_root} through "
+            f"its mount, and the bucket is not mounted at {mounted_path(f'gs://{bucket}')}: "
+            f"mount it there with Cloud Storage FUSE, or set {GCS_MOUNT_ROOT_ENV} to the "
+            "folder where it is mounted"
+        )
+    target = {"project": settings.project, "location": settings.region, "target": VERTEX}
+    return {**target, "local_state_dir": ""}, mounted_path(settings.pipeline_root)
+
+
+def _resolve_job_placeholders(spec_text: str, project: str, location: str) -> str:
+    """The compiled spec with the job's project and location filled in, as Vertex AI does at
+    run time: kfp.local does not know these placeholders."""
+    return spec_text.replace(_placeholders.PROJECT_ID_PLACEHOLDER, project).replace(
+        _placeholders.LOCATION_PLACEHOLDER, location
+    )
+
+
 def _existing_endpoint(state_dir: str, values: dict[str, Any]) -> str | None:
     """The endpoint that keeps serving when the gate is closed, if one was ever deployed."""
-    endpoints = EndpointRegistry(state_dir, values["project"], values["location"])
+    project, location = resolve_target(
+        "local", values["project"], values["location"], state_dir, LOCAL_PROJECT, LOCAL_LOCATION
+    )
+    endpoints = EndpointRegistry(state_dir, project, location)
     record = endpoints.get(resource_id(values["endpoint_display_name"]))
     return record["name"] if record else None
 
@@ -499,26 +735,57 @@ def _print_summary(summary: dict[str, Any]) -> None:
     ]
     for label, value in rows:
         print(f"{label:<14} {value}")
-    if summary["endpoint"]:
+    if summary["endpoint"] and summary["target"] == LOCAL:
         print(f"serve it with  python -m pipeline.serve --state-dir {summary['state_dir']}")
+
+
+def _run_vertex_command(args: argparse.Namespace) -> int:
+    """Submit or schedule, with the SDK's log and any traceback in a log file, not the terminal:
+    the terminal gets one line per outcome."""
+    import logging
+
+    from components.lib.targets.vertex import VertexError
+    from pipeline.submit import SetupError, log_to_file
+    from pipeline.templates import TemplateError
+
+    args.log_path = os.path.abspath(os.path.join(args.state_dir, "logs", f"vertex-{_run_id()}.log"))
+    with log_to_file(args.log_path):
+        try:
+            if args.command == "publish":
+                return publish(args)
+            return schedule(args) if args.command == "schedule" else submit(args)
+        except (UsageError, SetupError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except (VertexError, TemplateError) as error:
+            logging.getLogger(__name__).exception("failed")
+            print(f"error: {error} (details: {args.log_path})", file=sys.stderr)
+            return 1
+        except Exception as error:
+            logging.getLogger(__name__).exception("failed")
+            print(
+                f"error: unexpected {type(error).__name__}: {_one_line(str(error))} (details: "
+                f"{args.log_path})",
+                file=sys.stderr,
+            )
+            return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:500]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    failures: tuple[type[Exception], ...] = (UsageError, PipelineFailed)
     try:
-        if args.command == "schedule" or not args.local:
-            # The Vertex AI SDK takes seconds to import: only Vertex commands load it.
-            from components.lib.targets.vertex import VertexError
-
-            failures = (*failures, VertexError)
-            return schedule(args) if args.command == "schedule" else submit(args)
+        if args.command in ("schedule", "publish") or not args.local:
+            return _run_vertex_command(args)
         summary = run_local(args)
-    except failures as error:
+    except (UsageError, PipelineFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
     except KeyboardInterrupt:
-        local = args.command != "schedule" and args.local
+        local = args.command is None and args.local
         hint = "; run the same command again to resume, finished steps are cached" if local else ""
         print(f"interrupted{hint}", file=sys.stderr)
         return 130

@@ -1,18 +1,52 @@
 """Submit the compiled pipeline to Vertex AI Pipelines and manage its schedules.
 
 Plain functions over the aiplatform SDK, called by ``python -m pipeline.run``; every API call
-goes through ``call_vertex`` (bounded retries, clear permission errors).
+goes through ``call_vertex`` (bounded retries, clear permission errors). What can be checked
+without the network is checked first (``check_region``, ``check_cron``, credentials), then
+``preflight`` makes sure the service answers at all, within seconds, so that a machine without
+a network learns so at once instead of through minutes of SDK retries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import logging
+import os
+import re
+import socket
+import threading
+import urllib.request
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.cloud import aiplatform, aiplatform_v1
+from google.cloud.aiplatform import initializer
+from google.cloud.aiplatform.constants.base import SUPPORTED_REGIONS
 from google.protobuf import field_mask_pb2
 
-from components.lib.targets.vertex import VertexError, call_vertex
+from components.lib.targets.vertex import VertexError, call_vertex, use_emulator_if_set
+
+PROBE_TIMEOUT_S = 10.0
+"""How long the service's address may take to resolve, and then to accept a connection."""
+CREATE_TIMEOUT_S = 60.0
+"""How long one request that creates a job or schedule may take."""
+PIPELINE_REGIONS = sorted(SUPPORTED_REGIONS - {"global"})
+_CRON_FIELDS = (
+    ("minute", 0, 59, ""),
+    ("hour", 0, 23, ""),
+    ("day-of-month", 1, 31, ""),
+    ("month", 1, 12, "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC"),
+    ("day-of-week", 0, 7, "SUN MON TUE WED THU FRI SAT"),
+)
+_CRON_ITEM = re.compile(r"(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?")
+_CRON_TIME_ZONE = re.compile(r"(?:CRON_TZ|TZ)=\S+\s+")
+
+
+class SetupError(Exception):
+    """Something to set up on this machine before any call can work (credentials)."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +59,50 @@ class VertexSettings:
     service_account: str | None = None
     network: str | None = None
     experiment: str | None = None
+    image: str | None = None
+    api_endpoint: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+
+
+def check_region(region: str) -> str | None:
+    """What is wrong with ``region`` as a Vertex AI Pipelines region, or None."""
+    if region in PIPELINE_REGIONS:
+        return None
+    close = difflib.get_close_matches(region, PIPELINE_REGIONS, n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else "e.g. us-central1, europe-west4"
+    return (
+        f"region {region!r} is not a Vertex AI region known to the installed "
+        f"google-cloud-aiplatform; {hint}"
+    )
+
+
+def check_cron(cron: str) -> str | None:
+    """What is wrong with ``cron`` as a Vertex AI schedule, or None.
+
+    Vertex AI takes unix-cron: five fields (minute hour day-of-month month day-of-week), each
+    ``*``, a value, a range or a list of them, with an optional ``/step``, after an optional
+    ``TZ=<IANA zone>`` or ``CRON_TZ=...``.
+    """
+    expression = _CRON_TIME_ZONE.sub("", cron.strip(), count=1)
+    fields = expression.split()
+    if len(fields) != len(_CRON_FIELDS):
+        return (
+            f"cron {cron!r} is not a 5-field cron expression (minute hour day-of-month month "
+            'day-of-week), e.g. "0 3 * * 1": Mondays at 03:00 UTC'
+        )
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for item in text.split(","):
+            match = _CRON_ITEM.fullmatch(item.upper())
+            values = [v for v in (match.group(2), match.group(3)) if v] if match else []
+            if not match or not all(_cron_value(v, low, high, names) for v in values):
+                return f"cron {cron!r}: {name} {item!r} is not * or a value in {low}-{high}"
+    return None
+
+
+def _cron_value(text: str, low: int, high: int, names: str) -> bool:
+    if text.isdigit():
+        return low <= int(text) <= high
+    return text in names.split()
 
 
 def console_url(settings: VertexSettings, job_id: str) -> str:
@@ -33,6 +110,145 @@ def console_url(settings: VertexSettings, job_id: str) -> str:
         f"https://console.cloud.google.com/vertex-ai/locations/{settings.region}/pipelines/runs/"
         f"{job_id}?project={settings.project}"
     )
+
+
+def check_credentials() -> None:
+    """Make sure credentials are there, without the network; SetupError says how to get some.
+
+    The same sources as ``google.auth.default``, in its order: the key file of
+    GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default credentials, then the
+    metadata server of a Google Cloud machine (only trusted to exist on one).
+    """
+    import google.auth
+    from google.auth import _cloud_sdk
+    from google.auth import exceptions as auth_exceptions
+    from google.auth.compute_engine import _metadata
+
+    explicit = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    path = explicit or _cloud_sdk.get_application_default_credentials_path()
+    if explicit or os.path.exists(path):
+        source = "GOOGLE_APPLICATION_CREDENTIALS" if explicit else "gcloud's default credentials"
+        try:
+            with warnings.catch_warnings():  # it warns against loading files one did not make
+                warnings.simplefilter("ignore", DeprecationWarning)
+                google.auth.load_credentials_from_file(path)
+        except (auth_exceptions.DefaultCredentialsError, OSError, ValueError) as error:
+            raise SetupError(
+                f"the credentials file {path} ({source}) cannot be used: {_first_line(error)}"
+            ) from None
+        return
+    if os.environ.get("K_SERVICE") or _metadata.detect_gce_residency_linux():
+        return  # a Google Cloud machine: its attached service account
+    raise SetupError(
+        "no Google Cloud credentials: run `gcloud auth application-default login`, or set "
+        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
+    )
+
+
+def api_address(settings: VertexSettings) -> tuple[str, int]:
+    """(host, port) of the Vertex AI API that the SDK will call."""
+    endpoint = (
+        settings.api_endpoint
+        or initializer.global_config.api_endpoint
+        or f"{settings.region}-aiplatform.googleapis.com"
+    )
+    host, _, port = endpoint.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else (endpoint, 443)
+
+
+def check_reachable(service: str, host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Resolve ``host`` and open a TCP connection to it (or to the HTTPS proxy that would carry
+    the calls), each within ``timeout_s``; VertexError says what could not be reached and why."""
+    proxy = urllib.request.getproxies().get("https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        parsed = urllib.request.urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        service, host, port = f"the HTTPS proxy for {service}", parsed.hostname, parsed.port or 80
+    outcome: list[str | None] = []
+    probe = threading.Thread(
+        target=lambda: outcome.append(_connect_problem(host, port, timeout_s)), daemon=True
+    )
+    probe.start()
+    probe.join(2 * timeout_s + 1)
+    problem = outcome[0] if outcome else f"no answer from DNS within {2 * timeout_s:.0f} s"
+    if problem:
+        raise VertexError(f"cannot reach {service} at {host}:{port}: {problem}")
+
+
+def _connect_problem(host: str, port: int, timeout_s: float) -> str | None:
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        return (
+            f"the name does not resolve (DNS: {error.strerror}); check the network connection, "
+            "the region and --api-endpoint"
+        )
+    problem = "no address"
+    for family, kind, protocol, _, address in addresses:
+        try:
+            with socket.socket(family, kind, protocol) as connection:
+                connection.settimeout(timeout_s)
+                connection.connect(address)
+            return None
+        except TimeoutError:
+            problem = f"no answer within {timeout_s:.0f} s"
+        except OSError as error:
+            problem = error.strerror or str(error)
+    return f"{problem}; check the network connection, proxy and firewall"
+
+
+def preflight(settings: VertexSettings) -> None:
+    """What must hold before the first API call: credentials (none for an emulator at
+    ``BEER_VERTEX_EMULATOR_HOST``), and an API that answers."""
+    if not use_emulator_if_set():
+        check_credentials()
+    if settings.api_endpoint:
+        aiplatform.init(api_endpoint=settings.api_endpoint)
+    check_reachable("Vertex AI", *api_address(settings))
+
+
+@contextlib.contextmanager
+def log_to_file(path: str) -> Iterator[None]:
+    """Send every log record (the SDK's included) and warning to ``path``, none to the terminal.
+
+    The SDK gives its loggers their own stdout handlers unless a stream handler is already in
+    place; with this file handler on the root they add none, and those already added are
+    detached for the duration. google-api-core stops the ``google`` logger from propagating
+    unless it is configured: a level configures it, and it propagates here.
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    detached = [
+        (logger, stream)
+        for logger in list(logging.Logger.manager.loggerDict.values())
+        if isinstance(logger, logging.Logger)
+        for stream in logger.handlers
+        if type(stream) is logging.StreamHandler
+    ]
+    for logger, stream in detached:
+        logger.removeHandler(stream)
+    google = logging.getLogger("google")
+    saved = (root.level, google.level, google.propagate)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    google.setLevel(logging.INFO)
+    google.propagate = True
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.level, google.level, google.propagate = saved
+        handler.close()
+        for logger, stream in detached:
+            logger.addHandler(stream)
+
+
+def _first_line(error: BaseException | str) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _job(
@@ -61,16 +277,35 @@ def submit_pipeline(
     parameter_values: dict[str, Any],
     enable_caching: bool | None,
 ) -> aiplatform.PipelineJob:
-    """Create a pipeline job from the compiled spec; ``enable_caching`` None keeps the spec's."""
+    """Create a pipeline job from the compiled spec; ``enable_caching`` None keeps each task's
+    own setting, False turns caching off for every task."""
     job = _job(settings, spec_path, display_name, parameter_values, enable_caching)
-    call_vertex(
-        f"submit pipeline job to {settings.project}/{settings.region}",
-        lambda: job.submit(
-            service_account=settings.service_account,
-            network=settings.network,
-            experiment=settings.experiment,
-        ),
-    )
+    try:
+        call_vertex(
+            f"submit pipeline job to {settings.project}/{settings.region}",
+            lambda: job.submit(
+                service_account=settings.service_account,
+                network=settings.network,
+                experiment=settings.experiment,
+                create_request_timeout=CREATE_TIMEOUT_S,
+            ),
+        )
+    except (RuntimeError, ValueError) as error:
+        if isinstance(error, VertexError) or not settings.experiment:
+            raise
+        # The SDK checks the experiment before creating the job and records the job in it
+        # after: say which of the two failed, and why.
+        cause = _first_line(error.__cause__ or error)
+        if not job._gca_resource.name:
+            raise VertexError(
+                f"experiment {settings.experiment!r} could not be found or created in "
+                f"{settings.project}/{settings.region} ({cause}); nothing was submitted. Check "
+                "the name, the region and that you have roles/aiplatform.user"
+            ) from error
+        raise VertexError(
+            f"submitted {job.resource_name}, but it could not be recorded in experiment "
+            f"{settings.experiment!r} ({cause})"
+        ) from error
     return job
 
 
@@ -119,6 +354,7 @@ def upsert_schedule(
                 max_concurrent_run_count=max_concurrent,
                 service_account=settings.service_account,
                 network=settings.network,
+                create_request_timeout=CREATE_TIMEOUT_S,
             ),
         )
         return schedule.resource_name, True

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +229,9 @@ def beer_photos(beer_data_dir: Path, per_class: int) -> dict[str, bytes]:
 VERTEX_PROJECT = "test-project"
 VERTEX_LOCATION = "europe-west4"
 VERTEX_ROOT_URI = "gs://beer-pipeline-root/runs"
+VERTEX_IMAGE = (
+    f"{VERTEX_LOCATION}-docker.pkg.dev/{VERTEX_PROJECT}/beer-pipeline/beer-pipeline:0.1.0"
+)
 VERTEX_SETTINGS = [
     "--project",
     VERTEX_PROJECT,
@@ -233,30 +239,67 @@ VERTEX_SETTINGS = [
     VERTEX_LOCATION,
     "--pipeline-root",
     VERTEX_ROOT_URI,
+    "--image",
+    VERTEX_IMAGE,
 ]
 
 
 @pytest.fixture
 def no_ambient_vertex_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Vertex settings come only from what each test gives: no environment, no config file."""
-    for name in ("PROJECT", "REGION", "PIPELINE_ROOT", "SERVICE_ACCOUNT", "NETWORK", "EXPERIMENT"):
-        monkeypatch.delenv(f"BEER_PIPELINE_{name}", raising=False)
+    """Vertex settings come only from what each test gives: no environment, no config file;
+    commands log under ``tmp_path``."""
+    from pipeline.run import SETTINGS
+
+    for name in SETTINGS:
+        monkeypatch.delenv(f"BEER_PIPELINE_{name.upper()}", raising=False)
     monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(tmp_path / "absent.yaml"))
+    monkeypatch.setenv("BEER_PIPELINE_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture(scope="session")
+def service_account_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A service account key file with a throw-away RSA key: credentials that load offline."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path = tmp_path_factory.mktemp("credentials") / "key.json"
+    account = f"pipeline@{VERTEX_PROJECT}.iam.gserviceaccount.com"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": VERTEX_PROJECT,
+                "private_key_id": "0" * 40,
+                "private_key": pem,
+                "client_email": account,
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
+    return path
 
 
 @pytest.fixture(scope="session")
 def vertex_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A certificate the SDK's TLS channel trusts (gRPC reads the roots file once per process)."""
-    from tests.fake_vertex import write_self_signed_certificate
+    from tests.vertex_emulator import write_self_signed_certificate
 
     cert, key = write_self_signed_certificate(tmp_path_factory.mktemp("tls"))
     os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(cert)
     return cert, key
 
 
-@pytest.fixture
-def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
-    """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it.
+def _point_sdk_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's aiplatform SDK talks to ``localhost:port``, anonymously.
 
     The SDK's calls that would leave this machine (Resource Manager, the pipeline root bucket
     check) are replaced; nothing else is.
@@ -266,10 +309,7 @@ def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
     from google.cloud.aiplatform.utils import gcs_utils, resource_manager_utils
 
     from components.lib.targets import vertex
-    from tests.fake_vertex import FakeVertex, start_server
 
-    fake = FakeVertex()
-    server, port = start_server(fake, *vertex_tls)
     monkeypatch.setattr(initializer, "global_config", initializer._Config())
     monkeypatch.setattr(resource_manager_utils, "get_project_number", lambda *_, **__: 1234)
     monkeypatch.setattr(
@@ -286,8 +326,98 @@ def fake_vertex(vertex_tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):
         api_endpoint=f"localhost:{port}",
         credentials=AnonymousCredentials(),
     )
+
+
+@pytest.fixture
+def fake_vertex(
+    vertex_tls: tuple[Path, Path], service_account_key: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A fresh fake Vertex AI API on loopback, with the aiplatform SDK pointed at it.
+
+    A service account key is in place, as a user's would be, though the SDK calls the fake
+    anonymously.
+    """
+    from tests.fake_vertex import FakeVertex, start_server
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_key))
+    fake = FakeVertex()
+    server, port = start_server(fake, *vertex_tls)
+    _point_sdk_at(port, monkeypatch)
     yield fake
     server.stop(None)
+
+
+@contextlib.contextmanager
+def running_vertex_emulator(
+    tls: tuple[Path, Path], gcs_url: str, mount_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A Vertex AI emulator on loopback over the GCS emulator at ``gcs_url``; this process's SDK
+    and the processes it starts (``BEER_VERTEX_EMULATOR_HOST``) talk to it.
+
+    ``mount_root`` (exported as ``BEER_GCS_MOUNT_ROOT``) stands in for the ``/gcs/`` FUSE mount:
+    what is written under ``<root>/<bucket>/`` reaches the GCS emulator before the emulator
+    reads it.
+    """
+    from components.lib.storage import GCS_MOUNT_ROOT_ENV
+    from components.lib.targets.vertex import EMULATOR_HOST_ENV
+    from tests.vertex_emulator import CloudStorage, VertexEmulator
+
+    emulator = VertexEmulator(
+        projects=[VERTEX_PROJECT],
+        storage=CloudStorage(gcs_url, mount_root=str(mount_root)),
+        operation_delay_s=0.2,
+    ).start(*tls)
+    _point_sdk_at(emulator.port, monkeypatch)
+    monkeypatch.setenv(EMULATOR_HOST_ENV, f"localhost:{emulator.port}")
+    monkeypatch.setenv(GCS_MOUNT_ROOT_ENV, str(mount_root))
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def vertex_emulator(
+    vertex_tls: tuple[Path, Path],
+    gcs_emulator: str,
+    emulated_gcs,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """A fresh Vertex AI emulator for this test (``running_vertex_emulator``)."""
+    mount_root = tmp_path_factory.mktemp("gcs-mount")
+    with running_vertex_emulator(vertex_tls, gcs_emulator, mount_root, monkeypatch) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="session")
+def colour_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny SavedModels (``tests/serving_models.py``): v1 tells red, blue and green apart, v2
+    answers in reverse, TF Serving cannot serve ``broken``, and ``no-model`` has only the class
+    names."""
+    from tests.serving_models import colour_model, unservable_model
+
+    root = tmp_path_factory.mktemp("colour-models")
+    models = {
+        "v1": colour_model(root / "v1"),
+        "v2": colour_model(root / "v2", reverse=True),
+        "broken": unservable_model(root / "broken"),
+        "no-model": root / "no-model",
+    }
+    models["no-model"].mkdir()
+    shutil.copy(models["v1"] / "class_names.json", models["no-model"])
+    return models
+
+
+@pytest.fixture
+def stored(emulated_gcs, colour_models: dict[str, Path], request: pytest.FixtureRequest):
+    """``stored("v1")``: that colour model copied to a gs:// folder of the GCS emulator."""
+    test = re.sub(r"[^a-zA-Z0-9_-]+", "-", request.node.name)
+
+    def store(which: str) -> str:
+        return upload_folder(emulated_gcs, colour_models[which], f"{test}/{which}", "beer-models")
+
+    return store
 
 
 @pytest.fixture(scope="session")
@@ -300,6 +430,47 @@ def weak_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
         demo_data_dir,
         TrainingConfig(epochs=1, learning_rate=1e-7, fine_tune_epochs=0),
     )
+
+
+GCS_BUCKET = "beer-data"
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """``gcp-storage-emulator`` on loopback, in memory; yields its URL."""
+    from tests.vertex_emulator import start_gcs_emulator
+
+    process, url = start_gcs_emulator()
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def emulated_gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch):
+    """Clients of this test (google-cloud-storage, gcsfs via fsspec) talk to the emulator;
+    no ``/gcs`` mount holds anything (``BEER_GCS_MOUNT_ROOT`` points at an empty folder)."""
+    import fsspec
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    monkeypatch.setenv("BEER_GCS_MOUNT_ROOT", "/nonexistent-gcs-mount")
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_emulator})
+    # The emulator serves one connection at a time: one request in flight keeps gcsfs from
+    # stalling on connections the emulator has not accepted yet.
+    monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
+    fsspec.filesystem("gs").clear_instance_cache()
+    return storage.Client(credentials=AnonymousCredentials(), project="test")
+
+
+def upload_folder(client, folder: Path, prefix: str, bucket_name: str = GCS_BUCKET) -> str:
+    """Upload every file under ``folder`` to ``gs://<bucket>/<prefix>/``; returns that URI."""
+    bucket = client.lookup_bucket(bucket_name) or client.create_bucket(bucket_name)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename(str(path))
+    return f"gs://{bucket_name}/{prefix}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

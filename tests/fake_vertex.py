@@ -3,7 +3,9 @@
 It keeps just enough state (models and versions, endpoints with deployed models and traffic,
 pipeline jobs, schedules) for the SDK's own follow-up calls to make sense, and records every
 request so tests assert on what the SDK actually sent. ``fail(method, code, ...)`` makes the
-next calls of ``method`` answer with those gRPC status codes.
+next calls of ``method`` answer with those gRPC status codes; ``fail_after`` does so after
+carrying the call out (an answer lost on the way back); ``hold(method)`` leaves the next
+long-running ``method`` running for ever.
 """
 
 from __future__ import annotations
@@ -19,44 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.cloud import aiplatform_v1 as v1
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2
 
 _SERVICE = "google.cloud.aiplatform.v1."
-
-
-def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for ``localhost`` and its key, as PEM files; the cert is its own CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def _display_name_filter(text: str) -> str | None:
@@ -70,6 +39,8 @@ class FakeVertex:
     def __init__(self) -> None:
         self.requests: list[tuple[str, Any]] = []
         self.failures: dict[str, list[grpc.StatusCode]] = defaultdict(list)
+        self.failures_after: dict[str, list[grpc.StatusCode]] = defaultdict(list)
+        self.held: set[str] = set()
         self.models: dict[str, list[v1.Model]] = {}
         self.endpoints: dict[str, v1.Endpoint] = {}
         self.pipeline_jobs: dict[str, v1.PipelineJob] = {}
@@ -88,6 +59,18 @@ class FakeVertex:
     def fail(self, method: str, *codes: grpc.StatusCode) -> None:
         self.failures[method].extend(codes)
 
+    def fail_after(self, method: str, *codes: grpc.StatusCode) -> None:
+        self.failures_after[method].extend(codes)
+
+    def hold(self, method: str) -> None:
+        self.held.add(method)
+
+    def _now(self) -> datetime.datetime:
+        # Strictly increasing, so that resources created in one test have distinct times.
+        return datetime.datetime(2026, 11, 21, tzinfo=datetime.timezone.utc) + datetime.timedelta(
+            seconds=next(self._ids)
+        )
+
     # Model service
     def upload_model(self, request: v1.UploadModelRequest) -> v1.UploadModelResponse:
         model = v1.Model(request.model)
@@ -98,6 +81,8 @@ class FakeVertex:
             model_name = f"{request.parent}/models/{next(self._ids)}"
             versions = self.models.setdefault(model_name.rsplit("/", 1)[-1], [])
         model.name = model_name
+        model.create_time = versions[0].create_time if versions else self._now()
+        model.version_create_time = self._now()
         model.version_id = str(len(versions) + 1)
         model.supported_deployment_resources_types = [
             v1.Model.DeploymentResourcesType.DEDICATED_RESOURCES
@@ -128,10 +113,19 @@ class FakeVertex:
             models=[m for m in models if wanted is None or m.display_name == wanted]
         )
 
+    def list_model_versions(
+        self, request: v1.ListModelVersionsRequest
+    ) -> v1.ListModelVersionsResponse:
+        versions = self.models[request.name.rsplit("/", 1)[-1]]
+        return v1.ListModelVersionsResponse(
+            models=[v1.Model(v, name=f"{v.name}@{v.version_id}") for v in versions]
+        )
+
     # Endpoint service
     def create_endpoint(self, request: v1.CreateEndpointRequest) -> v1.Endpoint:
         endpoint = v1.Endpoint(request.endpoint)
         endpoint.name = f"{request.parent}/endpoints/{next(self._ids)}"
+        endpoint.create_time = self._now()
         self.endpoints[endpoint.name] = endpoint
         return endpoint
 
@@ -152,17 +146,28 @@ class FakeVertex:
         deployed.id = str(next(self._ids))
         model = self._model(deployed.model)
         deployed.model, deployed.model_version_id = model.name, model.version_id
-        endpoint.deployed_models.append(deployed)
         split = {deployed.id if k == "0" else k: v for k, v in request.traffic_split.items()}
+        endpoint.deployed_models.append(deployed)
+        _check_split(endpoint, split or {deployed.id: 100})
         endpoint.traffic_split = split or {deployed.id: 100}
         return v1.DeployModelResponse(deployed_model=deployed)
 
+    def update_endpoint(self, request: v1.UpdateEndpointRequest) -> v1.Endpoint:
+        endpoint = self.endpoints[request.endpoint.name]
+        if "traffic_split" in request.update_mask.paths:
+            _check_split(endpoint, dict(request.endpoint.traffic_split))
+            endpoint.traffic_split = dict(request.endpoint.traffic_split)
+        return endpoint
+
     def undeploy_model(self, request: v1.UndeployModelRequest) -> v1.UndeployModelResponse:
         endpoint = self.endpoints[request.endpoint]
+        split = dict(request.traffic_split) or dict(endpoint.traffic_split)
+        if split.get(request.deployed_model_id, 0) and len(endpoint.deployed_models) > 1:
+            # As Vertex AI: a deployed model that still takes traffic is not undeployed.
+            raise ValueError(f"{request.deployed_model_id} still has traffic {split}")
         kept = [d for d in endpoint.deployed_models if d.id != request.deployed_model_id]
         del endpoint.deployed_models[:]
         endpoint.deployed_models.extend(kept)
-        split = dict(request.traffic_split) or dict(endpoint.traffic_split)
         split.pop(request.deployed_model_id, None)
         endpoint.traffic_split = split
         return v1.UndeployModelResponse()
@@ -221,6 +226,10 @@ class FakeVertex:
         del self.schedules[request.name]
         return empty_pb2.Empty()
 
+    # Operations: only held ones are ever asked about, and they never finish.
+    def get_operation(self, request: operations_pb2.GetOperationRequest) -> Any:
+        return operations_pb2.Operation(name=request.name, done=False)
+
     def _handler(self, method: str, implementation: Callable, long_running: bool) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             with self._lock:
@@ -232,15 +241,22 @@ class FakeVertex:
                     response = implementation(request)
                 except (KeyError, StopIteration):
                     context.abort(grpc.StatusCode.NOT_FOUND, f"fake Vertex AI: not found: {method}")
+                except ValueError as error:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"fake Vertex AI: {error}")
+                if self.failures_after[method]:
+                    code = self.failures_after[method].pop(0)
+                    context.abort(code, f"fake Vertex AI lost the answer of {method}")
             if not long_running:
                 return response
+            name = f"operations/{next(self._ids)}"
+            if method in self.held:
+                self.held.discard(method)
+                return operations_pb2.Operation(name=name, done=False)
             payload = any_pb2.Any()
             payload.Pack(
                 response if isinstance(response, empty_pb2.Empty) else type(response).pb(response)
             )
-            return operations_pb2.Operation(
-                name=f"operations/{next(self._ids)}", done=True, response=payload
-            )
+            return operations_pb2.Operation(name=name, done=True, response=payload)
 
         return handle
 
@@ -251,11 +267,13 @@ class FakeVertex:
                 ("UploadModel", v1.UploadModelRequest, self.upload_model, True),
                 ("GetModel", v1.GetModelRequest, self.get_model, False),
                 ("ListModels", v1.ListModelsRequest, self.list_models, False),
+                ("ListModelVersions", v1.ListModelVersionsRequest, self.list_model_versions, False),
             ],
             "EndpointService": [
                 ("CreateEndpoint", v1.CreateEndpointRequest, self.create_endpoint, True),
                 ("GetEndpoint", v1.GetEndpointRequest, self.get_endpoint, False),
                 ("ListEndpoints", v1.ListEndpointsRequest, self.list_endpoints, False),
+                ("UpdateEndpoint", v1.UpdateEndpointRequest, self.update_endpoint, False),
                 ("DeployModel", v1.DeployModelRequest, self.deploy_model, True),
                 ("UndeployModel", v1.UndeployModelRequest, self.undeploy_model, True),
             ],
@@ -273,7 +291,18 @@ class FakeVertex:
                 ("DeleteSchedule", v1.DeleteScheduleRequest, self.delete_schedule, True),
             ],
         }
-        handlers = []
+        handlers = [
+            grpc.method_handlers_generic_handler(
+                "google.longrunning.Operations",
+                {
+                    "GetOperation": grpc.unary_unary_rpc_method_handler(
+                        self._handler("GetOperation", self.get_operation, False),
+                        request_deserializer=operations_pb2.GetOperationRequest.FromString,
+                        response_serializer=_serializer,
+                    )
+                },
+            )
+        ]
         for service, methods in table.items():
             rpcs = {}
             for method, request_type, implementation, long_running in methods:
@@ -284,6 +313,13 @@ class FakeVertex:
                 )
             handlers.append(grpc.method_handlers_generic_handler(_SERVICE + service, rpcs))
         return handlers
+
+
+def _check_split(endpoint: v1.Endpoint, split: dict[str, int]) -> None:
+    """Vertex AI's rules: shares of deployed models only, adding up to 100."""
+    deployed = {d.id for d in endpoint.deployed_models}
+    if set(split) - deployed or sum(split.values()) != 100:
+        raise ValueError(f"invalid traffic split {split} for deployed models {sorted(deployed)}")
 
 
 def _serializer(message: Any) -> bytes:

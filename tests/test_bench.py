@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -185,43 +186,51 @@ def test_pipeline_targets_on_warm_share_and_step_memory() -> None:
     assert [target.met for target in targets] == [False, False]
 
 
-def test_serving_comparison_counts_each_way_and_mismatches() -> None:
-    ways = {
-        serve_latency.DIRECT: lambda images: [1] * len(images),
-        serve_latency.KEPT_ALIVE: lambda images: [1] * len(images),
-        serve_latency.NEW_CONNECTION: lambda images: [0] * len(images),
+def _cell(latency_s: float, images_per_second: float, wrong: int = 0) -> serve_latency.Cell:
+    cell = serve_latency.Cell([latency_s] * 10, 10 / images_per_second, wrong)
+    return cell
+
+
+def test_serving_report_sets_the_issue_targets() -> None:
+    results = {
+        (serve_latency.OLD, 1): _cell(0.012, 80),
+        (serve_latency.OLD, 8): _cell(0.090, 90),
+        (serve_latency.UNBATCHED, 1): _cell(0.012, 80),
+        (serve_latency.UNBATCHED, 8): _cell(0.080, 100),
+        (serve_latency.BATCHED, 1): _cell(0.011, 85),
+        (serve_latency.BATCHED, 8): _cell(0.040, 210),
     }
+    table, targets = serve_latency.report(results)
+    assert [target.met for target in targets] == [True, True, True]
+    assert targets[0].measured == pytest.approx(2.1)
+    assert "2.33x" in table  # batching at 8 clients against the old server
 
-    comparison = serve_latency.compare_predictors(
-        ways, [b"a", b"b"], single_requests=6, batch_requests=2, batch_size=3, warmup=1
-    )
+    results[(serve_latency.BATCHED, 8)] = _cell(0.040, 150, wrong=1)
+    results[(serve_latency.BATCHED, 1)] = _cell(0.013, 75)
+    _, targets = serve_latency.report(results)
+    assert [target.met for target in targets] == [False, False, False]
 
-    for timings in comparison.timings.values():
-        assert len(timings.single_s) == 6 and len(timings.batch_s) == 2
-    assert comparison.mismatches == 8  # every round: the new-connection way disagrees
-    assert comparison.p50_ratio(serve_latency.DIRECT) == 1.0
-    _, targets = serve_latency.report(comparison)
-    assert not targets[-1].met
+
+def _has_commit(ref: str) -> bool:
+    found = subprocess.run(["git", "cat-file", "-e", f"{ref}^{{commit}}"], cwd=serve_latency.ROOT)
+    return found.returncode == 0
 
 
 @pytest.mark.slow
-def test_serving_over_http_matches_the_model_in_process(
+def test_old_and_new_servers_answer_alike(
     demo_model_dir: Path, demo_data_dir: Path, tmp_path: Path
 ) -> None:
+    if not _has_commit(serve_latency.OLD_SERVER_REF):
+        pytest.skip(f"this clone lacks {serve_latency.OLD_SERVER_REF}, the old server's commit")
     images = serve_latency.read_images(demo_data_dir / "eval", limit=4)
     path = serve_latency.deploy_locally(str(demo_model_dir), str(tmp_path / "state"))
-    with serve_latency.local_endpoint_server(
-        str(tmp_path / "state"), str(tmp_path / "serve.log")
-    ) as (host, port):
-        ways = {
-            serve_latency.DIRECT: serve_latency.direct_predictor(str(demo_model_dir)),
-            serve_latency.KEPT_ALIVE: serve_latency.http_predictor(host, port, path, True),
-            serve_latency.NEW_CONNECTION: serve_latency.http_predictor(host, port, path, False),
-        }
-        comparison = serve_latency.compare_predictors(
-            ways, images, single_requests=5, batch_requests=2, batch_size=4, warmup=1
-        )
+    with serve_latency.servers(
+        str(tmp_path / "state"), str(tmp_path), serve_latency.OLD_SERVER_REF
+    ) as urls:
+        assert list(urls) == [serve_latency.OLD, serve_latency.UNBATCHED, serve_latency.BATCHED]
+        results = serve_latency.compare_servers(urls, path, images, requests=8, rounds=1)
 
-    assert comparison.mismatches == 0
-    assert all(len(t.single_s) == 5 for t in comparison.timings.values())
-    assert comparison.timings[serve_latency.KEPT_ALIVE].batch_images_per_second > 0
+    assert {key: len(cell.latencies) for key, cell in results.items()} == dict.fromkeys(results, 8)
+    assert sum(cell.wrong_answers for cell in results.values()) == 0
+    old_log = (tmp_path / "old.log").read_text()  # http.server's plain request lines
+    assert '"POST /v1/projects/' in old_log and '"httpRequest"' not in old_log

@@ -19,7 +19,7 @@ from components.lib.evaluation.metrics import (
     evaluate_champion,
     evaluate_saved_model,
 )
-from components.lib.targets import champion_model_dir
+from components.lib.targets import champion_version
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
 from tests.conftest import make_layout, scored
 
@@ -28,7 +28,8 @@ NO_BAR = GateRule(min_accuracy=0.0)
 
 
 def champion(state: Path) -> str | None:
-    return champion_model_dir("local", str(state), PROJECT, LOCATION, ENDPOINT)
+    served = champion_version("local", str(state), PROJECT, LOCATION, ENDPOINT)
+    return served.artifact_uri if served else None
 
 
 def serve(state: Path, model_dir: Path) -> None:

@@ -73,7 +73,8 @@ def test_two_replicas_of_one_gpu_compile_to_worker_pools_in_the_given_image(
     assert inputs["display_name"]["defaultValue"] == "beer-classifier-training-train"
 
     task = spec["root"]["dag"]["tasks"]["train-model"]
-    assert task["inputs"]["parameters"]["location"] == {"componentInputParameter": "location"}
+    assert "location" not in task["inputs"]["parameters"], "the job runs in the pipeline's region"
+    assert inputs["location"]["defaultValue"] == "{{$.pipeline_google_cloud_location}}"
     assert task["taskInfo"]["name"] == "train"
     assert "resources" not in spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]
     evaluate = spec["root"]["dag"]["tasks"]["evaluate-model"]["inputs"]["artifacts"]["model"]

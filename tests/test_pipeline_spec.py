@@ -103,3 +103,60 @@ def test_upload_and_deploy_output_google_vertex_artifacts(spec: dict) -> None:
     assert outputs["comp-deploy-model"]["vertex_endpoint"]["artifactType"]["schemaTitle"] == (
         "google.VertexEndpoint"
     )
+
+
+def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spec: dict) -> None:
+    """Vertex AI resolves these placeholders to the job's own project and region."""
+    from components.target import resolve_target
+
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    defaults = {
+        name: parameters[name]["defaultValue"] for name in ("target", "project", "location")
+    }
+    assert defaults == {"target": "vertex", "project": "", "location": ""}
+    tasks = spec["root"]["dag"]["tasks"]
+    inputs = tasks["resolve-target"]["inputs"]["parameters"]
+    assert inputs["job_project"] == {
+        "runtimeValue": {"constant": "{{$.pipeline_google_cloud_project_id}}"}
+    }
+    assert inputs["job_location"] == {
+        "runtimeValue": {"constant": "{{$.pipeline_google_cloud_location}}"}
+    }
+    gated = spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    for task in (tasks["evaluate-model"], gated["upload-model"], gated["deploy-model"]):
+        for name in ("project", "location"):
+            source = task["inputs"]["parameters"][name]
+            producer = source.get("taskOutputParameter", {}).get("producerTask")
+            producer = producer or source["componentInputParameter"]
+            assert producer in ("resolve-target", f"pipelinechannel--resolve-target-{name}")
+
+    resolved = resolve_target.python_func(
+        **defaults, local_state_dir="", job_project="my-project", job_location="us-central1"
+    )
+    assert (resolved.project, resolved.location) == ("my-project", "us-central1")
+    explicit = resolve_target.python_func(
+        target="vertex",
+        project="other",
+        location="europe-west4",
+        local_state_dir="",
+        job_project="my-project",
+        job_location="us-central1",
+    )
+    assert (explicit.project, explicit.location) == ("other", "europe-west4")
+    with pytest.raises(ValueError, match="needs the pipeline parameters project and location"):
+        resolve_target.python_func(
+            **defaults,
+            local_state_dir="",
+            job_project="{{$.pipeline_google_cloud_project_id}}",
+            job_location="{{$.pipeline_google_cloud_location}}",
+        )
+
+
+def test_caching_follows_the_data(spec: dict) -> None:
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["fingerprint-data"]["cachingOptions"] == {}, "never cached"
+    assert tasks["download-data"]["inputs"]["parameters"]["data_fingerprint"] == {
+        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "fingerprint-data"}
+    }
+    assert tasks["download-data"]["cachingOptions"] == {"enableCache": True}
+    assert tasks["evaluate-model"]["cachingOptions"] == {}

@@ -85,6 +85,7 @@ def test_deploy_moves_all_traffic_and_retires_the_old_version(
         ("projects/proj/locations/us-central1/models/m", "2")
     ]
     assert record["trafficSplit"] == {record["deployedModels"][0]["id"]: 100}
+    assert record.pop("changed") is True
     on_disk = json.loads((tmp_path / "state/endpoints/my-endpoint.json").read_text())
     assert on_disk == record
     assert not list((tmp_path / "state/endpoints").glob("*.tmp"))
@@ -147,3 +148,83 @@ def test_concurrent_runs_register_every_version_intact(tmp_path: Path) -> None:
         source_bytes = Path(version["sourceUri"], "saved_model.pb").read_bytes()
         assert Path(version["artifactUri"], "saved_model.pb").read_bytes() == source_bytes
     assert [v["versionAliases"] for v in record["versions"]].count(["default"]) == 1
+
+
+def test_canary_at_10_then_a_run_at_100_retires_the_canary(tmp_path: Path) -> None:
+    from components.lib.targets import Serving
+
+    state = str(tmp_path / "state")
+    registry = ModelRegistry(state, "p", "l")
+    versions = [
+        registry.upload_version("m", str(make_artifact(tmp_path / name, name.encode())), {}, {})
+        for name in ("a", "b", "c")
+    ]
+
+    def deploy(version, share: int = 100) -> dict:
+        return EndpointRegistry(state, "p", "l", Serving(traffic_percentage=share)).deploy(
+            "e", version
+        )
+
+    deploy(versions[0])
+    canary = deploy(versions[1], 10)
+    assert canary["trafficSplit"] == {"m-v1": 90, "m-v2": 10}
+    second_canary = deploy(versions[2], 10)
+    assert second_canary["trafficSplit"] == {"m-v1": 90, "m-v3": 10}
+    assert [d["id"] for d in second_canary["deployedModels"]] == ["m-v1", "m-v3"]
+    assert EndpointRegistry(state, "p", "l").served_version("e") == (versions[0].model, "1")
+
+    promoted = deploy(versions[2])
+    assert promoted["trafficSplit"] == {"m-v3": 100}
+    assert [d["id"] for d in promoted["deployedModels"]] == ["m-v3"]
+    record = (tmp_path / "state/endpoints/e.json").read_text()
+    assert deploy(versions[2])["changed"] is False
+    assert (tmp_path / "state/endpoints/e.json").read_text() == record, "nothing rewritten"
+
+
+def test_the_first_deploy_takes_all_traffic_whatever_its_share(tmp_path: Path) -> None:
+    from components.lib.targets import Serving
+
+    state = str(tmp_path / "state")
+    version = ModelRegistry(state, "p", "l").upload_version(
+        "m", str(make_artifact(tmp_path / "a")), {}, {}
+    )
+    record = EndpointRegistry(state, "p", "l", Serving(traffic_percentage=10)).deploy("e", version)
+    assert record["trafficSplit"] == {"m-v1": 100}
+
+
+def test_local_and_vertex_implement_the_declared_interface() -> None:
+    import inspect
+
+    from components.lib.targets.base import EndpointTarget, ModelRegistryTarget
+
+    for protocol, implementations in (
+        (ModelRegistryTarget, (ModelRegistry, VertexModelRegistry)),
+        (EndpointTarget, (EndpointRegistry, VertexEndpoints)),
+    ):
+        members = [
+            name
+            for name, value in vars(protocol).items()
+            if callable(value) and not name.startswith("_")
+        ]
+        assert members, protocol
+        for implementation in implementations:
+            for name in members:
+                declared = inspect.signature(getattr(protocol, name))
+                implemented = inspect.signature(getattr(implementation, name))
+                assert implemented.parameters.keys() == declared.parameters.keys(), (
+                    f"{implementation.__name__}.{name}{implemented} != {declared}"
+                )
+
+
+def test_traffic_plan_rules() -> None:
+    from components.lib.targets.base import Deployment, plan_traffic
+
+    a, b, c = (Deployment(i, "m", v) for i, v in (("1", "1"), ("2", "2"), ("3", "3")))
+    plan = plan_traffic([a, b, c], {"1": 70, "2": 20, "3": 10}, "m", "4", 25)
+    assert (plan.existing, plan.split, plan.retire) == (None, {"0": 25, "1": 75}, (b, c))
+    plan = plan_traffic([a, b], {"1": 90, "2": 10}, "m", "2", 10)
+    assert plan.unchanged and plan.existing == b
+    plan = plan_traffic([a, b], {"1": 90, "2": 10}, "m", "2", 30)
+    assert (plan.split, plan.retire, plan.unchanged) == ({"2": 30, "1": 70}, (), False)
+    plan = plan_traffic([a], {"1": 100}, "m", "1", 10)
+    assert plan.unchanged and plan.split == {"1": 100}, "nothing else serves: keeps it all"

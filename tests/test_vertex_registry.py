@@ -6,7 +6,8 @@ import grpc
 import pytest
 from google.cloud import aiplatform_v1 as v1
 
-from components.lib.targets import Serving, champion_model_dir, endpoint_registry, model_registry
+from components import SERVING_IMAGE
+from components.lib.targets import Serving, champion_version, endpoint_registry, model_registry
 from components.lib.targets.base import ModelVersion, version_alias
 from components.lib.targets.vertex import VertexError, label_value, prediction_image
 from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT
@@ -17,7 +18,9 @@ DEFAULT_SERVING = Serving()
 PARENT = f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
 
 
-def upload(run: str, uri: str = "gs://bucket/root/train/model") -> ModelVersion:
+def upload(run: str, uri: str = "") -> ModelVersion:
+    """Register the model a pipeline run trained (at ``uri``; by default one per run)."""
+    uri = uri or f"gs://bucket/{run}/train/model"
     registry = model_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, IMAGE)
     return registry.upload_version(
         "Beer Classifier",
@@ -43,6 +46,15 @@ def test_prebuilt_image_matches_region_and_tensorflow_version() -> None:
     assert newest_known.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-")
     with pytest.raises(VertexError, match="set the pipeline parameter serving_image"):
         prediction_image("europe-west1", "0.9")
+
+
+def test_serving_image_keyword_picks_the_prebuilt_image(fake_vertex: FakeVertex) -> None:
+    registry = model_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, "prebuilt", gpu=True)
+    registry.upload_version("beer", "gs://bucket/a/model", {"accuracy": 0.9}, {})
+    [request] = fake_vertex.calls("UploadModel")
+    container = request.model.container_spec
+    assert container.image_uri.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-")
+    assert (container.predict_route, container.health_route, list(container.ports)) == ("", "", [])
 
 
 def test_labels_and_aliases_follow_vertex_rules() -> None:
@@ -196,8 +208,10 @@ def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_
         **location,
     )
     [request] = fake_vertex.calls("UploadModel")
-    image = request.model.container_spec.image_uri
-    assert image.startswith("europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-")
+    container = request.model.container_spec
+    assert container.image_uri == SERVING_IMAGE
+    assert (container.predict_route, container.health_route) == ("/predict", "/health")
+    assert [port.container_port for port in container.ports] == [8080]
     assert "beer-classifier-training-20261121" in request.model.version_aliases
     assert request.model.labels["champion_accuracy"] == "0-9300"
     assert {key: request.model.labels[key] for key in request.model.labels if "gate" in key} == {
@@ -237,14 +251,16 @@ def test_steps_output_vertex_artifacts_for_lineage(fake_vertex: FakeVertex, tmp_
 
 def test_champion_is_the_version_with_most_traffic(fake_vertex: FakeVertex) -> None:
     args = ("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, "beer-endpoint")
-    assert champion_model_dir(*args) is None, "no endpoint yet: no champion"
+    assert champion_version(*args) is None, "no endpoint yet: no champion"
     deploy(upload("run-a", "gs://bucket/a/model"))
     second = upload("run-b", "gs://bucket/b/model")
     deploy(second, Serving(traffic_percentage=30))
 
-    assert champion_model_dir(*args) == "gs://bucket/a/model"
+    assert champion_version(*args).artifact_uri == "gs://bucket/a/model"
     deploy(second)
-    assert champion_model_dir(*args) == "gs://bucket/b/model"
+    champion = champion_version(*args)
+    assert (champion.artifact_uri, champion.source_uri) == ("gs://bucket/b/model",) * 2
+    assert champion.resource_name == second.resource_name
 
 
 def test_deploy_runs_the_model_as_the_configured_service_account(
@@ -259,3 +275,105 @@ def test_deploy_runs_the_model_as_the_configured_service_account(
     deploy(upload("run-b", "gs://bucket/b/model"))
     assert fake_vertex.calls("DeployModel")[1].deployed_model.service_account == ""
     assert "serving_service_account is not set" in caplog.text
+
+
+def test_an_artifact_already_registered_is_not_uploaded_again(fake_vertex: FakeVertex) -> None:
+    first = upload("run-a", "gs://bucket/a/model")
+    again = upload("run-b", "gs://bucket/a/model/")
+
+    assert again == first
+    assert len(fake_vertex.calls("UploadModel")) == 1
+    [versions] = fake_vertex.models.values()
+    assert len(versions) == 1
+
+
+def test_an_upload_whose_answer_was_lost_is_not_repeated(fake_vertex: FakeVertex) -> None:
+    upload("run-a", "gs://bucket/a/model")
+    fake_vertex.fail_after("UploadModel", grpc.StatusCode.UNAVAILABLE)
+
+    version = upload("run-b", "gs://bucket/b/model")
+
+    assert version.version_id == "2"
+    assert len(fake_vertex.calls("UploadModel")) == 2, "one upload each, no retry of the second"
+    [versions] = fake_vertex.models.values()
+    assert [v.artifact_uri for v in versions] == ["gs://bucket/a/model", "gs://bucket/b/model"]
+
+
+def test_canary_at_10_then_a_run_at_100_retires_the_canary(fake_vertex: FakeVertex) -> None:
+    first = deploy(upload("run-a"))
+    canary = deploy(upload("run-b"), Serving(traffic_percentage=10))
+    ids = {d["modelVersionId"]: d["id"] for d in canary["deployedModels"]}
+    assert canary["trafficSplit"] == {ids["1"]: 90, ids["2"]: 10}
+    assert dict(fake_vertex.calls("DeployModel")[1].traffic_split) == {"0": 10, ids["1"]: 90}
+
+    # The next canary replaces the last one; the version serving 90% keeps serving.
+    third = upload("run-c")
+    second_canary = deploy(third, Serving(traffic_percentage=10))
+    ids = {d["modelVersionId"]: d["id"] for d in second_canary["deployedModels"]}
+    assert set(ids) == {"1", "3"}
+    assert second_canary["trafficSplit"] == {ids["1"]: 90, ids["3"]: 10}
+    assert [u.deployed_model_id for u in fake_vertex.calls("UndeployModel")] == [
+        d["id"] for d in canary["deployedModels"] if d["modelVersionId"] == "2"
+    ]
+
+    # A run at 100% with the canary's model (its training cached) promotes it, no redeploy.
+    promoted = deploy(third)
+    assert promoted["changed"] is True
+    assert [d["modelVersionId"] for d in promoted["deployedModels"]] == ["3"]
+    assert promoted["trafficSplit"] == {ids["3"]: 100}
+    assert len(fake_vertex.calls("DeployModel")) == 3
+    [update] = fake_vertex.calls("UpdateEndpoint")
+    assert dict(update.endpoint.traffic_split) == {ids["3"]: 100}
+    assert (
+        fake_vertex.calls("UndeployModel")[-1].deployed_model_id
+        == (first["deployedModels"][0]["id"])
+    )
+
+    # The same run again changes nothing and calls nothing that changes the endpoint.
+    calls = len(fake_vertex.requests)
+    assert deploy(third)["changed"] is False
+    changing = {"DeployModel", "UpdateEndpoint", "UndeployModel", "CreateEndpoint"}
+    assert not changing & set(fake_vertex.methods()[calls:])
+
+
+def test_two_endpoints_with_one_name_are_an_error_naming_both(fake_vertex: FakeVertex) -> None:
+    from google.cloud import aiplatform
+
+    for _ in range(2):
+        aiplatform.Endpoint.create(display_name="beer-endpoint")
+    with pytest.raises(VertexError) as caught:
+        deploy(upload("run-a"))
+    message = str(caught.value)
+    for name in fake_vertex.endpoints:
+        assert name in message
+    assert "2 endpoints in test-project/europe-west4 are named 'beer-endpoint'" in message
+    assert fake_vertex.calls("DeployModel") == []
+
+
+def test_a_deploy_that_does_not_finish_fails_after_the_timeout(
+    fake_vertex: FakeVertex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from components.lib.targets import vertex
+
+    monkeypatch.setattr(vertex, "DEPLOY_TIMEOUT_S", 1.5)
+    version = upload("run-a")
+    fake_vertex.hold("DeployModel")
+    with pytest.raises(VertexError, match=r"deploy .*@1 to .*: not finished after 2 s"):
+        deploy(version)
+    assert fake_vertex.calls("GetOperation"), "the operation was polled until the timeout"
+
+
+def test_an_address_that_does_not_resolve_fails_at_once(
+    fake_vertex: FakeVertex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a step (upload, deploy), where no preflight ran: DNS is not "try again later"."""
+    import time
+
+    from google.cloud.aiplatform import initializer
+
+    monkeypatch.setattr(initializer.global_config, "_api_endpoint", "vertex-api.invalid:443")
+    started = time.monotonic()
+    with pytest.raises(VertexError, match=r"cannot reach Vertex AI: its address does not resolve"):
+        upload("run-a")
+    assert time.monotonic() - started < 10
+    assert fake_vertex.requests == []

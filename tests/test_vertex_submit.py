@@ -11,6 +11,7 @@ from google.cloud import aiplatform_v1 as v1
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.run import UsageError, main
 from tests.conftest import (
+    VERTEX_IMAGE,
     VERTEX_LOCATION,
     VERTEX_PROJECT,
     VERTEX_ROOT_URI,
@@ -62,6 +63,10 @@ def test_submit_sends_spec_typed_parameters_root_account_and_labels(
     assert values["data_uri"] == "gs://beers/data"
     assert values["target"] == "vertex"
     assert (values["project"], values["location"]) == (VERTEX_PROJECT, VERTEX_LOCATION)
+    # The model is served by the serving image pushed beside the steps' image.
+    assert values["serving_image"] == (
+        f"{VERTEX_LOCATION}-docker.pkg.dev/{VERTEX_PROJECT}/beer-pipeline/beer-serving:0.1.0"
+    )
     assert job.runtime_config.gcs_output_directory == ROOT_URI
     assert job.service_account == "trainer@test-project.iam.gserviceaccount.com"
     assert job.network == "projects/1234/global/networks/ml"
@@ -83,12 +88,15 @@ def test_settings_come_from_environment_and_config_file(
     config = tmp_path / "vertex.yaml"
     config.write_text(
         f"region: {VERTEX_LOCATION}\npipeline_root: {ROOT_URI}\nlabels:\n  team: vision\n"
+        f"image: {VERTEX_IMAGE}\n"
     )
     monkeypatch.setenv("BEER_PIPELINE_PROJECT", VERTEX_PROJECT)
     assert main(["--config", str(config)]) == 0
     job = fake_vertex.calls("CreatePipelineJob")[0].pipeline_job
     assert job.runtime_config.gcs_output_directory == ROOT_URI
     assert dict(job.labels)["team"] == "vision"
+    executors = job.pipeline_spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {VERTEX_IMAGE}
 
 
 @pytest.mark.parametrize(("final_state", "code"), [("SUCCEEDED", 0), ("FAILED", 1)])
@@ -111,9 +119,9 @@ def test_wait_follows_the_job_and_fails_with_it(
 @pytest.mark.parametrize(
     ("missing", "message"),
     [
-        ("--project", "missing setting project: pass --project, set BEER_PIPELINE_PROJECT"),
-        ("--region", "missing setting region: pass --region"),
-        ("--pipeline-root", "missing setting pipeline_root: pass --pipeline-root"),
+        ("--project", "missing setting project (--project, BEER_PIPELINE_PROJECT or 'project'"),
+        ("--region", "missing setting region (--region, BEER_PIPELINE_REGION"),
+        ("--pipeline-root", "missing setting pipeline_root (--pipeline-root, BEER_PIPELINE_"),
     ],
 )
 def test_missing_required_setting_is_one_line_naming_it(
@@ -157,11 +165,15 @@ def test_unavailable_submission_is_retried(fake_vertex: FakeVertex) -> None:
     assert len(fake_vertex.calls("CreatePipelineJob")) == 2
 
 
-def test_cli_without_settings_says_what_is_missing(tmp_path: Path) -> None:
-    result = run_cli("--config", str(tmp_path / "absent.yaml"))
+def test_cli_without_settings_says_all_that_is_missing_in_one_line(tmp_path: Path) -> None:
+    result = run_cli("--config", str(tmp_path / "absent.yaml"), "--region", "mars-1")
     assert result.returncode == 2
-    assert "missing setting project" in result.stderr and "add --local" in result.stderr
-    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: missing settings project (--project, BEER_PIPELINE_PROJECT")
+    assert "pipeline_root (--pipeline-root" in line and "add --local" in line
+    assert "image us-docker.pkg.dev/your-project/beer-pipeline" in line
+    assert "is the placeholder" in line and "bash docker/build.sh" in line
+    assert "region 'mars-1' is not a Vertex AI region" in line
 
 
 def test_flags_win_over_environment_which_wins_over_config(
@@ -170,14 +182,19 @@ def test_flags_win_over_environment_which_wins_over_config(
     from pipeline.run import _parser, vertex_settings
 
     config = tmp_path / "vertex.yaml"
-    config.write_text("project: from-config\nregion: from-config\npipeline_root: gs://config\n")
+    config.write_text(
+        "project: from-config\nregion: us-central1\npipeline_root: gs://config\n"
+        f"image: {VERTEX_IMAGE}\n"
+    )
     monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(config))
-    monkeypatch.setenv("BEER_PIPELINE_REGION", "from-env")
+    monkeypatch.setenv("BEER_PIPELINE_REGION", "europe-west4")
+    monkeypatch.setenv("BEER_PIPELINE_IMAGE", "eu.gcr.io/p/img:1")
     settings = vertex_settings(_parser().parse_args(["--project", "from-flag"]))
-    assert (settings.project, settings.region, settings.pipeline_root) == (
+    assert (settings.project, settings.region, settings.pipeline_root, settings.image) == (
         "from-flag",
-        "from-env",
+        "europe-west4",
         "gs://config",
+        "eu.gcr.io/p/img:1",
     )
     config.write_text("projekt: typo\n")
     with pytest.raises(UsageError, match=r"unknown keys \['projekt'\]"):
@@ -191,7 +208,8 @@ def test_a_compiled_custom_job_pipeline_is_submitted_as_is(
 
     spec = tmp_path / "pipeline-2xT4.yaml"
     compile_main(["--output", str(spec), "--replicas", "2", "--image", "eu.gcr.io/p/img:9"])
-    assert main([*SETTINGS, "--pipeline-file", str(spec), "--param", "epochs=4"]) == 0
+    no_image = SETTINGS[: SETTINGS.index("--image")]
+    assert main([*no_image, "--pipeline-file", str(spec), "--param", "epochs=4"]) == 0
     job = fake_vertex.calls("CreatePipelineJob")[0].pipeline_job
     executors = job.pipeline_spec["deploymentSpec"]["executors"]
     assert executors["exec-train-model"]["container"]["image"].startswith(
@@ -200,5 +218,23 @@ def test_a_compiled_custom_job_pipeline_is_submitted_as_is(
     assert executors["exec-download-data"]["container"]["image"] == "eu.gcr.io/p/img:9"
     assert job.runtime_config.parameter_values["epochs"] == 4
 
-    assert main([*SETTINGS, "--pipeline-file", str(tmp_path / "missing.yaml")]) == 2
+    assert main([*no_image, "--pipeline-file", str(tmp_path / "missing.yaml")]) == 2
     assert "--pipeline-file" in capsys.readouterr().err
+    assert main([*SETTINGS, "--pipeline-file", str(spec)]) == 2
+    assert "--image applies to a fresh compile" in capsys.readouterr().err
+    compile_main(["--output", str(spec)])
+    assert main([*no_image, "--pipeline-file", str(spec)]) == 2
+    assert "runs the placeholder image us-docker.pkg.dev/your-project/" in (capsys.readouterr().err)
+    assert len(fake_vertex.calls("CreatePipelineJob")) == 1
+
+
+@pytest.mark.parametrize("flags", [[], ["--enable-caching"]])
+def test_caching_keeps_each_steps_own_setting_unless_turned_off(
+    fake_vertex: FakeVertex, flags: list[str]
+) -> None:
+    assert main([*SETTINGS, *flags]) == 0
+    job = fake_vertex.calls("CreatePipelineJob")[0].pipeline_job
+    tasks = job.pipeline_spec["root"]["dag"]["tasks"]
+    assert dict(tasks["download-data"]["cachingOptions"]) == {"enableCache": True}
+    for never_cached in ("fingerprint-data", "evaluate-model"):
+        assert not dict(tasks[never_cached]["cachingOptions"]).get("enableCache")

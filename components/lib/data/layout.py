@@ -8,6 +8,7 @@ what validation, preprocessing and evaluation read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -71,15 +72,8 @@ def _join(fs: fsspec.AbstractFileSystem, *parts: str) -> str:
     return fs.sep.join(part.rstrip(fs.sep) for part in parts)
 
 
-def discover_layout(
-    data_uri: str, eval_optional: bool = False
-) -> tuple[fsspec.AbstractFileSystem, DatasetLayout]:
-    """List every image under ``data_uri`` and check the layout before anything is copied.
-
-    With ``eval_optional`` a folder without ``eval/`` lists its ``train`` split only (the data
-    source then carves one). Raises DataLayoutError naming the missing or inconsistent part, so a
-    wrong URI or a half-uploaded bucket fails in seconds instead of after training.
-    """
+def _open_root(data_uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The file system of ``data_uri`` and its root folder; DataLayoutError if there is none."""
     shown = redact_uri(data_uri)
     try:
         fs, root = url_to_fs(data_uri)
@@ -92,6 +86,51 @@ def discover_layout(
             f"data_uri {shown!r} does not exist or is not a folder; expected a folder holding "
             f"{' and '.join(SPLITS)} sub-folders with one folder per class"
         )
+    return fs, root
+
+
+# What identifies a file's content without reading it, most telling first: a content hash
+# (GCS, S3), a generation, else the time it was last written (a local file).
+_CONTENT_KEYS = ("md5Hash", "crc32c", "ETag", "etag", "generation", "mtime", "LastModified")
+
+
+def content_id(info: Mapping) -> str:
+    """``key=value`` of the first of ``_CONTENT_KEYS`` that a listing entry carries."""
+    return next((f"{key}={info[key]}" for key in _CONTENT_KEYS if info.get(key)), "")
+
+
+def fingerprint_data(data_uri: str) -> tuple[str, int]:
+    """A hash of what training would read under the folder ``data_uri``, and the number of images.
+
+    One listing (no file is read): the path of every image of the layout relative to
+    ``data_uri``, its size and its content id (``_CONTENT_KEYS``). Adding, removing or replacing
+    an image changes it; listing the same images again does not, so a pipeline step keyed on it
+    is cached exactly while the data is unchanged.
+    """
+    fs, root = _open_root(data_uri)
+    lines = []
+    for path, info in sorted(fs.find(root, detail=True).items()):
+        parts = path[len(root) + 1 :].split(fs.sep)
+        if len(parts) != 3 or parts[0] not in SPLITS:
+            continue
+        if _is_hidden(path) or not is_image_file(path):
+            continue
+        lines.append(f"{'/'.join(parts)}\t{info.get('size')}\t{content_id(info)}")
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return f"sha256:{digest}", len(lines)
+
+
+def discover_layout(
+    data_uri: str, eval_optional: bool = False
+) -> tuple[fsspec.AbstractFileSystem, DatasetLayout]:
+    """List every image under ``data_uri`` and check the layout before anything is copied.
+
+    With ``eval_optional`` a folder without ``eval/`` lists its ``train`` split only (the data
+    source then carves one). Raises DataLayoutError naming the missing or inconsistent part, so a
+    wrong URI or a half-uploaded bucket fails in seconds instead of after training.
+    """
+    shown = redact_uri(data_uri)
+    fs, root = _open_root(data_uri)
 
     files: dict[str, dict[str, list[str]]] = {}
     ignored: list[str] = []

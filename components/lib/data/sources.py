@@ -20,6 +20,7 @@ seeded, ``eval_fraction``). Rows that cannot be used are skipped and listed by l
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -38,8 +39,10 @@ from components.lib.data.layout import (
     DataLayoutError,
     DatasetLayout,
     check_classes,
+    content_id,
     copy_dataset,
     discover_layout,
+    fingerprint_data,
     is_image_file,
     redact_uri,
 )
@@ -123,12 +126,7 @@ def read_source(data_uri: str, options: SourceOptions = SourceOptions()) -> Sour
     image in a split.
     """
     shown = redact_uri(data_uri)
-    try:
-        fs, path = url_to_fs(data_uri)
-    except (ImportError, ValueError) as error:
-        reason = str(error).replace(data_uri, shown)
-        raise DataLayoutError(f"cannot open data_uri {shown!r}: {reason}") from None
-    path = path.rstrip(fs.sep) or path
+    fs, path = _open(data_uri)
     if fs.isdir(path):
         source = _read_folder(data_uri)
     elif not fs.isfile(path):
@@ -167,6 +165,48 @@ def read_source(data_uri: str, options: SourceOptions = SourceOptions()) -> Sour
         logger.warning("skipped %s", row)
     logger.info("%s: %s; eval split: %s", source.kind, shown, source.eval_split)
     return source
+
+
+def _open(data_uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    shown = redact_uri(data_uri)
+    try:
+        fs, path = url_to_fs(data_uri)
+    except (ImportError, ValueError) as error:
+        reason = str(error).replace(data_uri, shown)
+        raise DataLayoutError(f"cannot open data_uri {shown!r}: {reason}") from None
+    return fs, path.rstrip(fs.sep) or path
+
+
+def fingerprint_source(data_uri: str, options: SourceOptions = SourceOptions()) -> tuple[str, int]:
+    """A hash of what training would read from ``data_uri``, and the number of images.
+
+    Of a folder: its images' listing (``layout.fingerprint_data``). Of an import file: its own
+    size and content id, and the path, size and content id of every image it lists (one listing
+    per folder of them; no image is read). A changed import file, an added, removed or replaced
+    image change it; the same data listed again does not.
+    """
+    fs, path = _open(data_uri)
+    if fs.isdir(path):
+        return fingerprint_data(data_uri)
+    source = read_source(data_uri, options)
+    paths = sorted(
+        image
+        for classes in source.layout.files.values()
+        for images in classes.values()
+        for image in images
+    )
+    listed: dict[str, dict] = {}
+    for folder in sorted({posixpath.dirname(image) for image in paths}):
+        for entry in source.fs.ls(folder, detail=True):
+            listed[posixpath.normpath(entry["name"])] = entry
+    own = fs.info(path)
+    lines = [f"{source.kind}\t{own.get('size')}\t{content_id(own)}"]
+    lines += [
+        f"{image}\t{listed.get(image, {}).get('size')}\t{content_id(listed.get(image, {}))}"
+        for image in paths
+    ]
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return f"sha256:{digest}", len(paths)
 
 
 def download_dataset(
@@ -410,6 +450,7 @@ def _existing_files(
     by_folder: dict[str, set[str]] = defaultdict(set)
     for path in paths:
         by_folder[posixpath.dirname(path)].add(path)
+    fs.invalidate_cache()  # gcsfs keeps listings per process: list what is there now
     found: dict[str, str | list[str]] = {}
     for folder, wanted in by_folder.items():
         try:

@@ -25,6 +25,14 @@ logger = logging.getLogger(__name__)
 class ClassMismatchError(ValueError):
     """The model was trained on other classes than the data it is asked to score."""
 
+    def __init__(self, model_classes: list[str], data_classes: list[str], split: str) -> None:
+        super().__init__(
+            f"the model was trained on classes {model_classes} but the {split} data has "
+            f"{data_classes}; evaluate on data with the same classes"
+        )
+        self.model_classes = model_classes
+        self.data_classes = data_classes
+
 
 @dataclass(frozen=True)
 class Misclassified:
@@ -128,16 +136,18 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 
 def evaluate_saved_model(
-    model_dir: str, data_dir: str, split: str = "eval", batch_size: int = 32
+    model_dir: str,
+    data_dir: str,
+    split: str = "eval",
+    batch_size: int = 32,
+    role: str = "new model (challenger)",
 ) -> Evaluation:
-    """Score the SavedModel in ``model_dir`` on ``data_dir/<split>`` (challenge layout)."""
+    """Score the SavedModel in ``model_dir`` on ``data_dir/<split>`` (challenge layout); the log
+    line names the model's ``role``."""
     model = ServingModel(model_dir)
     _, layout = discover_layout(data_dir)
     if layout.class_names != model.class_names:
-        raise ClassMismatchError(
-            f"the model was trained on classes {model.class_names} but the {split} data has "
-            f"{layout.class_names}; evaluate on data with the same class folders"
-        )
+        raise ClassMismatchError(model.class_names, layout.class_names, split)
     labels, predictions, misclassified, photos, served = [], [], [], [], []
     for index, name in enumerate(layout.class_names):
         paths = layout.files[split][name]
@@ -171,7 +181,9 @@ def evaluate_saved_model(
         probabilities=np.asarray(served, dtype=np.float64),
         temperature=read_temperature(model.model_dir),
     )
-    logger.info("%s accuracy %.4f on %d images", split, evaluation.accuracy, evaluation.count)
+    logger.info(
+        "%s: %s accuracy %.4f on %d images", role, split, evaluation.accuracy, evaluation.count
+    )
     return evaluation
 
 
@@ -212,17 +224,16 @@ def evaluate_champion(model_dir: str | None, data_dir: str) -> Champion:
         logger.info("no champion: nothing is served on the endpoint yet")
         return Champion(NO_CHAMPION)
     try:
-        champion = evaluate_saved_model(model_dir, data_dir)
-    except ClassMismatchError:
-        served = ServingModel(model_dir).class_names
-        _, layout = discover_layout(data_dir)
+        champion = evaluate_saved_model(
+            model_dir, data_dir, role=f"served model (champion, at {model_dir})"
+        )
+    except ClassMismatchError as error:
         reason = (
-            f"it was trained on {len(served)} classes {served}, this model on "
-            f"{len(layout.class_names)} {layout.class_names}"
+            f"it was trained on {len(error.model_classes)} classes {error.model_classes}, this "
+            f"model on {len(error.data_classes)} {error.data_classes}"
         )
         logger.warning("champion not compared: %s", reason)
         return Champion(NOT_COMPARABLE, reason=reason)
-    logger.info("champion (the served model at %s): accuracy %.4f", model_dir, champion.accuracy)
     return Champion(COMPARED, champion)
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -18,15 +17,8 @@ from components.lib.serving.contract import (
     SERVING_INPUT,
     SIGNATURE_NAME,
 )
+from components.lib.serving.protocol import InvalidImageError
 from components.lib.storage import local_copy
-
-
-class InvalidImageError(ValueError):
-    """Some instances are not decodable images; ``indices`` says which ones."""
-
-    def __init__(self, indices: list[int]) -> None:
-        super().__init__(f"instance(s) {indices} are not decodable JPEG/PNG/BMP/GIF images")
-        self.indices = indices
 
 
 @dataclass(frozen=True)
@@ -44,6 +36,7 @@ class ServingModel:
         self._signature = tf.saved_model.load(self.model_dir).signatures[SIGNATURE_NAME]
         with open(os.path.join(self.model_dir, CLASS_NAMES_FILE)) as file:
             self.class_names: list[str] = json.load(file)
+        self.fingerprint = model_fingerprint(self.model_dir)
 
     def _call(self, images: list[bytes]) -> Predictions:
         outputs = self._signature(**{SERVING_INPUT: tf.constant(images, dtype=tf.string)})
@@ -71,40 +64,13 @@ def _decodes(image: bytes) -> bool:
     return True
 
 
-class BadRequestError(ValueError):
-    """A prediction request that does not follow Vertex's format; the message says what is wrong."""
-
-
-def decode_instances(body: bytes, max_instances: int) -> list[bytes]:
-    """Image bytes of a Vertex request ``{"instances": [{"bytes": {"b64": "..."}}, ...]}``.
-
-    Like TF Serving, an instance may also be ``{"b64": "..."}``, since the signature has one input.
-    More than ``max_instances`` instances are refused rather than batched into one huge call.
-    """
-    try:
-        request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadRequestError(f"the request body is not JSON: {error}") from None
-    if not isinstance(request, dict) or "instances" not in request:
-        raise BadRequestError('the request needs an "instances" list: {"instances": [...]}')
-    instances = request["instances"]
-    if not isinstance(instances, list) or not instances:
-        raise BadRequestError('"instances" must be a non-empty list')
-    if len(instances) > max_instances:
-        raise BadRequestError(
-            f"{len(instances)} instances in one request; the limit is {max_instances}: "
-            "split the request"
-        )
-    return [_instance_bytes(index, instance) for index, instance in enumerate(instances)]
-
-
-def _instance_bytes(index: int, instance: object) -> bytes:
-    encoded = instance.get(SERVING_INPUT, instance) if isinstance(instance, dict) else None
-    if not isinstance(encoded, dict) or not isinstance(encoded.get("b64"), str):
-        raise BadRequestError(
-            f'instance {index} must be {{"{SERVING_INPUT}": {{"b64": "<base64 image>"}}}}'
-        )
-    try:
-        return base64.b64decode(encoded["b64"], validate=True)
-    except binascii.Error:
-        raise BadRequestError(f"instance {index}: the b64 value is not valid base64") from None
+def model_fingerprint(model_dir: str) -> str:
+    """12 hex digits of SHA-256 over the graph and the variables' index: which export answers,
+    where no registry version is known (a serving container)."""
+    digest = hashlib.sha256()
+    for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
+        path = os.path.join(model_dir, name)
+        if os.path.exists(path):
+            with open(path, "rb") as file:
+                digest.update(file.read())
+    return digest.hexdigest()[:12]

@@ -29,6 +29,14 @@ def is_gcs(uri: str) -> bool:
     return uri.startswith(GCS_SCHEME)
 
 
+def normalized_uri(uri: str) -> str:
+    """One spelling per location, so that two URIs of the same artifact compare equal:
+    ``gs://`` without a trailing slash (a path under the bucket mount too), a local path
+    absolute."""
+    uri = gcs_uri(uri)
+    return uri.rstrip("/") if is_gcs(uri) else os.path.abspath(uri)
+
+
 def gcs_mount_root() -> str:
     """The folder where ``gs://`` buckets are mounted: ``/gcs`` on Vertex AI."""
     return os.environ.get(GCS_MOUNT_ROOT_ENV, DEFAULT_GCS_MOUNT_ROOT)
@@ -45,6 +53,19 @@ def mounted_path(uri: str) -> str:
     return os.path.join(gcs_mount_root(), uri[len(GCS_SCHEME) :])
 
 
+def gcs_uri(path: str) -> str:
+    """The ``gs://`` URI of a path under the mount root (what ``mounted_path`` maps back from);
+    a ``gs://`` URI or any other path unchanged.
+
+    A step that ran where the bucket is mounted (kfp.local with its pipeline root on the mount)
+    names its artifacts by the local path; the cloud knows them by this URI.
+    """
+    root = os.path.join(os.path.abspath(gcs_mount_root()), "")
+    if is_gcs(path) or not os.path.abspath(path).startswith(root):
+        return path
+    return GCS_SCHEME + os.path.abspath(path)[len(root) :]
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec file system of ``uri`` (gcsfs for ``gs://``) and the path within it."""
     return url_to_fs(uri)
@@ -55,8 +76,10 @@ def local_copy(uri: str, cache_root: str | None = None) -> str:
     (``tf.saved_model.load``, ``open``).
 
     A local path is returned as it is; a ``gs://`` URI is read through the mount when the mount
-    holds it, and otherwise downloaded once with gcsfs into ``cache_root`` (a temporary folder by
-    default). Raises FileNotFoundError naming the URI when neither has it.
+    holds it, and otherwise downloaded with gcsfs into ``cache_root`` (a temporary folder by
+    default). The copy is keyed by the objects' names, sizes and generations, so objects
+    replaced under the same URI are downloaded again, never served stale. Raises
+    FileNotFoundError naming the URI when neither has it.
     """
     if not is_gcs(uri):
         return uri
@@ -64,15 +87,20 @@ def local_copy(uri: str, cache_root: str | None = None) -> str:
     if os.path.exists(mounted):
         return mounted
     fs, path = filesystem(uri)
-    if not fs.exists(path):
+    objects = fs.find(path, detail=True) if fs.exists(path) else {}
+    if not objects:
         raise FileNotFoundError(
             f"{uri} does not exist (looked under {gcs_mount_root()} and in GCS)"
         )
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    listing = sorted(
+        (name, info.get("size"), info.get("generation") or info.get("md5Hash") or info.get("etag"))
+        for name, info in objects.items()
+    )
+    key = hashlib.sha256(repr((uri, listing)).encode()).hexdigest()[:16]
     root = cache_root or os.path.join(tempfile.gettempdir(), "beer-storage-cache")
     destination = os.path.join(root, key, os.path.basename(path.rstrip("/")))
     if not os.path.exists(destination):
-        partial = destination + ".partial"
+        partial = f"{destination}.partial-{os.getpid()}"
         if fs.isdir(path):
             fs.get(path.rstrip("/") + "/", partial, recursive=True)
         else:

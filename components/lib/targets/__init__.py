@@ -1,8 +1,9 @@
 """Pick where models are registered and served from the pipeline's ``target`` parameter.
 
 One compiled pipeline serves every target: the choice is a run-time parameter, not a second copy.
-Both targets answer the same calls (``upload_version``/``get_version``, ``deploy``). The Vertex
-target's module is imported only when it is chosen.
+Both targets implement the protocols of ``base`` (``ModelRegistryTarget``, ``EndpointTarget``);
+this module is the one place that picks the implementation. The Vertex target's module is
+imported only when it is chosen.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from components.lib.targets.base import (
     VERTEX,
     EndpointTarget,
     ModelRegistryTarget,
+    ModelVersion,
     Serving,
 )
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
@@ -31,6 +33,31 @@ def _check(target: str, local_state_dir: str, project: str, location: str) -> No
         )
 
 
+def _resolved(placeholder_value: str) -> str:
+    """A runtime placeholder's value, or "" where no backend resolved it."""
+    return "" if placeholder_value.startswith("{{$") else placeholder_value
+
+
+def resolve_target(
+    target: str,
+    project: str,
+    location: str,
+    local_state_dir: str,
+    job_project: str,
+    job_location: str,
+) -> tuple[str, str]:
+    """The (project, location) that models and endpoints live in, checked for ``target``.
+
+    An empty ``project`` or ``location`` means the pipeline job's own (``job_project``,
+    ``job_location``: what Vertex AI puts in the ``{{$.pipeline_google_cloud_*}}`` placeholders,
+    and the local runner in their place), so a run started from the console with every
+    parameter at its default registers and serves in the job's project and region.
+    """
+    resolved = (project or _resolved(job_project), location or _resolved(job_location))
+    _check(target, local_state_dir, *resolved)
+    return resolved
+
+
 def model_registry(
     target: str,
     local_state_dir: str,
@@ -41,8 +68,8 @@ def model_registry(
 ) -> ModelRegistryTarget:
     """The model registry of ``target``; on Vertex, uploads are served by ``serving_image``.
 
-    An empty ``serving_image`` picks Vertex AI's prebuilt TensorFlow image (``gpu``: its GPU
-    variant); the local registry needs no image.
+    An empty ``serving_image`` picks the project's serving image, ``prebuilt`` Vertex AI's
+    prebuilt TensorFlow image (``gpu``: its GPU variant); the local registry needs no image.
     """
     _check(target, local_state_dir, project, location)
     if target == LOCAL:
@@ -59,10 +86,10 @@ def endpoint_registry(
     location: str,
     serving: Serving = DEFAULT_SERVING,
 ) -> EndpointTarget:
-    """The endpoints of ``target``; the local endpoint serves in-process, ignoring ``serving``."""
+    """The endpoints of ``target``; ``serving``: machines (Vertex only) and the traffic share."""
     _check(target, local_state_dir, project, location)
     if target == LOCAL:
-        return EndpointRegistry(local_state_dir, project, location)
+        return EndpointRegistry(local_state_dir, project, location, serving)
     from components.lib.targets.vertex import VertexEndpoints
 
     return VertexEndpoints(project, location, serving)
@@ -75,14 +102,13 @@ def resource_uri(target: str, location: str, resource_name: str) -> str | None:
     return f"https://{location}-aiplatform.googleapis.com/v1/{resource_name}"
 
 
-def champion_model_dir(
+def champion_version(
     target: str, local_state_dir: str, project: str, location: str, endpoint_display_name: str
-) -> str | None:
-    """The artifact folder of the version that takes most of the endpoint's traffic (the champion),
-    or None when the endpoint does not exist or serves nothing."""
+) -> ModelVersion | None:
+    """The version that takes most of the endpoint's traffic (the champion), or None when the
+    endpoint does not exist or serves nothing."""
     endpoints = endpoint_registry(target, local_state_dir, project, location)
     served = endpoints.served_version(endpoint_display_name)
     if served is None:
         return None
-    registry = model_registry(target, local_state_dir, project, location)
-    return registry.get_version(*served).artifact_uri
+    return model_registry(target, local_state_dir, project, location).get_version(*served)

@@ -7,6 +7,7 @@ place where the target is chosen, and never branch on it themselves.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,20 +69,91 @@ def version_alias(text: str) -> str:
     return slug[:63].rstrip("-")
 
 
-def most_traffic(deployed_models: list[dict[str, Any]], split: dict[str, int]) -> tuple[str, str]:
-    """(model, version id) of the deployed model with the largest share of ``split``."""
-    served = max(deployed_models, key=lambda deployed: split.get(deployed["id"], 0))
-    return served["model"], served["modelVersionId"]
+@dataclass(frozen=True)
+class Deployment:
+    """One model version deployed on an endpoint, under the endpoint's own deployed-model id."""
+
+    id: str
+    model: str
+    version_id: str
+
+
+NEW_DEPLOYMENT = "0"
+"""Key of a traffic split that stands for the version being deployed (Vertex AI's convention)."""
+
+
+def most_traffic(deployments: Sequence[Deployment], split: dict[str, int]) -> Deployment | None:
+    """The deployment with the largest share of ``split``; None when none has any traffic.
+
+    Ties go to the first in ``deployments``, so the answer does not depend on dict order.
+    """
+    serving = [d for d in deployments if split.get(d.id, 0) > 0]
+    return max(serving, key=lambda d: split[d.id]) if serving else None
+
+
+@dataclass(frozen=True)
+class TrafficPlan:
+    """What a deploy changes on an endpoint: the new split, and the deployments it retires.
+
+    ``existing`` is the deployment that already serves the version (then nothing is deployed,
+    only the split changes); otherwise ``split`` names the version to deploy ``NEW_DEPLOYMENT``.
+    """
+
+    existing: Deployment | None
+    split: dict[str, int]
+    retire: tuple[Deployment, ...]
+    unchanged: bool
+
+
+def plan_traffic(
+    deployments: Sequence[Deployment],
+    split: dict[str, int],
+    model: str,
+    version_id: str,
+    traffic_percentage: int,
+) -> TrafficPlan:
+    """The canary rule, the same for every target.
+
+    The version gets ``traffic_percentage``; the deployment that took most traffic before (the
+    champion) keeps the rest; every other deployment is retired. At 100%, or with nothing else
+    serving, the version takes all traffic and everything else is retired. A plan that changes
+    nothing (a re-run of the same model with the same share) is ``unchanged``.
+    """
+    existing = next(
+        (d for d in deployments if (d.model, d.version_id) == (model, version_id)), None
+    )
+    others = [d for d in deployments if d is not existing]
+    previous = most_traffic(others, split) if traffic_percentage < 100 else None
+    key = existing.id if existing else NEW_DEPLOYMENT
+    if previous is None:
+        target = {key: 100}
+    else:
+        target = {key: traffic_percentage, previous.id: 100 - traffic_percentage}
+    retire = tuple(d for d in others if d is not previous)
+    current = {k: v for k, v in split.items() if v > 0}
+    unchanged = existing is not None and not retire and current == target
+    return TrafficPlan(existing, target, retire, unchanged)
+
+
+def pick_deployment(split: dict[str, int], rng: random.Random) -> str:
+    """The deployed-model id that serves one request, drawn with the split's weights."""
+    ids = sorted(split)
+    return rng.choices(ids, weights=[split[i] for i in ids])[0]
 
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One registered version: ``projects/P/locations/L/models/M@VERSION``."""
+    """One registered version: ``projects/P/locations/L/models/M@VERSION``.
+
+    ``artifact_uri`` is where the registry keeps the model (the local registry copies it in);
+    ``source_uri`` the artifact it was registered from, by which a re-run finds it again.
+    """
 
     model: str
     version_id: str
     display_name: str
     artifact_uri: str
+    source_uri: str = ""
 
     @property
     def resource_name(self) -> str:
@@ -99,14 +171,28 @@ class ModelRegistryTarget(Protocol):
         labels: dict[str, str],
         aliases: Sequence[str] = (),
         description: str = "",
-    ) -> ModelVersion: ...
+    ) -> ModelVersion:
+        """Register ``artifact_dir`` as the model's new default version; an artifact that is
+        already registered returns that version instead of a duplicate."""
+        ...
 
-    def get_version(self, model: str, version_id: str) -> ModelVersion: ...
+    def find_version(self, display_name: str, source_uri: str) -> ModelVersion | None:
+        """The version of the model ``display_name`` registered from ``source_uri``, if any."""
+        ...
+
+    def get_version(self, model: str, version_id: str) -> ModelVersion:
+        """``model`` (resource name) at ``version_id``."""
+        ...
 
 
 class EndpointTarget(Protocol):
     """Endpoints, found by display name, that serve model versions with a traffic split."""
 
-    def served_version(self, display_name: str) -> tuple[str, str] | None: ...
+    def served_version(self, display_name: str) -> tuple[str, str] | None:
+        """(model, version id) of the deployment with most traffic; None if nothing serves."""
+        ...
 
-    def deploy(self, display_name: str, version: ModelVersion) -> dict[str, Any]: ...
+    def deploy(self, display_name: str, version: ModelVersion) -> dict[str, Any]:
+        """Serve ``version`` by ``plan_traffic``'s rule (creating the endpoint on first use);
+        returns the endpoint's name, display name, deployments, split and whether it changed."""
+        ...

@@ -10,22 +10,37 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import glob
 import json
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from components.lib.serving import routing
+from components.lib.storage import local_copy, normalized_uri
 from components.lib.targets.base import (
     DEFAULT_ALIAS,
+    DEFAULT_SERVING,
+    NEW_DEPLOYMENT,
+    Deployment,
     ModelVersion,
+    Serving,
     most_traffic,
+    pick_deployment,
+    plan_traffic,
     resource_id,
 )
 
-DEFAULT_STATE_DIR = os.environ.get("BEER_PIPELINE_STATE_DIR", ".vertex-local")
-"""Where a local run keeps its registry and endpoints, unless told otherwise."""
+STATE_DIR_ENV = "BEER_PIPELINE_STATE_DIR"
+
+
+def default_state_dir() -> str:
+    """Where a local run keeps its registry and endpoints unless told otherwise:
+    ``$BEER_PIPELINE_STATE_DIR``, else ``.vertex-local``."""
+    return os.environ.get(STATE_DIR_ENV, ".vertex-local")
 
 
 def _now() -> str:
@@ -101,7 +116,7 @@ class ModelRegistry(_LocalStore):
         existing version instead of a duplicate.
         """
         model_id = resource_id(display_name)
-        source_uri = os.path.abspath(artifact_dir)
+        source_uri = normalized_uri(artifact_dir)
         with self._lock():
             record = _read_json(self._record_path(model_id)) or {
                 "name": self._resource("models", model_id),
@@ -109,15 +124,13 @@ class ModelRegistry(_LocalStore):
                 "createTime": _now(),
                 "versions": [],
             }
-            for version in record["versions"]:
-                if version["sourceUri"] == source_uri:
-                    return ModelVersion(
-                        record["name"], version["versionId"], display_name, version["artifactUri"]
-                    )
+            existing = _version_from(record, source_uri)
+            if existing:
+                return existing
             version_id = str(len(record["versions"]) + 1)
             artifact_uri = os.path.join(self.root, "models", model_id, "versions", version_id)
             shutil.rmtree(artifact_uri, ignore_errors=True)
-            shutil.copytree(artifact_dir, artifact_uri)
+            shutil.copytree(local_copy(artifact_dir), artifact_uri)
             new_aliases = [DEFAULT_ALIAS, *(a for a in aliases if a != DEFAULT_ALIAS)]
             for version in record["versions"]:
                 version["versionAliases"] = [
@@ -136,21 +149,45 @@ class ModelRegistry(_LocalStore):
                 }
             )
             _write_json_atomic(self._record_path(model_id), record)
-        return ModelVersion(record["name"], version_id, display_name, artifact_uri)
+        return ModelVersion(record["name"], version_id, display_name, artifact_uri, source_uri)
+
+    def find_version(self, display_name: str, source_uri: str) -> ModelVersion | None:
+        """The version registered from the artifact at ``source_uri``, if any."""
+        record = self.get_model(display_name)
+        return _version_from(record, normalized_uri(source_uri)) if record else None
 
     def get_version(self, model: str, version_id: str) -> ModelVersion:
         """Look up ``model`` (resource name) at ``version_id``; KeyError if it is not registered."""
         record = _read_json(self._record_path(model.rsplit("/", 1)[-1]))
         for version in (record or {}).get("versions", []):
             if version["versionId"] == version_id:
-                return ModelVersion(
-                    record["name"], version_id, record["displayName"], version["artifactUri"]
-                )
+                return _model_version(record, version)
         raise KeyError(f"{model}@{version_id} is not in the local registry at {self.root}")
+
+
+def _model_version(record: dict[str, Any], version: dict[str, Any]) -> ModelVersion:
+    return ModelVersion(
+        record["name"],
+        version["versionId"],
+        record["displayName"],
+        version["artifactUri"],
+        version["sourceUri"],
+    )
+
+
+def _version_from(record: dict[str, Any], source_uri: str) -> ModelVersion | None:
+    for version in record["versions"]:
+        if version["sourceUri"] == source_uri:
+            return _model_version(record, version)
+    return None
 
 
 class EndpointRegistry(_LocalStore):
     """Endpoints under ``<root>/endpoints/<endpoint id>.json``."""
+
+    def __init__(self, root: str, project: str, location: str, serving: Serving = DEFAULT_SERVING):
+        super().__init__(root, project, location)
+        self.serving = serving
 
     def _record_path(self, endpoint_id: str) -> str:
         return os.path.join(self.root, "endpoints", f"{endpoint_id}.json")
@@ -160,16 +197,16 @@ class EndpointRegistry(_LocalStore):
 
     def served_version(self, display_name: str) -> tuple[str, str] | None:
         """(model, version id) taking most of the endpoint's traffic; None if it serves nothing."""
-        record = self.get(resource_id(display_name))
-        if not record or not record.get("deployedModels"):
-            return None
-        return most_traffic(record["deployedModels"], record.get("trafficSplit", {}))
+        record = self.get(resource_id(display_name)) or {}
+        served = most_traffic(_deployments(record), record.get("trafficSplit", {}))
+        return (served.model, served.version_id) if served else None
 
     def deploy(self, display_name: str, version: ModelVersion) -> dict[str, Any]:
-        """Serve ``version`` on the endpoint with all traffic; retire what served before.
+        """Serve ``version`` with ``serving.traffic_percentage`` of the traffic (``plan_traffic``).
 
         Creates the endpoint if needed. The record is replaced in one atomic write, so the
-        endpoint serves either the old version or the new one, never neither.
+        endpoint serves either the old split or the new one, never neither; a deploy that
+        changes nothing writes nothing (``changed`` False).
         """
         endpoint_id = resource_id(display_name)
         with self._lock():
@@ -177,18 +214,78 @@ class EndpointRegistry(_LocalStore):
                 "name": self._resource("endpoints", endpoint_id),
                 "displayName": display_name,
                 "createTime": _now(),
+                "deployedModels": [],
+                "trafficSplit": {},
             }
+            plan = plan_traffic(
+                _deployments(record),
+                record["trafficSplit"],
+                version.model,
+                version.version_id,
+                self.serving.traffic_percentage,
+            )
+            if plan.unchanged:
+                return {**record, "changed": False}
             deployed_id = f"{version.model.rsplit('/', 1)[-1]}-v{version.version_id}"
+            retired = {d.id for d in plan.retire}
             record["deployedModels"] = [
-                {
-                    "id": deployed_id,
-                    "model": version.model,
-                    "modelVersionId": version.version_id,
-                    "displayName": version.display_name,
-                    "createTime": _now(),
-                }
+                d for d in record["deployedModels"] if d["id"] not in retired
             ]
-            record["trafficSplit"] = {deployed_id: 100}
+            if plan.existing is None:
+                record["deployedModels"].append(
+                    {
+                        "id": deployed_id,
+                        "model": version.model,
+                        "modelVersionId": version.version_id,
+                        "displayName": version.display_name,
+                        "createTime": _now(),
+                    }
+                )
+            record["trafficSplit"] = {
+                deployed_id if key == NEW_DEPLOYMENT else key: share
+                for key, share in plan.split.items()
+            }
             record["updateTime"] = _now()
             _write_json_atomic(self._record_path(endpoint_id), record)
-        return record
+        return {**record, "changed": True}
+
+
+def _deployments(record: dict[str, Any]) -> list[Deployment]:
+    return [
+        Deployment(d["id"], d["model"], d["modelVersionId"])
+        for d in record.get("deployedModels", [])
+    ]
+
+
+class LocalEndpoints:
+    """Every local endpoint under a state folder, for the prediction server (its
+    ``EndpointRouter``). Records are read on every request, so a new deployment serves at once."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self._rng = random.Random()
+
+    def endpoint_names(self) -> list[str]:
+        paths = sorted(glob.glob(os.path.join(self.root, "endpoints", "*.json")))
+        return [record["name"] for path in paths if (record := _read_json(path))]
+
+    def route(self, project: str, location: str, endpoint_id: str) -> routing.Deployment:
+        """The deployed version that takes this request, drawn by the endpoint's traffic split."""
+        name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
+        record = EndpointRegistry(self.root, project, location).get(endpoint_id)
+        if record is None or record["name"] != name:
+            raise routing.EndpointNotFoundError(f"endpoint {name} not found in {self.root}")
+        if not record.get("deployedModels"):
+            raise routing.NothingDeployedError(f"endpoint {name} has no deployed model")
+        deployed_id = pick_deployment(record["trafficSplit"], self._rng)
+        deployed = next(d for d in record["deployedModels"] if d["id"] == deployed_id)
+        version = ModelRegistry(self.root, project, location).get_version(
+            deployed["model"], deployed["modelVersionId"]
+        )
+        return routing.Deployment(
+            artifact_uri=version.artifact_uri,
+            deployed_model_id=deployed_id,
+            model=deployed["model"],
+            model_version_id=deployed["modelVersionId"],
+            model_display_name=deployed["displayName"],
+        )

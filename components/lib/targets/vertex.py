@@ -3,15 +3,21 @@
 Imported only for the Vertex target (``components.lib.targets`` does so lazily): the SDK takes
 seconds to import, which local steps should not pay.
 
-``VertexModelRegistry`` and ``VertexEndpoints`` answer the same calls as the local
-``ModelRegistry`` and ``EndpointRegistry``, so the upload and deploy steps do not branch on the
-target. Every API call goes through ``call_vertex``: a transient UNAVAILABLE is retried a bounded
-number of times, and a refused permission becomes one message that says which role is missing.
+``VertexModelRegistry`` and ``VertexEndpoints`` implement the protocols of ``base``, as the
+local ``ModelRegistry`` and ``EndpointRegistry`` do, so the upload and deploy steps do not branch
+on the target. Every API call goes through ``call_vertex``: a transient UNAVAILABLE is retried a
+bounded number of times, a service that cannot be reached or a refused permission becomes one
+message that says what to do. Long operations (deploy, undeploy) wait at most
+``DEPLOY_TIMEOUT_S``. With ``BEER_VERTEX_EMULATOR_HOST`` set, the calls go to a Vertex AI
+emulator instead.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -19,44 +25,103 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 from google.api_core import exceptions
-from google.cloud import aiplatform
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import aiplatform, aiplatform_v1
+from google.cloud.aiplatform import initializer, utils
 from google.cloud.aiplatform.constants import prediction
+from google.protobuf import field_mask_pb2
 
-from components.lib.targets.base import DEFAULT_ALIAS, ModelVersion, Serving, most_traffic
+from components import SERVING_IMAGE
+from components.lib.serving.routing import (
+    CONTAINER_HEALTH_ROUTE,
+    CONTAINER_PORT,
+    CONTAINER_PREDICT_ROUTE,
+)
+from components.lib.storage import gcs_uri, normalized_uri
+from components.lib.targets.base import (
+    DEFAULT_ALIAS,
+    Deployment,
+    ModelVersion,
+    Serving,
+    most_traffic,
+    plan_traffic,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_ATTEMPTS = 4
 RETRY_FIRST_DELAY_S = 2.0
+DEPLOY_TIMEOUT_S = 60 * 60
+UPLOAD_SETTLE_S = 10 * 60
+"""How long a retried upload waits for a lost upload still running to finish."""
+"""How long a deploy or undeploy is waited for: a GPU replica can take half an hour to start."""
 # Artifact Registry multi-regions that host Vertex AI's prebuilt prediction images.
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
 _LABEL_LIMIT = 63
+EMULATOR_HOST_ENV = "BEER_VERTEX_EMULATOR_HOST"
+# How gRPC says that the service's address could not be resolved or connected to.
+_DNS_FAILURE = re.compile(
+    r"DNS resolution failed|errors resolving|lookup failed|Name or service not known", re.I
+)
+_CONNECT_FAILURE = re.compile(r"failed to connect to all addresses|Connection refused", re.I)
 
 
 class VertexError(RuntimeError):
     """A Vertex AI call failed for good; the message says what to do about it."""
 
 
-def call_vertex(what: str, call: Callable[[], T]) -> T:
+def use_emulator_if_set() -> bool:
+    """Send the SDK's calls to the emulator at ``BEER_VERTEX_EMULATOR_HOST`` (``host:port``),
+    without credentials, as ``STORAGE_EMULATOR_HOST`` does for Cloud Storage; False if unset."""
+    host = os.environ.get(EMULATOR_HOST_ENV)
+    if host:
+        # gRPC named: without a project, init would switch the SDK to REST.
+        aiplatform.init(api_endpoint=host, credentials=AnonymousCredentials(), api_transport="grpc")
+    return bool(host)
+
+
+def call_vertex(
+    what: str, call: Callable[[], T], recover: Callable[[], T | None] | None = None
+) -> T:
     """Run ``call``, retrying a transient UNAVAILABLE up to ``RETRY_ATTEMPTS`` times in all.
 
-    Raises VertexError for a refused permission, for UNAVAILABLE that outlasts the attempts and
-    for any other API error, naming ``what`` was being done.
+    ``recover``, when given, is asked before each retry whether the failed call took effect
+    anyway (an answer lost on the way back); what it finds is returned instead of calling again,
+    so a retried create never makes a duplicate. Raises VertexError for an address that does not
+    resolve (at once: waiting does not fix a wrong name), for UNAVAILABLE that outlasts the
+    attempts, for a refused permission and for any other API error, naming ``what`` was being
+    done.
     """
+    use_emulator_if_set()
     attempt, delay = 1, RETRY_FIRST_DELAY_S
     while True:
         try:
             return call()
         except exceptions.ServiceUnavailable as error:
+            if _DNS_FAILURE.search(error.message or ""):
+                raise VertexError(
+                    f"{what}: cannot reach Vertex AI: its address does not resolve (DNS: "
+                    f"{_first_line(error.message)}); check the network connection and the region"
+                ) from error
             if attempt >= RETRY_ATTEMPTS:
+                if _CONNECT_FAILURE.search(error.message or ""):
+                    raise VertexError(
+                        f"{what}: cannot connect to Vertex AI ({_first_line(error.message)}, "
+                        f"{attempt} attempts); check the network connection, proxy and firewall"
+                    ) from error
                 raise VertexError(
                     f"{what}: Vertex AI stayed unavailable after {attempt} attempts "
-                    f"({error.message}); try again later"
+                    f"({_first_line(error.message)}); try again later"
                 ) from error
             logger.warning("%s: unavailable (%s), retry %d in %.0fs", what, error, attempt, delay)
             time.sleep(delay)
             attempt, delay = attempt + 1, delay * 2
+            if recover is not None:
+                recovered = recover()
+                if recovered is not None:
+                    logger.info("%s: the call had taken effect before it failed", what)
+                    return recovered
         except exceptions.PermissionDenied as error:
             raise VertexError(
                 f"{what}: permission denied ({error.message}). The caller (on Vertex AI "
@@ -65,7 +130,27 @@ def call_vertex(what: str, call: Callable[[], T]) -> T:
             ) from error
         except exceptions.GoogleAPICallError as error:
             status = error.grpc_status_code.name if error.grpc_status_code else error.code
-            raise VertexError(f"{what}: {status}: {error.message}") from error
+            raise VertexError(f"{what}: {status}: {_first_line(error.message)}") from error
+
+
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def wait_for_operation(what: str, operation: Any) -> Any:
+    """The result of a long-running ``operation``, waiting at most ``DEPLOY_TIMEOUT_S``;
+    VertexError when it fails or is still running by then."""
+    try:
+        return operation.result(timeout=DEPLOY_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        raise VertexError(
+            f"{what}: not finished after {DEPLOY_TIMEOUT_S:.0f} s; it goes on in Vertex AI "
+            f"(operation {operation.operation.name}): check the endpoint in the console before "
+            "re-running"
+        ) from None
+    except exceptions.GoogleAPICallError as error:
+        raise VertexError(f"{what}: {_first_line(error.message)}") from error
 
 
 def label_value(text: str) -> str:
@@ -101,6 +186,38 @@ def prediction_image(location: str, tensorflow_version: str, gpu: bool = False) 
     return images[version]
 
 
+# The model's serving container: the project's serving image by default.
+PREBUILT = "prebuilt"
+"""``serving_image`` keyword: Vertex AI's prebuilt TensorFlow Serving image (prediction_image)."""
+
+
+def serving_container(serving_image: str, location: str, gpu: bool) -> dict[str, Any]:
+    """``Model.upload``'s container arguments for the pipeline parameter ``serving_image``.
+
+    Empty: the project's serving image (docker/Dockerfile.serving), with the routes and port of
+    its contract. ``prebuilt``: Vertex AI's prebuilt TensorFlow image (``prediction_image``),
+    which brings its own. Any other URI is taken to follow the serving image's contract.
+    """
+    if serving_image == PREBUILT:
+        return {
+            "serving_container_image_uri": prediction_image(
+                location, installed_tensorflow_version(), gpu
+            )
+        }
+    if gpu and not serving_image:
+        logger.warning(
+            "the serving image runs TensorFlow on CPU; set serving_image=%s for Vertex AI's "
+            "GPU TensorFlow image",
+            PREBUILT,
+        )
+    return {
+        "serving_container_image_uri": serving_image or SERVING_IMAGE,
+        "serving_container_predict_route": CONTAINER_PREDICT_ROUTE,
+        "serving_container_health_route": CONTAINER_HEALTH_ROUTE,
+        "serving_container_ports": [CONTAINER_PORT],
+    }
+
+
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
 
@@ -110,12 +227,36 @@ def installed_tensorflow_version() -> str:
     return metadata.version("tensorflow")
 
 
-def _by_display_name(resource: type, display_name: str, project: str, location: str) -> list:
-    return call_vertex(
-        f"list {resource.__name__.lower()}s named {display_name!r}",
+def _single_by_display_name(
+    resource: type[T], display_name: str, project: str, location: str
+) -> T | None:
+    """The one ``resource`` (Model, Endpoint) named ``display_name``, or None.
+
+    Several with one name would make the choice arbitrary (the API lists in no promised order),
+    and deploying to the wrong endpoint costs money: that is an error naming all of them.
+    """
+    kind = resource.__name__.lower()
+    found = call_vertex(
+        f"list {kind}s named {display_name!r}",
         lambda: resource.list(
             filter=f'display_name="{display_name}"', project=project, location=location
         ),
+    )
+    if len(found) > 1:
+        named = ", ".join(
+            f"{item.resource_name} (created {item.create_time:%Y-%m-%d %H:%M})"
+            for item in sorted(found, key=lambda item: item.create_time)
+        )
+        raise VertexError(
+            f"{len(found)} {kind}s in {project}/{location} are named {display_name!r}: {named}; "
+            f"delete or rename all but one, or give the pipeline another {kind} display name"
+        )
+    return found[0] if found else None
+
+
+def _client(client_class: type, location: str) -> Any:
+    return initializer.global_config.create_client(
+        client_class=client_class, location_override=location
     )
 
 
@@ -128,6 +269,9 @@ class VertexModelRegistry:
         self.serving_image = serving_image
         self.gpu = gpu
 
+    def _model(self, display_name: str) -> aiplatform.Model | None:
+        return _single_by_display_name(aiplatform.Model, display_name, self.project, self.location)
+
     def upload_version(
         self,
         display_name: str,
@@ -137,28 +281,33 @@ class VertexModelRegistry:
         aliases: Sequence[str] = (),
         description: str = "",
     ) -> ModelVersion:
-        """Upload the SavedModel at ``artifact_dir`` (``gs://``) as the model's default version.
+        """Upload the SavedModel at ``artifact_dir`` (``gs://``, or a path under the bucket
+        mount) as the model's default version.
 
-        Without a ``serving_image``, Vertex AI's prebuilt TensorFlow image for the installed
-        TensorFlow version and the region serves it (the GPU variant when ``gpu``).
+        An artifact that is already a version of the model returns that version: a re-run whose
+        training was cached registers nothing, and neither does a retry after an upload whose
+        answer was lost. It is served by the container that ``serving_container`` picks
+        for ``serving_image``.
         """
+        artifact_dir = gcs_uri(artifact_dir)
         if not artifact_dir.startswith("gs://"):
             raise VertexError(
                 f"the model artifact {artifact_dir!r} is not in Cloud Storage; on Vertex AI the "
                 "pipeline root must be a gs:// folder"
             )
-        image = self.serving_image or prediction_image(
-            self.location, installed_tensorflow_version(), self.gpu
-        )
-        existing = _by_display_name(aiplatform.Model, display_name, self.project, self.location)
-        parent = existing[0].resource_name if existing else None
-        model = call_vertex(
-            f"upload model {display_name!r}",
-            lambda: aiplatform.Model.upload(
+        container = serving_container(self.serving_image, self.location, self.gpu)
+        parent = self._model(display_name)
+        if parent is not None:
+            existing = self._find_in(parent.resource_name, artifact_dir)
+            if existing:
+                return existing
+
+        def upload() -> ModelVersion:
+            model = aiplatform.Model.upload(
                 display_name=display_name,
                 artifact_uri=artifact_dir,
-                serving_container_image_uri=image,
-                parent_model=parent,
+                **container,
+                parent_model=parent.resource_name if parent else None,
                 is_default_version=True,
                 version_aliases=[alias for alias in aliases if alias != DEFAULT_ALIAS],
                 version_description=description
@@ -166,18 +315,79 @@ class VertexModelRegistry:
                 labels={label_value(k): label_value(v) for k, v in labels.items()},
                 project=self.project,
                 location=self.location,
-            ),
+            )
+            return ModelVersion(
+                model.resource_name, model.version_id, display_name, artifact_dir, artifact_dir
+            )
+
+        def recover() -> ModelVersion | None:
+            self._finish_running_uploads()
+            return self.find_version(display_name, artifact_dir)
+
+        return call_vertex(f"upload model {display_name!r}", upload, recover=recover)
+
+    def _finish_running_uploads(self) -> None:
+        """Wait, at most ``UPLOAD_SETTLE_S``, until no upload runs in the location.
+
+        An upload whose answer was lost may still be running when it is retried: its version
+        exists only once it has finished, and looking for it earlier would register a second.
+        """
+        client = _client(utils.ModelClientWithOverride, self.location)
+        upload_type = aiplatform_v1.UploadModelOperationMetadata.pb().DESCRIPTOR
+        deadline = time.monotonic() + UPLOAD_SETTLE_S
+        while time.monotonic() < deadline:
+            running, token = False, ""
+            while True:
+                try:
+                    page = client.list_operations(
+                        request={
+                            "name": f"projects/{self.project}/locations/{self.location}",
+                            "page_token": token,
+                        }
+                    )
+                except exceptions.GoogleAPICallError as error:
+                    logger.warning("cannot list the running operations (%s)", error)
+                    return
+                running = running or any(
+                    not op.done and op.metadata.Is(upload_type) for op in page.operations
+                )
+                token = page.next_page_token
+                if running or not token:
+                    break
+            if not running:
+                return
+            time.sleep(1.0)
+
+    def find_version(self, display_name: str, source_uri: str) -> ModelVersion | None:
+        """The version of ``display_name`` whose artifact is ``source_uri``, if any."""
+        parent = self._model(display_name)
+        return self._find_in(parent.resource_name, source_uri) if parent else None
+
+    def _find_in(self, model: str, source_uri: str) -> ModelVersion | None:
+        wanted = normalized_uri(source_uri)
+        client = _client(utils.ModelClientWithOverride, self.location)
+        versions = call_vertex(
+            f"list the versions of {model}", lambda: list(client.list_model_versions(name=model))
         )
-        return ModelVersion(model.resource_name, model.version_id, display_name, artifact_dir)
+        for version in versions:
+            if version.artifact_uri and normalized_uri(version.artifact_uri) == wanted:
+                return _model_version(version)
+        return None
 
     def get_version(self, model: str, version_id: str) -> ModelVersion:
+        client = _client(utils.ModelClientWithOverride, self.location)
         found = call_vertex(
             f"get model {model}@{version_id}",
-            lambda: aiplatform.Model(model, version=version_id),
+            lambda: client.get_model(name=f"{model}@{version_id}"),
         )
-        return ModelVersion(
-            found.resource_name, found.version_id, found.display_name, found.uri or ""
-        )
+        return _model_version(found)
+
+
+def _model_version(model: aiplatform_v1.Model) -> ModelVersion:
+    name = model.name.split("@", 1)[0]
+    return ModelVersion(
+        name, model.version_id, model.display_name, model.artifact_uri, model.artifact_uri
+    )
 
 
 class VertexEndpoints:
@@ -188,39 +398,75 @@ class VertexEndpoints:
         self.location = location
         self.serving = serving
 
+    @functools.cached_property
+    def _client(self) -> Any:
+        return _client(utils.EndpointClientWithOverride, self.location)
+
+    def _find(self, display_name: str) -> aiplatform_v1.Endpoint | None:
+        found = _single_by_display_name(
+            aiplatform.Endpoint, display_name, self.project, self.location
+        )
+        return self._get(found.resource_name) if found else None
+
+    def _get(self, name: str) -> aiplatform_v1.Endpoint:
+        return call_vertex(f"get endpoint {name}", lambda: self._client.get_endpoint(name=name))
+
     def served_version(self, display_name: str) -> tuple[str, str] | None:
         """(model, version id) taking most of the endpoint's traffic; None if it serves nothing."""
-        existing = _by_display_name(aiplatform.Endpoint, display_name, self.project, self.location)
-        if not existing:
+        endpoint = self._find(display_name)
+        if endpoint is None:
             return None
-        deployed = [
-            {"id": d.id, "model": d.model, "modelVersionId": d.model_version_id}
-            for d in existing[0].gca_resource.deployed_models
-        ]
-        return most_traffic(deployed, dict(existing[0].traffic_split)) if deployed else None
+        served = most_traffic(_deployments(endpoint), dict(endpoint.traffic_split))
+        return (served.model, served.version_id) if served else None
 
-    def _endpoint(self, display_name: str) -> aiplatform.Endpoint:
-        existing = _by_display_name(aiplatform.Endpoint, display_name, self.project, self.location)
-        if existing:
-            return existing[0]
-        return call_vertex(
+    def _create(self, display_name: str) -> aiplatform_v1.Endpoint:
+        created = call_vertex(
             f"create endpoint {display_name!r}",
             lambda: aiplatform.Endpoint.create(
                 display_name=display_name, project=self.project, location=self.location
             ),
         )
+        return self._get(created.resource_name)
 
     def deploy(self, display_name: str, version: ModelVersion) -> dict[str, Any]:
-        """Deploy ``version`` with its traffic share, then undeploy versions left with none.
+        """Serve ``version`` by ``plan_traffic``'s rule, with an explicit traffic split.
 
-        Retiring happens only after the deploy succeeded: if it fails, the versions that served
-        before keep their traffic.
+        The new split is in place before anything is retired: if the deploy fails, the versions
+        that served before keep their traffic. A version already served with the requested
+        share is left alone (``changed`` False); one already deployed only gets its new share.
         """
-        endpoint = self._endpoint(display_name)
-        model = call_vertex(
-            f"get model {version.resource_name}",
-            lambda: aiplatform.Model(version.model, version=version.version_id),
+        endpoint = self._find(display_name) or self._create(display_name)
+        plan = plan_traffic(
+            _deployments(endpoint),
+            dict(endpoint.traffic_split),
+            version.model,
+            version.version_id,
+            self.serving.traffic_percentage,
         )
+        if plan.unchanged:
+            return _describe(endpoint, changed=False)
+        if plan.existing is None:
+            self._deploy_new(endpoint.name, version, plan.split)
+        else:
+            call_vertex(
+                f"set the traffic split of {endpoint.name} to {plan.split}",
+                lambda: self._client.update_endpoint(
+                    endpoint=aiplatform_v1.Endpoint(name=endpoint.name, traffic_split=plan.split),
+                    update_mask=field_mask_pb2.FieldMask(paths=["traffic_split"]),
+                ),
+            )
+        for retired in plan.retire:
+            what = f"undeploy {retired.id} ({retired.model}@{retired.version_id})"
+            operation = call_vertex(
+                what,
+                lambda retired=retired: self._client.undeploy_model(
+                    endpoint=endpoint.name, deployed_model_id=retired.id
+                ),
+            )
+            wait_for_operation(what, operation)
+        return _describe(self._get(endpoint.name), changed=True)
+
+    def _deploy_new(self, endpoint: str, version: ModelVersion, split: dict[str, int]) -> None:
         serving = self.serving
         if not serving.service_account:
             logger.warning(
@@ -228,32 +474,51 @@ class VertexEndpoints:
                 "account; set it to run the model with its own, least-privileged identity",
                 version.resource_name,
             )
-        call_vertex(
-            f"deploy {version.resource_name} to {endpoint.resource_name}",
-            lambda: endpoint.deploy(
-                model,
-                deployed_model_display_name=f"{version.display_name}-v{version.version_id}",
-                traffic_percentage=serving.traffic_percentage,
-                machine_type=serving.machine_type,
+        machine = aiplatform_v1.MachineSpec(machine_type=serving.machine_type)
+        if serving.accelerator_type:
+            try:
+                machine.accelerator_type = aiplatform_v1.AcceleratorType[serving.accelerator_type]
+            except KeyError:
+                raise VertexError(
+                    f"unknown serving accelerator type {serving.accelerator_type!r}; e.g. "
+                    "NVIDIA_TESLA_T4, NVIDIA_L4"
+                ) from None
+            machine.accelerator_count = serving.accelerator_count
+        deployed = aiplatform_v1.DeployedModel(
+            model=version.resource_name,
+            display_name=f"{version.display_name}-v{version.version_id}",
+            dedicated_resources=aiplatform_v1.DedicatedResources(
+                machine_spec=machine,
                 min_replica_count=serving.min_replicas,
                 max_replica_count=serving.max_replicas,
-                accelerator_type=serving.accelerator_type or None,
-                accelerator_count=serving.accelerator_count or None,
-                service_account=serving.service_account or None,
+            ),
+            service_account=serving.service_account,
+        )
+        what = f"deploy {version.resource_name} to {endpoint}"
+        logger.info(
+            "%s with traffic split %s (waiting at most %d s)", what, split, DEPLOY_TIMEOUT_S
+        )
+        operation = call_vertex(
+            what,
+            lambda: self._client.deploy_model(
+                endpoint=endpoint, deployed_model=deployed, traffic_split=split
             ),
         )
-        for deployed in list(endpoint.gca_resource.deployed_models):
-            if not endpoint.traffic_split.get(deployed.id):
-                call_vertex(
-                    f"undeploy {deployed.id} ({deployed.model}@{deployed.model_version_id})",
-                    lambda deployed_id=deployed.id: endpoint.undeploy(deployed_id),
-                )
-        return {
-            "name": endpoint.resource_name,
-            "displayName": display_name,
-            "trafficSplit": dict(endpoint.traffic_split),
-            "deployedModels": [
-                {"id": d.id, "model": d.model, "modelVersionId": d.model_version_id}
-                for d in endpoint.gca_resource.deployed_models
-            ],
-        }
+        wait_for_operation(what, operation)
+
+
+def _deployments(endpoint: aiplatform_v1.Endpoint) -> list[Deployment]:
+    return [Deployment(d.id, d.model, d.model_version_id) for d in endpoint.deployed_models]
+
+
+def _describe(endpoint: aiplatform_v1.Endpoint, changed: bool) -> dict[str, Any]:
+    return {
+        "name": endpoint.name,
+        "displayName": endpoint.display_name,
+        "trafficSplit": dict(endpoint.traffic_split),
+        "deployedModels": [
+            {"id": d.id, "model": d.model, "modelVersionId": d.model_version_id}
+            for d in endpoint.deployed_models
+        ],
+        "changed": changed,
+    }

@@ -1,0 +1,178 @@
+"""Dynamic batching: requests that arrive together share one model call, as TF Serving batches.
+
+A model call costs a fixed part (running the graph at all) plus a part per image, so under
+concurrent load one call for several images can answer more images per second than a call for
+each. The batcher runs at most ``max_concurrent_batches`` model calls at once (TF Serving's
+``num_batch_threads``: on a CPU, calls running side by side use the cores that one call's ops
+leave idle); the requests that arrive while they run make up the next batch. A batch closes
+when it holds ``max_batch_size`` instances, when the requests that the previous batch answered
+are back (closed-loop clients send their next request as soon as they have an answer), or
+``timeout_ms`` after its first request, whichever comes first. A lone client therefore never
+waits for the window: its previous batch held one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from components.lib.serving.protocol import InvalidImageError
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """TF Serving's knobs by other names: ``max_batch_size``, ``batch_timeout_micros``,
+    ``num_batch_threads``."""
+
+    enabled: bool = True
+    max_batch_size: int = 32
+    timeout_ms: float = 5.0
+    max_concurrent_batches: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.timeout_ms < 0 or self.max_concurrent_batches < 1:
+            raise ValueError(
+                "batching needs max_batch_size >= 1, timeout_ms >= 0 and "
+                "max_concurrent_batches >= 1"
+            )
+
+
+DEFAULT_BATCHING = BatchingConfig()
+
+
+class Outputs(Protocol):
+    """A model's answer for a batch: one row per image in each array."""
+
+    classes: Any
+    probabilities: Any
+
+
+PredictFunction = Callable[[list[bytes]], Outputs]
+
+
+@dataclass
+class _Request:
+    images: list[bytes]
+    answer: asyncio.Future = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Batcher:
+    """Runs ``predict`` (blocking; called in a worker thread) for the requests of one model.
+
+    Without batching every request is its own call, and calls run concurrently.
+    ``observe_batch`` is told the number of instances of every model call.
+    """
+
+    def __init__(
+        self,
+        predict: PredictFunction,
+        config: BatchingConfig,
+        observe_batch: Callable[[int], None] = lambda size: None,
+    ) -> None:
+        self._predict = predict
+        self.config = config
+        self._observe_batch = observe_batch
+        self._queue: deque[_Request] = deque()
+        self._arrived = asyncio.Event()
+        self._last_batch_requests = 1
+        self._worker: asyncio.Task | None = None
+        self._calls: set[asyncio.Task] = set()
+
+    async def predict(self, images: list[bytes]) -> tuple[Any, Any]:
+        """(classes, probabilities) of ``images``: rows of the model call that included them."""
+        if not self.config.enabled:
+            self._observe_batch(len(images))
+            outputs = await asyncio.to_thread(self._predict, images)
+            return outputs.classes, outputs.probabilities
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="batcher")
+        request = _Request(images)
+        self._queue.append(request)
+        self._arrived.set()
+        return await request.answer
+
+    async def close(self) -> None:
+        """Stop the worker; requests still queued get an error (a graceful shutdown has already
+        waited for every request in flight)."""
+        for task in [self._worker, *self._calls]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        while self._queue:
+            _fail(self._queue.popleft(), RuntimeError("the server is shutting down"))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.config.max_concurrent_batches)
+        while True:
+            await slots.acquire()
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            batch = [self._queue.popleft()]
+            size = len(batch[0].images)
+            deadline = loop.time() + self.config.timeout_ms / 1000
+            while size < self.config.max_batch_size:
+                if not self._queue:
+                    remaining = deadline - loop.time()
+                    if len(batch) >= self._last_batch_requests or remaining <= 0:
+                        break
+                    self._arrived.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
+                    continue
+                if size + len(self._queue[0].images) > self.config.max_batch_size:
+                    break  # the next request opens the next batch
+                batch.append(self._queue.popleft())
+                size += len(batch[-1].images)
+            self._last_batch_requests = len(batch)
+            call = asyncio.create_task(self._call(batch))
+            self._calls.add(call)
+            call.add_done_callback(lambda done: (self._calls.discard(done), slots.release()))
+
+    async def _call(self, batch: list[_Request]) -> None:
+        images = [image for request in batch for image in request.images]
+        self._observe_batch(len(images))
+        try:
+            outputs = await asyncio.to_thread(self._predict, images)
+        except InvalidImageError as error:
+            await self._fail_invalid(batch, set(error.indices))
+            return
+        except Exception as error:
+            for request in batch:
+                _fail(request, error)
+            return
+        start = 0
+        for request in batch:
+            end = start + len(request.images)
+            if not request.answer.done():  # its client may have gone
+                request.answer.set_result(
+                    (outputs.classes[start:end], outputs.probabilities[start:end])
+                )
+            start = end
+
+    async def _fail_invalid(self, batch: list[_Request], bad: set[int]) -> None:
+        """Refuse the requests that hold an undecodable image, naming it by its index in that
+        request, and predict the others again without them."""
+        valid, start = [], 0
+        for request in batch:
+            own = [i for i in range(len(request.images)) if start + i in bad]
+            start += len(request.images)
+            if own:
+                _fail(request, InvalidImageError(own))
+            else:
+                valid.append(request)
+        if valid:
+            await self._call(valid)
+
+
+def _fail(request: _Request, error: BaseException) -> None:
+    if not request.answer.done():
+        request.answer.set_exception(error)

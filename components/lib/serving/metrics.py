@@ -1,0 +1,66 @@
+"""The server's Prometheus metrics, in a registry of their own (one per app, so apps in one
+process, as in the tests, do not share counts)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServingMetrics:
+    """Requests and errors by handler and status, latency, instances per model call, and which
+    model versions are loaded."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they double the exposition for nothing
+        self.registry = CollectorRegistry()
+        labels = ("handler", "code")
+        self.requests = Counter(
+            "beer_serving_requests", "HTTP requests answered", labels, registry=self.registry
+        )
+        self.errors = Counter(
+            "beer_serving_request_errors",
+            "HTTP requests answered with a status of 400 or more",
+            labels,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "beer_serving_request_latency_seconds",
+            "Time from a request's start to its answer",
+            ("handler",),
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "beer_serving_batch_size",
+            "Instances per model call (dynamic batching joins concurrent requests)",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "beer_serving_model_info",
+            "1 for each model version loaded and serving",
+            ("model_version", "deployed_model_id"),
+            registry=self.registry,
+        )
+
+    def observe_request(self, handler: str, status: int, seconds: float) -> None:
+        self.requests.labels(handler, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(handler, str(status)).inc()
+        self.latency.labels(handler).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

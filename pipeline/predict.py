@@ -1,0 +1,147 @@
+"""``python -m pipeline.predict``: batch prediction with a registered model version.
+
+Scores a folder or ``gs://`` prefix of images, one image, or a JSONL file of instances, and
+writes one JSONL line per input (``file``, ``class_name``, ``class_index``, ``probabilities``,
+``model_version``; ``error`` for a bad file). Locally the version's SavedModel is loaded through
+the serving path; with ``--target vertex`` a Vertex AI batch prediction job of the version
+scores them. Run the same command again after an interruption: inputs already in the output
+are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from components.lib.serving.batch import (
+    DEFAULT_BATCH_SIZE,
+    BatchPredictionError,
+    InstanceSource,
+    Summary,
+)
+from components.lib.targets.base import LOCAL, TARGETS, VERTEX
+from components.lib.targets.local import default_state_dir
+from components.lib.targets.lookup import resolve_version
+
+ENV_PREFIX = "BEER_PIPELINE_"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.predict",
+        description="Batch prediction: score many images with a registered model version and "
+        "write JSONL predictions. Resumable: inputs already in the output are skipped.",
+    )
+    parser.add_argument(
+        "model",
+        help="MODEL[@VERSION|@ALIAS]: display name, id or resource name; without @, the "
+        "default alias (the newest version), e.g. beer-classifier@3",
+    )
+    parser.add_argument(
+        "source",
+        help="a folder or gs:// prefix of images, one image, or a .jsonl file of instances "
+        '({"bytes": {"b64": ...}} per line, optionally with a "file" name)',
+    )
+    parser.add_argument("--output", "-o", required=True, help="JSONL file of predictions (local)")
+    parser.add_argument(
+        "--target", choices=TARGETS, default=LOCAL, help="registry to read (%(default)s)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=default_state_dir(),
+        help="local: the registry's folder (env BEER_PIPELINE_STATE_DIR, default %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="local: images per call"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    vertex = parser.add_argument_group("Vertex AI (--target vertex)")
+    vertex.add_argument("--project", help=f"Google Cloud project (env {ENV_PREFIX}PROJECT)")
+    vertex.add_argument("--region", help=f"Vertex AI region (env {ENV_PREFIX}REGION)")
+    vertex.add_argument(
+        "--staging",
+        help="gs:// folder for the job's instances and outputs "
+        f"(default: batch-prediction under {ENV_PREFIX}PIPELINE_ROOT)",
+    )
+    vertex.add_argument(
+        "--machine-type", default="n1-standard-2", help="machines of the job (%(default)s)"
+    )
+    vertex.add_argument("--max-replicas", type=int, default=1, help="machines at most (1)")
+    return parser
+
+
+class UsageError(Exception):
+    """A mistake in the command line; printed as one line, no traceback."""
+
+
+def _setting(value: str | None, name: str, flag: str) -> str:
+    value = value or os.environ.get(f"{ENV_PREFIX}{name}")
+    if not value:
+        raise UsageError(f"--target vertex needs {flag} (or {ENV_PREFIX}{name})")
+    return value
+
+
+def predict(args: argparse.Namespace) -> Summary:
+    """Resolve the version, then score locally or with a Vertex AI batch prediction job."""
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    source = InstanceSource(args.source, exclude=args.output)
+    if args.target == VERTEX:
+        from components.lib.targets.vertex_batch import batch_predict_vertex, resolve_vertex
+
+        project = _setting(args.project, "PROJECT", "--project")
+        region = _setting(args.region, "REGION", "--region")
+        root = os.environ.get(f"{ENV_PREFIX}PIPELINE_ROOT")
+        staging = args.staging or (root and f"{root.rstrip('/')}/batch-prediction")
+        if not staging:
+            raise UsageError(f"--target vertex needs --staging (or {ENV_PREFIX}PIPELINE_ROOT)")
+        model = resolve_vertex(project, region, args.model)
+        print(f"model version  {model.versioned_resource_name}", file=sys.stderr)
+        return batch_predict_vertex(
+            model,
+            source,
+            args.output,
+            staging,
+            machine_type=args.machine_type,
+            max_replicas=args.max_replicas,
+            progress=not args.no_progress,
+        )
+    from components.lib.serving.batch import predict_to_jsonl
+    from components.lib.serving.prediction import ServingModel
+
+    version = resolve_version(LOCAL, args.state_dir, "", "", args.model)
+    print(f"model version  {version.resource_name}", file=sys.stderr)
+    return predict_to_jsonl(
+        ServingModel(version.artifact_uri),
+        source,
+        args.output,
+        version.resource_name,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    usage = (UsageError, BatchPredictionError, KeyError, ValueError)
+    failures: tuple[type[Exception], ...] = usage
+    if args.target == VERTEX:
+        from components.lib.targets.vertex import VertexError
+
+        failures = (*failures, VertexError)
+    try:
+        summary = predict(args)
+    except failures as error:
+        message = error.args[0] if isinstance(error, KeyError) else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2 if isinstance(error, usage) else 1
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(summary.describe(), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
