@@ -4,6 +4,7 @@ Vertex AI import files (CSV and JSONL), label tables; display names; every kind 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from components.lib.data.sources import (
     VERTEX_JSONL,
     SourceOptions,
     download_dataset,
+    fingerprint_source,
     read_source,
     read_source_description,
 )
@@ -348,22 +350,44 @@ def test_download_step_records_the_source_and_its_eval_split(photos: Path, tmp_p
     from kfp import dsl
 
     from components.download import download_data
+    from components.fingerprint import fingerprint_data
 
     shutil.rmtree(photos / "eval")
     raw = dsl.Dataset(name="raw", uri=str(tmp_path / "raw"), metadata={})
+    columns = {"csv_file_column": "file", "csv_label_column": "label", "csv_image_folder": ""}
+    fingerprint = fingerprint_data.python_func(data_uri=str(photos), **columns)
 
     download_data.python_func(
         data_uri=str(photos),
+        data_fingerprint=fingerprint,
         eval_fraction=0.3,
         seed=1,
-        csv_file_column="file",
-        csv_label_column="label",
-        csv_image_folder="",
         raw_data=raw,
+        **columns,
     )
 
     note = "carved from train: 9 images, 30% of each class (eval_fraction 0.3, seed 1)"
     assert raw.metadata["source_kind"] == FOLDER and raw.metadata["eval_split"] == note
+    assert fingerprint.startswith("sha256:") and raw.metadata["fingerprint"] == fingerprint
     assert raw.metadata["counts"]["eval"] == {"0red": 3, "1blue": 3, "2green": 3}
     assert len(list((tmp_path / "raw/eval").rglob("*.jpg"))) == 9
     assert read_source_description(str(tmp_path / "raw"))["eval_split"] == note
+
+
+def test_the_fingerprint_of_an_import_file_follows_the_file_and_its_images(
+    photos: Path, tmp_path: Path
+) -> None:
+    import_file = tmp_path / "import.csv"
+    lines = vertex_csv_lines(photos)
+    import_file.write_text("\n".join(lines))
+    first, count = fingerprint_source(str(import_file))
+    assert count == 39 and fingerprint_source(str(import_file))[0] == first
+
+    import_file.write_text("\n".join(lines[:-1]))  # one row fewer
+    fewer, count = fingerprint_source(str(import_file))
+    assert fewer != first and count == 38
+
+    photo = photos / "train/0red/000.jpg"
+    photo.write_bytes(photo.read_bytes() + b"\0")
+    os.utime(photo, (1, 1))  # a replaced image: new size and modification time
+    assert fingerprint_source(str(import_file))[0] != fewer
