@@ -31,7 +31,7 @@ NAMES = {"0red": "Rouge Été", "1blue": "blue sky", "2green": "Green"}
 
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
-    """10 training and 3 eval photos per colour class, in today's folder layout."""
+    """10 training and 3 eval photos per colour class, in the folder layout."""
     root = make_layout(tmp_path / "photos", {"0red": 10, "1blue": 10, "2green": 10})
     for name in NAMES:
         for extra in (root / "eval" / name).glob("*.jpg"):
@@ -53,7 +53,7 @@ def vertex_csv_lines(root: Path, with_ml_use: bool = True) -> list[str]:
     return lines
 
 
-def test_folder_with_eval_is_read_as_today(photos: Path) -> None:
+def test_folder_with_train_and_eval_is_read_as_it_is(photos: Path) -> None:
     source = read_source(str(photos))
     assert source.kind == FOLDER and source.eval_split == "the eval/ folder"
     assert source.layout.counts() == {
