@@ -14,6 +14,7 @@ def evaluate_model(
     model: dsl.Input[dsl.Model],
     min_accuracy: float,
     max_regression: float,
+    allow_class_change: bool,
     endpoint_display_name: str,
     target: str,
     project: str,
@@ -24,19 +25,33 @@ def evaluate_model(
     report: dsl.Output[dsl.HTML],
 ) -> NamedTuple(
     "EvaluationOutputs",
-    [("accuracy", float), ("champion_accuracy", float), ("deploy", bool), ("reason", str)],
+    [
+        ("accuracy", float),
+        ("champion_accuracy", float),
+        ("deploy", bool),
+        ("reason", str),
+        ("summary", dict),
+    ],
 ):
-    """Both models through the serving signature; champion_accuracy is -1 when none serves.
+    """Both models through the serving signature, compared photo by photo; champion_accuracy
+    is -1 when none was compared (none serves, or it has other classes: ``summary`` says which
+    and why, with the accuracy's confidence interval, the paired test, the calibration error
+    and the gate rule).
 
     Models are read by URI through the storage seam (on Vertex AI the champion's registry URI
     is ``gs://``). When the new model is the served one itself (same data and parameters: its
     training was cached), it is scored once and the decision says so.
     """
+    import dataclasses
     import logging
     from collections import namedtuple
 
     from components.lib.artifacts import write_metadata_file
+    from components.lib.data.sources import read_source_description
     from components.lib.evaluation.metrics import (
+        COMPARED,
+        Champion,
+        GateRule,
         deployment_decision,
         evaluate_champion,
         evaluate_saved_model,
@@ -51,26 +66,53 @@ def evaluate_model(
     itself = served is not None and normalized_uri(served.source_uri) == normalized_uri(model.uri)
     if itself:
         logger.info("the new model is %s, the served one: scored once", served.resource_name)
-        champion = evaluation
+        champion = Champion(COMPARED, evaluation)
     else:
         champion = evaluate_champion(served.artifact_uri if served else None, raw_data.path)
-    champion_accuracy = champion.accuracy if champion else None
-    deploy, reason = deployment_decision(
-        evaluation.accuracy, min_accuracy, champion_accuracy, max_regression
-    )
+    rule = GateRule(min_accuracy, max_regression, allow_class_change)
+    decision = deployment_decision(evaluation, champion, rule)
     if itself:
-        reason = f"{reason} (the same model as {served.resource_name}, served already)"
-    logger.info("decision: %s", reason)
+        reason = f"{decision.reason} (the same model as {served.resource_name}, served already)"
+        decision = dataclasses.replace(decision, reason=reason)
+    logger.info("decision: %s", decision.reason)
 
+    low, high = evaluation.accuracy_interval
+    ece_before, ece_after = evaluation.uncalibrated_error(), evaluation.calibration_error()
+    summary = {  # KFP passes no None inside a dict: what is not known is left out
+        "accuracy_ci95": [round(low, 4), round(high, 4)],
+        "correct": evaluation.correct,
+        "eval_images": evaluation.count,
+        "eval_split": read_source_description(raw_data.path).get("eval_split", ""),
+        "champion_status": champion.status,
+        "champion": champion.describe(),
+        "paired_test": decision.comparison.to_dict() if decision.comparison else None,
+        "temperature": evaluation.temperature,
+        "ece_before": None if ece_before is None else round(ece_before, 4),
+        "ece_after": None if ece_after is None else round(ece_after, 4),
+        "gate": {**dataclasses.asdict(rule), "rule": rule.describe()},
+    }
+    summary = {name: value for name, value in summary.items() if value is not None}
     metrics.log_metric("accuracy", round(evaluation.accuracy, 4))
+    metrics.log_metric("accuracy_ci95_low", round(low, 4))
+    metrics.log_metric("accuracy_ci95_high", round(high, 4))
     metrics.log_metric("macro_f1", round(evaluation.macro_f1, 4))
     metrics.log_metric("eval_images", evaluation.count)
     metrics.log_metric("min_accuracy", min_accuracy)
     metrics.log_metric("max_regression", max_regression)
-    if champion_accuracy is not None:
-        metrics.log_metric("champion_accuracy", round(champion_accuracy, 4))
-    metrics.log_metric("deploy", deploy)
-    metrics.metadata["decision"] = reason
+    if champion.accuracy is not None:
+        metrics.log_metric("champion_accuracy", round(champion.accuracy, 4))
+    if decision.comparison:
+        metrics.log_metric("mcnemar_p_value", round(decision.comparison.p_value, 4))
+    for name in ("ece_before", "ece_after", "temperature"):
+        if name in summary:
+            metrics.log_metric(name, round(summary[name], 4))
+    metrics.log_metric("deploy", decision.deploy)
+    metrics.metadata["decision"] = decision.reason
+    metrics.metadata["champion"] = champion.describe()
+    metrics.metadata["champion_status"] = champion.status
+    metrics.metadata["gate_rule"] = rule.describe()
+    if summary["eval_split"]:
+        metrics.metadata["eval_split"] = summary["eval_split"]
     for name, value in evaluation.precision().items():
         metrics.log_metric(f"precision_{name}", round(value, 4))
     for name, value in evaluation.recall().items():
@@ -80,8 +122,17 @@ def evaluate_model(
     write_metadata_file(classification_metrics)
     with open(report.path, "w") as file:
         file.write(
-            build_report(evaluation, model.metadata.get("history", {}), deploy, reason, champion)
+            build_report(
+                evaluation,
+                model.metadata.get("history", {}),
+                decision,
+                champion,
+                rule,
+                summary["eval_split"],
+            )
         )
-    outputs = namedtuple("EvaluationOutputs", ["accuracy", "champion_accuracy", "deploy", "reason"])
-    champion_output = -1.0 if champion_accuracy is None else champion_accuracy
-    return outputs(evaluation.accuracy, champion_output, deploy, reason)
+    outputs = namedtuple(
+        "EvaluationOutputs", ["accuracy", "champion_accuracy", "deploy", "reason", "summary"]
+    )
+    champion_output = -1.0 if champion.accuracy is None else champion.accuracy
+    return outputs(evaluation.accuracy, champion_output, decision.deploy, decision.reason, summary)

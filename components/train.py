@@ -70,7 +70,9 @@ def train_model(
     result = train_classifier(data, config, features.path, checkpoint_dir)
     history = result.history
     if result.chief:
-        export_serving_model(result.model, data.class_names, data.image_size, model.path)
+        export_serving_model(
+            result.model, data.class_names, data.image_size, model.path, result.temperature
+        )
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     model.metadata.update(
         {
@@ -82,6 +84,7 @@ def train_model(
             "history": history,
             "replicas": result.replicas,
             "mixed_precision": result.mixed_precision,
+            "calibration": result.calibration,
         }
     )
     for name, values in history.items():

@@ -12,6 +12,7 @@ def upload_model(
     accuracy: float,
     champion_accuracy: float,
     decision: str,
+    evaluation: dict,
     model_display_name: str,
     pipeline_job: str,
     serving_image: str,
@@ -24,18 +25,22 @@ def upload_model(
 ) -> str:
     """Returns the new version's resource name, ``projects/P/locations/L/models/M@N``.
 
-    The version gets the aliases ``default`` and one naming the pipeline job, labels with the job
-    and both accuracies (champion_accuracy -1: none served), and the decision's reason as its
-    description, so the registry says why each version was deployed; ``vertex_model`` records it
+    The version gets the aliases ``default`` and one naming the pipeline job, labels with the job,
+    both accuracies (champion_accuracy -1: none compared), the champion's status and the gate
+    rule's settings, and as its description the decision's reason and the exact rule, so the
+    registry says why and by which rule each version was deployed; ``vertex_model`` records it
     for lineage. A model already registered (a re-run whose training was cached) is not
     registered again: its version is returned, and the log says so.
     """
     import logging
 
     from components.lib.artifacts import describe_resource
+    from components.lib.evaluation.rule import GateRule
     from components.lib.targets import model_registry, resource_uri
     from components.lib.targets.base import version_alias
 
+    gate = evaluation["gate"]
+    rule = GateRule(gate["min_accuracy"], gate["max_regression"], gate["allow_class_change"])
     registry = model_registry(
         target, local_state_dir, project, location, serving_image, gpu=bool(accelerator_type)
     )
@@ -45,6 +50,7 @@ def upload_model(
         logger.info("%s is this model already: not registered again", version.resource_name)
     else:
         champion = f"{champion_accuracy:.4f}" if champion_accuracy >= 0 else "none"
+        test = evaluation.get("paired_test") or {}
         version = registry.upload_version(
             display_name=model_display_name,
             artifact_dir=model.uri,
@@ -53,9 +59,12 @@ def upload_model(
                 "pipeline_job": pipeline_job,
                 "accuracy": f"{accuracy:.4f}",
                 "champion_accuracy": champion,
+                "champion_status": evaluation["champion_status"],
+                **rule.labels(),
+                **({"mcnemar_p": f"{test['p_value']:.4f}"} if test else {}),
             },
             aliases=[version_alias(pipeline_job)],
-            description=decision,
+            description=f"{decision}. Rule: {rule.describe()}",
         )
         logger.info("registered %s", version.resource_name)
     describe_resource(

@@ -79,6 +79,7 @@ class PipelineOutputs(NamedTuple):
     model_version: str
     endpoint: str
     report: dsl.HTML
+    evaluation: dict
 
 
 def _in_image(component: BaseComponent, image: str) -> BaseComponent:
@@ -145,6 +146,10 @@ def build_pipeline(
     )
     def training_pipeline(
         data_uri: str = CHALLENGE_DATA_URI,
+        eval_fraction: float = 0.2,
+        csv_file_column: str = "file",
+        csv_label_column: str = "label",
+        csv_image_folder: str = "",
         min_image_size: int = 32,
         max_unusable_share: float = 0.05,
         backbone: str = DEFAULT_BACKBONE,
@@ -164,6 +169,7 @@ def build_pipeline(
         seed: int = 42,
         min_accuracy: float = 0.8,
         max_regression: float = 0.0,
+        allow_class_change: bool = False,
         model_display_name: str = "beer-classifier",
         endpoint_display_name: str = "beer-classifier-endpoint",
         serving_image: str = "",
@@ -183,8 +189,18 @@ def build_pipeline(
         """Train an image classifier by transfer learning and deploy it if it is good enough.
 
         Args:
-            data_uri: Images in the layout {train,eval}/<class>/<image>, as gs://bucket/path or a
-                local folder. Class index = position of the class folder in sorted order.
+            data_uri: The images, as gs://bucket/path or a local path: a folder
+                train/<class>/<image> (eval/<class>/<image> optional), a Vertex AI image
+                classification import file (.csv lines [ML_USE,]GCS_FILE_PATH,LABEL or .jsonl), or
+                a .csv table with the columns csv_file_column and csv_label_column. Class index =
+                position of the class (display) name in sorted order.
+            eval_fraction: Share of each class's training images held out as the eval split
+                (stratified, seeded) when the data has no eval split.
+            csv_file_column: Column of a label table (.csv) naming each image file; a name
+                without an extension matches <name>.<image extension>.
+            csv_label_column: Column of a label table (.csv) holding each image's class name.
+            csv_image_folder: Folder of a label table's images: a path relative to the .csv
+                file's folder, or a gs:// URI; empty: the .csv file's own folder.
             min_image_size: Images smaller than this on a side are skipped as unusable.
             max_unusable_share: The run fails when a larger share of the files is unusable
                 (corrupt, not images, too small, duplicates, train/eval leaks).
@@ -213,11 +229,14 @@ def build_pipeline(
                 images, as a fraction (0: none); flips, small rotations and zooms always apply.
             imbalance_ratio: Class weights (inverse frequency) are used when the largest training
                 class has more than this many times the images of the smallest.
-            seed: Random seed of the validation split, shuffling, initialisation, augmentation
-                and dropout, for repeatable runs.
+            seed: Random seed of the carved eval split, the validation split, shuffling,
+                initialisation, augmentation and dropout, for repeatable runs.
             min_accuracy: Accuracy on the eval split that the model must reach to be deployed.
             max_regression: How much lower than the served model's (champion's) accuracy on the
-                same eval split the new model may score and still replace it (0: not worse).
+                same eval photos the new model may score and still replace it (0: not worse),
+                counted in photos; the exact McNemar test of the difference is reported.
+            allow_class_change: Let a new model replace a served one trained on other classes
+                (false: it is never deployed over it, and the run says so).
             model_display_name: Model in the registry that each deployed run adds a version to.
             endpoint_display_name: Endpoint that serves the deployed version.
             serving_image: Prediction image of the registered model on Vertex AI; empty picks
@@ -264,13 +283,22 @@ def build_pipeline(
             "local_state_dir": local_state_dir,
         }
         # Never cached: it is how the cache of every later step follows the data.
+        csv_columns = {
+            "csv_file_column": csv_file_column,
+            "csv_label_column": csv_label_column,
+            "csv_image_folder": csv_image_folder,
+        }
         fingerprint = (
-            fingerprint_data(data_uri=data_uri)
+            fingerprint_data(data_uri=data_uri, **csv_columns)
             .set_display_name("fingerprint")
             .set_caching_options(False)
         )
         download = download_data(
-            data_uri=data_uri, data_fingerprint=fingerprint.output
+            data_uri=data_uri,
+            data_fingerprint=fingerprint.output,
+            eval_fraction=eval_fraction,
+            seed=seed,
+            **csv_columns,
         ).set_display_name("download")
         validate = validate_data(
             raw_data=download.outputs["raw_data"],
@@ -319,6 +347,7 @@ def build_pipeline(
                 model=train.outputs["model"],
                 min_accuracy=min_accuracy,
                 max_regression=max_regression,
+                allow_class_change=allow_class_change,
                 endpoint_display_name=endpoint_display_name,
                 **registry,
             )
@@ -332,6 +361,7 @@ def build_pipeline(
                     accuracy=evaluate.outputs["accuracy"],
                     champion_accuracy=evaluate.outputs["champion_accuracy"],
                     decision=evaluate.outputs["reason"],
+                    evaluation=evaluate.outputs["summary"],
                     model_display_name=model_display_name,
                     pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                     serving_image=serving_image,
@@ -372,6 +402,7 @@ def build_pipeline(
             model_version=dsl.OneOf(upload.outputs["Output"], rejected.output),
             endpoint=dsl.OneOf(deploy.outputs["Output"], rejected.output),
             report=evaluate.outputs["report"],
+            evaluation=evaluate.outputs["summary"],
         )
 
     return training_pipeline

@@ -24,7 +24,11 @@ import yaml
 from google_cloud_pipeline_components import _placeholders
 
 from components import PIPELINE_IMAGE, is_placeholder_image, serving_image_beside
-from components.lib.data.demo import make_demo_dataset
+from components.lib.data.demo import (
+    DEMO_ENDPOINT_DISPLAY_NAME,
+    DEMO_MODEL_DISPLAY_NAME,
+    make_demo_dataset,
+)
 from components.lib.modelling.variants import BACKBONES
 from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
 from components.lib.targets import resolve_target
@@ -587,7 +591,14 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     arguments = _arguments(args, parameters)
     if "data_uri" not in arguments:
         arguments["data_uri"] = make_demo_dataset(os.path.join(state_dir, "demo-data"))
-        print(f"using the offline demo dataset at {arguments['data_uri']}", file=sys.stderr)
+        arguments.setdefault("model_display_name", DEMO_MODEL_DISPLAY_NAME)
+        arguments.setdefault("endpoint_display_name", DEMO_ENDPOINT_DISPLAY_NAME)
+        print(
+            f"using the offline demo dataset at {arguments['data_uri']}, registered as "
+            f"{arguments['model_display_name']!r} on endpoint "
+            f"{arguments['endpoint_display_name']!r}",
+            file=sys.stderr,
+        )
     arguments.update(target)
 
     kfp.local.init(
@@ -619,10 +630,21 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         _existing_endpoint(state_dir, values) if values["target"] == LOCAL else None
     )
     champion_accuracy = outputs["champion_accuracy"]
+    evaluation = outputs["evaluation"]
     return {
         "accuracy": outputs["accuracy"],
+        "accuracy_ci95": evaluation["accuracy_ci95"],
+        "eval_images": int(evaluation["eval_images"]),
+        "eval_split": evaluation["eval_split"],
         "champion_accuracy": champion_accuracy if champion_accuracy >= 0 else None,
+        "champion_status": evaluation["champion_status"],
+        "champion": evaluation["champion"],
+        "paired_test": evaluation.get("paired_test"),
+        "temperature": evaluation.get("temperature"),
+        "ece_before": evaluation.get("ece_before"),
+        "ece_after": evaluation.get("ece_after"),
         "min_accuracy": values["min_accuracy"],
+        "gate_rule": evaluation["gate"]["rule"],
         "deployed": bool(outputs["deployed"]),
         "decision": outputs["decision"],
         "model_version": outputs["model_version"] or None,
@@ -693,10 +715,22 @@ class PipelineFailed(Exception):
 
 def _print_summary(summary: dict[str, Any]) -> None:
     steps = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in summary["step_seconds"].items())
-    champion = summary["champion_accuracy"]
+    low, high = summary["accuracy_ci95"]
+    calibration = (
+        f"ECE {summary['ece_before']:.4f} -> {summary['ece_after']:.4f} (temperature "
+        f"{summary['temperature']:.3f}, 15 bins)"
+        if summary["ece_before"] is not None
+        else "not calibrated (no validation split)"
+    )
     rows = [
-        ("accuracy", f"{summary['accuracy']:.4f} (required {summary['min_accuracy']})"),
-        ("champion", "none served" if champion is None else f"{champion:.4f} (served before)"),
+        (
+            "accuracy",
+            f"{summary['accuracy']:.4f} on {summary['eval_images']} photos, 95% CI "
+            f"{low:.4f}-{high:.4f} (required {summary['min_accuracy']})",
+        ),
+        ("eval split", summary["eval_split"] or "the eval split"),
+        ("champion", summary["champion"]),
+        ("calibration", calibration),
         ("decision", summary["decision"]),
         ("model version", summary["model_version"] or "none registered"),
         ("endpoint", summary["endpoint"] or "none"),

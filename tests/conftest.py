@@ -111,6 +111,25 @@ def convert_photos(class_dir: Path) -> dict[str, str]:
     return names
 
 
+def scored(right: list[bool], classes: tuple[str, ...] = ("a", "b")):
+    """An Evaluation of photos ``p000.jpg``, ... (all of the first class) that the model got
+    right where ``right`` says so, with the probabilities it served."""
+    from components.lib.evaluation.metrics import Evaluation
+
+    wrong = sum(not r for r in right)
+    matrix = [[len(right) - wrong, wrong, *[0] * (len(classes) - 2)]]
+    matrix += [[0] * len(classes) for _ in classes[1:]]
+    probabilities = np.full((len(right), len(classes)), 0.1 / (len(classes) - 1))
+    probabilities[np.arange(len(right)), np.where(right, 0, 1)] = 0.9
+    return Evaluation(
+        list(classes),
+        matrix,
+        photos=tuple(f"p{index:03d}.jpg" for index in range(len(right))),
+        labels=(0,) * len(right),
+        probabilities=probabilities,
+    )
+
+
 @pytest.fixture
 def layout_dir(tmp_path: Path) -> Path:
     return make_layout(tmp_path / "data")

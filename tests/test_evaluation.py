@@ -1,4 +1,5 @@
-"""Metrics from the confusion matrix, and the deploy decision."""
+"""Metrics from the confusion matrix, the accuracy interval, the paired test, calibration, and
+the deploy decision without a champion."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ import numpy as np
 import pytest
 
 from components.lib.evaluation.metrics import (
+    NO_CHAMPION,
+    Champion,
     ClassMismatchError,
     Evaluation,
+    GateRule,
     confusion_matrix,
     deployment_decision,
     evaluate_saved_model,
 )
-from tests.conftest import make_layout
+from components.lib.evaluation.statistics import mcnemar_exact, wilson_interval
+from components.lib.modelling.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    scale,
+)
+from tests.conftest import make_layout, scored
 
 
 def test_confusion_matrix_rows_are_true_classes() -> None:
@@ -44,17 +54,64 @@ def test_f1_per_class_and_macro() -> None:
 
 
 @pytest.mark.parametrize(
-    ("accuracy", "required", "deploy", "words"),
+    ("right", "required", "deploy", "words"),
     [
-        (0.85, 0.80, True, "0.8500 >= required 0.8000, no champion serving: deploy"),
-        (0.80, 0.80, True, ">= required"),
-        (0.79, 0.80, False, "0.7900 < required 0.8000: not deployed"),
+        (85, 0.80, True, "accuracy 0.8500 >= required 0.8000, no champion serving: deploy"),
+        (80, 0.80, True, ">= required"),
+        (79, 0.80, False, "accuracy 0.7900 < required 0.8000: not deployed"),
     ],
 )
-def test_deployment_decision(accuracy: float, required: float, deploy: bool, words: str) -> None:
-    decided, reason = deployment_decision(accuracy, required)
-    assert decided is deploy
-    assert words in reason
+def test_deployment_decision_without_champion(
+    right: int, required: float, deploy: bool, words: str
+) -> None:
+    evaluation = scored([True] * right + [False] * (100 - right))
+    decision = deployment_decision(evaluation, Champion(NO_CHAMPION), GateRule(required))
+    assert decision.deploy is deploy
+    assert words in decision.reason
+
+
+def test_wilson_interval_matches_published_values() -> None:
+    """Newcombe (1998), table I: 0/10 and 5/10; an accuracy near 1 stays below 1."""
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    low, high = wilson_interval(96, 97)
+    assert 0.94 < low < 96 / 97 < high < 1.0
+    assert scored([True] * 96 + [False]).accuracy_interval == (low, high)
+
+
+@pytest.mark.parametrize(
+    ("only_first", "only_second", "p_value"),
+    [(1, 0, 1.0), (0, 0, 1.0), (0, 5, 0.0625), (6, 0, 0.03125), (10, 1, 24 / 2048)],
+)
+def test_exact_mcnemar_p_values(only_first: int, only_second: int, p_value: float) -> None:
+    assert mcnemar_exact(only_first, only_second) == pytest.approx(p_value)
+    assert mcnemar_exact(only_second, only_first) == pytest.approx(p_value)
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    # Two bins used: confidence 0.95 (2 right of 2) and 0.55 (1 right of 2).
+    probabilities = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.45, 0.55]])
+    labels = np.array([0, 0, 0, 0])
+    expected = 0.5 * abs(1.0 - 0.95) + 0.5 * abs(0.5 - 0.55)
+    assert expected_calibration_error(probabilities, labels) == pytest.approx(expected)
+
+
+def test_temperature_fitted_to_overconfident_probabilities_recovers_it() -> None:
+    """Labels drawn from softmax(z); a model that says softmax(2z) is fitted T close to 2, and
+    its calibration error drops; the predicted classes never change."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (20000, 4))
+    truth = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(4, p=row) for row in truth])
+    overconfident = scale(truth, 0.5)
+
+    temperature = fit_temperature(overconfident, labels)
+
+    assert temperature == pytest.approx(2.0, rel=0.05)
+    calibrated = scale(overconfident, temperature)
+    assert (calibrated.argmax(axis=1) == overconfident.argmax(axis=1)).all()
+    before = expected_calibration_error(overconfident, labels)
+    assert expected_calibration_error(calibrated, labels) < before / 4
 
 
 def test_evaluate_demo_model_through_serving_signature(
@@ -74,3 +131,16 @@ def test_evaluate_refuses_data_with_other_classes(demo_model_dir: Path, tmp_path
     other = make_layout(tmp_path / "other")
     with pytest.raises(ClassMismatchError, match="trained on classes"):
         evaluate_saved_model(str(demo_model_dir), str(other))
+
+
+def test_temperature_of_a_validation_split_without_errors_stays_finite() -> None:
+    """40 photos all right, each at 0.9 (label smoothing's ceiling): the temperature sharpens them
+    to about Laplace's 41/42, not to certainty."""
+    probabilities = np.tile([0.9, 0.025, 0.025, 0.025, 0.025], (40, 1))
+    labels = np.zeros(40, dtype=int)
+
+    temperature = fit_temperature(probabilities, labels)
+
+    confidence = scale(probabilities, temperature).max(axis=1)
+    assert 0.2 < temperature < 0.9
+    assert confidence == pytest.approx(np.full(40, 41 / 42), abs=1e-3)

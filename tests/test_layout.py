@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components.lib.data.layout import (
-    DataLayoutError,
-    discover_layout,
-    download_dataset,
-    redact_uri,
-)
+from components.lib.data.layout import DataLayoutError, discover_layout, redact_uri
+from components.lib.data.sources import download_dataset
 from tests.conftest import make_layout
 
 

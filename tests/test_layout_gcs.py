@@ -1,15 +1,23 @@
-"""The download step on ``gs://`` through the real gcsfs client, against the GCS emulator."""
+"""The download step on ``gs://`` (folders and import files) through the real gcsfs client,
+against the GCS emulator."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import fsspec
 import pytest
 from google.cloud import storage
 
-from components.lib.data.layout import DataLayoutError, DatasetLayout, download_dataset
+from components.lib.data.layout import DataLayoutError, DatasetLayout
+from components.lib.data.sources import (
+    BadRow,
+    download_dataset,
+    fingerprint_source,
+    read_bad_rows,
+)
 from tests.conftest import GCS_BUCKET, make_layout, upload_folder
 
 
@@ -113,3 +121,49 @@ def test_bucket_to_bucket_steps_write_what_the_folder_steps_write(
     for name in names:
         local = Path(runs["folder"], "records", name).read_bytes()
         assert fs.cat_file(f"{runs['gcs']}/records/{name}") == local
+
+
+def test_vertex_import_files_in_a_bucket_list_gs_images(
+    emulated_gcs: storage.Client, tmp_path: Path
+) -> None:
+    """A Vertex AI import CSV and JSONL in the bucket, naming gs:// images (one missing, one
+    relative to the file), give the same copy as the folder, and the missing row by its line."""
+    folder = make_layout(tmp_path / "data", {"0red": 3, "1blue": 2})
+    data_uri = upload_folder(emulated_gcs, folder, f"import-{tmp_path.name}")
+    rows, records = [], []
+    for split, ml_use in (("train", "training"), ("eval", "test")):
+        for name in ("0red", "1blue"):
+            for photo in sorted((folder / split / name).iterdir()):
+                uri = f"{data_uri}/{split}/{name}/{photo.name}"
+                rows.append(f"{ml_use},{uri},{name}")
+                records.append(
+                    {
+                        "imageGcsUri": uri,
+                        "classificationAnnotation": {"displayName": name},
+                        "dataItemResourceLabels": {"aiplatform.googleapis.com/ml_use": ml_use},
+                    }
+                )
+    rows[0] = rows[0].replace(f"{data_uri}/", "")  # relative to the import file's folder
+    rows.insert(2, f"training,{data_uri}/train/0red/missing.jpg,0red")
+    bucket = emulated_gcs.bucket(GCS_BUCKET)
+    prefix = data_uri.removeprefix(f"gs://{GCS_BUCKET}/")
+    bucket.blob(f"{prefix}/import.csv").upload_from_string("\n".join(rows))
+    bucket.blob(f"{prefix}/import.jsonl").upload_from_string(
+        "\n".join(json.dumps(record) for record in records)
+    )
+    from_folder = download_dataset(str(folder), str(tmp_path / "from-folder"))
+
+    for name in ("import.csv", "import.jsonl"):
+        from_gcs = download_dataset(f"{data_uri}/{name}", str(tmp_path / name))
+
+        assert from_gcs.counts() == from_folder.counts()
+        assert contents(from_gcs) == contents(from_folder)
+    assert read_bad_rows(str(tmp_path / "import.csv")) == [
+        BadRow(3, "missing_file", f"{data_uri}/train/0red/missing.jpg")
+    ]
+    assert read_bad_rows(str(tmp_path / "import.jsonl")) == []
+
+    first, count = fingerprint_source(f"{data_uri}/import.csv")
+    assert count == 10 and fingerprint_source(f"{data_uri}/import.csv")[0] == first
+    bucket.blob(f"{prefix}/train/1blue/000.jpg").upload_from_string(b"other bytes")
+    assert fingerprint_source(f"{data_uri}/import.csv")[0] != first, "an image replaced"

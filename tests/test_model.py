@@ -73,14 +73,18 @@ def test_same_seed_and_data_train_the_same_model(demo_data_dir: Path, tmp_path: 
     results = []
     for run in ("first", "second"):
         trained = train_classifier(dataset, config)
-        export_serving_model(trained.model, dataset.class_names, 64, str(tmp_path / run))
-        results.append(
-            (trained.history, evaluate_saved_model(str(tmp_path / run), str(demo_data_dir)))
+        export_serving_model(
+            trained.model, dataset.class_names, 64, str(tmp_path / run), trained.temperature
         )
+        results.append((trained, evaluate_saved_model(str(tmp_path / run), str(demo_data_dir))))
 
-    (first_history, first), (second_history, second) = results
+    (first_trained, first), (second_trained, second) = results
+    first_history = first_trained.history
     assert set(first_history) >= {"head_val_loss", "fine_tune_loss", "fine_tune_val_accuracy"}
-    assert first_history == second_history
+    assert first_history == second_trained.history
+    assert first_trained.calibration == second_trained.calibration
+    assert first_trained.calibration["val_images"] == 8
+    assert first.temperature == first_trained.temperature != 1.0
     assert first.confusion_matrix == second.confusion_matrix
     assert first.accuracy == second.accuracy
     np.testing.assert_array_equal(np.asarray(first.confusion_matrix).sum(axis=1), [6, 6, 6, 6])

@@ -72,3 +72,39 @@ def test_bad_bytes_are_named_by_index(serving: ServingModel, demo_data_dir: Path
     with pytest.raises(InvalidImageError) as raised:
         serving.predict([good, b"this is text", good, good[:30]])
     assert raised.value.indices == [1, 3]
+
+
+@pytest.mark.slow
+def test_calibration_temperature_is_applied_in_the_export(
+    demo_data_dir: Path, tmp_path: Path
+) -> None:
+    """The same weights exported with T = 0.5 serve softmax(log p / 0.5) of the uncalibrated
+    export's probabilities, with the same classes, through tf.saved_model.load and through TF
+    Serving's session loader alike; calibration.json records T."""
+    from components.lib.data.records import preprocess_dataset
+    from components.lib.modelling.calibration import read_temperature, scale
+    from components.lib.modelling.model import (
+        TrainingConfig,
+        export_serving_model,
+        train_classifier,
+    )
+    from components.lib.serving.tf_serving import TFServingModel
+
+    dataset = preprocess_dataset(str(demo_data_dir), str(tmp_path / "records"), image_size=32)
+    trained = train_classifier(dataset, TrainingConfig(epochs=1, fine_tune_epochs=0))
+    for name, temperature in (("raw", 1.0), ("calibrated", 0.5)):
+        export_serving_model(
+            trained.model, dataset.class_names, 32, str(tmp_path / name), temperature
+        )
+    photos = [p.read_bytes() for p in sorted(demo_data_dir.glob("eval/*/*"))[:6]]
+
+    raw = ServingModel(str(tmp_path / "raw")).predict(photos)
+    calibrated = ServingModel(str(tmp_path / "calibrated")).predict(photos)
+
+    np.testing.assert_allclose(calibrated.probabilities, scale(raw.probabilities, 0.5), atol=1e-5)
+    assert calibrated.classes.tolist() == raw.classes.tolist()
+    assert read_temperature(str(tmp_path / "calibrated")) == 0.5
+    with TFServingModel(str(tmp_path / "calibrated")) as tf_serving:
+        classes, probabilities = tf_serving(photos)
+    np.testing.assert_allclose(probabilities, calibrated.probabilities, atol=1e-6)
+    assert classes.tolist() == raw.classes.tolist()

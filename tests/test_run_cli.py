@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from components.lib.serving.prediction import ServingModel
+from components.lib.targets.local import EndpointRegistry, ModelRegistry
 from pipeline.run import UsageError, parse_params
 from tests.conftest import ROOT, make_layout, run_cli
 
@@ -51,20 +52,48 @@ def test_bad_params_are_refused(assignment: str, message: str) -> None:
 
 
 @pytest.mark.slow
-def test_demo_default_runs_end_to_end(tmp_path: Path) -> None:
-    result = run_cli("--local", "--state-dir", str(tmp_path / "state"), "--json")
+def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
+    tmp_path: Path,
+) -> None:
+    """The demo registers and serves under its own names: a beer model served in the same state
+    folder keeps its endpoint and registry record byte for byte."""
+    state = tmp_path / "state"
+    beer_model = tmp_path / "beer-model"
+    beer_model.mkdir()
+    (beer_model / "saved_model.pb").write_bytes(b"never read by the demo run")
+    version = ModelRegistry(str(state), "local-project", "europe-west1").upload_version(
+        "beer-classifier", str(beer_model), {}, {}
+    )
+    EndpointRegistry(str(state), "local-project", "europe-west1").deploy(
+        "beer-classifier-endpoint", version
+    )
+    beer_records = {
+        path: path.read_bytes()
+        for path in (
+            state / "endpoints/beer-classifier-endpoint.json",
+            state / "models/beer-classifier/model.json",
+        )
+    }
+
+    result = run_cli("--local", "--state-dir", str(state), "--json")
+
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["deployed"] is True
     assert summary["accuracy"] >= 0.9
-    assert summary["champion_accuracy"] is None
+    assert summary["champion_accuracy"] is None and summary["champion"] == "none served"
     assert summary["decision"].endswith("no champion serving: deploy")
     assert 'id="confusion-matrix"' in Path(summary["report"]).read_text()
     assert f"report         {summary['report']}" in result.stdout
-    assert summary["model_version"].endswith("/models/beer-classifier@1")
+    assert summary["model_version"].endswith("/models/demo-classifier@1")
     assert summary["endpoint"] == (
-        "projects/local-project/locations/europe-west1/endpoints/beer-classifier-endpoint"
+        "projects/local-project/locations/europe-west1/endpoints/demo-classifier-endpoint"
     )
+    assert "registered as 'demo-classifier' on endpoint 'demo-classifier-endpoint'" in (
+        result.stderr
+    )
+    for path, content in beer_records.items():
+        assert path.read_bytes() == content, path
     assert set(summary["step_seconds"]) == {
         "fingerprint-data",
         "resolve-target",
@@ -163,12 +192,12 @@ def test_two_runs_at_once_against_one_registry_record_both_versions(tmp_path: Pa
 
     versions = sorted(summary["model_version"].rsplit("@", 1)[1] for summary in summaries)
     assert versions == ["1", "2"]
-    record = json.loads((state / "models/beer-classifier/model.json").read_text())
+    record = json.loads((state / "models/demo-classifier/model.json").read_text())
     assert [v["versionId"] for v in record["versions"]] == ["1", "2"]
     assert len({v["sourceUri"] for v in record["versions"]}) == 2
     for version in record["versions"]:
         assert ServingModel(version["artifactUri"]).class_names[1] == "1cat"
-    endpoint = json.loads((state / "endpoints/beer-classifier-endpoint.json").read_text())
+    endpoint = json.loads((state / "endpoints/demo-classifier-endpoint.json").read_text())
     assert endpoint["deployedModels"][0]["modelVersionId"] in versions
 
 

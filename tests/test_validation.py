@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from components.lib.data.layout import download_dataset
+from components.lib.data.sources import download_dataset
 from components.lib.data.validation import DataValidationError, validate_dataset
 from tests.conftest import add_bad_files, convert_photos, make_layout
 

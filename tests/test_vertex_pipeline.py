@@ -190,7 +190,11 @@ def test_third_run_on_unchanged_photos_neither_registers_nor_deploys(
         "deploy-model",
         "report-not-deployed",
     }, "download..train are cached on unchanged photos (their fingerprint says so)"
-    assert summary["accuracy"] == pytest.approx(summary["champion_accuracy"])
+    before = second["summary"]
+    assert summary["accuracy"] == pytest.approx(before["accuracy"]), "the same (cached) model"
+    serving = before["accuracy"] if before["deployed"] else before["champion_accuracy"]
+    assert summary["champion_accuracy"] == pytest.approx(serving), "what the endpoint serves"
+    assert summary["deployed"] is False
 
 
 def test_the_endpoint_scores_the_eval_photos_in_the_challenge_format(

@@ -217,7 +217,12 @@ def test_steps_output_vertex_artifacts_for_lineage(
         model=dsl.Model(uri="gs://bucket/root/train-model/model"),
         accuracy=0.95,
         champion_accuracy=0.93,
-        decision="accuracy 0.9500 >= required 0.8000 and >= champion 0.9300: deploy",
+        decision="accuracy 0.9500 >= required 0.8000; vs champion 0.9300: deploy",
+        evaluation={
+            "champion_status": "compared",
+            "paired_test": {"p_value": 0.25},
+            "gate": {"min_accuracy": 0.8, "max_regression": 0.01, "allow_class_change": False},
+        },
         model_display_name="beer",
         pipeline_job="beer-classifier-training-20261121",
         serving_image="",
@@ -233,7 +238,18 @@ def test_steps_output_vertex_artifacts_for_lineage(
     assert [port.container_port for port in container.ports] == [8080]
     assert "beer-classifier-training-20261121" in request.model.version_aliases
     assert request.model.labels["champion_accuracy"] == "0-9300"
-    assert request.model.version_description.endswith("champion 0.9300: deploy")
+    assert {key: request.model.labels[key] for key in request.model.labels if "gate" in key} == {
+        "gate_min_accuracy": "0-8000",
+        "gate_max_regression": "0-0100",
+        "gate_allow_class_change": "false",
+        "gate_test": "mcnemar-exact",
+    }
+    assert request.model.labels["mcnemar_p"] == "0-2500"
+    assert request.model.labels["champion_status"] == "compared"
+    assert request.model.version_description.startswith(
+        "accuracy 0.9500 >= required 0.8000; vs champion 0.9300: deploy. Rule: deploy when "
+        "accuracy >= 0.8000 and"
+    )
     assert vertex_model.metadata == {"resourceName": version}
     assert vertex_model.uri == f"https://{VERTEX_LOCATION}-aiplatform.googleapis.com/v1/{version}"
 

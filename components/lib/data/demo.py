@@ -22,6 +22,9 @@ DEMO_CLASSES: dict[str, str] = {
 }
 DEMO_COUNTS: dict[str, int] = {"train": 16, "eval": 6}
 DEMO_IMAGE_SIZE = 160
+DEMO_MODEL_DISPLAY_NAME = "demo-classifier"
+DEMO_ENDPOINT_DISPLAY_NAME = "demo-classifier-endpoint"
+"""The demo registers and serves under its own names, so it never replaces a real model."""
 
 
 def _random_view(photo: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -1,7 +1,9 @@
-"""Find, check and copy a dataset in the challenge layout: ``<root>/{train,eval}/<class>/<image>``.
+"""Find, check and copy a dataset in the folder layout: ``<root>/{train,eval}/<class>/<image>``.
 
 The same code reads a local folder and a ``gs://`` bucket: fsspec picks the file system from the URI
-(gcsfs for ``gs://``), so the layout rules cannot drift between the two.
+(gcsfs for ``gs://``), so the layout rules cannot drift between the two. Every data source
+(``sources.py``) ends as this listing, and the copy is always written in this layout, which is
+what validation, preprocessing and evaluation read.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import logging
 import os
 import urllib.parse
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,12 +29,13 @@ IGNORED_FILES = "ignored_files.json"
 
 
 class DataLayoutError(ValueError):
-    """The data does not follow ``{train,eval}/<class>/<image>``; the message says how to fix it."""
+    """The data cannot be read as a dataset; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
 class DatasetLayout:
-    """Image paths per split and class, with classes in index order (sorted folder names)."""
+    """Image paths per split and class (the in-memory listing every data source produces);
+    classes in index order: their names sorted by Unicode code point, as Python sorts strings."""
 
     root: str
     files: Mapping[str, Mapping[str, list[str]]]
@@ -91,8 +95,13 @@ def _open_root(data_uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 _CONTENT_KEYS = ("md5Hash", "crc32c", "ETag", "etag", "generation", "mtime", "LastModified")
 
 
+def content_id(info: Mapping) -> str:
+    """``key=value`` of the first of ``_CONTENT_KEYS`` that a listing entry carries."""
+    return next((f"{key}={info[key]}" for key in _CONTENT_KEYS if info.get(key)), "")
+
+
 def fingerprint_data(data_uri: str) -> tuple[str, int]:
-    """A hash of what training would read under ``data_uri``, and the number of images.
+    """A hash of what training would read under the folder ``data_uri``, and the number of images.
 
     One listing (no file is read): the path of every image of the layout relative to
     ``data_uri``, its size and its content id (``_CONTENT_KEYS``). Adding, removing or replacing
@@ -107,17 +116,19 @@ def fingerprint_data(data_uri: str) -> tuple[str, int]:
             continue
         if _is_hidden(path) or not is_image_file(path):
             continue
-        content = next((f"{k}={info[k]}" for k in _CONTENT_KEYS if info.get(k)), "")
-        lines.append(f"{'/'.join(parts)}\t{info.get('size')}\t{content}")
+        lines.append(f"{'/'.join(parts)}\t{info.get('size')}\t{content_id(info)}")
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
     return f"sha256:{digest}", len(lines)
 
 
-def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLayout]:
+def discover_layout(
+    data_uri: str, eval_optional: bool = False
+) -> tuple[fsspec.AbstractFileSystem, DatasetLayout]:
     """List every image under ``data_uri`` and check the layout before anything is copied.
 
-    Raises DataLayoutError naming the missing or inconsistent part, so a wrong URI or a
-    half-uploaded bucket fails in seconds instead of after training.
+    With ``eval_optional`` a folder without ``eval/`` lists its ``train`` split only (the data
+    source then carves one). Raises DataLayoutError naming the missing or inconsistent part, so a
+    wrong URI or a half-uploaded bucket fails in seconds instead of after training.
     """
     shown = redact_uri(data_uri)
     fs, root = _open_root(data_uri)
@@ -126,6 +137,8 @@ def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLa
     ignored: list[str] = []
     for split in SPLITS:
         split_dir = _join(fs, root, split)
+        if split != SPLITS[0] and eval_optional and not fs.isdir(split_dir):
+            continue
         if not fs.isdir(split_dir):
             raise DataLayoutError(
                 f"split folder {split!r} is missing under {shown!r}; expected "
@@ -148,20 +161,22 @@ def discover_layout(data_uri: str) -> tuple[fsspec.AbstractFileSystem, DatasetLa
             files[split][class_dir.rsplit(fs.sep, 1)[-1]] = [p for p in names if is_image_file(p)]
             ignored += [p[len(root) + 1 :] for p in names if not is_image_file(p)]
 
-    _check_classes(shown, files)
+    check_classes(shown, files)
     return fs, DatasetLayout(root=root, files=files, ignored=tuple(ignored))
 
 
-def _check_classes(data_uri: str, files: Mapping[str, Mapping[str, list[str]]]) -> None:
-    reference, other = (set(files[split]) for split in SPLITS)
+def check_classes(data_uri: str, files: Mapping[str, Mapping[str, list[str]]]) -> None:
+    """Every class has images in every split that ``files`` holds; DataLayoutError otherwise."""
     problems = []
-    for split, missing in ((SPLITS[1], reference - other), (SPLITS[0], other - reference)):
-        if missing:
-            problems.append(f"class folder(s) {sorted(missing)} missing from split {split!r}")
+    if all(split in files for split in SPLITS):
+        reference, other = (set(files[split]) for split in SPLITS)
+        for split, missing in ((SPLITS[1], reference - other), (SPLITS[0], other - reference)):
+            if missing:
+                problems.append(f"class(es) {sorted(missing)} missing from split {split!r}")
     for split, classes in files.items():
         empty = sorted(name for name, paths in classes.items() if not paths)
         if empty:
-            problems.append(f"class folder(s) {empty} in split {split!r} hold no images")
+            problems.append(f"class(es) {empty} in split {split!r} hold no images")
     if problems:
         raise DataLayoutError(
             f"data under {data_uri!r} is not usable: " + "; ".join(problems) + ". Every class "
@@ -170,24 +185,34 @@ def _check_classes(data_uri: str, files: Mapping[str, Mapping[str, list[str]]]) 
         )
 
 
-def download_dataset(data_uri: str, destination: str) -> DatasetLayout:
-    """Copy the images of ``data_uri`` into ``destination`` (a folder or ``gs://``) in the same
-    layout; returns the layout of the copy.
+def target_names(paths: list[str], sep: str) -> list[str]:
+    """File names for one class folder of the copy: each path's own name, prefixed with its
+    position when another path of the class has the same name (import files may list
+    ``a/1.jpg`` and ``b/1.jpg``), and given ``.jpg`` when it has no image extension (validation
+    then judges the content, as for every other file)."""
+    names = [path.rsplit(sep, 1)[-1] for path in paths]
+    repeated = {name for name, count in Counter(names).items() if count > 1}
+    return [
+        (f"{index:06d}-{name}" if name in repeated else name)
+        + ("" if is_image_file(name) else ".jpg")
+        for index, name in enumerate(names)
+    ]
+
+
+def copy_dataset(
+    fs: fsspec.AbstractFileSystem, layout: DatasetLayout, destination: str
+) -> DatasetLayout:
+    """Copy the images that ``layout`` lists (on ``fs``) into ``destination`` (a folder or
+    ``gs://``) as ``<split>/<class>/<image>``; returns the layout of the copy.
 
     One bulk call for the whole dataset, which gcsfs runs as many concurrent requests: a
     bucket-to-bucket copy stays inside Cloud Storage (no bytes through this machine, nor one
     object at a time through the ``/gcs`` mount), a bucket-to-folder copy downloads in parallel.
     """
-    fs, layout = discover_layout(data_uri)
     target_fs, target_root = url_to_fs(destination)
     target_root = target_root.rstrip(target_fs.sep)
     total = sum(len(paths) for classes in layout.files.values() for paths in classes.values())
-    logger.info(
-        "copying %d images of %d classes from %s",
-        total,
-        len(layout.class_names),
-        redact_uri(data_uri),
-    )
+    logger.info("copying %d images of %d classes", total, len(layout.class_names))
     sources: list[str] = []
     copied: dict[str, dict[str, list[str]]] = {}
     for split, classes in layout.files.items():
@@ -197,7 +222,7 @@ def download_dataset(data_uri: str, destination: str) -> DatasetLayout:
             target_fs.makedirs(target_dir, exist_ok=True)
             sources += paths
             copied[split][class_name] = [
-                _join(target_fs, target_dir, path.rsplit(fs.sep, 1)[-1]) for path in paths
+                _join(target_fs, target_dir, name) for name in target_names(paths, fs.sep)
             ]
         logger.info("%s: %s", split, layout.counts()[split])
     targets = [path for classes in copied.values() for paths in classes.values() for path in paths]

@@ -32,6 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from components.lib.data.images import decode_and_resize
 from components.lib.data.layout import SPLITS, discover_layout
+from components.lib.data.splits import holdout
 from components.lib.data.tasks import run_tasks
 from components.lib.storage import filesystem, read_files
 
@@ -88,11 +89,10 @@ def carve_validation(
         raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
     train, validation = [], []
     for label in sorted({label for _, label in labelled_paths}):
-        paths = sorted(path for path, path_label in labelled_paths if path_label == label)
-        random.Random(f"{seed}-{label}").shuffle(paths)
-        count = min(len(paths) - 1, max(1, round(fraction * len(paths)))) if fraction else 0
-        validation += [(path, label) for path in paths[:count]]
-        train += [(path, label) for path in paths[count:]]
+        paths = [path for path, path_label in labelled_paths if path_label == label]
+        kept, held_out = holdout(paths, fraction, f"{seed}-{label}")
+        validation += [(path, label) for path in held_out]
+        train += [(path, label) for path in kept]
     return train, validation
 
 

@@ -23,6 +23,12 @@ from fsspec.core import url_to_fs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from components.lib.data.layout import IGNORED_FILES, SPLITS, discover_layout
+from components.lib.data.sources import (
+    BAD_ROW_REASONS,
+    SOURCE_FILE,
+    BadRow,
+    read_bad_rows,
+)
 from components.lib.storage import read_files
 
 logger = logging.getLogger(__name__)
@@ -46,20 +52,24 @@ CONVERSIONS: dict[str, str] = {
 IMBALANCE_RATIO = 3.0
 IO_THREADS = 16
 READ_CHUNK = 64
+MIN_CLASSES = 2
 
 
 class DataValidationError(ValueError):
-    """Too much of the data is unusable, or a class has no usable image left."""
+    """Too much of the data is unusable, a class has no usable image left, or there are fewer
+    than two classes."""
 
 
 @dataclass
 class ValidationReport:
-    """Usable images per split and class, and every skipped or converted file by reason."""
+    """Usable images per split and class, every skipped or converted file by reason, and the
+    import file's rows that were skipped (by line number)."""
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     converted: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     warnings: list[str] = field(default_factory=list)
+    bad_rows: list[BadRow] = field(default_factory=list)
 
     @property
     def usable(self) -> int:
@@ -67,7 +77,7 @@ class ValidationReport:
 
     @property
     def unusable(self) -> int:
-        return sum(len(paths) for paths in self.skipped.values())
+        return sum(len(paths) for paths in self.skipped.values()) + len(self.bad_rows)
 
     @property
     def unusable_share(self) -> float:
@@ -80,6 +90,7 @@ class ValidationReport:
             "skipped": dict(self.skipped),
             "converted": dict(self.converted),
             "warnings": self.warnings,
+            "bad_rows": [str(row) for row in self.bad_rows],
             "usable": self.usable,
             "unusable": self.unusable,
             "unusable_share": round(self.unusable_share, 4),
@@ -94,6 +105,10 @@ class ValidationReport:
             if not paths:
                 continue
             lines.append(f"skipped, {SKIP_REASONS[reason]}: {len(paths)}: {', '.join(paths)}")
+        for reason, words in BAD_ROW_REASONS.items():
+            numbers = [str(row.line) for row in self.bad_rows if row.reason == reason]
+            if numbers:
+                lines.append(f"skipped row, {words}: {len(numbers)}: line {', '.join(numbers)}")
         for kind, paths in self.converted.items():
             lines.append(f"converted, {CONVERSIONS[kind]}: {len(paths)}")
         return lines + [f"warning: {warning}" for warning in self.warnings]
@@ -114,6 +129,12 @@ class ValidationReport:
                 for name in classes
             ],
         ]
+        if self.bad_rows:
+            rows += ["", "## Skipped rows of the import file", ""]
+            rows += [
+                f"- line {row.line}: **{BAD_ROW_REASONS[row.reason]}**: `{row.detail}`"
+                for row in self.bad_rows
+            ]
         for title, groups, words in (
             ("Skipped files", self.skipped, SKIP_REASONS),
             ("Converted files", self.converted, CONVERSIONS),
@@ -207,7 +228,11 @@ def validate_dataset(
     fs, layout = discover_layout(raw_dir)
     output_fs, output_root = url_to_fs(output_dir)
     output_root = output_root.rstrip("/")
-    report = ValidationReport()
+    report = ValidationReport(bad_rows=read_bad_rows(raw_dir))
+    source_path = f"{layout.root}/{SOURCE_FILE}"
+    if fs.exists(source_path):
+        output_fs.makedirs(output_root, exist_ok=True)
+        output_fs.pipe_file(f"{output_root}/{SOURCE_FILE}", fs.cat_file(source_path))
     ignored_path = f"{layout.root}/{IGNORED_FILES}"
     if fs.exists(ignored_path):
         with fs.open(ignored_path) as file:
@@ -265,6 +290,13 @@ def validate_dataset(
 
 
 def _check(report: ValidationReport, max_unusable_share: float) -> None:
+    classes = sorted(report.counts[SPLITS[0]])
+    if len(classes) < MIN_CLASSES:
+        raise DataValidationError(
+            f"the data has {len(classes)} class {classes}: a classifier needs at least "
+            f"{MIN_CLASSES} classes to tell apart. Add images of the other classes (a folder, or "
+            "labelled rows, per class)"
+        )
     empty = [
         f"{split}/{name}"
         for split, classes in report.counts.items()

@@ -1,17 +1,22 @@
 """Score an exported model on the eval split through its serving signature, and decide on deploying.
 
 Scoring raw image bytes through the same signature the endpoint serves means the accuracy that
-gates a deployment is the accuracy users get.
+gates a deployment is the accuracy users get. The served model (the champion) is scored on the
+same photos, and the two are compared photo by photo (``PairedComparison``).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from components.lib.data.layout import discover_layout
+from components.lib.evaluation.rule import GateRule
+from components.lib.evaluation.statistics import SIGNIFICANCE, mcnemar_exact, wilson_interval
+from components.lib.modelling.calibration import expected_calibration_error, read_temperature, scale
 from components.lib.serving.prediction import ServingModel
 
 logger = logging.getLogger(__name__)
@@ -19,6 +24,14 @@ logger = logging.getLogger(__name__)
 
 class ClassMismatchError(ValueError):
     """The model was trained on other classes than the data it is asked to score."""
+
+    def __init__(self, model_classes: list[str], data_classes: list[str], split: str) -> None:
+        super().__init__(
+            f"the model was trained on classes {model_classes} but the {split} data has "
+            f"{data_classes}; evaluate on data with the same classes"
+        )
+        self.model_classes = model_classes
+        self.data_classes = data_classes
 
 
 @dataclass(frozen=True)
@@ -33,18 +46,55 @@ class Misclassified:
 
 @dataclass(frozen=True)
 class Evaluation:
+    """A model's scores on one eval split; with each photo's path, true class index and served
+    probabilities (``photos``, ``labels``, ``probabilities``) when it was scored photo by photo,
+    and the calibration ``temperature`` its export applies (None: not calibrated)."""
+
     class_names: list[str]
     confusion_matrix: list[list[int]]
     misclassified: tuple[Misclassified, ...] = ()
+    photos: tuple[str, ...] = ()
+    labels: tuple[int, ...] = ()
+    probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)
+    temperature: float | None = None
 
     @property
     def count(self) -> int:
         return int(np.sum(self.confusion_matrix))
 
     @property
+    def correct(self) -> int:
+        return int(np.trace(np.asarray(self.confusion_matrix)))
+
+    @property
     def accuracy(self) -> float:
-        matrix = np.asarray(self.confusion_matrix)
-        return float(np.trace(matrix) / matrix.sum()) if matrix.sum() else 0.0
+        return self.correct / self.count if self.count else 0.0
+
+    @property
+    def accuracy_interval(self) -> tuple[float, float]:
+        """The 95% Wilson interval of the accuracy."""
+        return wilson_interval(self.correct, self.count)
+
+    def right_by_photo(self) -> dict[str, bool]:
+        """Photo path -> whether the model classified it right."""
+        predicted = np.asarray(self.probabilities).argmax(axis=-1)
+        return {
+            photo: bool(guess == label)
+            for photo, guess, label in zip(self.photos, predicted, self.labels, strict=True)
+        }
+
+    def calibration_error(self) -> float | None:
+        """ECE (15 bins) of the probabilities the model serves; None when not scored by photo."""
+        if self.probabilities is None:
+            return None
+        return expected_calibration_error(self.probabilities, np.asarray(self.labels))
+
+    def uncalibrated_error(self) -> float | None:
+        """ECE the same model had before its temperature scaling; None when it has none."""
+        if self.probabilities is None or self.temperature is None:
+            return None
+        raw = scale(self.probabilities, 1 / self.temperature)
+        return expected_calibration_error(raw, np.asarray(self.labels))
 
     def _per_class(self, axis: int) -> dict[str, float]:
         matrix = np.asarray(self.confusion_matrix)
@@ -97,11 +147,8 @@ def evaluate_saved_model(
     model = ServingModel(model_dir)
     _, layout = discover_layout(data_dir)
     if layout.class_names != model.class_names:
-        raise ClassMismatchError(
-            f"the model was trained on classes {model.class_names} but the {split} data has "
-            f"{layout.class_names}; evaluate on data with the same class folders"
-        )
-    labels, predictions, misclassified = [], [], []
+        raise ClassMismatchError(model.class_names, layout.class_names, split)
+    labels, predictions, misclassified, photos, served = [], [], [], [], []
     for index, name in enumerate(layout.class_names):
         paths = layout.files[split][name]
         for start in range(0, len(paths), batch_size):
@@ -122,11 +169,17 @@ def evaluate_saved_model(
                     )
             predictions.extend(predicted.classes.tolist())
             labels.extend([index] * len(batch))
+            photos.extend(batch_paths)
+            served.extend(predicted.probabilities)
     matrix = confusion_matrix(np.asarray(labels), np.asarray(predictions), len(model.class_names))
     evaluation = Evaluation(
         class_names=model.class_names,
         confusion_matrix=matrix.tolist(),
         misclassified=tuple(misclassified),
+        photos=tuple(photos),
+        labels=tuple(labels),
+        probabilities=np.asarray(served, dtype=np.float64),
+        temperature=read_temperature(model.model_dir),
     )
     logger.info(
         "%s: %s accuracy %.4f on %d images", role, split, evaluation.accuracy, evaluation.count
@@ -134,37 +187,155 @@ def evaluate_saved_model(
     return evaluation
 
 
-def evaluate_champion(model_dir: str | None, data_dir: str) -> Evaluation | None:
-    """Score the served model on the same data as the challenger; None when nothing serves or
-    the champion knows other classes (then it cannot be compared, and the challenger may replace
-    it on its own merit)."""
+NO_CHAMPION, COMPARED, NOT_COMPARABLE = "none", "compared", "not_comparable"
+
+
+@dataclass(frozen=True)
+class Champion:
+    """What the endpoint serves now, as evaluate found it: nothing (``NO_CHAMPION``), a model
+    scored on the same photos (``COMPARED``), or a model that cannot be scored on them
+    (``NOT_COMPARABLE``: other classes), with the reason in words."""
+
+    status: str
+    evaluation: Evaluation | None = None
+    reason: str = ""
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.evaluation.accuracy if self.evaluation else None
+
+    def describe(self) -> str:
+        """One line for the run summary, the metrics and the report."""
+        if self.status == NO_CHAMPION:
+            return "none served"
+        if self.status == NOT_COMPARABLE:
+            return f"a model serves but could not be compared: {self.reason}"
+        evaluation = self.evaluation
+        return (
+            f"{evaluation.accuracy:.4f} ({evaluation.correct} of {evaluation.count}), the served "
+            "model on the same photos"
+        )
+
+
+def evaluate_champion(model_dir: str | None, data_dir: str) -> Champion:
+    """Score the served model on the same data as the challenger; not comparable when it knows
+    other classes (the reason names them: the gate then keeps it unless told otherwise)."""
     if model_dir is None:
         logger.info("no champion: nothing is served on the endpoint yet")
-        return None
+        return Champion(NO_CHAMPION)
     try:
-        return evaluate_saved_model(
+        champion = evaluate_saved_model(
             model_dir, data_dir, role=f"served model (champion, at {model_dir})"
         )
     except ClassMismatchError as error:
-        logger.warning("champion not compared: %s", error)
-        return None
+        reason = (
+            f"it was trained on {len(error.model_classes)} classes {error.model_classes}, this "
+            f"model on {len(error.data_classes)} {error.data_classes}"
+        )
+        logger.warning("champion not compared: %s", reason)
+        return Champion(NOT_COMPARABLE, reason=reason)
+    return Champion(COMPARED, champion)
 
 
-def deployment_decision(
-    accuracy: float,
-    min_accuracy: float,
-    champion_accuracy: float | None = None,
-    max_regression: float = 0.0,
-) -> tuple[bool, str]:
-    """Deploy when the challenger passes the bar and is not worse than the champion by more than
-    ``max_regression``; returns the decision and the reason in words for the log and metrics."""
-    if accuracy < min_accuracy:
-        return False, f"accuracy {accuracy:.4f} < required {min_accuracy:.4f}: not deployed"
-    passed = f"accuracy {accuracy:.4f} >= required {min_accuracy:.4f}"
-    if champion_accuracy is None:
-        return True, f"{passed}, no champion serving: deploy"
-    floor = champion_accuracy - max_regression
-    versus = f"champion {champion_accuracy:.4f} - max regression {max_regression:.4f}"
-    if accuracy < floor:
-        return False, f"{passed} but < {versus}: not deployed, the champion keeps serving"
-    return True, f"{passed} and >= {versus}: deploy"
+@dataclass(frozen=True)
+class PairedComparison:
+    """The challenger against the champion on the same photos: how many only the challenger
+    gets right, how many only the champion, and the exact McNemar test on those."""
+
+    photos: int
+    challenger_only: int
+    champion_only: int
+
+    @property
+    def p_value(self) -> float:
+        return mcnemar_exact(self.challenger_only, self.champion_only)
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < SIGNIFICANCE
+
+    @property
+    def difference(self) -> int:
+        """Photos the challenger gets right minus photos the champion gets right."""
+        return self.challenger_only - self.champion_only
+
+    def describe(self) -> str:
+        if not self.significant:
+            finding = "not significantly different"
+        else:
+            finding = f"significantly {'better' if self.difference > 0 else 'worse'}"
+        return (
+            f"on the same {self.photos} photos {self.challenger_only} are right only by this "
+            f"model and {self.champion_only} only by the champion: exact McNemar p = "
+            f"{self.p_value:.3f}, {finding} (at {SIGNIFICANCE})"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "test": "exact McNemar (two-sided)",
+            "photos": self.photos,
+            "challenger_only": self.challenger_only,
+            "champion_only": self.champion_only,
+            "p_value": round(self.p_value, 4),
+            "significant": self.significant,
+        }
+
+
+def compare_paired(challenger: Evaluation, champion: Evaluation) -> PairedComparison:
+    """Compare two models photo by photo; both must have been scored on the same photos."""
+    mine, theirs = challenger.right_by_photo(), champion.right_by_photo()
+    if mine.keys() != theirs.keys():
+        raise ValueError("the challenger and the champion were not scored on the same photos")
+    return PairedComparison(
+        photos=len(mine),
+        challenger_only=sum(mine[p] and not theirs[p] for p in mine),
+        champion_only=sum(theirs[p] and not mine[p] for p in mine),
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    deploy: bool
+    reason: str
+    comparison: PairedComparison | None = None
+
+
+def deployment_decision(challenger: Evaluation, champion: Champion, rule: GateRule) -> Decision:
+    """Deploy when the challenger reaches ``min_accuracy`` and either nothing is served, or the
+    served model has the same classes and the challenger is not worse on the same photos by more
+    than ``max_regression`` of them, or it has other classes and ``allow_class_change`` is set.
+
+    The comparison counts photos (no rounding), and the reason says what the paired test found:
+    with a hundred photos a difference of one or two is chance, and the reason says so.
+    """
+    accuracy = challenger.accuracy
+    if accuracy < rule.min_accuracy:
+        return Decision(
+            False, f"accuracy {accuracy:.4f} < required {rule.min_accuracy:.4f}: not deployed"
+        )
+    passed = f"accuracy {accuracy:.4f} >= required {rule.min_accuracy:.4f}"
+    if champion.status == NO_CHAMPION:
+        return Decision(True, f"{passed}, no champion serving: deploy")
+    if champion.status == NOT_COMPARABLE:
+        served = f"a champion serves but could not be compared ({champion.reason})"
+        if rule.allow_class_change:
+            return Decision(True, f"{passed}; {served}; allow_class_change is set: deploy")
+        return Decision(
+            False,
+            f"{passed}; {served}; replacing it needs allow_class_change=true: not deployed, "
+            "the champion keeps serving",
+        )
+    comparison = compare_paired(challenger, champion.evaluation)
+    allowed = math.floor(rule.max_regression * comparison.photos + 1e-9)
+    versus = (
+        f"champion {champion.accuracy:.4f}: {comparison.describe()}; max regression "
+        f"{rule.max_regression:.4f} allows {allowed} photo(s) fewer"
+    )
+    if comparison.difference >= -allowed:
+        return Decision(True, f"{passed}; vs {versus}: deploy", comparison)
+    return Decision(
+        False,
+        f"{passed} but vs {versus}, it has {-comparison.difference}: not deployed, the champion "
+        "keeps serving",
+        comparison,
+    )

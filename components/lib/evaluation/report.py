@@ -16,14 +16,19 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from components.lib.evaluation.metrics import Evaluation
+from components.lib.evaluation.metrics import (
+    Champion,
+    Decision,
+    Evaluation,
+    GateRule,
+)
 
 THUMBNAIL_SIZE = 160
 _STYLE = (
     "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
     "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
     ".grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:170px;font-size:12px}"
-    ".deploy{color:#0a7d28}.reject{color:#b3261e}"
+    ".deploy{color:#0a7d28}.reject{color:#b3261e}.facts td{text-align:left;max-width:60em}"
 )
 
 
@@ -111,17 +116,48 @@ def _misclassified_grid(evaluation: Evaluation) -> str:
     return f'<div class="grid">{figures}</div>'
 
 
+def calibration_text(evaluation: Evaluation) -> str:
+    """ECE before and after the model's temperature scaling, in words."""
+    after = evaluation.calibration_error()
+    if after is None:
+        return "not measured"
+    before = evaluation.uncalibrated_error()
+    if before is None:
+        return f"ECE {after:.4f} (15 bins); the model applies no temperature scaling"
+    return (
+        f"ECE {before:.4f} before, {after:.4f} after temperature scaling "
+        f"(T = {evaluation.temperature:.3f}, fitted on the validation split; 15 bins)"
+    )
+
+
 def build_report(
     evaluation: Evaluation,
     history: Mapping[str, list[float]],
-    deploy: bool,
-    reason: str,
-    champion: Evaluation | None,
+    decision: Decision,
+    champion: Champion,
+    rule: GateRule,
+    eval_split: str = "",
 ) -> str:
-    """The whole report as one HTML page: decision, scores, confusion matrix, per-class table,
-    training curves and the misclassified eval images with their true and predicted labels."""
-    champion_text = f"{champion.accuracy:.4f}" if champion else "none serving"
-    correct = int(np.trace(evaluation.confusion_matrix))
+    """The whole report as one HTML page: decision, scores with their confidence interval, the
+    champion and the paired test, calibration, the gate rule, confusion matrix, per-class
+    table, training curves and the misclassified eval images with their true and predicted
+    labels."""
+    low, high = evaluation.accuracy_interval
+    comparison = decision.comparison.describe() if decision.comparison else "none"
+    facts = {
+        "accuracy": f"{evaluation.accuracy:.4f} ({evaluation.correct} of {evaluation.count}); "
+        f"95% confidence interval {low:.4f} to {high:.4f} (Wilson)",
+        "macro F1": f"{evaluation.macro_f1:.4f}",
+        "eval split": eval_split or "the eval split",
+        "champion": champion.describe(),
+        "paired test": comparison,
+        "calibration": calibration_text(evaluation),
+        "gate rule": rule.describe(),
+    }
+    rows = "".join(
+        f'<tr id="{name.replace(" ", "-")}"><th>{name}</th><td>{html.escape(value)}</td></tr>'
+        for name, value in facts.items()
+    )
     curves = training_curves_png(history)
     curves_html = (
         f'<img id="training-curves" alt="training curves" src="data:image/png;base64,{curves}">'
@@ -129,17 +165,17 @@ def build_report(
         else "<p>No training history was recorded with the model.</p>"
     )
     matrix = confusion_matrix_png(evaluation)
-    verdict = '<b class="deploy">Deployed</b>' if deploy else '<b class="reject">Not deployed</b>'
+    verdict = (
+        '<b class="deploy">Deployed</b>'
+        if decision.deploy
+        else '<b class="reject">Not deployed</b>'
+    )
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Evaluation report</title><style>{_STYLE}</style></head>
 <body>
 <h1>Evaluation report</h1>
-<p id="decision">{verdict}: {html.escape(reason)}</p>
-<table>
-<tr><th>accuracy</th><td>{evaluation.accuracy:.4f} ({correct} of {evaluation.count})</td></tr>
-<tr><th>macro F1</th><td>{evaluation.macro_f1:.4f}</td></tr>
-<tr><th>champion accuracy</th><td>{champion_text}</td></tr>
-</table>
+<p id="decision">{verdict}: {html.escape(decision.reason)}</p>
+<table class="facts">{rows}</table>
 <h2>Confusion matrix</h2>
 <img id="confusion-matrix" alt="confusion matrix" src="data:image/png;base64,{matrix}">
 <h2>Per class</h2>

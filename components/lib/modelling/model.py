@@ -13,11 +13,18 @@ import os
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from components.lib.data.images import decode_and_resize
 from components.lib.data.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
 from components.lib.modelling.backbone import build_efficientnet_lite
+from components.lib.modelling.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    scale,
+    write_calibration,
+)
 from components.lib.modelling.distribution import (
     is_chief,
     supports_mixed_precision,
@@ -149,13 +156,46 @@ def class_weights(counts: dict[str, int], imbalance_ratio: float) -> dict[int, f
 @dataclass(frozen=True)
 class TrainedClassifier:
     """A training run's result. ``model`` is a float32 single-device copy of the classifier,
-    ready to export; only the ``chief`` process of a multi-worker job exports it."""
+    ready to export with its calibration ``temperature``; only the ``chief`` process of a
+    multi-worker job exports it. ``calibration`` holds the temperature and the validation
+    split's calibration error before and after it."""
 
     model: keras.Model
     history: dict[str, list[float]]
     chief: bool
     replicas: int
     mixed_precision: bool
+    temperature: float = 1.0
+    calibration: dict[str, float] | None = None
+
+
+def calibrate(
+    model: keras.Model, validation: tf.data.Dataset
+) -> tuple[float, dict[str, float] | None]:
+    """Fit the temperature on the validation split (``calibration`` module): the model's
+    probabilities on those images, and the split's ECE before and after."""
+    probabilities, labels = [], []
+    for images, batch_labels in validation:
+        probabilities.append(model(tf.cast(images, tf.float32), training=False).numpy())
+        labels.append(batch_labels.numpy())
+    if not labels:
+        return 1.0, None
+    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
+    temperature = fit_temperature(probabilities, labels)
+    figures = {
+        "temperature": temperature,
+        "val_images": len(labels),
+        "val_ece_before": expected_calibration_error(probabilities, labels),
+        "val_ece_after": expected_calibration_error(scale(probabilities, temperature), labels),
+    }
+    logger.info(
+        "calibration on %d validation images: temperature %.3f, ECE %.4f -> %.4f",
+        figures["val_images"],
+        temperature,
+        figures["val_ece_before"],
+        figures["val_ece_after"],
+    )
+    return temperature, figures
 
 
 def train_classifier(
@@ -276,12 +316,19 @@ def train_classifier(
         num_classes, dataset.image_size, config.dropout, weights=None, backbone=config.backbone
     )
     exported.set_weights(classifier.get_weights())
+    temperature, calibration = (
+        calibrate(exported, read_split(dataset, VALIDATION, global_batch))
+        if has_validation
+        else (1.0, None)
+    )
     return TrainedClassifier(
         model=exported,
         history=history,
         chief=is_chief(strategy),
         replicas=replicas,
         mixed_precision=mixed_precision,
+        temperature=temperature,
+        calibration=calibration,
     )
 
 
@@ -296,7 +343,7 @@ class _ServingModule(tf.Module):
     TF Serving serve the same model.
     """
 
-    def __init__(self, classifier: keras.Model, image_size: int) -> None:
+    def __init__(self, classifier: keras.Model, image_size: int, temperature: float) -> None:
         super().__init__()
         self.classifier_variables = [variable.value for variable in classifier.variables]
 
@@ -309,6 +356,9 @@ class _ServingModule(tf.Module):
             probabilities = tf.cast(
                 classifier(tf.cast(pixels, tf.float32), training=False), tf.float32
             )
+            if temperature != 1.0:  # calibrated: softmax(log p / T), a constant; the same argmax
+                log_probabilities = tf.math.log(tf.maximum(probabilities, 1e-30))
+                probabilities = tf.nn.softmax(log_probabilities / temperature)
             return {
                 OUTPUT_CLASSES: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
                 OUTPUT_PROBABILITIES: probabilities,
@@ -320,14 +370,21 @@ class _ServingModule(tf.Module):
 
 
 def export_serving_model(
-    model: keras.Model, class_names: list[str], image_size: int, export_dir: str
+    model: keras.Model,
+    class_names: list[str],
+    image_size: int,
+    export_dir: str,
+    temperature: float = 1.0,
 ) -> None:
     """Write a SavedModel whose ``serving_default`` maps ``bytes`` to CLASSES and PROBABILITIES,
-    loadable both by ``tf.saved_model.load`` and by TF Serving's session loader.
+    the probabilities scaled by the calibration ``temperature``, loadable both by
+    ``tf.saved_model.load`` and by TF Serving's session loader.
 
-    The class names go beside it, because the signature returns indices (the challenge's contract).
+    The class names go beside it, because the signature returns indices (the challenge's
+    contract), and the temperature (``calibration.json``), for evaluation's before/after figures.
     """
-    module = _ServingModule(model, image_size)
+    module = _ServingModule(model, image_size, temperature)
     tf.saved_model.save(module, export_dir, signatures={SIGNATURE_NAME: module.serve})
     with open(os.path.join(export_dir, CLASS_NAMES_FILE), "w") as file:
         json.dump(class_names, file, indent=2)
+    write_calibration(export_dir, temperature)
