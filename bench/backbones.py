@@ -35,11 +35,12 @@ from pathlib import Path
 
 from bench.common import MIB, Target, finish, format_table, memory_status, percentile, progress
 from bench.serve_latency import read_images
+from components.lib.data.options import PreprocessOptions
 from components.lib.modelling.model import TrainingConfig
 from components.lib.modelling.variants import BACKBONES, DEFAULT_BACKBONE, input_size
 
 TARGET_ACCURACY = 0.97
-VALIDATION_FRACTION = 0.1  # the pipeline's default
+VALIDATION_FRACTION = PreprocessOptions.validation_fraction  # the pipeline's default
 ROOT = Path(__file__).resolve().parent.parent
 
 

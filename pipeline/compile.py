@@ -15,7 +15,7 @@ DEFAULT_OUTPUT = "pipeline.yaml"
 
 def compile_pipeline(
     output: str,
-    resources: TrainResources = TrainResources(),  # noqa: B008
+    resources: TrainResources = TrainResources(),
     image: str = PIPELINE_IMAGE,
 ) -> str:
     """Compile the pipeline, every step in ``image``, to ``output`` and return its path."""

@@ -1,9 +1,11 @@
 """The training pipeline: download, validate, preprocess, backbone features, train, evaluate, then
 behind the accuracy gate upload and deploy.
 
-Its parameters, with their defaults and descriptions (shown in the Vertex Pipelines console), are
-the one place where a run is configured. Compute resources of the train step (``TrainResources``)
-and the image every step runs in are set at compile time: KFP compiles them into the spec.
+Its parameters, with their descriptions (shown in the Vertex Pipelines console), are the one
+place where a run is configured; their defaults are read from the settings dataclasses of the
+library (``SourceOptions``, ``TrainingConfig``, ``GateRule``, ...), which own them. Compute
+resources of the train step (``TrainResources``) and the image every step runs in are set at
+compile time: KFP compiles them into the spec.
 """
 
 import copy
@@ -25,7 +27,15 @@ from components.evaluate import evaluate_model
 from components.features import extract_features
 from components.fingerprint import fingerprint_data
 from components.gate import report_not_deployed
-from components.lib.modelling.variants import DEFAULT_BACKBONE
+from components.lib.data.options import (
+    SEED,
+    PreprocessOptions,
+    SourceOptions,
+    ValidationOptions,
+)
+from components.lib.evaluation.rule import GateRule
+from components.lib.modelling.config import TrainingConfig
+from components.lib.targets.base import Registration, Serving
 from components.preprocess import preprocess_data
 from components.target import resolve_target
 from components.train import train_model
@@ -36,6 +46,15 @@ PIPELINE_NAME = "beer-classifier-training"
 CHALLENGE_DATA_URI = "gs://ml6_junior_ml_engineer_challenge_cv_beer_data/data"
 CUSTOM_JOB_MACHINE_TYPE = "n1-standard-8"
 """Machine of a custom training job that names none: 8 vCPUs and 30 GB, the plain step's limits."""
+# The pipeline parameters' defaults, read from the settings dataclasses that own them: the one
+# authority for each (tests/test_defaults.py compares the compiled pipeline with them).
+SOURCE = SourceOptions()
+VALIDATION = ValidationOptions()
+PREPROCESS = PreprocessOptions()
+TRAINING = TrainingConfig()
+GATE = GateRule()
+REGISTRATION = Registration()
+SERVING = Serving()
 
 
 @dataclass(frozen=True)
@@ -146,45 +165,45 @@ def build_pipeline(
     )
     def training_pipeline(
         data_uri: str = CHALLENGE_DATA_URI,
-        eval_fraction: float = 0.2,
-        csv_file_column: str = "file",
-        csv_label_column: str = "label",
-        csv_image_folder: str = "",
-        min_image_size: int = 32,
-        max_unusable_share: float = 0.05,
-        backbone: str = DEFAULT_BACKBONE,
-        image_size: int = 0,
-        epochs: int = 10,
-        learning_rate: float = 0.01,
-        fine_tune_epochs: int = 10,
-        fine_tune_learning_rate: float = 0.0003,
-        fine_tune_from_block: int = 4,
-        batch_size: int = 32,
-        dropout: float = 0.2,
-        validation_fraction: float = 0.1,
-        early_stopping_patience: int = 3,
-        label_smoothing: float = 0.1,
-        brightness_contrast: float = 0.2,
-        imbalance_ratio: float = 1.5,
-        seed: int = 42,
-        min_accuracy: float = 0.8,
-        max_regression: float = 0.0,
-        allow_class_change: bool = False,
-        model_display_name: str = "beer-classifier",
-        endpoint_display_name: str = "beer-classifier-endpoint",
-        serving_image: str = "",
-        machine_type: str = "n1-standard-2",
-        min_replicas: int = 1,
-        max_replicas: int = 1,
-        serving_accelerator_type: str = "",
-        serving_accelerator_count: int = 0,
-        traffic_percentage: int = 100,
-        serving_service_account: str = "",
-        target: str = "vertex",
-        project: str = "",
-        location: str = "",
-        local_state_dir: str = "",
-        beam_pipeline_args: str = "",
+        eval_fraction: float = SOURCE.eval_fraction,
+        csv_file_column: str = SOURCE.file_column,
+        csv_label_column: str = SOURCE.label_column,
+        csv_image_folder: str = SOURCE.image_folder,
+        min_image_size: int = VALIDATION.min_image_size,
+        max_unusable_share: float = VALIDATION.max_unusable_share,
+        backbone: str = TRAINING.backbone,
+        image_size: int = PREPROCESS.image_size,
+        epochs: int = TRAINING.epochs,
+        learning_rate: float = TRAINING.learning_rate,
+        fine_tune_epochs: int = TRAINING.fine_tune_epochs,
+        fine_tune_learning_rate: float = TRAINING.fine_tune_learning_rate,
+        fine_tune_from_block: int = TRAINING.fine_tune_from_block,
+        batch_size: int = TRAINING.batch_size,
+        dropout: float = TRAINING.dropout,
+        validation_fraction: float = PREPROCESS.validation_fraction,
+        early_stopping_patience: int = TRAINING.early_stopping_patience,
+        label_smoothing: float = TRAINING.label_smoothing,
+        brightness_contrast: float = TRAINING.brightness_contrast,
+        imbalance_ratio: float = TRAINING.imbalance_ratio,
+        seed: int = SEED,
+        min_accuracy: float = GATE.min_accuracy,
+        max_regression: float = GATE.max_regression,
+        allow_class_change: bool = GATE.allow_class_change,
+        model_display_name: str = REGISTRATION.model_display_name,
+        endpoint_display_name: str = REGISTRATION.endpoint_display_name,
+        serving_image: str = REGISTRATION.serving_image,
+        machine_type: str = SERVING.machine_type,
+        min_replicas: int = SERVING.min_replicas,
+        max_replicas: int = SERVING.max_replicas,
+        serving_accelerator_type: str = SERVING.accelerator_type,
+        serving_accelerator_count: int = SERVING.accelerator_count,
+        traffic_percentage: int = SERVING.traffic_percentage,
+        serving_service_account: str = SERVING.service_account,
+        target: str = REGISTRATION.target,
+        project: str = REGISTRATION.project,
+        location: str = REGISTRATION.location,
+        local_state_dir: str = REGISTRATION.local_state_dir,
+        beam_pipeline_args: str = PREPROCESS.beam_pipeline_args,
     ) -> PipelineOutputs:
         """Train an image classifier by transfer learning and deploy it if it is good enough.
 

@@ -29,6 +29,7 @@ from components.lib.data.demo import (
     DEMO_MODEL_DISPLAY_NAME,
     make_demo_dataset,
 )
+from components.lib.evaluation.rule import GateRule
 from components.lib.modelling.variants import BACKBONES
 from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
 from components.lib.targets import resolve_target
@@ -134,7 +135,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser, with_defaults: bool) 
         "--min-accuracy",
         type=float,
         default=default(None),
-        help="accuracy gate on the eval split (pipeline default 0.8)",
+        help=f"accuracy gate on the eval split (pipeline default {GateRule.min_accuracy})",
     )
     parser.add_argument(
         "--param",
@@ -417,7 +418,7 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
     parameters = pipeline_parameters(spec)
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
-    arguments["target"] = "vertex"
+    arguments["target"] = VERTEX
     if not arguments.get("serving_image"):
         # The model is served by the serving image pushed beside the steps' image, not by the
         # placeholder default, which no registry holds.

@@ -32,6 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from components.lib.data.images import decode_and_resize
 from components.lib.data.layout import SPLITS, discover_layout
+from components.lib.data.options import SEED
 from components.lib.data.splits import holdout
 from components.lib.data.tasks import run_tasks
 from components.lib.storage import filesystem, read_files
@@ -195,7 +196,7 @@ def preprocess_dataset(
     output_dir: str,
     image_size: int,
     images_per_shard: int = 256,
-    seed: int = 42,
+    seed: int = SEED,
     validation_fraction: float = 0.0,
     encoding: str = ENCODED,
     beam_args: str = "",
@@ -322,7 +323,7 @@ def read_records(
     count: int,
     batch_size: int,
     shuffle: bool = False,
-    seed: int = 42,
+    seed: int = SEED,
     repeat: bool = False,
 ) -> tf.data.Dataset:
     """Batches of ``parse(record)`` over the records of ``files`` (``count`` in all), as training
@@ -363,7 +364,7 @@ def read_split(
     split: str,
     batch_size: int,
     shuffle: bool = False,
-    seed: int = 42,
+    seed: int = SEED,
     repeat: bool = False,
     augment: Callable[..., tf.Tensor] | None = None,
 ) -> tf.data.Dataset:

@@ -45,6 +45,7 @@ from components.lib.data.layout import (
     is_image_file,
     redact_uri,
 )
+from components.lib.data.options import SourceOptions
 from components.lib.data.splits import holdout
 from components.lib.storage import filesystem
 
@@ -64,18 +65,6 @@ BAD_ROW_REASONS: dict[str, str] = {
     "missing_file": "the file does not exist",
     "duplicate": "the same file again",
 }
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """How ``data_uri`` is read: the eval split carved when it has none, and a label CSV's
-    columns (the pipeline parameters ``eval_fraction``, ``seed``, ``csv_*``)."""
-
-    eval_fraction: float = 0.2
-    seed: int = 42
-    file_column: str = "file"
-    label_column: str = "label"
-    image_folder: str = ""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from fsspec.core import url_to_fs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from components.lib.data.layout import IGNORED_FILES, SPLITS, discover_layout
+from components.lib.data.options import ValidationOptions
 from components.lib.data.sources import (
     BAD_ROW_REASONS,
     SOURCE_FILE,
@@ -215,8 +216,8 @@ def validate_dataset(
     raw_dir: str,
     output_dir: str,
     report_path: str,
-    min_image_size: int = 32,
-    max_unusable_share: float = 0.05,
+    min_image_size: int = ValidationOptions.min_image_size,
+    max_unusable_share: float = ValidationOptions.max_unusable_share,
 ) -> ValidationReport:
     """Write the usable images of ``raw_dir`` to ``output_dir`` (same layout; folders or
     ``gs://``) and a Markdown report to ``report_path``. Reads each file once, in bulk, and

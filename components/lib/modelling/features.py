@@ -21,6 +21,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from components.lib.data.options import SEED
 from components.lib.data.records import (
     LABEL_FEATURE,
     TRAIN,
@@ -143,7 +144,7 @@ def read_features(
     split: str,
     batch_size: int,
     shuffle: bool = False,
-    seed: int = 42,
+    seed: int = SEED,
     repeat: bool = False,
 ) -> tf.data.Dataset:
     """``(features, label)`` batches of one split, streamed and shuffled as

@@ -25,6 +25,7 @@ from components.lib.modelling.calibration import (
     scale,
     write_calibration,
 )
+from components.lib.modelling.config import TrainingConfig
 from components.lib.modelling.distribution import (
     is_chief,
     supports_mixed_precision,
@@ -43,25 +44,6 @@ from components.lib.serving.contract import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Hyperparameters of one training run (the pipeline's train parameters)."""
-
-    backbone: str = DEFAULT_BACKBONE
-    epochs: int = 10
-    learning_rate: float = 0.01
-    fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 3e-4
-    fine_tune_from_block: int = 4
-    batch_size: int = 32
-    dropout: float = 0.2
-    label_smoothing: float = 0.1
-    brightness_contrast: float = 0.2
-    early_stopping_patience: int = 3
-    imbalance_ratio: float = 1.5
-    seed: int = 42
 
 
 def build_classifier(

@@ -50,6 +50,22 @@ class Serving:
 DEFAULT_SERVING = Serving()
 
 
+@dataclass(frozen=True)
+class Registration:
+    """Where a run registers and serves its model, and under which names (the pipeline
+    parameters of the same names): ``target`` (``local`` or ``vertex``), the project and region
+    (empty: the pipeline job's own), the local registry's folder (target ``local``), the model
+    and endpoint display names, and the prediction image (empty: the project's serving image)."""
+
+    target: str = VERTEX
+    project: str = ""
+    location: str = ""
+    local_state_dir: str = ""
+    model_display_name: str = "beer-classifier"
+    endpoint_display_name: str = "beer-classifier-endpoint"
+    serving_image: str = ""
+
+
 DEFAULT_ALIAS = "default"
 
 

@@ -71,8 +71,8 @@ def batch_predict_vertex(
     source: InstanceSource,
     output: str,
     staging: str,
-    machine_type: str = "n1-standard-2",
-    max_replicas: int = 1,
+    machine_type: str,
+    max_replicas: int,
     progress: bool = True,
 ) -> Summary:
     """Score the inputs of ``source`` not yet in ``output`` with a batch prediction job of
