@@ -37,7 +37,7 @@ def download_data(
         label_column=csv_label_column,
         image_folder=csv_image_folder,
     )
-    layout = download_dataset(data_uri, raw_data.uri, options)
+    layout = download_dataset(data_uri, raw_data.uri, options, data_fingerprint)
     source = read_source_description(raw_data.uri)
     raw_data.metadata.update(
         {

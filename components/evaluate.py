@@ -56,7 +56,7 @@ def evaluate_model(
         evaluate_champion,
         evaluate_saved_model,
     )
-    from components.lib.evaluation.report import build_report
+    from components.lib.evaluation.report import Provenance, build_report
     from components.lib.storage import normalized_uri
     from components.lib.targets import champion_version
 
@@ -129,6 +129,7 @@ def evaluate_model(
                 champion,
                 rule,
                 summary["eval_split"],
+                Provenance.of(raw_data.uri, model.uri, served.resource_name if itself else ""),
             )
         )
     outputs = namedtuple(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime
 import json
 import re
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
+from components.lib.data.sources import download_dataset, fingerprint_source
+from components.lib.data.validation import validate_dataset
 from components.lib.evaluation.metrics import (
     COMPARED,
     NO_CHAMPION,
@@ -17,11 +21,12 @@ from components.lib.evaluation.metrics import (
     Decision,
     Evaluation,
     GateRule,
+    deployment_decision,
     evaluate_saved_model,
 )
-from components.lib.evaluation.report import build_report
+from components.lib.evaluation.report import Provenance, build_report
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
-from tests.conftest import make_layout
+from tests.conftest import add_bad_files, make_layout
 
 HISTORY = {
     "head_loss": [1.2, 0.8],
@@ -59,7 +64,9 @@ def test_report_embeds_pictures_and_lists_every_misclassified_image(
 
     assert embedded_png(page, "confusion-matrix").startswith(b"\x89PNG")
     assert embedded_png(page, "training-curves").startswith(b"\x89PNG")
-    assert "Not deployed" in page and "accuracy 0.25 &lt; required 0.8" in page
+    assert (
+        '<p id="decision"><b class="reject">Decision</b>: accuracy 0.25 &lt; required 0.8' in page
+    )
     figures = re.findall(r'<figure class="mistake">(.*?)</figure>', page, re.S)
     assert len(figures) == len(weak_evaluation.misclassified)
     for figure, item in zip(figures, weak_evaluation.misclassified, strict=True):
@@ -86,6 +93,59 @@ def test_report_without_mistakes_or_history_says_so() -> None:
     assert "<th>eval split</th><td>carved</td>" in page
     assert "<th>calibration</th><td>not measured</td>" in page
     assert "<th>gate rule</th><td>deploy when accuracy &gt;= 0.8000" in page
+
+
+def test_the_decision_line_says_the_verdict_once() -> None:
+    evaluation = Evaluation(["a", "b"], [[2, 0], [0, 3]])
+    decision = deployment_decision(evaluation, Champion(NO_CHAMPION), GateRule())
+    page = build_report(evaluation, {}, decision, Champion(NO_CHAMPION), GateRule())
+    line = re.search(r'<p id="decision">(.*?)</p>', page).group(1)
+    assert line == (
+        '<b class="deploy">Decision</b>: accuracy 1.0000 &gt;= required 0.8000, no champion '
+        "serving: deploy"
+    )
+
+
+def test_report_says_which_data_model_and_time_and_what_validation_skipped(
+    tmp_path: Path,
+) -> None:
+    """Through the real download and validate functions: the redacted source and its
+    fingerprint, the model (not registered yet), the time in UTC and the skips by reason."""
+    source = add_bad_files(
+        make_layout(tmp_path / "source", {"0red": 6, "1blue": 6}), "0red", "1blue"
+    )
+    del source
+    data_uri = str(tmp_path / "source")
+    fingerprint, _ = fingerprint_source(data_uri)
+    download_dataset(data_uri, str(tmp_path / "raw"), fingerprint=fingerprint)
+    validate_dataset(
+        str(tmp_path / "raw"), str(tmp_path / "clean"), str(tmp_path / "v.md"), 32, 0.5
+    )
+    an_hour_east = datetime.timezone(datetime.timedelta(hours=1))
+    provenance = dataclasses.replace(
+        Provenance.of(str(tmp_path / "clean"), "/runs/7/model"),
+        evaluated_at=datetime.datetime(2026, 1, 2, 4, 5, 6, tzinfo=an_hour_east),
+    )
+    evaluation = Evaluation(["0red", "1blue"], [[6, 0], [0, 6]])
+    page = build_report(
+        evaluation, {}, Decision(True, "deploy"), Champion(NO_CHAMPION), GateRule(), "", provenance
+    )
+
+    facts = dict(re.findall(r"<tr id=\"[^\"]*\"><th>([^<]*)</th><td>([^<]*)</td></tr>", page))
+    assert fingerprint.startswith("sha256:")
+    assert facts["data"] == f"{data_uri} (fingerprint {fingerprint})"
+    assert facts["model version"].startswith("not registered yet")
+    assert facts["model artifact"] == "/runs/7/model"
+    assert facts["evaluated at"] == "2026-01-02 03:05:06 UTC"
+    assert facts["validation skipped"] == (
+        "2 not an image file; 2 cannot be decoded: corrupt or truncated; 1 smaller than the "
+        "minimum image size; 1 the same image again in the same split; 1 also in the eval split "
+        "(dropped from train so that eval stays unseen)"
+    )
+    version = dataclasses.replace(provenance, model_version="projects/p/models/m@3", skipped={})
+    assert version.facts()["model version"] == "projects/p/models/m@3"
+    assert version.facts()["validation skipped"] == "none"
+    assert Provenance.of(str(tmp_path / "elsewhere"), "").facts()["data"] == "not recorded"
 
 
 def artifact(kind: type[dsl.Artifact], path: Path, metadata: dict | None = None) -> dsl.Artifact:
@@ -144,6 +204,9 @@ def test_evaluate_step_writes_metrics_confusion_matrix_and_report(
     page = (tmp_path / "report.html").read_text()
     assert embedded_png(page, "confusion-matrix").startswith(b"\x89PNG")
     assert embedded_png(page, "training-curves").startswith(b"\x89PNG")
+    assert "<th>model version</th><td>not registered yet" in page
+    assert f"<th>model artifact</th><td>{demo_model_dir}</td>" in page
+    assert re.search(r"<th>evaluated at</th><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page)
 
 
 @pytest.mark.slow

@@ -199,18 +199,22 @@ def fingerprint_source(data_uri: str, options: SourceOptions = SourceOptions()) 
 
 
 def download_dataset(
-    data_uri: str, destination: str, options: SourceOptions = SourceOptions()
+    data_uri: str,
+    destination: str,
+    options: SourceOptions = SourceOptions(),
+    fingerprint: str = "",
 ) -> DatasetLayout:
     """Read ``data_uri`` (any source kind) and copy its images into ``destination`` in the folder
     layout, with the skipped rows (``bad_rows.json``) and where the data came from
-    (``source.json``) beside them for validation and evaluation."""
+    (``source.json``: the redacted URI, its kind and ``fingerprint``) beside them for
+    validation and evaluation."""
     source = read_source(data_uri, options)
     copy = copy_dataset(source.fs, source.layout, destination)
     fs, root = filesystem(destination)
     with fs.open(f"{root.rstrip('/')}/{BAD_ROWS_FILE}", "w") as file:
         json.dump([asdict(row) for row in source.bad_rows], file, indent=2)
     with fs.open(f"{root.rstrip('/')}/{SOURCE_FILE}", "w") as file:
-        json.dump(source.describe(data_uri), file, indent=2)
+        json.dump({**source.describe(data_uri), "fingerprint": fingerprint}, file, indent=2)
     return copy
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -30,7 +30,7 @@ from components.lib.data.sources import (
     BadRow,
     read_bad_rows,
 )
-from components.lib.storage import read_files
+from components.lib.storage import filesystem, read_files
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,20 @@ class ValidationReport:
         total = self.usable + self.unusable
         return self.unusable / total if total else 0.0
 
+    def skipped_counts(self) -> dict[str, int]:
+        """Files and import rows skipped, counted by reason (in words); empty: none."""
+        counts = _count_skipped(self.skipped)
+        for reason, words in BAD_ROW_REASONS.items():
+            rows = sum(row.reason == reason for row in self.bad_rows)
+            if rows:
+                counts[f"import file row, {words}"] = rows
+        return counts
+
     def to_dict(self) -> dict:
         return {
             "counts": self.counts,
             "skipped": dict(self.skipped),
+            "skipped_counts": self.skipped_counts(),
             "converted": dict(self.converted),
             "warnings": self.warnings,
             "bad_rows": [str(row) for row in self.bad_rows],
@@ -288,6 +298,26 @@ def validate_dataset(
         logger.info("%s", line)
     _check(report, max_unusable_share)
     return report
+
+
+def read_skipped_counts(dataset_uri: str) -> dict[str, int] | None:
+    """What validation skipped in the copy at ``dataset_uri``, counted by reason; None when no
+    validation report is beside it. A report written before the counts were kept gives its
+    skipped files' counts."""
+    fs, root = filesystem(dataset_uri)
+    path = f"{root.rstrip('/')}/{REPORT_FILE}"
+    if not fs.exists(path):
+        return None
+    with fs.open(path) as file:
+        report = json.load(file)
+    if "skipped_counts" in report:
+        return report["skipped_counts"]
+    return _count_skipped(report["skipped"])
+
+
+def _count_skipped(skipped: Mapping[str, list[str]]) -> dict[str, int]:
+    """Skipped files counted by reason, in words, in ``SKIP_REASONS``' order."""
+    return {words: len(skipped[key]) for key, words in SKIP_REASONS.items() if skipped.get(key)}
 
 
 def _check(report: ValidationReport, max_unusable_share: float) -> None:

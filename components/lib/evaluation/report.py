@@ -7,15 +7,19 @@ and in a local browser without any other file beside it.
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from components.lib.data.sources import read_source_description
+from components.lib.data.validation import read_skipped_counts
 from components.lib.evaluation.metrics import (
     Champion,
     Decision,
@@ -30,6 +34,56 @@ _STYLE = (
     ".grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:170px;font-size:12px}"
     ".deploy{color:#0a7d28}.reject{color:#b3261e}.facts td{text-align:left;max-width:60em}"
 )
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a report is about: which data (``data_uri`` redacted, and the fingerprint of its
+    images), which model (its registry version; empty: not registered yet), when, and what
+    validation skipped (count by reason; None: not known)."""
+
+    data_uri: str = ""
+    fingerprint: str = ""
+    model_version: str = ""
+    model_uri: str = ""
+    evaluated_at: datetime.datetime = field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
+    )
+    skipped: Mapping[str, int] | None = None
+
+    @classmethod
+    def of(cls, dataset_uri: str, model_uri: str, model_version: str = "") -> Provenance:
+        """The provenance of evaluating ``model_uri`` on the validated copy at ``dataset_uri``,
+        now."""
+        source = read_source_description(dataset_uri)
+        return cls(
+            data_uri=source.get("data_uri", ""),
+            fingerprint=source.get("fingerprint", ""),
+            model_version=model_version,
+            model_uri=model_uri,
+            skipped=read_skipped_counts(dataset_uri),
+        )
+
+    def facts(self) -> dict[str, str]:
+        """The report's rows that say which data, model and time it is for."""
+        data = self.data_uri or "not recorded"
+        if self.fingerprint:
+            data += f" (fingerprint {self.fingerprint})"
+        version = self.model_version or (
+            "not registered yet (the upload step registers it when the gate passes)"
+        )
+        if self.skipped is None:
+            skipped = "not recorded"
+        else:
+            skipped = "; ".join(f"{n} {reason}" for reason, n in self.skipped.items()) or "none"
+        utc = self.evaluated_at.astimezone(datetime.timezone.utc)
+        return {
+            "data": data,
+            "model version": version,
+            "model artifact": self.model_uri or "not recorded",
+            "evaluated at": f"{utc:%Y-%m-%d %H:%M:%S} UTC",
+            "validation skipped": skipped,
+        }
 
 
 def _png(figure: Figure) -> str:
@@ -137,14 +191,17 @@ def build_report(
     champion: Champion,
     rule: GateRule,
     eval_split: str = "",
+    provenance: Provenance | None = None,
 ) -> str:
-    """The whole report as one HTML page: decision, scores with their confidence interval, the
+    """The whole report as one HTML page: decision, which data, model and time it is for and
+    what validation skipped (``provenance``), scores with their confidence interval, the
     champion and the paired test, calibration, the gate rule, confusion matrix, per-class
     table, training curves and the misclassified eval images with their true and predicted
     labels."""
     low, high = evaluation.accuracy_interval
     comparison = decision.comparison.describe() if decision.comparison else "none"
     facts = {
+        **(provenance or Provenance()).facts(),
         "accuracy": f"{evaluation.accuracy:.4f} ({evaluation.correct} of {evaluation.count}); "
         f"95% confidence interval {low:.4f} to {high:.4f} (Wilson)",
         "macro F1": f"{evaluation.macro_f1:.4f}",
@@ -165,11 +222,8 @@ def build_report(
         else "<p>No training history was recorded with the model.</p>"
     )
     matrix = confusion_matrix_png(evaluation)
-    verdict = (
-        '<b class="deploy">Deployed</b>'
-        if decision.deploy
-        else '<b class="reject">Not deployed</b>'
-    )
+    # The reason ends in the verdict ("...: deploy"), so it is not said again before it.
+    verdict = f'<b class="{"deploy" if decision.deploy else "reject"}">Decision</b>'
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Evaluation report</title><style>{_STYLE}</style></head>
 <body>
