@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -177,6 +178,17 @@ class Target:
             f"target {self.name}: {self.measured:.4g}{self.unit} "
             f"(needs {relation} {self.bound:.4g}{self.unit}): {verdict}"
         )
+
+
+def run_in_threads(client: Callable[[], None], count: int) -> float:
+    """Run ``client`` in ``count`` threads at once; the seconds until the last one finished."""
+    threads = [threading.Thread(target=client) for _ in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -41,7 +41,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.common import Target, finish, format_table, percentile, progress, ratio
+from bench.common import (
+    Target,
+    finish,
+    format_table,
+    percentile,
+    progress,
+    ratio,
+    run_in_threads,
+)
 from bench.serve_load import ROOT, request_body, run_load, server_process
 
 OLD_SERVER_REF = "5632518"  # the last commit whose pipeline/serve.py was the http.server one
@@ -198,13 +206,7 @@ def run_clients(
                 cell.wrong_answers += not right
         connection.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    cell.seconds = time.perf_counter() - started
+    cell.seconds = run_in_threads(client, clients)
     return cell
 
 
@@ -259,11 +261,7 @@ def model_alone(model_dir: str, images: list[bytes], rounds: int, calls: int = 6
                     return
                 model.predict(batch)
 
-        workers = [threading.Thread(target=worker) for _ in range(threads)]
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join()
+        run_in_threads(worker, threads)
 
     ways = {
         MODEL_ALONE[0]: lambda: at_once(singles, 1),

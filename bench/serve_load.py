@@ -26,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import percentile
+from bench.common import percentile, run_in_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,13 +137,7 @@ def run_load(
                 ):
                     result.wrong_answers += 1
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.perf_counter() - started
+    result.seconds = run_in_threads(client, clients)
     return result
 
 

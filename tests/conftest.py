@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -11,10 +13,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from components.lib.targets.base import DEFAULT_SERVING, Serving
+
+if TYPE_CHECKING:
+    from components.lib.artifacts import VertexEndpoint
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # gcsfs would otherwise call the Storage Control gRPC API, which the GCS emulator does not serve;
@@ -130,6 +138,33 @@ def scored(right: list[bool], classes: tuple[str, ...] = ("a", "b")):
     )
 
 
+def eval_photos(data_dir: Path) -> list[tuple[Path, int]]:
+    """The eval split's photos with their class index (classes in sorted order)."""
+    classes = sorted(path.name for path in (data_dir / "eval").iterdir())
+    return [
+        (photo, index)
+        for index, name in enumerate(classes)
+        for photo in sorted((data_dir / "eval" / name).glob("*.jpg"))
+    ]
+
+
+def predict_in_batches(
+    url: str, photos: list[tuple[Path, int]], size: int = 16
+) -> Iterator[tuple[dict, list[tuple[Path, int]]]]:
+    """POST ``photos`` to a predict URL of Vertex's protocol, ``size`` per request; yields each
+    answer's body with the photos it is for."""
+    import requests
+
+    for start in range(0, len(photos), size):
+        batch = photos[start : start + size]
+        instances = [
+            {"bytes": {"b64": base64.b64encode(path.read_bytes()).decode()}} for path, _ in batch
+        ]
+        response = requests.post(url, json={"instances": instances}, timeout=120)
+        assert response.status_code == 200, response.text
+        yield response.json(), batch
+
+
 @pytest.fixture
 def layout_dir(tmp_path: Path) -> Path:
     return make_layout(tmp_path / "data")
@@ -228,6 +263,30 @@ def beer_photos(beer_data_dir: Path, per_class: int) -> dict[str, bytes]:
 
 VERTEX_PROJECT = "test-project"
 VERTEX_LOCATION = "europe-west4"
+VERTEX_TARGET = {"target": "vertex", "project": VERTEX_PROJECT, "location": VERTEX_LOCATION}
+"""The steps' target parameters for Vertex AI (the emulator)."""
+
+
+def deploy_step(
+    version: str, endpoint: str, artifact_uri: str, serving: Serving = DEFAULT_SERVING
+) -> tuple[str, VertexEndpoint]:
+    """The deploy step's own function on Vertex AI with ``serving``'s settings (the pipeline's
+    defaults unless given): the endpoint's resource name and the step's output artifact."""
+    from components.deploy import deploy_model
+    from components.lib.artifacts import VertexEndpoint
+
+    artifact = VertexEndpoint(uri=artifact_uri)
+    endpoint_name = deploy_model.python_func(
+        model_version=version,
+        endpoint_display_name=endpoint,
+        local_state_dir="",
+        vertex_endpoint=artifact,
+        **dataclasses.asdict(serving),
+        **VERTEX_TARGET,
+    )
+    return endpoint_name, artifact
+
+
 VERTEX_ROOT_URI = "gs://beer-pipeline-root/runs"
 VERTEX_IMAGE = (
     f"{VERTEX_LOCATION}-docker.pkg.dev/{VERTEX_PROJECT}/beer-pipeline/beer-pipeline:0.1.0"

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, add_bad_files, convert_photos, run_cli
+from bench.serve_load import server_process
+from tests.conftest import (
+    add_bad_files,
+    convert_photos,
+    eval_photos,
+    predict_in_batches,
+    run_cli,
+)
 
 ENDPOINT = "projects/local-project/locations/europe-west1/endpoints/beer-classifier-endpoint"
 
@@ -39,29 +44,9 @@ def first_run(state: Path, beer_data_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def endpoint_url(state: Path, first_run: dict) -> Iterator[str]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve", "--port", "0", "--state-dir", str(state)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = server.stdout.readline()
-        port = re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1)
-        yield f"http://127.0.0.1:{port}/v1/{ENDPOINT}:predict"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def eval_photos(beer_data_dir: Path) -> list[tuple[Path, int]]:
-    classes = sorted(p.name for p in (beer_data_dir / "eval").iterdir())
-    return [
-        (photo, index)
-        for index, name in enumerate(classes)
-        for photo in sorted((beer_data_dir / "eval" / name).glob("*.jpg"))
-    ]
+    command = [sys.executable, "-m", "pipeline.serve", "--port", "0", "--state-dir", str(state)]
+    with server_process(command, state / "serve.log") as server:
+        yield f"{server.url}/v1/{ENDPOINT}:predict"
 
 
 def test_model_passes_the_gate_and_is_deployed(first_run: dict) -> None:
@@ -81,14 +66,7 @@ def test_endpoint_classifies_the_eval_photos(
 ) -> None:
     photos = eval_photos(beer_data_dir)
     predicted = []
-    for start in range(0, len(photos), 16):
-        batch = photos[start : start + 16]
-        instances = [
-            {"bytes": {"b64": base64.b64encode(path.read_bytes()).decode()}} for path, _ in batch
-        ]
-        response = requests.post(endpoint_url, json={"instances": instances}, timeout=120)
-        assert response.status_code == 200, response.text
-        body = response.json()
+    for body, _ in predict_in_batches(endpoint_url, photos):
         assert body["modelVersionId"] == "1"
         for prediction in body["predictions"]:
             assert len(prediction["PROBABILITIES"]) == 5

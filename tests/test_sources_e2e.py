@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.serve_load import server_process
 from components.lib.serving.prediction import ServingModel
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -112,20 +111,9 @@ def vertex_run(
 
 @pytest.fixture(scope="module")
 def endpoint_url(state: Path, vertex_run: dict) -> Iterator[str]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve", "--port", "0", "--state-dir", str(state)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = server.stdout.readline()
-        port = re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1)
-        yield f"http://127.0.0.1:{port}/v1/{ENDPOINT}:predict"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    command = [sys.executable, "-m", "pipeline.serve", "--port", "0", "--state-dir", str(state)]
+    with server_process(command, state / "serve.log") as server:
+        yield f"{server.url}/v1/{ENDPOINT}:predict"
 
 
 def test_train_only_folder_carves_an_eval_split_and_deploys(

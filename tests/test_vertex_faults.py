@@ -12,17 +12,16 @@ import pytest
 from google.cloud import aiplatform
 from kfp import dsl
 
-from components.deploy import deploy_model
-from components.lib.artifacts import VertexEndpoint, VertexModel
+from components.lib.artifacts import VertexModel
+from components.lib.targets.base import Serving
 from components.lib.targets.vertex import VertexError
 from components.upload import upload_model
-from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT
+from tests.conftest import VERTEX_TARGET
 from tests.serving_models import INSTANCES
 from tests.vertex_emulator import VertexEmulator
 
 pytestmark = pytest.mark.vertex_emulator
 
-TARGET = {"target": "vertex", "project": VERTEX_PROJECT, "location": VERTEX_LOCATION}
 ENDPOINT = "beer-classifier-endpoint"
 
 
@@ -42,25 +41,14 @@ def upload_step(
         accelerator_type="",
         local_state_dir="",
         vertex_model=VertexModel(uri=str(tmp_path / f"model-{run}")),
-        **TARGET,
+        **VERTEX_TARGET,
     )
 
 
-def deploy_step(version: str, tmp_path: Path) -> str:
-    return deploy_model.python_func(
-        model_version=version,
-        endpoint_display_name=ENDPOINT,
-        machine_type="n1-standard-2",
-        min_replicas=1,
-        max_replicas=1,
-        accelerator_type="",
-        accelerator_count=0,
-        traffic_percentage=100,
-        service_account="serving@test-project.iam.gserviceaccount.com",
-        local_state_dir="",
-        vertex_endpoint=VertexEndpoint(uri=str(tmp_path / f"endpoint-{version[-1]}")),
-        **TARGET,
-    )
+def deploy(version: str, tmp_path: Path) -> str:
+    account = "serving@test-project.iam.gserviceaccount.com"
+    artifact = str(tmp_path / f"endpoint-{version[-1]}")
+    return deploy(version, ENDPOINT, artifact, Serving(service_account=account))[0]
 
 
 def served(emulator: VertexEmulator) -> dict[str, int]:
@@ -76,7 +64,7 @@ def test_unavailable_first_calls_are_retried(
     for method in ("ListModels", "UploadModel", "ListEndpoints", "DeployModel"):
         vertex_emulator.fail(method, grpc.StatusCode.UNAVAILABLE)
 
-    deploy_step(upload_step(stored("v1"), tmp_path), tmp_path)
+    deploy(upload_step(stored("v1"), tmp_path), tmp_path)
 
     assert served(vertex_emulator) == {"1": 100}
     for method in ("UploadModel", "DeployModel"):
@@ -100,11 +88,11 @@ def test_a_model_that_cannot_be_served_fails_the_run_and_the_old_version_keeps_s
     reason: str,
 ) -> None:
     served_version = upload_step(stored("v1"), tmp_path, "run-1", serving_image)
-    endpoint = deploy_step(served_version, tmp_path)
+    endpoint = deploy(served_version, tmp_path)
     unservable = upload_step(stored(broken), tmp_path, "run-2", serving_image)
 
     with pytest.raises(VertexError) as failed:
-        deploy_step(unservable, tmp_path)
+        deploy(unservable, tmp_path)
 
     message = str(failed.value)
     assert f"deploy {unservable}" in message
@@ -121,7 +109,7 @@ def test_permission_denied_is_one_message_naming_the_role(
     vertex_emulator.fail("DeployModel", grpc.StatusCode.PERMISSION_DENIED)
 
     with pytest.raises(VertexError) as failed:
-        deploy_step(version, tmp_path)
+        deploy(version, tmp_path)
 
     message = str(failed.value)
     assert "\n" not in message
@@ -157,7 +145,7 @@ def test_an_operation_that_never_finishes_is_waited_for_a_bounded_time(
 
     started = time.monotonic()
     with pytest.raises(VertexError) as failed:
-        deploy_step(version, tmp_path)
+        deploy(version, tmp_path)
 
     assert time.monotonic() - started < 30
     message = str(failed.value)

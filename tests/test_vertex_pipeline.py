@@ -31,6 +31,8 @@ from tests.conftest import (
     VERTEX_LOCATION,
     VERTEX_PROJECT,
     emulator_host,
+    eval_photos,
+    predict_in_batches,
     run_cli,
     running_vertex_emulator,
 )
@@ -202,21 +204,10 @@ def test_the_endpoint_scores_the_eval_photos_in_the_challenge_format(
 ) -> None:
     endpoint = pipeline_endpoint(emulator).name
     url = f"http://127.0.0.1:{emulator.rest_port}/v1/{endpoint}:predict"
-    classes = sorted(p.name for p in (beer_data_dir / "eval").iterdir())
-    photos = [
-        (photo, label)
-        for label, name in enumerate(classes)
-        for photo in sorted((beer_data_dir / "eval" / name).iterdir())
-    ]
+    photos = eval_photos(beer_data_dir)
+    classes = {label for _, label in photos}
     correct, versions = 0, set()
-    for start in range(0, len(photos), 16):
-        batch = photos[start : start + 16]
-        instances = [
-            {"bytes": {"b64": base64.b64encode(path.read_bytes()).decode()}} for path, _ in batch
-        ]
-        response = requests.post(url, json={"instances": instances}, timeout=120)
-        assert response.status_code == 200, response.text
-        body = response.json()
+    for body, batch in predict_in_batches(url, photos):
         versions.add(body["modelVersionId"])
         for prediction, (_, label) in zip(body["predictions"], batch, strict=True):
             assert len(prediction["PROBABILITIES"]) == len(classes)

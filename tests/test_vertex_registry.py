@@ -11,7 +11,13 @@ from components import SERVING_IMAGE
 from components.lib.targets import Serving, champion_version, endpoint_registry, model_registry
 from components.lib.targets.base import ModelVersion, version_alias
 from components.lib.targets.vertex import VertexError, label_value, prediction_image
-from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, upload_folder
+from tests.conftest import (
+    VERTEX_LOCATION,
+    VERTEX_PROJECT,
+    VERTEX_TARGET,
+    deploy_step,
+    upload_folder,
+)
 from tests.vertex_emulator import VertexEmulator
 
 IMAGE = "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
@@ -207,11 +213,9 @@ def test_steps_output_vertex_artifacts_for_lineage(
 ) -> None:
     from kfp import dsl
 
-    from components.deploy import deploy_model
-    from components.lib.artifacts import VertexEndpoint, VertexModel
+    from components.lib.artifacts import VertexModel
     from components.upload import upload_model
 
-    location = dict(target="vertex", project=VERTEX_PROJECT, location=VERTEX_LOCATION)
     vertex_model = VertexModel(uri=str(tmp_path / "model-artifact"))
     version = upload_model.python_func(
         model=dsl.Model(uri="gs://bucket/root/train-model/model"),
@@ -229,7 +233,7 @@ def test_steps_output_vertex_artifacts_for_lineage(
         accelerator_type="NVIDIA_TESLA_T4",
         local_state_dir="",
         vertex_model=vertex_model,
-        **location,
+        **VERTEX_TARGET,
     )
     [request] = vertex_emulator.calls("UploadModel")
     container = request.model.container_spec
@@ -253,20 +257,9 @@ def test_steps_output_vertex_artifacts_for_lineage(
     assert vertex_model.metadata == {"resourceName": version}
     assert vertex_model.uri == f"https://{VERTEX_LOCATION}-aiplatform.googleapis.com/v1/{version}"
 
-    vertex_endpoint = VertexEndpoint(uri=str(tmp_path / "endpoint-artifact"))
-    endpoint = deploy_model.python_func(
-        model_version=version,
-        endpoint_display_name="beer-endpoint",
-        machine_type="n1-standard-4",
-        min_replicas=1,
-        max_replicas=2,
-        accelerator_type="NVIDIA_TESLA_T4",
-        accelerator_count=1,
-        traffic_percentage=100,
-        service_account="",
-        local_state_dir="",
-        vertex_endpoint=vertex_endpoint,
-        **location,
+    gpu = Serving("n1-standard-4", 1, 2, "NVIDIA_TESLA_T4", 1)
+    endpoint, vertex_endpoint = deploy_step(
+        version, "beer-endpoint", str(tmp_path / "endpoint-artifact"), gpu
     )
     assert endpoint == vertex_emulator.calls("DeployModel")[0].endpoint
     assert vertex_endpoint.metadata == {"resourceName": endpoint}

@@ -9,16 +9,15 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
-from components.deploy import deploy_model
 from components.evaluate import evaluate_model
-from components.lib.artifacts import VertexEndpoint, VertexModel
+from components.lib.artifacts import VertexModel
 from components.lib.evaluation.metrics import evaluate_champion, evaluate_saved_model
 from components.lib.storage import local_copy
+from components.lib.targets.base import Serving
 from components.upload import upload_model
-from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, upload_folder
+from tests.conftest import VERTEX_TARGET, deploy_step, upload_folder
 from tests.vertex_emulator import VertexEmulator
 
-TARGET = {"target": "vertex", "project": VERTEX_PROJECT, "location": VERTEX_LOCATION}
 ENDPOINT = "beer-endpoint"
 
 
@@ -58,7 +57,7 @@ def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dic
         metrics=dsl.Metrics(uri=str(work / "metrics")),
         classification_metrics=dsl.ClassificationMetrics(uri=str(work / "confusion")),
         report=dsl.HTML(uri=str(work / "report.html")),
-        **TARGET,
+        **VERTEX_TARGET,
     )
     assert evaluation.deploy, evaluation.reason
     version = upload_model.python_func(
@@ -72,22 +71,10 @@ def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dic
         accelerator_type="",
         local_state_dir="",
         vertex_model=VertexModel(uri=str(work / "vertex-model")),
-        **TARGET,
+        **VERTEX_TARGET,
     )
-    endpoint = deploy_model.python_func(
-        model_version=version,
-        endpoint_display_name=ENDPOINT,
-        machine_type="n1-standard-2",
-        min_replicas=1,
-        max_replicas=1,
-        accelerator_type="",
-        accelerator_count=0,
-        traffic_percentage=100,
-        service_account="beer-serving@test-project.iam.gserviceaccount.com",
-        local_state_dir="",
-        vertex_endpoint=VertexEndpoint(uri=str(work / "vertex-endpoint")),
-        **TARGET,
-    )
+    account = Serving(service_account="beer-serving@test-project.iam.gserviceaccount.com")
+    endpoint, _ = deploy_step(version, ENDPOINT, str(work / "vertex-endpoint"), account)
     return {"evaluation": evaluation, "version": version, "endpoint": endpoint}
 
 

@@ -73,19 +73,25 @@ def _join(fs: fsspec.AbstractFileSystem, *parts: str) -> str:
     return fs.sep.join(part.rstrip(fs.sep) for part in parts)
 
 
-def _open_root(data_uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The file system of ``data_uri`` and its root folder; DataLayoutError if there is none."""
+def open_data_uri(data_uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The file system of ``data_uri`` and the path in it (no trailing separator); a
+    DataLayoutError, with any credentials in the URI redacted, when it cannot be opened."""
     shown = redact_uri(data_uri)
     try:
-        fs, root = url_to_fs(data_uri)
+        fs, path = url_to_fs(data_uri)
     except (ImportError, ValueError) as error:
         reason = str(error).replace(data_uri, shown)
         raise DataLayoutError(f"cannot open data_uri {shown!r}: {reason}") from None
-    root = root.rstrip(fs.sep)
+    return fs, path.rstrip(fs.sep) or path
+
+
+def _open_root(data_uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The file system of ``data_uri`` and its root folder; DataLayoutError if there is none."""
+    fs, root = open_data_uri(data_uri)
     if not fs.isdir(root):
         raise DataLayoutError(
-            f"data_uri {shown!r} does not exist or is not a folder; expected a folder holding "
-            f"{' and '.join(SPLITS)} sub-folders with one folder per class"
+            f"data_uri {redact_uri(data_uri)!r} does not exist or is not a folder; expected a "
+            f"folder holding {' and '.join(SPLITS)} sub-folders with one folder per class"
         )
     return fs, root
 

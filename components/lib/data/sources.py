@@ -43,6 +43,7 @@ from components.lib.data.layout import (
     discover_layout,
     fingerprint_data,
     is_image_file,
+    open_data_uri,
     redact_uri,
 )
 from components.lib.data.options import SourceOptions
@@ -115,7 +116,7 @@ def read_source(data_uri: str, options: SourceOptions = SourceOptions()) -> Sour
     image in a split.
     """
     shown = redact_uri(data_uri)
-    fs, path = _open(data_uri)
+    fs, path = open_data_uri(data_uri)
     if fs.isdir(path):
         source = _read_folder(data_uri)
     elif not fs.isfile(path):
@@ -156,16 +157,6 @@ def read_source(data_uri: str, options: SourceOptions = SourceOptions()) -> Sour
     return source
 
 
-def _open(data_uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    shown = redact_uri(data_uri)
-    try:
-        fs, path = url_to_fs(data_uri)
-    except (ImportError, ValueError) as error:
-        reason = str(error).replace(data_uri, shown)
-        raise DataLayoutError(f"cannot open data_uri {shown!r}: {reason}") from None
-    return fs, path.rstrip(fs.sep) or path
-
-
 def fingerprint_source(data_uri: str, options: SourceOptions = SourceOptions()) -> tuple[str, int]:
     """A hash of what training would read from ``data_uri``, and the number of images.
 
@@ -174,7 +165,7 @@ def fingerprint_source(data_uri: str, options: SourceOptions = SourceOptions()) 
     per folder of them; no image is read). A changed import file, an added, removed or replaced
     image change it; the same data listed again does not.
     """
-    fs, path = _open(data_uri)
+    fs, path = open_data_uri(data_uri)
     if fs.isdir(path):
         return fingerprint_data(data_uri)
     source = read_source(data_uri, options)
