@@ -25,6 +25,13 @@ pytestmark = pytest.mark.vertex_emulator
 ENDPOINT = "beer-classifier-endpoint"
 
 
+FIRST_MODEL_EVALUATION = {
+    "champion_status": "none",
+    "gate": {"min_accuracy": 0.8, "max_regression": 0.0, "allow_class_change": False},
+}
+"""What the evaluate step hands the upload step when no champion serves."""
+
+
 def upload_step(
     model_uri: str, tmp_path: Path, run: str = "run-1", serving_image: str = "prebuilt"
 ) -> str:
@@ -35,6 +42,7 @@ def upload_step(
         accuracy=0.95,
         champion_accuracy=-1.0,
         decision="accuracy 0.9500 >= required 0.8000: deploy",
+        evaluation=FIRST_MODEL_EVALUATION,
         model_display_name="beer-classifier",
         pipeline_job=run,
         serving_image=serving_image,
