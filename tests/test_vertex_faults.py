@@ -16,7 +16,7 @@ from components.lib.artifacts import VertexModel
 from components.lib.targets.base import Serving
 from components.lib.targets.vertex import VertexError
 from components.upload import upload_model
-from tests.conftest import VERTEX_TARGET
+from tests.conftest import VERTEX_TARGET, deploy_step
 from tests.serving_models import INSTANCES
 from tests.vertex_emulator import VertexEmulator
 
@@ -56,7 +56,7 @@ def upload_step(
 def deploy(version: str, tmp_path: Path) -> str:
     account = "serving@test-project.iam.gserviceaccount.com"
     artifact = str(tmp_path / f"endpoint-{version[-1]}")
-    return deploy(version, ENDPOINT, artifact, Serving(service_account=account))[0]
+    return deploy_step(version, ENDPOINT, artifact, Serving(service_account=account))[0]
 
 
 def served(emulator: VertexEmulator) -> dict[str, int]:
