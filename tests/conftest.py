@@ -378,6 +378,9 @@ def _point_sdk_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.setattr(pipeline_jobs, "_JOB_WAIT_TIME", 0.05)
     monkeypatch.setattr(vertex, "RETRY_FIRST_DELAY_S", 0.01)
+    # The emulator's operations take a fraction of a second, not minutes: poll every 50 ms.
+    polling = vertex.OPERATION_POLLING.with_delay(initial=0.05, multiplier=1.0)
+    monkeypatch.setattr(vertex, "OPERATION_POLLING", polling)
     # aiplatform.init is bound to the configuration object that this test replaced.
     initializer.global_config.init(
         project=VERTEX_PROJECT,
