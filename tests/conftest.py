@@ -363,6 +363,7 @@ def _point_sdk_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     The SDK's calls that would leave this machine (Resource Manager, the pipeline root bucket
     check) are replaced; nothing else is.
     """
+    from google.api_core.future import polling
     from google.auth.credentials import AnonymousCredentials
     from google.cloud.aiplatform import initializer, pipeline_jobs
     from google.cloud.aiplatform.utils import gcs_utils, resource_manager_utils
@@ -378,9 +379,15 @@ def _point_sdk_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.setattr(pipeline_jobs, "_JOB_WAIT_TIME", 0.05)
     monkeypatch.setattr(vertex, "RETRY_FIRST_DELAY_S", 0.01)
-    # The emulator's operations take a fraction of a second, not minutes: poll every 50 ms.
-    polling = vertex.OPERATION_POLLING.with_delay(initial=0.05, multiplier=1.0)
-    monkeypatch.setattr(vertex, "OPERATION_POLLING", polling)
+    # The emulator's long-running operations take a fraction of a second, not minutes: they
+    # are polled every 50 ms rather than after 1 s, 2.5 s, 4.75 s, ... (the client's default).
+    every_50_ms = polling.DEFAULT_POLLING.with_delay(initial=0.05, multiplier=1.0)
+    result = polling.PollingFuture.result
+
+    def polled_often(future, timeout=polling.PollingFuture._DEFAULT_VALUE, retry=None, **given):
+        return result(future, timeout, retry, given.get("polling") or every_50_ms)
+
+    monkeypatch.setattr(polling.PollingFuture, "result", polled_often)
     # aiplatform.init is bound to the configuration object that this test replaced.
     initializer.global_config.init(
         project=VERTEX_PROJECT,

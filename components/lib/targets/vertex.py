@@ -25,7 +25,6 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 from google.api_core import exceptions
-from google.api_core.future import polling
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform, aiplatform_v1
 from google.cloud.aiplatform import initializer, utils
@@ -54,12 +53,9 @@ T = TypeVar("T")
 RETRY_ATTEMPTS = 4
 RETRY_FIRST_DELAY_S = 2.0
 DEPLOY_TIMEOUT_S = 60 * 60
-"""How long a deploy or undeploy is waited for: a GPU replica can take half an hour to start."""
-OPERATION_POLLING = polling.DEFAULT_POLLING
-"""How often a long-running operation (deploy, undeploy) is asked whether it is done: after 1 s,
-then 1.5 times longer each time, at most every 20 s (the client library's default)."""
 UPLOAD_SETTLE_S = 10 * 60
 """How long a retried upload waits for a lost upload still running to finish."""
+"""How long a deploy or undeploy is waited for: a GPU replica can take half an hour to start."""
 # Artifact Registry multi-regions that host Vertex AI's prebuilt prediction images.
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
 _LABEL_LIMIT = 63
@@ -146,7 +142,7 @@ def wait_for_operation(what: str, operation: Any) -> Any:
     """The result of a long-running ``operation``, waiting at most ``DEPLOY_TIMEOUT_S``;
     VertexError when it fails or is still running by then."""
     try:
-        return operation.result(timeout=DEPLOY_TIMEOUT_S, polling=OPERATION_POLLING)
+        return operation.result(timeout=DEPLOY_TIMEOUT_S)
     except concurrent.futures.TimeoutError:
         raise VertexError(
             f"{what}: not finished after {DEPLOY_TIMEOUT_S:.0f} s; it goes on in Vertex AI "
