@@ -257,9 +257,12 @@ def test_steps_output_vertex_artifacts_for_lineage(
     assert vertex_model.metadata == {"resourceName": version}
     assert vertex_model.uri == f"https://{VERTEX_LOCATION}-aiplatform.googleapis.com/v1/{version}"
 
+    # Deployed: a version served in the prebuilt image (the project's serving image would be a
+    # server process of its own; tests/test_vertex_steps.py deploys that one).
+    prebuilt = upload("run-a").resource_name
     gpu = Serving("n1-standard-4", 1, 2, "NVIDIA_TESLA_T4", 1)
     endpoint, vertex_endpoint = deploy_step(
-        version, "beer-endpoint", str(tmp_path / "endpoint-artifact"), gpu
+        prebuilt, "beer-endpoint", str(tmp_path / "endpoint-artifact"), gpu
     )
     assert endpoint == vertex_emulator.calls("DeployModel")[0].endpoint
     assert vertex_endpoint.metadata == {"resourceName": endpoint}
