@@ -143,11 +143,13 @@ def _run_in(image: str) -> None:
     """Run every task of the pipeline being defined that uses the project image in ``image``.
 
     One sweep, so that no step can be missed; the custom job task runs Google's launcher image
-    and is left alone.
+    and is left alone. The image is set as ``set_container_image`` sets a plain string, without
+    its ``inspect.stack()`` call, which costs a second per compile inside a deep call stack
+    (a test, a CLI calling the compiler).
     """
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
         if task.container_spec is not None and task.container_spec.image == PIPELINE_IMAGE:
-            task.set_container_image(image)
+            task.container_spec.image = image
 
 
 def build_pipeline(
