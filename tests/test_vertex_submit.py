@@ -16,7 +16,6 @@ from tests.conftest import (
     VERTEX_PROJECT,
     VERTEX_ROOT_URI,
     VERTEX_SETTINGS,
-    run_cli,
 )
 from tests.vertex_emulator import VertexEmulator
 
@@ -165,10 +164,11 @@ def test_unavailable_submission_is_retried(vertex_emulator: VertexEmulator) -> N
     assert len(vertex_emulator.calls("CreatePipelineJob")) == 2
 
 
-def test_cli_without_settings_says_all_that_is_missing_in_one_line(tmp_path: Path) -> None:
-    result = run_cli("--config", str(tmp_path / "absent.yaml"), "--region", "mars-1")
-    assert result.returncode == 2
-    [line] = result.stderr.splitlines()
+def test_cli_without_settings_says_all_that_is_missing_in_one_line(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    assert main(["--config", str(tmp_path / "absent.yaml"), "--region", "mars-1"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("error: missing settings project (--project, BEER_PIPELINE_PROJECT")
     assert "pipeline_root (--pipeline-root" in line and "add --local" in line
     assert "image us-docker.pkg.dev/your-project/beer-pipeline" in line
