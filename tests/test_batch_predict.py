@@ -21,24 +21,17 @@ from components.lib.targets.local import ModelRegistry
 from components.lib.targets.lookup import resolve_local, split_reference
 from pipeline import predict
 from tests.conftest import write_image
+from tests.serving_models import COLOURS, colour_model
 
-CLASSES = ["0red", "1blue"]
+CLASSES = list(COLOURS)
 MODEL = "beer-classifier"
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained 32 px classifier (random backbone) exported for serving: different images
-    get different probabilities, which is all that mapping inputs to outputs needs."""
-    import keras
-
-    from components.lib.modelling.model import build_classifier, export_serving_model
-
-    keras.utils.set_random_seed(3)
-    model = build_classifier(num_classes=2, image_size=32, dropout=0.0, weights=None)
-    model_dir = tmp_path_factory.mktemp("tiny") / "model"
-    export_serving_model(model, CLASSES, 32, str(model_dir))
-    return model_dir
+    """A SavedModel of the serving contract made in a second (``tests/serving_models.py``): it
+    tells photos apart by colour, so each input's answer is known."""
+    return colour_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture
