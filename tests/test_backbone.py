@@ -58,7 +58,13 @@ def state() -> dict[str, np.ndarray]:
     return backbone.read_torch_legacy_state_dict(get_variant(LITE0).weights_path())
 
 
-@pytest.fixture(scope="module", params=list(BACKBONES))
+@pytest.fixture(
+    scope="module",
+    # Lite0 in the fast tier; the larger variants' weight packages in the slow one.
+    params=[
+        name if name == LITE0 else pytest.param(name, marks=pytest.mark.slow) for name in BACKBONES
+    ],
+)
 def classifier(request: pytest.FixtureRequest) -> keras.Model:
     """Each variant with its ImageNet head, at its native size."""
     return backbone.build_efficientnet_lite(request.param, include_top=True)
