@@ -63,7 +63,9 @@ class ArtifactRegistryStandIn:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # Polled every 50 ms for shutdown (the default, 0.5 s, is what stop() would wait).
+        serve = {"poll_interval": 0.05}
+        threading.Thread(target=self._server.serve_forever, kwargs=serve, daemon=True).start()
 
     def stop(self) -> None:
         self._server.shutdown()

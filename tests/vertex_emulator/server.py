@@ -341,7 +341,13 @@ class VertexEmulator:
         self._grpc.start()
         self._rest = ThreadingHTTPServer(("127.0.0.1", rest_port), _rest_handler(self))
         self.rest_port = self._rest.server_address[1]
-        threading.Thread(target=self._rest.serve_forever, name="vertex-rest", daemon=True).start()
+        # Polled every 50 ms for shutdown (the default, 0.5 s, is what stop() would wait).
+        threading.Thread(
+            target=self._rest.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="vertex-rest",
+            daemon=True,
+        ).start()
         return self
 
     def stop(self) -> None:
