@@ -415,7 +415,7 @@ def running_vertex_emulator(
     emulator = VertexEmulator(
         projects=[VERTEX_PROJECT],
         storage=CloudStorage(gcs_url, mount_root=str(mount_root)),
-        operation_delay_s=0.2,
+        operation_delay_s=0.02,  # not done at once, so the client polls; soon done
     ).start(*tls)
     _point_sdk_at(emulator.port, monkeypatch)
     monkeypatch.setenv(GCS_MOUNT_ROOT_ENV, str(mount_root))
