@@ -15,20 +15,23 @@ from components.lib.evaluation.metrics import evaluate_champion, evaluate_saved_
 from components.lib.storage import local_copy
 from components.lib.targets.base import Serving
 from components.upload import upload_model
-from tests.conftest import VERTEX_TARGET, deploy_step, upload_folder
+from tests.conftest import VERTEX_TARGET, deploy_step, make_layout, upload_folder
 from tests.vertex_emulator import VertexEmulator
 
 ENDPOINT = "beer-endpoint"
 
 
 def test_a_champion_in_cloud_storage_is_read_through_the_storage_seam(
-    emulated_gcs, demo_model_dir: Path, demo_data_dir: Path, tmp_path: Path, monkeypatch
+    emulated_gcs, colour_models: dict[str, Path], tmp_path: Path, monkeypatch
 ) -> None:
-    uri = upload_folder(emulated_gcs, demo_model_dir, f"{tmp_path.name}/registry/model")
-    expected = evaluate_saved_model(str(demo_model_dir), str(demo_data_dir)).accuracy
+    model_dir = colour_models["v1"]
+    data_dir = make_layout(tmp_path / "data", {"0red": 2, "1blue": 2, "2green": 2})
+    uri = upload_folder(emulated_gcs, model_dir, f"{tmp_path.name}/registry/model")
+    expected = evaluate_saved_model(str(model_dir), str(data_dir)).accuracy
+    assert expected == 1.0, "the colour model tells the colours apart"
 
     # No /gcs mount (a laptop, a serving container): downloaded with gcsfs.
-    champion = evaluate_champion(uri, str(demo_data_dir))
+    champion = evaluate_champion(uri, str(data_dir))
     assert champion.accuracy == expected
     copy = Path(local_copy(uri))
     assert (copy / "saved_model.pb").is_file() and (copy / "class_names.json").is_file()
@@ -38,10 +41,10 @@ def test_a_champion_in_cloud_storage_is_read_through_the_storage_seam(
     mount = tmp_path / "gcs"
     mirrored = mount / uri.removeprefix("gs://")
     mirrored.parent.mkdir(parents=True)
-    mirrored.symlink_to(demo_model_dir, target_is_directory=True)
+    mirrored.symlink_to(model_dir, target_is_directory=True)
     monkeypatch.setenv("BEER_GCS_MOUNT_ROOT", str(mount))
     assert local_copy(uri) == str(mirrored)
-    assert evaluate_champion(uri, str(demo_data_dir)).accuracy == expected
+    assert evaluate_champion(uri, str(data_dir)).accuracy == expected
 
 
 def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dict:
