@@ -315,6 +315,29 @@ def no_ambient_vertex_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setenv("BEER_PIPELINE_STATE_DIR", str(tmp_path / "state"))
 
 
+_COMPILED: dict[tuple, str] = {}
+
+
+@pytest.fixture
+def compiled_once(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """``pipeline.run`` compiles the pipeline once per (resources, image) in a test session
+    rather than once per command: the same spec, half a second less each time
+    (tests/test_pipeline_spec.py checks a fresh compile)."""
+    import pipeline.run
+    from pipeline.compile import compile_pipeline
+
+    def compiled(output: str, *args, **kwargs) -> str:
+        key = (args, tuple(sorted(kwargs.items())))
+        if key not in _COMPILED:
+            fresh = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
+            _COMPILED[key] = compile_pipeline(str(fresh), *args, **kwargs)
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        shutil.copyfile(_COMPILED[key], output)
+        return output
+
+    monkeypatch.setattr(pipeline.run, "compile_pipeline", compiled)
+
+
 @pytest.fixture(scope="session")
 def service_account_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A service account key file with a throw-away RSA key: credentials that load offline."""

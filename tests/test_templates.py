@@ -28,7 +28,7 @@ from tests.vertex_emulator import VertexEmulator
 
 REPOSITORY = f"https://{VERTEX_LOCATION}-kfp.pkg.dev/{VERTEX_PROJECT}/pipelines"
 PACKAGE_URI = f"{REPOSITORY}/{PIPELINE_NAME}"
-pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings")
+pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings", "compiled_once")
 # A template carries its images: --image is for a fresh compile only.
 SETTINGS = VERTEX_SETTINGS[: VERTEX_SETTINGS.index("--image")]
 

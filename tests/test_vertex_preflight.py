@@ -18,7 +18,7 @@ from tests.conftest import ROOT, VERTEX_PROJECT, VERTEX_SETTINGS
 from tests.vertex_emulator import VertexEmulator
 
 SETTINGS = VERTEX_SETTINGS
-pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings")
+pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings", "compiled_once")
 COMMANDS = {
     "submit": [*SETTINGS],
     "schedule": ["schedule", "--cron", "0 3 * * 1", *SETTINGS],

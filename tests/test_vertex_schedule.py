@@ -11,7 +11,7 @@ from tests.conftest import VERTEX_SETTINGS
 from tests.vertex_emulator import VertexEmulator
 
 SETTINGS = VERTEX_SETTINGS
-pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings")
+pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings", "compiled_once")
 
 
 def test_schedule_is_created_then_updated_not_duplicated(

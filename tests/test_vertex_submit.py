@@ -21,7 +21,7 @@ from tests.vertex_emulator import VertexEmulator
 
 ROOT_URI = VERTEX_ROOT_URI
 SETTINGS = VERTEX_SETTINGS
-pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings")
+pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings", "compiled_once")
 
 
 def test_submit_sends_spec_typed_parameters_root_account_and_labels(
