@@ -358,6 +358,7 @@ def build_pipeline(
             upload = (
                 upload_model(
                     model=train.outputs["model"],
+                    model_evaluation=evaluate.outputs["model_evaluation"],
                     accuracy=evaluate.outputs["accuracy"],
                     champion_accuracy=evaluate.outputs["champion_accuracy"],
                     decision=evaluate.outputs["reason"],
