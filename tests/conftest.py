@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -128,6 +129,18 @@ def scored(right: list[bool], classes: tuple[str, ...] = ("a", "b")):
         labels=(0,) * len(right),
         probabilities=probabilities,
     )
+
+
+def evaluation_artifact(folder: Path):
+    """The evaluate step's ``model_evaluation`` output for a model that got 2 of 3 photos right,
+    as the upload step reads it."""
+    from kfp import dsl
+
+    from components.lib.evaluation.model_evaluation import write_model_evaluation
+
+    evaluation = dataclasses.replace(scored([True, True, False]), fingerprint="sha256:" + "a" * 64)
+    write_model_evaluation(evaluation, "", str(folder), str(folder))
+    return dsl.Artifact(uri=str(folder))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from components.deploy import deploy_model
 from components.lib.artifacts import VertexEndpoint, VertexModel
 from components.lib.targets.vertex import VertexError
 from components.upload import upload_model
-from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT
+from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, evaluation_artifact
 from tests.serving_models import INSTANCES
 from tests.vertex_emulator import VertexEmulator
 
@@ -33,9 +33,14 @@ def upload_step(
     prebuilt TensorFlow image unless ``serving_image`` says otherwise: "" is the project's)."""
     return upload_model.python_func(
         model=dsl.Model(uri=model_uri),
+        model_evaluation=evaluation_artifact(tmp_path / f"evaluation-{run}"),
         accuracy=0.95,
         champion_accuracy=-1.0,
         decision="accuracy 0.9500 >= required 0.8000: deploy",
+        evaluation={
+            "champion_status": "none",
+            "gate": {"min_accuracy": 0.8, "max_regression": 0.0, "allow_class_change": False},
+        },
         model_display_name="beer-classifier",
         pipeline_job=run,
         serving_image=serving_image,

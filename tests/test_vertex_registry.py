@@ -11,7 +11,7 @@ from components import SERVING_IMAGE
 from components.lib.targets import Serving, champion_version, endpoint_registry, model_registry
 from components.lib.targets.base import ModelVersion, version_alias
 from components.lib.targets.vertex import VertexError, label_value, prediction_image
-from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, upload_folder
+from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, evaluation_artifact, upload_folder
 from tests.vertex_emulator import VertexEmulator
 
 IMAGE = "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
@@ -215,6 +215,7 @@ def test_steps_output_vertex_artifacts_for_lineage(
     vertex_model = VertexModel(uri=str(tmp_path / "model-artifact"))
     version = upload_model.python_func(
         model=dsl.Model(uri="gs://bucket/root/train-model/model"),
+        model_evaluation=evaluation_artifact(tmp_path / "evaluation"),
         accuracy=0.95,
         champion_accuracy=0.93,
         decision="accuracy 0.9500 >= required 0.8000; vs champion 0.9300: deploy",
