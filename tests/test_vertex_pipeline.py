@@ -168,6 +168,9 @@ def test_second_run_compares_with_the_champion_from_cloud_storage(
     assert after["champion_accuracy"] == pytest.approx(before["accuracy"]), (
         "the champion (version 1, read from gs://) scored on the same eval photos"
     )
+    assert "read from its evaluation in the model registry (same eval photos" in after["champion"]
+    [evaluated] = emulator.calls("ImportModelEvaluation")[:1]
+    assert evaluated.parent == before["model_version"], "the first version carries its evaluation"
     should_deploy = after["accuracy"] >= after["champion_accuracy"]
     assert after["deployed"] is should_deploy, after["decision"]
     if should_deploy:

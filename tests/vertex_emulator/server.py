@@ -27,6 +27,7 @@ import grpc
 from google.cloud import aiplatform_v1 as v1
 from google.longrunning import operations_pb2
 
+from tests.vertex_emulator.batch_prediction import BatchPredictionJobs
 from tests.vertex_emulator.context import Context
 from tests.vertex_emulator.endpoints import Endpoints
 from tests.vertex_emulator.metadata import Metadata
@@ -55,6 +56,7 @@ _PERMISSIONS = {
     "UndeployModel": "aiplatform.endpoints.undeploy",
     "Predict": "aiplatform.endpoints.predict",
     "CreatePipelineJob": "aiplatform.pipelineJobs.create",
+    "CreateBatchPredictionJob": "aiplatform.batchPredictionJobs.create",
     "CreateSchedule": "aiplatform.schedules.create",
 }
 
@@ -82,9 +84,9 @@ class VertexEmulator:
         self.context = Context(names, Operations(operation_delay_s, names), storage)
         self.operations = self.context.operations
         self.registry = ModelRegistry(self.context)
-        self.endpoint_service = Endpoints(
-            self.context, self.registry, ContainerRuntime(custom_images), seed
-        )
+        runtime = ContainerRuntime(custom_images)
+        self.endpoint_service = Endpoints(self.context, self.registry, runtime, seed)
+        self.batch_jobs = BatchPredictionJobs(self.context, self.registry, runtime)
         self.metadata = Metadata(self.context)
         self.pipelines = Pipelines(self.context, self.metadata)
         self.requests: list[tuple[str, Any]] = []
@@ -215,6 +217,18 @@ class VertexEmulator:
             ),
             Rpc("PredictionService", "Predict", v1.PredictRequest, endpoints.predict),
             Rpc("PredictionService", "RawPredict", v1.RawPredictRequest, endpoints.raw_predict),
+            Rpc(
+                "JobService",
+                "CreateBatchPredictionJob",
+                v1.CreateBatchPredictionJobRequest,
+                self.batch_jobs.create_batch_prediction_job,
+            ),
+            Rpc(
+                "JobService",
+                "GetBatchPredictionJob",
+                v1.GetBatchPredictionJobRequest,
+                self.batch_jobs.get_batch_prediction_job,
+            ),
             Rpc(
                 "PipelineService",
                 "CreatePipelineJob",
