@@ -7,6 +7,7 @@ and the image every step runs in are set at compile time: KFP compiles them into
 """
 
 import copy
+import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -36,6 +37,7 @@ PIPELINE_NAME = "beer-classifier-training"
 CHALLENGE_DATA_URI = "gs://ml6_junior_ml_engineer_challenge_cv_beer_data/data"
 CUSTOM_JOB_MACHINE_TYPE = "n1-standard-8"
 """Machine of a custom training job that names none: 8 vCPUs and 30 GB, the plain step's limits."""
+TENSORBOARD_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/tensorboards/[^/]+")
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,11 @@ class TrainResources:
 
     By default the train step is a plain pipeline component, which is also what kfp.local runs.
     It becomes a Vertex AI custom training job (``custom_job``) when it asks for what only such
-    a job offers: more than one replica, a machine type, or spot VMs. The job then runs
-    ``replica_count`` machines of ``machine_type`` (``CUSTOM_JOB_MACHINE_TYPE`` if empty), each
-    with ``accelerator_count`` GPUs of ``accelerator_type`` (none if empty): one chief and
-    ``replica_count - 1`` workers, with TF_CONFIG set by Vertex AI. ``cpu_limit`` and
+    a job offers: more than one replica, a machine type, spot VMs or a Vertex AI TensorBoard.
+    The job then runs ``replica_count`` machines of ``machine_type``
+    (``CUSTOM_JOB_MACHINE_TYPE`` if empty), each with ``accelerator_count`` GPUs of
+    ``accelerator_type`` (none if empty): one chief and ``replica_count - 1`` workers, with
+    TF_CONFIG set by Vertex AI. ``cpu_limit`` and
     ``memory_limit`` apply to the plain component only; a job's machine type sets both.
     """
 
@@ -58,17 +61,27 @@ class TrainResources:
     replica_count: int = 1
     machine_type: str = ""
     spot: bool = False
+    tensorboard: str = ""
+    """A Vertex AI TensorBoard (``projects/P/locations/L/tensorboards/ID``) that the job streams
+    its training logs to."""
 
     def __post_init__(self) -> None:
         if self.replica_count < 1:
             raise ValueError(f"replica_count must be at least 1, got {self.replica_count}")
         if self.accelerator_count < 0:
             raise ValueError(f"accelerator_count must be 0 or more, got {self.accelerator_count}")
+        if self.tensorboard and not TENSORBOARD_NAME.fullmatch(self.tensorboard):
+            raise ValueError(
+                f"tensorboard {self.tensorboard!r}: give the instance's resource name, "
+                "projects/PROJECT/locations/REGION/tensorboards/ID (gcloud ai tensorboards list)"
+            )
 
     @property
     def custom_job(self) -> bool:
         """Whether the train step runs as a Vertex AI custom training job."""
-        return self.replica_count > 1 or bool(self.machine_type) or self.spot
+        return (
+            self.replica_count > 1 or bool(self.machine_type) or self.spot or bool(self.tensorboard)
+        )
 
 
 class PipelineOutputs(NamedTuple):
@@ -115,6 +128,14 @@ def _train_task(resources: TrainResources, image: str, **inputs: Any) -> dsl.Pip
         # The pipeline's identity, as a plain step has; left empty, the job would run as
         # Vertex AI's Custom Code Service Agent, which may not read the pipeline's bucket.
         service_account=_placeholders.SERVICE_ACCOUNT_PLACEHOLDER,
+        # With a TensorBoard, Vertex AI sets AIP_TENSORBOARD_LOG_DIR to <base>/logs/ and
+        # streams what the train step writes there to it; one folder per pipeline job.
+        tensorboard=resources.tensorboard,
+        base_output_directory=(
+            f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/{dsl.PIPELINE_JOB_ID_PLACEHOLDER}/train-job"
+            if resources.tensorboard
+            else ""
+        ),
     )
     # The job's project and location are left at their defaults, the pipeline job's own.
     return job(**inputs)
