@@ -262,3 +262,21 @@ class EndpointTarget(Protocol):
         """Serve ``version`` by ``plan_traffic``'s rule (creating the endpoint on first use);
         returns the endpoint's name, display name, deployments, split and whether it changed."""
         ...
+
+
+RunValue = str | int | float
+
+
+class ExperimentTarget(Protocol):
+    """Where runs are recorded to be compared: an experiment holds runs, each with its
+    parameters and final metrics (Vertex AI Experiments; locally, JSON files)."""
+
+    def record_run(
+        self,
+        experiment: str,
+        run: str,
+        params: dict[str, RunValue],
+        metrics: dict[str, float],
+    ) -> str:
+        """Record ``run`` in ``experiment`` (created on first use); returns where it is."""
+        ...

@@ -30,6 +30,7 @@ from components.lib.targets.base import (
     Deployment,
     ModelEvaluationRecord,
     ModelVersion,
+    RunValue,
     Serving,
     most_traffic,
     pick_deployment,
@@ -356,3 +357,25 @@ class LocalEndpoints:
             model_version_id=deployed["modelVersionId"],
             model_display_name=deployed["displayName"],
         )
+
+
+class Experiments(_LocalStore):
+    """Runs under ``<root>/experiments/<experiment>/<run>.json``, as Vertex AI Experiments keeps
+    them: parameters, final metrics and the time, one file per run."""
+
+    def record_run(
+        self, experiment: str, run: str, params: dict[str, RunValue], metrics: dict[str, float]
+    ) -> str:
+        path = os.path.join(self.root, "experiments", experiment, f"{run}.json")
+        record = {
+            "experiment": experiment,
+            "run": run,
+            "params": params,
+            "metrics": metrics,
+            "createTime": _now(),
+        }
+        with self._lock():
+            if os.path.exists(path):
+                raise FileExistsError(f"experiment {experiment!r} has a run {run!r} already")
+            _write_json_atomic(path, record)
+        return path

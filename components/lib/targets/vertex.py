@@ -43,6 +43,7 @@ from components.lib.targets.base import (
     Deployment,
     ModelEvaluationRecord,
     ModelVersion,
+    RunValue,
     Serving,
     most_traffic,
     plan_traffic,
@@ -627,3 +628,30 @@ def _describe(endpoint: aiplatform_v1.Endpoint, changed: bool) -> dict[str, Any]
         ],
         "changed": changed,
     }
+
+
+class VertexExperiments:
+    """Vertex AI Experiments: each run an ``ExperimentRun`` with its parameters and metrics."""
+
+    def __init__(self, project: str, location: str) -> None:
+        self.project = project
+        self.location = location
+
+    def record_run(
+        self, experiment: str, run: str, params: dict[str, RunValue], metrics: dict[str, float]
+    ) -> str:
+        """Get or create ``experiment`` (without a backing TensorBoard: the training's
+        TensorBoard logs go to the job's own), then create the run, log its parameters and
+        metrics, and mark it complete; returns the run's resource name."""
+        where = {"project": self.project, "location": self.location}
+
+        def record() -> str:
+            found = aiplatform.Experiment.get_or_create(experiment, **where)
+            created = aiplatform.ExperimentRun.create(run, experiment=found, **where)
+            created.log_params(params)
+            created.log_metrics(metrics)
+            created.end_run()
+            return created.resource_name
+
+        use_emulator_if_set()
+        return call_vertex(f"record run {run!r} in experiment {experiment!r}", record)
