@@ -98,6 +98,8 @@ def run_pipeline(state: Path, data: Path) -> dict:
         "--state-dir",
         str(state),
         "--json",
+        "--experiment",
+        "beer-runs",
         *(part for assignment in TRAINING for part in ("--param", assignment)),
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -159,6 +161,12 @@ def test_first_run_registers_and_deploys(emulator: VertexEmulator, first: dict) 
     assert image_name(container.image_uri) == image_name(SERVING_IMAGE)
     assert (container.predict_route, container.health_route) == ("/predict", "/health")
     assert first["calls"] == {"UploadModel": 1, "DeployModel": 1, "UndeployModel": 0}
+    # Recorded in Vertex AI Experiments: the run's parameters and final metrics.
+    run = emulator.metadata.contexts[summary["experiment_run"]]
+    assert run.schema_title == "system.ExperimentRun"
+    assert run.metadata["_params"]["epochs"] == 15
+    assert run.metadata["_metrics"]["accuracy"] == pytest.approx(summary["accuracy"])
+    assert run.metadata["_state"] == "COMPLETE"
 
 
 def test_second_run_compares_with_the_champion_from_cloud_storage(
