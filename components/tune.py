@@ -198,7 +198,8 @@ def best_trial(gcp_resources: str, trials: dsl.Output[dsl.Markdown]) -> NamedTup
 
     results = read_trials(job_name(gcp_resources))
     table = trials_table(results, STUDY)
-    logging.getLogger(__name__).info("trials:\n%s", table)
+    for line in table.splitlines():
+        logging.getLogger(__name__).info("%s", line)
     with open(trials.path, "w") as file:
         file.write(table + "\n")
     trials.metadata.update(trials_record(results, STUDY))

@@ -27,6 +27,7 @@ import grpc
 from google.cloud import aiplatform_v1 as v1
 from google.longrunning import operations_pb2
 
+from components import PIPELINE_IMAGE
 from tests.vertex_emulator.context import Context
 from tests.vertex_emulator.endpoints import Endpoints
 from tests.vertex_emulator.metadata import Metadata
@@ -36,6 +37,7 @@ from tests.vertex_emulator.registry import ModelRegistry
 from tests.vertex_emulator.resources import ApiError, Names
 from tests.vertex_emulator.serving import ContainerRuntime
 from tests.vertex_emulator.storage import CloudStorage
+from tests.vertex_emulator.tuning import TuningJobs
 
 _V1 = "google.cloud.aiplatform.v1."
 _REST_PREDICT = re.compile(
@@ -54,6 +56,8 @@ _PERMISSIONS = {
     "Predict": "aiplatform.endpoints.predict",
     "CreatePipelineJob": "aiplatform.pipelineJobs.create",
     "CreateSchedule": "aiplatform.schedules.create",
+    "CreateHyperparameterTuningJob": "aiplatform.hyperparameterTuningJobs.create",
+    "GetHyperparameterTuningJob": "aiplatform.hyperparameterTuningJobs.get",
 }
 
 
@@ -85,6 +89,7 @@ class VertexEmulator:
         )
         self.metadata = Metadata(self.context)
         self.pipelines = Pipelines(self.context, self.metadata)
+        self.tuning = TuningJobs(self.context, PIPELINE_IMAGE, seed)
         self.requests: list[tuple[str, Any]] = []
         self.unimplemented: list[str] = []
         self._failures: dict[str, list[grpc.StatusCode]] = defaultdict(list)
@@ -138,6 +143,7 @@ class VertexEmulator:
     # gRPC
     def _rpcs(self) -> list[Rpc]:
         registry, endpoints, pipelines = self.registry, self.endpoint_service, self.pipelines
+        tuning = self.tuning
         operations, metadata = self.operations, self.metadata
         return [
             Rpc("ModelService", "UploadModel", v1.UploadModelRequest, registry.upload_model),
@@ -237,6 +243,24 @@ class VertexEmulator:
                 "DeleteSchedule",
                 v1.DeleteScheduleRequest,
                 pipelines.delete_schedule,
+            ),
+            Rpc(
+                "JobService",
+                "CreateHyperparameterTuningJob",
+                v1.CreateHyperparameterTuningJobRequest,
+                tuning.create_hyperparameter_tuning_job,
+            ),
+            Rpc(
+                "JobService",
+                "GetHyperparameterTuningJob",
+                v1.GetHyperparameterTuningJobRequest,
+                tuning.get_hyperparameter_tuning_job,
+            ),
+            Rpc(
+                "JobService",
+                "CancelHyperparameterTuningJob",
+                v1.CancelHyperparameterTuningJobRequest,
+                tuning.cancel_hyperparameter_tuning_job,
             ),
             *metadata.rpcs(Rpc),
             Rpc(
@@ -351,6 +375,7 @@ class VertexEmulator:
             self._rest.shutdown()
             self._rest.server_close()
         self.endpoint_service.stop()
+        self.tuning.stop()
 
 
 class _Unimplemented(grpc.GenericRpcHandler):

@@ -44,5 +44,6 @@ def search(
         "prepared the data in %s",
         ", ".join(f"{what} {seconds:.0f} s" for what, seconds in data.seconds.items()),
     )
-    logger.info("trials:\n%s", trials_table(results, study))
+    for line in trials_table(results, study).splitlines():
+        logger.info("%s", line)
     return results
