@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from google_cloud_pipeline_components.v1.hyperparameter_tuning_job import (
     serialize_metrics,
     serialize_parameters,
 )
+from kfp import dsl
 
 from components import PIPELINE_IMAGE
 from components.lib.modelling.variants import BACKBONES
@@ -35,6 +37,7 @@ from components.lib.tuning.study import (
 from components.lib.tuning.vertex import TRIAL_MODULE, job_name, worker_pool_specs
 from pipeline.compile import compile_pipeline
 from pipeline.pipeline import CUSTOM_JOB_MACHINE_TYPE, PIPELINE_NAME, TrainResources
+from tests.conftest import make_layout, run_cli, upload_folder
 
 TUNED = [parameter.name for parameter in STUDY.parameters]
 TINY_TRAINING = {"epochs": 2, "fine_tune_epochs": 1, "batch_size": 8, "seed": 3}
@@ -45,6 +48,15 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
     path = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
     compile_pipeline(str(path))
     return yaml.safe_load(path.read_text())
+
+
+def _constants(inputs: dict) -> dict:
+    """The constant arguments of a compiled task's inputs."""
+    return {
+        name: value["runtimeValue"]["constant"]
+        for name, value in inputs.items()
+        if "runtimeValue" in value
+    }
 
 
 def _branch(spec: dict, task: str) -> tuple[str, dict]:
@@ -153,11 +165,7 @@ def test_the_tuning_job_gets_the_study_serialised_by_google_cloud_pipeline_compo
 ) -> None:
     _, tasks = _branch(spec, "hyperparameter-tuning-job")
     inputs = tasks["hyperparameter-tuning-job"]["inputs"]["parameters"]
-    constant = {
-        name: value["runtimeValue"]["constant"]
-        for name, value in inputs.items()
-        if "runtimeValue" in value
-    }
+    constant = _constants(inputs)
     expected_parameters = serialize_parameters(
         {
             "learning_rate": hpt.DoubleParameterSpec(min=1e-3, max=1e-1, scale="log"),
@@ -307,3 +315,190 @@ def test_the_job_is_named_by_the_ops_gcp_resources() -> None:
     assert job_name(json.dumps(resources)) == name
     with pytest.raises(ValueError, match="names no one hyperparameter tuning job"):
         job_name(json.dumps({"resources": []}))
+
+
+# Slow: real trials
+def _executor_output(pipeline_root: Path, task: str) -> dict:
+    [run] = [path for path in pipeline_root.iterdir() if (path / task).is_dir()]
+    return json.loads((run / task / "executor_output.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_local_run_trains_with_the_best_trial_of_its_search(tmp_path: Path) -> None:
+    data = make_layout(tmp_path / "data", {"0red": 6, "1blue": 6})
+    state = tmp_path / "state"
+    result = run_cli(
+        "--local",
+        "--json",
+        "--state-dir",
+        str(state),
+        "--data-uri",
+        str(data),
+        "--min-accuracy",
+        "0",
+        *("--param", "image_size=32", "--param", "validation_fraction=0.25"),
+        *("--param", "epochs=2", "--param", "fine_tune_epochs=1", "--param", "batch_size=8"),
+        *("--param", "tuning_trials=2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tuning: 2 trials of val_accuracy, one after another" in result.stderr
+    search = _executor_output(state / "pipeline_root", "search-hyperparameters")
+    record = search["artifacts"]["trials"]["artifacts"][0]["metadata"]
+    trials = record["trials"]
+    assert [t["trial"] for t in trials] == ["1", "2"]
+    assert trials[0]["parameters"] != trials[1]["parameters"], "two draws of the study"
+    assert all(0.0 <= t["metric"] <= 1.0 and t["seconds"] > 0 for t in trials)
+    best = max(trials, key=lambda t: (t["metric"], -int(t["trial"])))
+    assert record["best"] == best["trial"]
+    assert search["parameterValues"] == best["parameters"]
+
+    train = _executor_output(state / "pipeline_root", "train-model")
+    model = train["artifacts"]["model"]["artifacts"][0]["metadata"]
+    config = model["training_config"]
+    assert {name: config[name] for name in TUNED} == best["parameters"]
+    assert (config["epochs"], config["fine_tune_epochs"], config["batch_size"]) == (2, 1, 8)
+    assert model["backbone"] == best["parameters"]["backbone"]
+    # The same seed, data and settings: the final training repeats the best trial.
+    history = model["history"]
+    last = history.get("fine_tune_val_accuracy", history["head_val_accuracy"])
+    assert max(last) == pytest.approx(best["metric"], abs=0.5), "within one of four photos"
+    assert json.loads(result.stdout.strip().splitlines()[-1])["deployed"] is True
+
+
+def _vertex_rendering(value: Any) -> Any:
+    """A parameter value as Vertex AI writes it into a placeholder: protobuf JSON, where a
+    whole number stored as a double is written without a fraction (1.0 as 1)."""
+    if isinstance(value, dict):
+        return {key: _vertex_rendering(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_vertex_rendering(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+@pytest.mark.slow
+@pytest.mark.vertex_emulator
+def test_a_vertex_tuning_job_runs_its_trials_and_the_best_one_is_read_back(
+    vertex_emulator, emulated_gcs, spec: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform
+    from google_cloud_pipeline_components.container.v1.gcp_launcher import job_remote_runner
+    from google_cloud_pipeline_components.container.v1.hyperparameter_tuning_job import launcher
+    from kfp.local import placeholder_utils
+
+    from components.tune import best_trial, tuning_job_spec
+    from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT
+
+    # The validated images in Cloud Storage, where the trials' machines read them.
+    raw = upload_folder(
+        emulated_gcs,
+        make_layout(tmp_path / "data", {"0red": 6, "1blue": 6}),
+        f"{tmp_path.name}/raw",
+    )
+    _, tasks = _branch(spec, "hyperparameter-tuning-job")
+    machine = _constants(tasks["tuning-job-spec"]["inputs"]["parameters"])
+    job_spec = tuning_job_spec.python_func(
+        raw_data=dsl.Dataset(uri=raw),
+        image=machine["image"],
+        machine_type=machine["machine_type"],
+        accelerator_type=machine["accelerator_type"],
+        accelerator_count=int(machine["accelerator_count"]),
+        image_size=32,
+        validation_fraction=0.25,
+        early_stopping_patience=3,
+        dropout=0.2,
+        label_smoothing=0.1,
+        brightness_contrast=0.2,
+        imbalance_ratio=1.5,
+        study=dsl.Artifact(uri=f"gs://beer-data/{tmp_path.name}/tuning"),
+        **TINY_TRAINING,
+    )
+
+    # The tuning op's container, run as Vertex AI runs it: its arguments with the task's
+    # inputs in place, then google-cloud-pipeline-components' launcher, against the emulator.
+    executor = spec["deploymentSpec"]["executors"]["exec-hyperparameter-tuning-job"]["container"]
+    inputs = tasks["hyperparameter-tuning-job"]["inputs"]["parameters"]
+    values = _constants(inputs)
+    values |= {
+        "worker_pool_specs": job_spec.worker_pool_specs,
+        "base_output_directory": job_spec.base_output_directory,
+        "max_trial_count": 2,
+        "parallel_trial_count": 2,
+        "project": VERTEX_PROJECT,
+        "location": VERTEX_LOCATION,
+        "service_account": "pipelines@test-project.iam.gserviceaccount.com",
+    }
+    defaults = spec["components"]["comp-hyperparameter-tuning-job"]["inputDefinitions"][
+        "parameters"
+    ]
+    values = {
+        name: d["defaultValue"] for name, d in defaults.items() if "defaultValue" in d
+    } | values
+    gcp_resources = tmp_path / "gcp_resources"
+    executor_input = {
+        "inputs": {"parameterValues": _vertex_rendering(values)},
+        "outputs": {
+            "parameters": {"gcp_resources": {"outputFile": str(gcp_resources)}},
+            "outputFile": str(tmp_path / "output_metadata.json"),
+        },
+    }
+    arguments = placeholder_utils.replace_placeholders(
+        executor["args"], executor_input, "job", "tuning-job", "gs://beer-data/root", "job-1"
+    )
+
+    real_client = aiplatform.gapic.JobServiceClient
+
+    def emulated_client(client_options=None, client_info=None):
+        return real_client(
+            credentials=AnonymousCredentials(),
+            client_options=ClientOptions(api_endpoint=f"localhost:{vertex_emulator.port}"),
+            client_info=client_info,
+        )
+
+    monkeypatch.setattr(job_remote_runner.aiplatform.gapic, "JobServiceClient", emulated_client)
+    monkeypatch.setattr(job_remote_runner, "_POLLING_INTERVAL_IN_SECONDS", 0.5)
+    launcher.main(arguments)
+
+    [request] = vertex_emulator.calls("CreateHyperparameterTuningJob")
+    sent = request.hyperparameter_tuning_job
+    assert request.parent == f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
+    assert [m.metric_id for m in sent.study_spec.metrics] == ["val_accuracy"]
+    assert sent.study_spec.metrics[0].goal.name == "MAXIMIZE"
+    assert sent.study_spec.algorithm.name == "RANDOM_SEARCH"
+    assert [p.parameter_id for p in sent.study_spec.parameters] == TUNED
+    [rate, _, block, backbone] = sent.study_spec.parameters
+    assert (rate.double_value_spec.min_value, rate.double_value_spec.max_value) == (1e-3, 1e-1)
+    assert rate.scale_type.name == "UNIT_LOG_SCALE"
+    assert (block.integer_value_spec.min_value, block.integer_value_spec.max_value) == (4, 16)
+    assert list(backbone.categorical_value_spec.values) == list(BACKBONES)
+    assert (sent.max_trial_count, sent.parallel_trial_count) == (2, 2)
+    [pool] = sent.trial_job_spec.worker_pool_specs
+    assert pool.container_spec.image_uri == PIPELINE_IMAGE
+    assert pool.container_spec.args[:2] == ["--raw-data", raw]
+    assert pool.machine_spec.accelerator_type.name == "NVIDIA_TESLA_T4"
+    assert sent.trial_job_spec.service_account == "pipelines@test-project.iam.gserviceaccount.com"
+    assert (
+        sent.trial_job_spec.base_output_directory.output_uri_prefix
+        == job_spec.base_output_directory
+    )
+    polls = vertex_emulator.calls("GetHyperparameterTuningJob")
+    assert len(polls) > 1, "the job finished later, not at once"
+
+    [job] = vertex_emulator.tuning.jobs.values()
+    assert job.state.name == "JOB_STATE_SUCCEEDED", [t.infeasible_reason for t in job.trials]
+    assert [t.state.name for t in job.trials] == ["SUCCEEDED", "SUCCEEDED"]
+    measured = {t.id: t.final_measurement.metrics[0].value for t in job.trials}
+    assert all(0.0 <= value <= 1.0 for value in measured.values())
+
+    trials = dsl.Markdown(uri=str(tmp_path / "trials.md"))
+    chosen = best_trial.python_func(gcp_resources=gcp_resources.read_text(), trials=trials)
+    best_id = max(sorted(measured), key=lambda trial_id: measured[trial_id])
+    [winner] = [t for t in job.trials if t.id == best_id]
+    suggested = STUDY.parse({p.parameter_id: p.value for p in winner.parameters})
+    assert dict(zip(TUNED, chosen, strict=True)) == suggested
+    assert trials.metadata["best"] == best_id
+    assert [t["metric"] for t in trials.metadata["trials"]] == [measured["1"], measured["2"]]
+    assert "(best)" in Path(trials.path).read_text()
