@@ -99,8 +99,12 @@ def test_upload_and_deploy_run_only_behind_the_accuracy_gate(spec: dict) -> None
 def test_components_run_in_the_project_image(spec: dict) -> None:
     from components import PIPELINE_IMAGE
 
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {PIPELINE_IMAGE}
+    executors = dict(spec["deploymentSpec"]["executors"])
+    tuning_job = executors.pop("exec-hyperparameter-tuning-job")["container"]["image"]
+    assert tuning_job.startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:"), (
+        "the tuning job's task is Google's launcher; its trials run the project image"
+    )
+    assert {e["container"]["image"] for e in executors.values()} == {PIPELINE_IMAGE}
 
 
 def test_upload_and_deploy_output_google_vertex_artifacts(spec: dict) -> None:

@@ -502,3 +502,16 @@ def test_a_vertex_tuning_job_runs_its_trials_and_the_best_one_is_read_back(
     assert trials.metadata["best"] == best_id
     assert [t["metric"] for t in trials.metadata["trials"]] == [measured["1"], measured["2"]]
     assert "(best)" in Path(trials.path).read_text()
+
+
+def test_trials_run_in_the_compiled_image_on_the_train_jobs_machine(tmp_path: Path) -> None:
+    image = "europe-west1-docker.pkg.dev/my-project/beer-pipeline/beer-pipeline:test"
+    resources = TrainResources(machine_type="g2-standard-8", accelerator_type="NVIDIA_L4")
+    path = compile_pipeline(str(tmp_path / "pipeline.yaml"), resources, image)
+    _, tasks = _branch(yaml.safe_load(Path(path).read_text()), "tuning-job-spec")
+    machine = _constants(tasks["tuning-job-spec"]["inputs"]["parameters"])
+    assert (machine["image"], machine["machine_type"], machine["accelerator_type"]) == (
+        image,
+        "g2-standard-8",
+        "NVIDIA_L4",
+    )
