@@ -59,6 +59,18 @@ def _constants(inputs: dict) -> dict:
     }
 
 
+def _group(spec: dict, task: str) -> str:
+    """The condition group (If/Elif/Else) whose branches hold ``task``."""
+    branch, _ = _branch(spec, task)
+    [group] = [
+        name
+        for name, component in spec["components"].items()
+        if "branches" in name
+        and any(t["componentRef"]["name"] == branch for t in component["dag"]["tasks"].values())
+    ]
+    return group
+
+
 def _branch(spec: dict, task: str) -> tuple[str, dict]:
     """The condition branch (component name and its tasks) that holds ``task``."""
     for name, component in spec["components"].items():
@@ -233,7 +245,8 @@ def test_tuning_off_trains_with_the_given_parameters_and_on_with_the_best_trials
         for task in ("given-hyperparameters", "best-trial", "search-hyperparameters")
     }
     assert len(set(branches.values())) == 3, "three exclusive branches"
-    group = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    tuning = _group(spec, "best-trial")
+    group = spec["components"][tuning]["dag"]["tasks"]
     condition = {
         task["componentRef"]["name"]: task["triggerPolicy"]["condition"] for task in group.values()
     }
@@ -244,23 +257,19 @@ def test_tuning_off_trains_with_the_given_parameters_and_on_with_the_best_trials
         "constant"
     ] == ("{{$.pipeline_root}}")
     # preprocess, features and train take the tuned parameters from whichever branch ran.
-    outputs = spec["components"]["comp-condition-branches-1"]["outputDefinitions"]["parameters"]
+    outputs = spec["components"][tuning]["outputDefinitions"]["parameters"]
     assert len(outputs) == len(TUNED)
     train = root["train-model"]["inputs"]["parameters"]
     for name in TUNED:
         producer = train[name]["taskOutputParameter"]
-        assert producer["producerTask"] == "condition-branches-1"
-        selected = spec["components"]["comp-condition-branches-1"]["dag"]["outputs"]["parameters"][
+        assert f"comp-{producer['producerTask']}" == tuning
+        selected = spec["components"][tuning]["dag"]["outputs"]["parameters"][
             producer["outputParameterKey"]
         ]["valueFromOneof"]["parameterSelectors"]
-        assert {s["producerSubtask"] for s in selected} == {
-            "condition-2",
-            "condition-3",
-            "condition-4",
-        }
+        assert {f"comp-{s['producerSubtask']}" for s in selected} == set(branches.values())
     for step in ("preprocess-data", "extract-features"):
         backbone = root[step]["inputs"]["parameters"]["backbone"]["taskOutputParameter"]
-        assert backbone["producerTask"] == "condition-branches-1"
+        assert f"comp-{backbone['producerTask']}" == tuning
     assert root["train-model"]["inputs"]["parameters"]["epochs"] == {
         "componentInputParameter": "epochs"
     }, "what tuning does not change comes from the pipeline's parameters"
