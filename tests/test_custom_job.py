@@ -19,8 +19,12 @@ def _compiled(path: Path) -> dict:
 
 
 def _images(spec: dict) -> dict[str, str]:
+    """The image of each step but the tuning job's (Google's launcher, whose trials run the
+    project image: tests/test_tuning.py)."""
     return {
-        name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()
+        name: e["container"]["image"]
+        for name, e in spec["deploymentSpec"]["executors"].items()
+        if name != "exec-hyperparameter-tuning-job"
     }
 
 

@@ -97,6 +97,8 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
     assert set(summary["step_seconds"]) == {
         "fingerprint-data",
         "resolve-target",
+        "plan-tuning",
+        "given-hyperparameters",
         "download-data",
         "validate-data",
         "preprocess-data",

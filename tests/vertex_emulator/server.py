@@ -27,6 +27,7 @@ import grpc
 from google.cloud import aiplatform_v1 as v1
 from google.longrunning import operations_pb2
 
+from components import PIPELINE_IMAGE
 from tests.vertex_emulator.batch_prediction import BatchPredictionJobs
 from tests.vertex_emulator.context import Context
 from tests.vertex_emulator.endpoints import Endpoints
@@ -37,6 +38,7 @@ from tests.vertex_emulator.registry import ModelRegistry
 from tests.vertex_emulator.resources import ApiError, Names
 from tests.vertex_emulator.serving import ContainerRuntime
 from tests.vertex_emulator.storage import CloudStorage
+from tests.vertex_emulator.tuning import TuningJobs
 
 _V1 = "google.cloud.aiplatform.v1."
 _REST_PREDICT = re.compile(
@@ -58,6 +60,8 @@ _PERMISSIONS = {
     "CreatePipelineJob": "aiplatform.pipelineJobs.create",
     "CreateBatchPredictionJob": "aiplatform.batchPredictionJobs.create",
     "CreateSchedule": "aiplatform.schedules.create",
+    "CreateHyperparameterTuningJob": "aiplatform.hyperparameterTuningJobs.create",
+    "GetHyperparameterTuningJob": "aiplatform.hyperparameterTuningJobs.get",
 }
 
 
@@ -89,6 +93,7 @@ class VertexEmulator:
         self.batch_jobs = BatchPredictionJobs(self.context, self.registry, runtime)
         self.metadata = Metadata(self.context)
         self.pipelines = Pipelines(self.context, self.metadata)
+        self.tuning = TuningJobs(self.context, PIPELINE_IMAGE, seed)
         self.requests: list[tuple[str, Any]] = []
         self.unimplemented: list[str] = []
         self._failures: dict[str, list[grpc.StatusCode]] = defaultdict(list)
@@ -142,6 +147,7 @@ class VertexEmulator:
     # gRPC
     def _rpcs(self) -> list[Rpc]:
         registry, endpoints, pipelines = self.registry, self.endpoint_service, self.pipelines
+        tuning = self.tuning
         operations, metadata = self.operations, self.metadata
         return [
             Rpc("ModelService", "UploadModel", v1.UploadModelRequest, registry.upload_model),
@@ -284,6 +290,24 @@ class VertexEmulator:
                 v1.DeleteScheduleRequest,
                 pipelines.delete_schedule,
             ),
+            Rpc(
+                "JobService",
+                "CreateHyperparameterTuningJob",
+                v1.CreateHyperparameterTuningJobRequest,
+                tuning.create_hyperparameter_tuning_job,
+            ),
+            Rpc(
+                "JobService",
+                "GetHyperparameterTuningJob",
+                v1.GetHyperparameterTuningJobRequest,
+                tuning.get_hyperparameter_tuning_job,
+            ),
+            Rpc(
+                "JobService",
+                "CancelHyperparameterTuningJob",
+                v1.CancelHyperparameterTuningJobRequest,
+                tuning.cancel_hyperparameter_tuning_job,
+            ),
             *metadata.rpcs(Rpc),
             Rpc(
                 "google.longrunning.Operations",
@@ -397,6 +421,7 @@ class VertexEmulator:
             self._rest.shutdown()
             self._rest.server_close()
         self.endpoint_service.stop()
+        self.tuning.stop()
 
 
 class _Unimplemented(grpc.GenericRpcHandler):
