@@ -23,6 +23,7 @@ def evaluate_model(
     metrics: dsl.Output[dsl.Metrics],
     classification_metrics: dsl.Output[dsl.ClassificationMetrics],
     report: dsl.Output[dsl.HTML],
+    model_evaluation: dsl.Output[dsl.Artifact],
 ) -> NamedTuple(
     "EvaluationOutputs",
     [
@@ -40,7 +41,11 @@ def evaluate_model(
 
     Models are read by URI through the storage seam (on Vertex AI the champion's registry URI
     is ``gs://``). When the new model is the served one itself (same data and parameters: its
-    training was cached), it is scored once and the decision says so.
+    training was cached), it is scored once and the decision says so. The champion is not
+    scored again when its evaluation in the registry is of the same eval photos (fingerprint):
+    its per-photo results are read back, and the champion line says which it was.
+    ``model_evaluation`` holds this model's evaluation as the registry will keep it (the upload
+    step attaches it to the new version).
     """
     import dataclasses
     import logging
@@ -53,12 +58,15 @@ def evaluate_model(
         Champion,
         GateRule,
         deployment_decision,
-        evaluate_champion,
         evaluate_saved_model,
+    )
+    from components.lib.evaluation.model_evaluation import (
+        champion_from_registry,
+        write_model_evaluation,
     )
     from components.lib.evaluation.report import Provenance, build_report
     from components.lib.storage import normalized_uri
-    from components.lib.targets import champion_version
+    from components.lib.targets import champion_version, model_registry
 
     logger = logging.getLogger(__name__)
     evaluation = evaluate_saved_model(model.uri, raw_data.path)
@@ -68,7 +76,14 @@ def evaluate_model(
         logger.info("the new model is %s, the served one: scored once", served.resource_name)
         champion = Champion(COMPARED, evaluation)
     else:
-        champion = evaluate_champion(served.artifact_uri if served else None, raw_data.path)
+        registry = model_registry(target, local_state_dir, project, location)
+        recorded = registry.list_evaluations(served) if served else []
+        champion = champion_from_registry(
+            {record.fingerprint: record.rows_uri for record in recorded},
+            served.artifact_uri if served else None,
+            raw_data.path,
+            evaluation,
+        )
     rule = GateRule(min_accuracy, max_regression, allow_class_change)
     decision = deployment_decision(evaluation, champion, rule)
     if itself:
@@ -85,6 +100,7 @@ def evaluate_model(
         "eval_split": read_source_description(raw_data.path).get("eval_split", ""),
         "champion_status": champion.status,
         "champion": champion.describe(),
+        "eval_fingerprint": evaluation.fingerprint,
         "paired_test": decision.comparison.to_dict() if decision.comparison else None,
         "temperature": evaluation.temperature,
         "ece_before": None if ece_before is None else round(ece_before, 4),
@@ -120,6 +136,9 @@ def evaluate_model(
     classification_metrics.log_confusion_matrix(evaluation.class_names, evaluation.confusion_matrix)
     write_metadata_file(metrics)
     write_metadata_file(classification_metrics)
+    write_model_evaluation(
+        evaluation, raw_data.path, model_evaluation.path, model_evaluation.uri, raw_data.uri
+    )
     with open(report.path, "w") as file:
         file.write(
             build_report(

@@ -32,7 +32,9 @@ def train_model(
 
     Run as a Vertex AI custom job on several machines, every worker trains and only the chief
     writes the model; all report the same metadata (they hold the same weights). Checkpoints
-    go under ``pipeline_root`` and are removed once the model is written.
+    go under ``pipeline_root`` and are removed once the model is written. TensorBoard logs go
+    to ``<model>/tensorboard/`` and, when Vertex AI sets ``AIP_TENSORBOARD_LOG_DIR`` (a custom
+    job with a TensorBoard: ``compile --tensorboard``), there too.
     """
     import dataclasses
     import shutil
@@ -45,6 +47,7 @@ def train_model(
         export_serving_model,
         train_classifier,
     )
+    from components.lib.modelling.tensorboard import log_dirs
     from components.lib.modelling.training import checkpoint_directory
 
     data = load_preprocessed(dataset.path)
@@ -67,7 +70,9 @@ def train_model(
     checkpoint_dir = checkpoint_directory(
         pipeline_root, dataset=dataset.uri, features=features.uri, config=dataclasses.asdict(config)
     )
-    result = train_classifier(data, config, features.path, checkpoint_dir)
+    result = train_classifier(
+        data, config, features.path, checkpoint_dir, log_dirs=log_dirs(model.path)
+    )
     history = result.history
     if result.chief:
         export_serving_model(

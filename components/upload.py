@@ -9,6 +9,7 @@ from components.lib.artifacts import VertexModel
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def upload_model(
     model: dsl.Input[dsl.Model],
+    model_evaluation: dsl.Input[dsl.Artifact],
     accuracy: float,
     champion_accuracy: float,
     decision: str,
@@ -30,14 +31,17 @@ def upload_model(
     rule's settings, and as its description the decision's reason and the exact rule, so the
     registry says why and by which rule each version was deployed; ``vertex_model`` records it
     for lineage. A model already registered (a re-run whose training was cached) is not
-    registered again: its version is returned, and the log says so.
+    registered again: its version is returned, and the log says so. The version carries
+    ``model_evaluation`` (what the evaluate step wrote) as its evaluation in the registry, once
+    per set of eval photos.
     """
     import logging
 
     from components.lib.artifacts import describe_resource
+    from components.lib.evaluation.model_evaluation import read_model_evaluation
     from components.lib.evaluation.rule import GateRule
     from components.lib.targets import model_registry, resource_uri
-    from components.lib.targets.base import version_alias
+    from components.lib.targets.base import ModelEvaluationRecord, version_alias
 
     gate = evaluation["gate"]
     rule = GateRule(gate["min_accuracy"], gate["max_regression"], gate["allow_class_change"])
@@ -67,6 +71,10 @@ def upload_model(
             description=f"{decision}. Rule: {rule.describe()}",
         )
         logger.info("registered %s", version.resource_name)
+    record = registry.import_evaluation(
+        version, ModelEvaluationRecord(**read_model_evaluation(model_evaluation.path))
+    )
+    logger.info("%s carries the evaluation %s", version.resource_name, record.name)
     describe_resource(
         vertex_model, version.resource_name, resource_uri(target, location, version.resource_name)
     )

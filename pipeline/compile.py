@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> None:
         description="Compile the training pipeline to a YAML file that Vertex AI Pipelines "
         "and kfp.local run. The image and the train step's compute resources are fixed at "
         "compile time. The train step is a plain pipeline step (what kfp.local runs) unless "
-        "--replicas above 1, --machine-type or --spot is given: then it runs as a Vertex AI "
-        "custom training job, which kfp.local cannot run.",
+        "--replicas above 1, --machine-type, --spot or --tensorboard is given: then it runs as a "
+        "Vertex AI custom training job, which kfp.local cannot run.",
     )
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="file to write (%(default)s)")
     parser.add_argument(
@@ -75,6 +75,13 @@ def main(argv: list[str] | None = None) -> None:
         help="run the train step as a custom job on spot VMs; a preempted job restarts and "
         "resumes from its checkpoints",
     )
+    parser.add_argument(
+        "--tensorboard",
+        default=defaults.tensorboard,
+        help="a Vertex AI TensorBoard, projects/P/locations/L/tensorboards/ID: the train step "
+        "runs as a custom job that streams its TensorBoard logs there (the job's service "
+        "account needs roles/aiplatform.user and write access to the pipeline root)",
+    )
     args = parser.parse_args(argv)
     try:
         resources = TrainResources(
@@ -85,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             replica_count=args.replicas,
             machine_type=args.machine_type,
             spot=args.spot,
+            tensorboard=args.tensorboard,
         )
     except ValueError as error:
         parser.error(str(error))

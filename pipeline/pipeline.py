@@ -9,6 +9,7 @@ compile time: KFP compiles them into the spec.
 """
 
 import copy
+import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -16,9 +17,15 @@ from google_cloud_pipeline_components import _placeholders
 from google_cloud_pipeline_components.v1.custom_job import (
     create_custom_training_job_from_component,
 )
+from google_cloud_pipeline_components.v1.hyperparameter_tuning_job import (
+    HyperparameterTuningJobRunOp,
+    serialize_metrics,
+    serialize_parameters,
+)
 from kfp import dsl
 from kfp.dsl import pipeline_context
 from kfp.dsl.base_component import BaseComponent
+from kfp.dsl.pipeline_channel import PipelineChannel
 
 from components import PIPELINE_IMAGE
 from components.deploy import deploy_model
@@ -36,9 +43,17 @@ from components.lib.data.options import (
 from components.lib.evaluation.rule import GateRule
 from components.lib.modelling.config import TrainingConfig
 from components.lib.targets.base import Registration, Serving
+from components.lib.tuning.study import OFF, STUDY, VERTEX, TuningOptions
 from components.preprocess import preprocess_data
 from components.target import resolve_target
 from components.train import train_model
+from components.tune import (
+    best_trial,
+    given_hyperparameters,
+    plan_tuning,
+    search_hyperparameters,
+    tuning_job_spec,
+)
 from components.upload import upload_model
 from components.validate import validate_data
 
@@ -46,6 +61,7 @@ PIPELINE_NAME = "beer-classifier-training"
 CHALLENGE_DATA_URI = "gs://ml6_junior_ml_engineer_challenge_cv_beer_data/data"
 CUSTOM_JOB_MACHINE_TYPE = "n1-standard-8"
 """Machine of a custom training job that names none: 8 vCPUs and 30 GB, the plain step's limits."""
+TENSORBOARD_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/tensorboards/[^/]+")
 # The pipeline parameters' defaults, read from the settings dataclasses that own them: the one
 # authority for each (tests/test_defaults.py compares the compiled pipeline with them).
 SOURCE = SourceOptions()
@@ -55,6 +71,7 @@ TRAINING = TrainingConfig()
 GATE = GateRule()
 REGISTRATION = Registration()
 SERVING = Serving()
+TUNING = TuningOptions()
 
 
 @dataclass(frozen=True)
@@ -63,10 +80,11 @@ class TrainResources:
 
     By default the train step is a plain pipeline component, which is also what kfp.local runs.
     It becomes a Vertex AI custom training job (``custom_job``) when it asks for what only such
-    a job offers: more than one replica, a machine type, or spot VMs. The job then runs
-    ``replica_count`` machines of ``machine_type`` (``CUSTOM_JOB_MACHINE_TYPE`` if empty), each
-    with ``accelerator_count`` GPUs of ``accelerator_type`` (none if empty): one chief and
-    ``replica_count - 1`` workers, with TF_CONFIG set by Vertex AI. ``cpu_limit`` and
+    a job offers: more than one replica, a machine type, spot VMs or a Vertex AI TensorBoard.
+    The job then runs ``replica_count`` machines of ``machine_type``
+    (``CUSTOM_JOB_MACHINE_TYPE`` if empty), each with ``accelerator_count`` GPUs of
+    ``accelerator_type`` (none if empty): one chief and ``replica_count - 1`` workers, with
+    TF_CONFIG set by Vertex AI. ``cpu_limit`` and
     ``memory_limit`` apply to the plain component only; a job's machine type sets both.
     """
 
@@ -77,17 +95,27 @@ class TrainResources:
     replica_count: int = 1
     machine_type: str = ""
     spot: bool = False
+    tensorboard: str = ""
+    """A Vertex AI TensorBoard (``projects/P/locations/L/tensorboards/ID``) that the job streams
+    its training logs to."""
 
     def __post_init__(self) -> None:
         if self.replica_count < 1:
             raise ValueError(f"replica_count must be at least 1, got {self.replica_count}")
         if self.accelerator_count < 0:
             raise ValueError(f"accelerator_count must be 0 or more, got {self.accelerator_count}")
+        if self.tensorboard and not TENSORBOARD_NAME.fullmatch(self.tensorboard):
+            raise ValueError(
+                f"tensorboard {self.tensorboard!r}: give the instance's resource name, "
+                "projects/PROJECT/locations/REGION/tensorboards/ID (gcloud ai tensorboards list)"
+            )
 
     @property
     def custom_job(self) -> bool:
         """Whether the train step runs as a Vertex AI custom training job."""
-        return self.replica_count > 1 or bool(self.machine_type) or self.spot
+        return (
+            self.replica_count > 1 or bool(self.machine_type) or self.spot or bool(self.tensorboard)
+        )
 
 
 class PipelineOutputs(NamedTuple):
@@ -134,9 +162,73 @@ def _train_task(resources: TrainResources, image: str, **inputs: Any) -> dsl.Pip
         # The pipeline's identity, as a plain step has; left empty, the job would run as
         # Vertex AI's Custom Code Service Agent, which may not read the pipeline's bucket.
         service_account=_placeholders.SERVICE_ACCOUNT_PLACEHOLDER,
+        # With a TensorBoard, Vertex AI sets AIP_TENSORBOARD_LOG_DIR to <base>/logs/ and
+        # streams what the train step writes there to it; one folder per pipeline job.
+        tensorboard=resources.tensorboard,
+        base_output_directory=(
+            f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/{dsl.PIPELINE_JOB_ID_PLACEHOLDER}/train-job"
+            if resources.tensorboard
+            else ""
+        ),
     )
     # The job's project and location are left at their defaults, the pipeline job's own.
     return job(**inputs)
+
+
+def _hyperparameters(
+    tuning_trials: PipelineChannel,
+    raw_data: PipelineChannel,
+    resources: TrainResources,
+    image: str,
+    given: dict[str, Any],
+    **settings: Any,
+) -> dict[str, dsl.OneOf]:
+    """The tasks that settle the parameters ``STUDY`` tunes: the ``given`` ones with no
+    trials, else the best trial's, from a Vertex AI tuning job (the pipeline root in Cloud
+    Storage) or from the search step. Returns them by name, for the steps that train.
+
+    The trials train as the train step does (``settings``: its other parameters, the image
+    size and the validation share) on machines like the train job's.
+    """
+    plan = plan_tuning(
+        tuning_trials=tuning_trials, pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER
+    ).set_display_name("tuning-plan")
+    with dsl.If(plan.outputs["mode"] == OFF, name="no-tuning"):
+        chosen = [given_hyperparameters(**given).set_display_name("hyperparameters")]
+    with dsl.Elif(plan.outputs["mode"] == VERTEX, name="tuning-on-vertex"):
+        spec = tuning_job_spec(
+            raw_data=raw_data,
+            image=image,
+            machine_type=resources.machine_type or CUSTOM_JOB_MACHINE_TYPE,
+            accelerator_type=resources.accelerator_type,
+            accelerator_count=resources.accelerator_count,
+            **settings,
+        ).set_display_name("tuning-job-spec")
+        job = HyperparameterTuningJobRunOp(
+            display_name=f"{PIPELINE_NAME}-tuning",
+            base_output_directory=spec.outputs["base_output_directory"],
+            worker_pool_specs=spec.outputs["worker_pool_specs"],
+            study_spec_metrics=serialize_metrics(STUDY.metric_spec()),
+            study_spec_parameters=serialize_parameters(STUDY.vertex_parameter_specs()),
+            study_spec_algorithm=STUDY.algorithm,
+            max_trial_count=tuning_trials,
+            parallel_trial_count=plan.outputs["parallel_trials"],
+            location=_placeholders.LOCATION_PLACEHOLDER,
+            service_account=_placeholders.SERVICE_ACCOUNT_PLACEHOLDER,
+        ).set_display_name("tuning-job")
+        chosen.append(
+            best_trial(gcp_resources=job.outputs["gcp_resources"]).set_display_name("best-trial")
+        )
+    with dsl.Else(name="tuning-here"):
+        chosen.append(
+            search_hyperparameters(
+                raw_data=raw_data, tuning_trials=tuning_trials, **settings
+            ).set_display_name("tuning-search")
+        )
+    return {
+        parameter.name: dsl.OneOf(*(task.outputs[parameter.name] for task in chosen))
+        for parameter in STUDY.parameters
+    }
 
 
 def _run_in(image: str) -> None:
@@ -206,6 +298,7 @@ def build_pipeline(
         location: str = REGISTRATION.location,
         local_state_dir: str = REGISTRATION.local_state_dir,
         beam_pipeline_args: str = PREPROCESS.beam_pipeline_args,
+        tuning_trials: int = TUNING.trials,
     ) -> PipelineOutputs:
         """Train an image classifier by transfer learning and deploy it if it is good enough.
 
@@ -287,6 +380,12 @@ def build_pipeline(
                 step's machine, or '--runner=DataflowRunner --project=P --region=R
                 --temp_location=gs://B/tmp --sdk_container_image=<pipeline image>' on as many
                 Dataflow workers as the data needs (README: Scale).
+            tuning_trials: 0: train with the parameters given. N > 0: first tune the backbone,
+                learning_rate, fine_tune_learning_rate and fine_tune_from_block over N trials,
+                each trained as the train step trains with the other parameters, and train with
+                the best trial's (highest validation accuracy): on Vertex AI a hyperparameter
+                tuning job (trials on machines like the train job's, two at once), elsewhere
+                one trial after another (README: Hyperparameter tuning).
         """
         # Where models go, settled first: an empty project or location is the job's own.
         resolved = resolve_target(
@@ -326,17 +425,44 @@ def build_pipeline(
             min_image_size=min_image_size,
             max_unusable_share=max_unusable_share,
         ).set_display_name("validate")
+        # The train step's parameters that tuning does not change.
+        training = {
+            "epochs": epochs,
+            "fine_tune_epochs": fine_tune_epochs,
+            "batch_size": batch_size,
+            "dropout": dropout,
+            "label_smoothing": label_smoothing,
+            "brightness_contrast": brightness_contrast,
+            "early_stopping_patience": early_stopping_patience,
+            "imbalance_ratio": imbalance_ratio,
+            "seed": seed,
+        }
+        tuned = _hyperparameters(
+            tuning_trials,
+            validate.outputs["dataset"],
+            resources,
+            image,
+            given={
+                "learning_rate": learning_rate,
+                "fine_tune_learning_rate": fine_tune_learning_rate,
+                "fine_tune_from_block": fine_tune_from_block,
+                "backbone": backbone,
+            },
+            image_size=image_size,
+            validation_fraction=validation_fraction,
+            **training,
+        )
         preprocess = preprocess_data(
             raw_data=validate.outputs["dataset"],
             image_size=image_size,
-            backbone=backbone,
+            backbone=tuned["backbone"],
             validation_fraction=validation_fraction,
             seed=seed,
             beam_pipeline_args=beam_pipeline_args,
         ).set_display_name("preprocess")
         features = extract_features(
             dataset=preprocess.outputs["dataset"],
-            backbone=backbone,
+            backbone=tuned["backbone"],
             beam_pipeline_args=beam_pipeline_args,
         ).set_display_name("features")
         if resources.accelerator_type and resources.accelerator_count:
@@ -347,19 +473,8 @@ def build_pipeline(
             dataset=preprocess.outputs["dataset"],
             features=features.outputs["features"],
             pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
-            backbone=backbone,
-            epochs=epochs,
-            learning_rate=learning_rate,
-            fine_tune_epochs=fine_tune_epochs,
-            fine_tune_learning_rate=fine_tune_learning_rate,
-            fine_tune_from_block=fine_tune_from_block,
-            batch_size=batch_size,
-            dropout=dropout,
-            label_smoothing=label_smoothing,
-            brightness_contrast=brightness_contrast,
-            early_stopping_patience=early_stopping_patience,
-            imbalance_ratio=imbalance_ratio,
-            seed=seed,
+            **tuned,
+            **training,
         ).set_display_name("train")
         # Never cached: the champion it compares with can change between runs.
         evaluate = (
@@ -379,6 +494,7 @@ def build_pipeline(
             upload = (
                 upload_model(
                     model=train.outputs["model"],
+                    model_evaluation=evaluate.outputs["model_evaluation"],
                     accuracy=evaluate.outputs["accuracy"],
                     champion_accuracy=evaluate.outputs["champion_accuracy"],
                     decision=evaluate.outputs["reason"],

@@ -56,7 +56,8 @@ SETTINGS = {
     "or schedule a fresh compile)",
     "service_account": "service account the job runs as",
     "network": "VPC network to peer with, projects/NUMBER/global/networks/NAME",
-    "experiment": "Vertex AI experiment to record the run in",
+    "experiment": "Vertex AI experiment to record the run in (with --local: its parameters and "
+    "final metrics; --target local keeps them under the state folder)",
     "api_endpoint": "Vertex AI API host[:port] (default REGION-aiplatform.googleapis.com), "
     "e.g. a Private Service Connect endpoint",
 }
@@ -576,6 +577,7 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     from kfp import components
 
     state_dir = os.path.abspath(args.state_dir)
+    experiment = _experiment_name(args)
     target, pipeline_root = _local_target(args, state_dir)
     with tempfile.TemporaryDirectory() as spec_dir:  # private: runs may start side by side
         spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
@@ -632,7 +634,7 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     )
     champion_accuracy = outputs["champion_accuracy"]
     evaluation = outputs["evaluation"]
-    return {
+    summary = {
         "accuracy": outputs["accuracy"],
         "accuracy_ci95": evaluation["accuracy_ci95"],
         "eval_images": int(evaluation["eval_images"]),
@@ -656,6 +658,77 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         "state_dir": state_dir,
         "log": log_path,
     }
+    summary["params"] = run_params(values)
+    summary["metrics"] = run_metrics(summary)
+    if experiment:
+        summary["experiment"] = experiment
+        summary["experiment_run"] = _record_run(experiment, values, state_dir, summary)
+    return summary
+
+
+def _experiment_name(args: argparse.Namespace) -> str | None:
+    """``--experiment`` (or ``BEER_PIPELINE_EXPERIMENT``) of a local run, checked."""
+    name = getattr(args, "experiment", None) or os.environ.get(f"{ENV_PREFIX}EXPERIMENT")
+    if name and not EXPERIMENT_NAME.fullmatch(name):
+        raise UsageError(
+            f"experiment {name!r}: lowercase letters, digits and dashes, starting with a letter "
+            "or digit, at most 128 characters"
+        )
+    return name
+
+
+def run_params(values: dict[str, Any]) -> dict[str, str | int | float]:
+    """The run's pipeline parameters as an experiment records them (true/false as text)."""
+    return {
+        name: str(value).lower() if isinstance(value, bool) else value
+        for name, value in sorted(values.items())
+        if value is not None
+    }
+
+
+def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The run's final figures, as numbers: what an experiment compares runs by."""
+    low, high = summary["accuracy_ci95"]
+    metrics = {
+        "accuracy": summary["accuracy"],
+        "accuracy_ci95_low": low,
+        "accuracy_ci95_high": high,
+        "eval_images": summary["eval_images"],
+        "champion_accuracy": summary["champion_accuracy"],
+        "ece_before": summary["ece_before"],
+        "ece_after": summary["ece_after"],
+        "temperature": summary["temperature"],
+        "deployed": summary["deployed"],
+    }
+    return {name: float(value) for name, value in metrics.items() if value is not None}
+
+
+def _record_run(
+    experiment: str, values: dict[str, Any], state_dir: str, summary: dict[str, Any]
+) -> str | None:
+    """Record the run in ``experiment`` where its target keeps runs: Vertex AI Experiments for
+    ``--target vertex``, else ``<state dir>/experiments/``. A run that cannot be recorded is
+    not undone: a warning says why."""
+    from components.lib.targets import experiments
+
+    project, location = resolve_target(
+        values["target"],
+        values["project"],
+        values["location"],
+        state_dir,
+        LOCAL_PROJECT,
+        LOCAL_LOCATION,
+    )
+    tracker = experiments(values["target"], state_dir, project, location)
+    run = f"run-{_run_id()}"
+    try:
+        return tracker.record_run(experiment, run, summary["params"], summary["metrics"])
+    except (OSError, RuntimeError, ValueError) as error:  # the run stands; its record is missing
+        print(
+            f"warning: the run could not be recorded in experiment {experiment!r}: {error}",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _local_target(args: argparse.Namespace, state_dir: str) -> tuple[dict[str, Any], str]:
@@ -738,6 +811,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("steps run", steps or "all cached"),
         ("report", summary["report"]),
     ]
+    if summary.get("experiment"):
+        rows.append(("experiment", f"{summary['experiment']}: {summary['experiment_run']}"))
     for label, value in rows:
         print(f"{label:<14} {value}")
     if summary["endpoint"] and summary["target"] == LOCAL:

@@ -165,6 +165,18 @@ def predict_in_batches(
         yield response.json(), batch
 
 
+def evaluation_artifact(folder: Path):
+    """The evaluate step's ``model_evaluation`` output for a model that got 2 of 3 photos right,
+    as the upload step reads it."""
+    from kfp import dsl
+
+    from components.lib.evaluation.model_evaluation import write_model_evaluation
+
+    evaluation = dataclasses.replace(scored([True, True, False]), fingerprint="sha256:" + "a" * 64)
+    write_model_evaluation(evaluation, "", str(folder), str(folder))
+    return dsl.Artifact(uri=str(folder))
+
+
 @pytest.fixture
 def layout_dir(tmp_path: Path) -> Path:
     return make_layout(tmp_path / "data")

@@ -19,8 +19,12 @@ def _compiled(path: Path) -> dict:
 
 
 def _images(spec: dict) -> dict[str, str]:
+    """The image of each step but the tuning job's (Google's launcher, whose trials run the
+    project image: tests/test_tuning.py)."""
     return {
-        name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()
+        name: e["container"]["image"]
+        for name, e in spec["deploymentSpec"]["executors"].items()
+        if name != "exec-hyperparameter-tuning-job"
     }
 
 
@@ -128,3 +132,22 @@ def test_compile_cli_refuses_settings_that_cannot_apply(
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_a_vertex_tensorboard_makes_the_train_step_a_job_that_streams_its_logs(
+    tmp_path: Path,
+) -> None:
+    tensorboard = "projects/my-project/locations/europe-west4/tensorboards/123"
+    output = tmp_path / "job.yaml"
+    main(["--output", str(output), "--image", IMAGE, "--tensorboard", tensorboard])
+
+    inputs = _job_inputs(_compiled(output))
+    assert inputs["tensorboard"]["defaultValue"] == tensorboard
+    # Vertex AI sets AIP_TENSORBOARD_LOG_DIR to <base>/logs/: one folder per pipeline job.
+    assert inputs["base_output_directory"]["defaultValue"] == (
+        "{{$.pipeline_root}}/{{$.pipeline_job_uuid}}/train-job"
+    )
+    assert inputs["service_account"]["defaultValue"] == "{{$.pipeline_service_account}}"
+    assert TrainResources(tensorboard=tensorboard).custom_job
+    with pytest.raises(ValueError, match="projects/PROJECT/locations/REGION/tensorboards/ID"):
+        TrainResources(tensorboard="my-tensorboard")

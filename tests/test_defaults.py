@@ -25,6 +25,7 @@ from components.lib.data.options import (
 from components.lib.evaluation.rule import GateRule
 from components.lib.modelling.config import TrainingConfig
 from components.lib.targets.base import Registration, Serving
+from components.lib.tuning.study import TuningOptions
 from pipeline.pipeline import CHALLENGE_DATA_URI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,7 @@ SETTINGS: list[tuple[type, dict[str, str]]] = [
             "service_account": "serving_service_account",
         },
     ),
+    (TuningOptions, {"trials": "tuning_trials"}),
 ]
 CONSTANTS = {"data_uri": CHALLENGE_DATA_URI, "seed": SEED}
 """Defaults that are one constant rather than a dataclass field."""

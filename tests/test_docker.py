@@ -252,6 +252,9 @@ def test_compiled_pipeline_runs_the_image_build_sh_pushes() -> None:
     assert uri == f"us-docker.pkg.dev/your-project/beer-pipeline/beer-pipeline:{version}"
     spec = yaml.safe_load((ROOT / "pipeline.yaml").read_text())
     executors = spec["deploymentSpec"]["executors"]
+    # The tuning job's task is Google's launcher; the job's trials run this image.
+    launcher = executors.pop("exec-hyperparameter-tuning-job")["container"]["image"]
+    assert launcher.startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:")
     assert executors
     assert {name: e["container"]["image"] for name, e in executors.items()} == dict.fromkeys(
         executors, uri

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -68,10 +69,29 @@ def test_backbone_parameter_offers_every_variant_at_its_native_size(spec: dict) 
     assert parameters["backbone"]["defaultValue"] == DEFAULT_BACKBONE
     assert all(name in parameters["backbone"]["description"] for name in BACKBONES)
     assert parameters["image_size"]["defaultValue"] == 0  # 0: the backbone's native size
+    # The backbone reaches them through the tuning branches (tests/test_tuning.py): as given
+    # when tuning_trials is 0.
+    given = _holding(spec, "given-hyperparameters")["given-hyperparameters"]
+    assert given["inputs"]["parameters"]["backbone"] == {
+        "componentInputParameter": "pipelinechannel--backbone"
+    }
     tasks = spec["root"]["dag"]["tasks"]
     for task in ("preprocess-data", "extract-features", "train-model"):
-        backbone = tasks[task]["inputs"]["parameters"]["backbone"]
-        assert backbone == {"componentInputParameter": "backbone"}, task
+        backbone = tasks[task]["inputs"]["parameters"]["backbone"]["taskOutputParameter"]
+        assert backbone["producerTask"] in tasks, task
+        assert "given-hyperparameters" in json.dumps(
+            spec["components"][tasks[backbone["producerTask"]]["componentRef"]["name"]]
+        )
+
+
+def _holding(spec: dict, task: str) -> dict:
+    """The tasks of the condition branch that holds ``task``."""
+    [tasks] = [
+        component["dag"]["tasks"]
+        for name, component in spec["components"].items()
+        if name.startswith("comp-condition-") and task in component.get("dag", {}).get("tasks", {})
+    ]
+    return tasks
 
 
 def test_upload_and_deploy_run_only_behind_the_accuracy_gate(spec: dict) -> None:
@@ -81,9 +101,14 @@ def test_upload_and_deploy_run_only_behind_the_accuracy_gate(spec: dict) -> None
         for name, dag in components.items()
         if name.startswith("comp-condition-") and "tasks" in dag.get("dag", {})
     }
+    [gate] = [
+        component["dag"]["tasks"]
+        for component in components.values()
+        if "evaluate-model-deploy" in json.dumps(component.get("dag", {}).get("tasks", {}))
+    ]
     passing = [
         dag
-        for dag in components["comp-condition-branches-1"]["dag"]["tasks"].values()
+        for dag in gate.values()
         if dag["triggerPolicy"]["condition"].startswith("inputs.parameter_values")
     ]
     assert len(passing) == 1
@@ -99,8 +124,12 @@ def test_upload_and_deploy_run_only_behind_the_accuracy_gate(spec: dict) -> None
 def test_components_run_in_the_project_image(spec: dict) -> None:
     from components import PIPELINE_IMAGE
 
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {PIPELINE_IMAGE}
+    executors = dict(spec["deploymentSpec"]["executors"])
+    tuning_job = executors.pop("exec-hyperparameter-tuning-job")["container"]["image"]
+    assert tuning_job.startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:"), (
+        "the tuning job's task is Google's launcher; its trials run the project image"
+    )
+    assert {e["container"]["image"] for e in executors.values()} == {PIPELINE_IMAGE}
 
 
 def test_upload_and_deploy_output_google_vertex_artifacts(spec: dict) -> None:
@@ -134,7 +163,7 @@ def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spe
     assert inputs["job_location"] == {
         "runtimeValue": {"constant": "{{$.pipeline_google_cloud_location}}"}
     }
-    gated = spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    gated = _holding(spec, "upload-model")
     for task in (tasks["evaluate-model"], gated["upload-model"], gated["deploy-model"]):
         for name in ("project", "location"):
             source = task["inputs"]["parameters"][name]

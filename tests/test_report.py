@@ -25,6 +25,7 @@ from components.lib.evaluation.metrics import (
     deployment_decision,
     evaluate_saved_model,
 )
+from components.lib.evaluation.model_evaluation import CLASSIFICATION_METRICS_SCHEMA
 from components.lib.evaluation.report import Provenance, build_report
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
 from tests.conftest import add_bad_files, make_layout
@@ -171,6 +172,7 @@ def test_evaluate_step_writes_metrics_confusion_matrix_and_report(
     metrics = artifact(dsl.Metrics, tmp_path / "metrics")
     matrix = artifact(dsl.ClassificationMetrics, tmp_path / "classification")
     report = artifact(dsl.HTML, tmp_path / "report.html")
+    registry_record = artifact(dsl.Artifact, tmp_path / "model-evaluation")
 
     outputs = evaluate_model.python_func(
         raw_data=artifact(dsl.Dataset, demo_data_dir),
@@ -186,6 +188,7 @@ def test_evaluate_step_writes_metrics_confusion_matrix_and_report(
         metrics=metrics,
         classification_metrics=matrix,
         report=report,
+        model_evaluation=registry_record,
     )
 
     assert outputs.deploy is True and outputs.champion_accuracy == -1.0
@@ -217,6 +220,20 @@ def test_evaluate_step_writes_metrics_confusion_matrix_and_report(
     assert "<th>model version</th><td>not registered yet" in page
     assert f"<th>model artifact</th><td>{demo_model_dir}</td>" in page
     assert re.search(r"<th>evaluated at</th><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page)
+    # What the upload step will register as the version's evaluation.
+    record = json.loads((tmp_path / "model-evaluation" / "evaluation.json").read_text())
+    assert record["metrics_schema_uri"] == CLASSIFICATION_METRICS_SCHEMA
+    schema_matrix = record["metrics"]["confusionMatrix"]
+    assert schema_matrix["annotationSpecs"][1] == {"id": "1", "displayName": "1cat"}
+    assert schema_matrix["rows"] == [row["row"] for row in confusion["rows"]]
+    [at_zero] = [m for m in record["metrics"]["confidenceMetrics"] if m["confidenceThreshold"] == 0]
+    assert at_zero["precisionAt1"] == at_zero["recallAt1"] == outputs.accuracy
+    assert [s["value"] for s in record["slices"]] == ["0astronaut", "1cat", "2coffee", "3rocket"]
+    assert record["fingerprint"] == outputs.summary["eval_fingerprint"]
+    assert record["fingerprint"].startswith("sha256:")
+    assert record["rows_uri"] == str(tmp_path / "model-evaluation" / "predictions.jsonl")
+    rows = [json.loads(line) for line in Path(record["rows_uri"]).read_text().splitlines()]
+    assert len(rows) == 24 and rows[0]["photo"].startswith("eval/0astronaut/")
 
 
 @pytest.mark.slow
@@ -250,6 +267,7 @@ def test_evaluate_step_says_a_champion_serves_but_is_not_compared(
         metrics=metrics,
         classification_metrics=artifact(dsl.ClassificationMetrics, tmp_path / "classification"),
         report=artifact(dsl.HTML, tmp_path / "report.html"),
+        model_evaluation=artifact(dsl.Artifact, tmp_path / "model-evaluation"),
     )
 
     reason = (

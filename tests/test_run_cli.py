@@ -75,7 +75,7 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
         )
     }
 
-    result = run_cli("--local", "--state-dir", str(state), "--json")
+    result = run_cli("--local", "--state-dir", str(state), "--json", "--experiment", "demo-trials")
 
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -97,6 +97,8 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
     assert set(summary["step_seconds"]) == {
         "fingerprint-data",
         "resolve-target",
+        "plan-tuning",
+        "given-hyperparameters",
         "download-data",
         "validate-data",
         "preprocess-data",
@@ -108,6 +110,24 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
     }
     assert "> train-model" in result.stderr and "epoch 1/" in result.stderr
     assert (tmp_path / "state/demo-data/train/1cat").is_dir()
+    # The run's parameters and final metrics, in the summary and in the experiment.
+    assert summary["params"]["model_display_name"] == "demo-classifier"
+    assert summary["params"]["allow_class_change"] == "false"
+    assert summary["metrics"]["accuracy"] == summary["accuracy"]
+    assert summary["metrics"]["deployed"] == 1.0
+    record = json.loads(Path(summary["experiment_run"]).read_text())
+    assert Path(summary["experiment_run"]).parent == state / "experiments" / "demo-trials"
+    assert (record["params"], record["metrics"]) == (summary["params"], summary["metrics"])
+    assert f"experiment     demo-trials: {summary['experiment_run']}" in result.stdout
+    # The registered version carries its evaluation, and its model its TensorBoard logs.
+    [version] = json.loads((state / "models/demo-classifier/model.json").read_text())["versions"]
+    [evaluation] = version["evaluations"]
+    assert evaluation["metadata"]["eval_fingerprint"].startswith("sha256:")
+    matrix = evaluation["metrics"]["confusionMatrix"]
+    assert sum(map(sum, matrix["rows"])) == summary["eval_images"]
+    assert Path(evaluation["metadata"]["row_based_metrics_path"]).is_file()
+    logs = Path(version["artifactUri"]) / "tensorboard"
+    assert list((logs / "train").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow

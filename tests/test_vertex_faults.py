@@ -3,11 +3,13 @@ each ends in one clear message, and none leaves the endpoint worse than it was."
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from google.cloud import aiplatform
 from kfp import dsl
@@ -16,7 +18,12 @@ from components.lib.artifacts import VertexModel
 from components.lib.targets.base import Serving
 from components.lib.targets.vertex import VertexError
 from components.upload import upload_model
-from tests.conftest import VERTEX_TARGET, deploy_step
+from tests.conftest import (
+    VERTEX_TARGET,
+    deploy_step,
+    evaluation_artifact,
+    upload_folder,
+)
 from tests.serving_models import INSTANCES
 from tests.vertex_emulator import VertexEmulator
 
@@ -39,6 +46,7 @@ def upload_step(
     prebuilt TensorFlow image unless ``serving_image`` says otherwise: "" is the project's)."""
     return upload_model.python_func(
         model=dsl.Model(uri=model_uri),
+        model_evaluation=evaluation_artifact(tmp_path / f"evaluation-{run}"),
         accuracy=0.95,
         champion_accuracy=-1.0,
         decision="accuracy 0.9500 >= required 0.8000: deploy",
@@ -160,3 +168,28 @@ def test_an_operation_that_never_finishes_is_waited_for_a_bounded_time(
     assert "not finished after 3 s" in message and "\n" not in message
     [held] = vertex_emulator.operations.pending()
     assert held in message, "the message names the operation to look up"
+
+
+def test_the_train_steps_export_deploys_and_answers_on_the_prebuilt_tf_serving_image(
+    vertex_emulator: VertexEmulator,
+    emulated_gcs,
+    backbone_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """What the train step exports (``export_serving_model``: the real backbone and head) is
+    what Vertex AI's prebuilt TensorFlow image serves: the emulator loads it with TF Serving's
+    session loader at deploy. Issue 11's fault, caught here: an export that tracks the Keras
+    model instead of its variables fails this deploy with "Could not find variable"."""
+    import tensorflow as tf
+
+    uri = upload_folder(emulated_gcs, backbone_model_dir, f"{tmp_path.name}/export", "beer-models")
+    endpoint = deploy_step(upload_step(uri, tmp_path), tmp_path)
+
+    assert served(vertex_emulator) == {"1": 100}
+    answer = aiplatform.Endpoint(endpoint).predict(instances=INSTANCES)
+    images = [base64.b64decode(instance["bytes"]["b64"]) for instance in INSTANCES]
+    local = tf.saved_model.load(str(backbone_model_dir)).signatures["serving_default"]
+    expected = local(bytes=tf.constant(images))
+    assert [p["CLASSES"] for p in answer.predictions] == expected["CLASSES"].numpy().tolist()
+    served_probabilities = np.array([p["PROBABILITIES"] for p in answer.predictions])
+    np.testing.assert_allclose(served_probabilities, expected["PROBABILITIES"].numpy(), atol=1e-5)

@@ -100,6 +100,8 @@ def run_pipeline(state: Path, data: Path) -> dict:
         "--state-dir",
         str(state),
         "--json",
+        "--experiment",
+        "beer-runs",
         *(part for assignment in TRAINING for part in ("--param", assignment)),
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -161,6 +163,12 @@ def test_first_run_registers_and_deploys(emulator: VertexEmulator, first: dict) 
     assert image_name(container.image_uri) == image_name(SERVING_IMAGE)
     assert (container.predict_route, container.health_route) == ("/predict", "/health")
     assert first["calls"] == {"UploadModel": 1, "DeployModel": 1, "UndeployModel": 0}
+    # Recorded in Vertex AI Experiments: the run's parameters and final metrics.
+    run = emulator.metadata.contexts[summary["experiment_run"]]
+    assert run.schema_title == "system.ExperimentRun"
+    assert run.metadata["_params"]["epochs"] == 15
+    assert run.metadata["_metrics"]["accuracy"] == pytest.approx(summary["accuracy"])
+    assert run.metadata["_state"] == "COMPLETE"
 
 
 def test_second_run_compares_with_the_champion_from_cloud_storage(
@@ -170,6 +178,9 @@ def test_second_run_compares_with_the_champion_from_cloud_storage(
     assert after["champion_accuracy"] == pytest.approx(before["accuracy"]), (
         "the champion (version 1, read from gs://) scored on the same eval photos"
     )
+    assert "read from its evaluation in the model registry (same eval photos" in after["champion"]
+    [evaluated] = emulator.calls("ImportModelEvaluation")[:1]
+    assert evaluated.parent == before["model_version"], "the first version carries its evaluation"
     should_deploy = after["accuracy"] >= after["champion_accuracy"]
     assert after["deployed"] is should_deploy, after["decision"]
     if should_deploy:
@@ -196,7 +207,10 @@ def test_third_run_on_unchanged_photos_neither_registers_nor_deploys(
     assert summary["accuracy"] == pytest.approx(before["accuracy"]), "the same (cached) model"
     serving = before["accuracy"] if before["deployed"] else before["champion_accuracy"]
     assert summary["champion_accuracy"] == pytest.approx(serving), "what the endpoint serves"
-    assert summary["deployed"] is False
+    if before["deployed"]:  # the cached model is the served one: nothing to change
+        assert summary["decision"].endswith("served already)"), summary["decision"]
+    else:
+        assert summary["deployed"] is False
 
 
 def test_the_endpoint_scores_the_eval_photos_in_the_challenge_format(

@@ -16,6 +16,7 @@ from tests.conftest import (
     VERTEX_PROJECT,
     VERTEX_TARGET,
     deploy_step,
+    evaluation_artifact,
     upload_folder,
 )
 from tests.vertex_emulator import VertexEmulator
@@ -219,6 +220,7 @@ def test_steps_output_vertex_artifacts_for_lineage(
     vertex_model = VertexModel(uri=str(tmp_path / "model-artifact"))
     version = upload_model.python_func(
         model=dsl.Model(uri="gs://bucket/root/train-model/model"),
+        model_evaluation=evaluation_artifact(tmp_path / "evaluation"),
         accuracy=0.95,
         champion_accuracy=0.93,
         decision="accuracy 0.9500 >= required 0.8000; vs champion 0.9300: deploy",

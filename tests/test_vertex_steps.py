@@ -4,6 +4,7 @@ small models stored in Cloud Storage (the GCS emulator) against the Vertex AI em
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,16 @@ from kfp import dsl
 from components.evaluate import evaluate_model
 from components.lib.artifacts import VertexModel
 from components.lib.evaluation.metrics import evaluate_champion, evaluate_saved_model
-from components.lib.storage import local_copy
+from components.lib.storage import local_copy, mounted_path
 from components.lib.targets.base import Serving
 from components.upload import upload_model
-from tests.conftest import VERTEX_TARGET, deploy_step, make_layout, upload_folder
+from tests.conftest import (
+    GCS_BUCKET,
+    VERTEX_TARGET,
+    deploy_step,
+    make_layout,
+    upload_folder,
+)
 from tests.vertex_emulator import VertexEmulator
 
 ENDPOINT = "beer-endpoint"
@@ -50,6 +57,9 @@ def test_a_champion_in_cloud_storage_is_read_through_the_storage_seam(
 def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dict:
     """What the pipeline does from evaluate on, for the Vertex target: the steps' own code."""
     work.mkdir(parents=True)
+    # Written where a Vertex AI step writes it: in Cloud Storage, through the bucket's mount.
+    mounted = mounted_path(f"gs://{GCS_BUCKET}/{work.parent.name}/{run}/model-evaluation")
+    registry_record = dsl.Artifact(uri=mounted)
     evaluation = evaluate_model.python_func(
         raw_data=dsl.Dataset(uri=str(data_dir)),
         model=dsl.Model(uri=model_uri),
@@ -61,11 +71,13 @@ def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dic
         metrics=dsl.Metrics(uri=str(work / "metrics")),
         classification_metrics=dsl.ClassificationMetrics(uri=str(work / "confusion")),
         report=dsl.HTML(uri=str(work / "report.html")),
+        model_evaluation=registry_record,
         **VERTEX_TARGET,
     )
     assert evaluation.deploy, evaluation.reason
     version = upload_model.python_func(
         model=dsl.Model(uri=model_uri),
+        model_evaluation=registry_record,
         accuracy=evaluation.accuracy,
         champion_accuracy=evaluation.champion_accuracy,
         decision=evaluation.reason,
@@ -114,15 +126,48 @@ def test_evaluate_upload_deploy_on_vertex_run_after_run_with_a_champion_serving(
     assert f"{first['version']} is this model already: not registered again" in caplog.text
     assert "already serves (not redeployed)" in caplog.text
 
-    # New data: a retrained model, scored against the champion read back from Cloud Storage.
+    [imported] = vertex_emulator.calls("ImportModelEvaluation")
+    assert imported.parent == first["version"], "the evaluation of the first run, once"
+    assert (
+        imported.model_evaluation.metadata["eval_fingerprint"]
+        == (first["evaluation"].summary["eval_fingerprint"])
+    )
+
+    # A retrained model on the same photos: the champion's results come from the registry.
     retrained = upload_folder(emulated_gcs, demo_model_dir, f"{root}/run-3/train-model/model")
     third = run_gated_steps(retrained, demo_data_dir, tmp_path / "run-3", "run-3")
     assert third["evaluation"].champion_accuracy == accuracy
     assert "served already" not in third["evaluation"].reason
+    assert "(read from its evaluation in the model registry (same eval photos" in (
+        third["evaluation"].reason
+    )
+    assert "served model (champion): read from its evaluation" in caplog.text
     assert third["version"].endswith("@2")
+    assert [r.parent for r in vertex_emulator.calls("ImportModelEvaluation")][1:] == [
+        third["version"]
+    ]
     [endpoint] = vertex_emulator.endpoints.values()
     assert [d.model_version_id for d in endpoint.deployed_models] == ["2"]
     assert dict(endpoint.traffic_split) == {endpoint.deployed_models[0].id: 100}
     assert [d.deployed_model.service_account for d in vertex_emulator.calls("DeployModel")] == [
         "beer-serving@test-project.iam.gserviceaccount.com"
     ] * 2
+
+    # Other eval photos: the champion's registry evaluation does not apply, so it is re-scored.
+    changed = tmp_path / "changed-data"
+    shutil.copytree(demo_data_dir, changed)
+    photo = next((changed / "eval").rglob("*.jpg"))
+    photo.write_bytes(photo.read_bytes() + b"\0")  # the same picture, other bytes
+    again_retrained = upload_folder(emulated_gcs, demo_model_dir, f"{root}/run-4/train-model/model")
+    fourth = run_gated_steps(again_retrained, changed, tmp_path / "run-4", "run-4")
+    assert (
+        "re-scored: its registry evaluation is of other eval photos"
+        in (fourth["evaluation"].summary["champion"])
+    )
+    assert (
+        fourth["evaluation"].summary["eval_fingerprint"]
+        != (third["evaluation"].summary["eval_fingerprint"])
+    )
+    assert [r.parent for r in vertex_emulator.calls("ImportModelEvaluation")][2:] == [
+        fourth["version"]
+    ]

@@ -2,8 +2,10 @@
 
 The SDK makes sure the region's ``default`` metadata store exists, gets or creates the
 experiment's context (schema ``system.Experiment``) and adds the pipeline run's context (made
-with the job, ``pipeline_run_context``) to it as a child. Stores, contexts and their children
-are kept; nothing else of ML Metadata is.
+with the job, ``pipeline_run_context``) to it as a child. ``ExperimentRun.create`` adds a
+``system.ExperimentRun`` context the same way, and its ``log_params``/``log_metrics``/``end_run``
+update that context's metadata (``_params``, ``_metrics``, ``_state``). Stores, contexts and their
+children are kept; nothing else of ML Metadata is (``GetArtifact`` finds nothing).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Metadata:
             rpc(service, "ListContexts", v1.ListContextsRequest, self.list_contexts),
             rpc(service, "UpdateContext", v1.UpdateContextRequest, self.update_context),
             rpc(service, "AddContextChildren", v1.AddContextChildrenRequest, self.add_children),
+            rpc(service, "GetArtifact", v1.GetArtifactRequest, self.get_artifact),
         ]
 
     def pipeline_run_context(self, parent: str, job_id: str, display_name: str) -> v1.Context:
@@ -126,6 +129,13 @@ class Metadata:
                 setattr(stored, path, getattr(request.context, path))
             stored.update_time = now()
             return v1.Context(stored)
+
+    def get_artifact(self, request: v1.GetArtifactRequest) -> v1.Artifact:
+        """No artifact is kept: the SDK's lookups (an experiment run's TensorBoard run) find
+        none, as they find none in a store without them."""
+        with self.context.lock:
+            self._store_of(request.name.split("/artifacts/", 1)[0])
+        raise not_found(f"Artifact {request.name}")
 
     def add_children(self, request: v1.AddContextChildrenRequest):
         with self.context.lock:

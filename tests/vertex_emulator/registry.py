@@ -3,7 +3,8 @@
 UploadModel is long-running; its operation fails when ``artifact_uri`` is not in Cloud Storage,
 or, for a prebuilt TensorFlow image, holds no SavedModel. A version alias lives on one version of
 a model only: giving it to a new version moves it there, ``default`` included, and the first
-version always gets ``default``.
+version always gets ``default``. A version carries evaluations (ImportModelEvaluation: its
+metrics and their schema are required) and each evaluation its slices.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class ModelRegistry:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.models: dict[str, RegisteredModel] = {}
+        # evaluation name -> (version id, evaluation); evaluation name -> its slices
+        self.evaluations: dict[str, tuple[str, v1.ModelEvaluation]] = {}
+        self.slices: dict[str, list[v1.ModelEvaluationSlice]] = {}
 
     def version(self, name: str) -> v1.Model:
         """``.../models/ID``, ``...@VERSION`` or ``...@ALIAS`` -> that version (a copy)."""
@@ -182,3 +186,78 @@ class ModelRegistry:
                 else:
                     version.version_aliases = [a for a in version.version_aliases if a not in added]
             return result
+
+    # Evaluations: ImportModelEvaluation attaches one to a version (``parent`` names it, or the
+    # default version); names are ``.../models/M/evaluations/E`` whichever version holds them.
+    def import_model_evaluation(self, request: v1.ImportModelEvaluationRequest):
+        version = self.version(request.parent)  # NOT_FOUND for a model or version not there
+        evaluation = v1.ModelEvaluation(request.model_evaluation)
+        if not evaluation.metrics_schema_uri:
+            raise invalid("ModelEvaluation.metrics_schema_uri is required.")
+        if not evaluation.metrics:
+            raise invalid("ModelEvaluation.metrics is required.")
+        evaluation.name = f"{version.name}/evaluations/{self.context.new_id()}"
+        evaluation.create_time = now()
+        with self.context.lock:
+            self.evaluations[evaluation.name] = (version.version_id, evaluation)
+            self.slices[evaluation.name] = []
+        return v1.ModelEvaluation(evaluation)
+
+    def _evaluation_name(self, name: str) -> str:
+        """``.../models/M[@V]/evaluations/E`` -> the stored name, NOT_FOUND if it is not."""
+        canonical = self.context.names.canonical(name)
+        model, separator, rest = canonical.partition("/evaluations/")
+        stored = f"{model.partition('@')[0]}{separator}{rest}"
+        with self.context.lock:
+            if not separator or stored not in self.evaluations:
+                raise not_found(f"ModelEvaluation {name}")
+        return stored
+
+    def get_model_evaluation(self, request: v1.GetModelEvaluationRequest) -> v1.ModelEvaluation:
+        name = self._evaluation_name(request.name)
+        with self.context.lock:
+            return v1.ModelEvaluation(self.evaluations[name][1])
+
+    def list_model_evaluations(self, request: v1.ListModelEvaluationsRequest):
+        version = self.version(request.parent)
+        if request.filter:
+            raise invalid(f"Unsupported filter {request.filter!r} (the emulator filters nothing).")
+        with self.context.lock:
+            found = [
+                v1.ModelEvaluation(evaluation)
+                for name, (version_id, evaluation) in self.evaluations.items()
+                if name.startswith(f"{version.name}/") and version_id == version.version_id
+            ]
+        evaluations, token = self.context.page(found, request)
+        return v1.ListModelEvaluationsResponse(model_evaluations=evaluations, next_page_token=token)
+
+    def batch_import_model_evaluation_slices(
+        self, request: v1.BatchImportModelEvaluationSlicesRequest
+    ) -> v1.BatchImportModelEvaluationSlicesResponse:
+        parent = self._evaluation_name(request.parent)
+        created = []
+        for index, evaluation_slice in enumerate(request.model_evaluation_slices):
+            if not evaluation_slice.metrics_schema_uri:
+                raise invalid(f"model_evaluation_slices[{index}].metrics_schema_uri is required.")
+            if not evaluation_slice.slice_.dimension:
+                raise invalid(f"model_evaluation_slices[{index}].slice.dimension is required.")
+            stored = v1.ModelEvaluationSlice(evaluation_slice)
+            stored.name = f"{parent}/slices/{self.context.new_id()}"
+            stored.create_time = now()
+            created.append(stored)
+        with self.context.lock:
+            self.slices[parent].extend(created)
+        return v1.BatchImportModelEvaluationSlicesResponse(
+            imported_model_evaluation_slices=[s.name for s in created]
+        )
+
+    def list_model_evaluation_slices(self, request: v1.ListModelEvaluationSlicesRequest):
+        parent = self._evaluation_name(request.parent)
+        if request.filter:
+            raise invalid(f"Unsupported filter {request.filter!r} (the emulator filters nothing).")
+        with self.context.lock:
+            found = [v1.ModelEvaluationSlice(s) for s in self.slices[parent]]
+        slices, token = self.context.page(found, request)
+        return v1.ListModelEvaluationSlicesResponse(
+            model_evaluation_slices=slices, next_page_token=token
+        )

@@ -27,6 +27,8 @@ import grpc
 from google.cloud import aiplatform_v1 as v1
 from google.longrunning import operations_pb2
 
+from components import PIPELINE_IMAGE
+from tests.vertex_emulator.batch_prediction import BatchPredictionJobs
 from tests.vertex_emulator.context import Context
 from tests.vertex_emulator.endpoints import Endpoints
 from tests.vertex_emulator.metadata import Metadata
@@ -36,6 +38,7 @@ from tests.vertex_emulator.registry import ModelRegistry
 from tests.vertex_emulator.resources import ApiError, Names
 from tests.vertex_emulator.serving import ContainerRuntime
 from tests.vertex_emulator.storage import CloudStorage
+from tests.vertex_emulator.tuning import TuningJobs
 
 _V1 = "google.cloud.aiplatform.v1."
 _REST_PREDICT = re.compile(
@@ -46,6 +49,8 @@ _PERMISSIONS = {
     "UploadModel": "aiplatform.models.upload",
     "GetModel": "aiplatform.models.get",
     "ListModels": "aiplatform.models.list",
+    "ImportModelEvaluation": "aiplatform.modelEvaluations.import",
+    "ListModelEvaluations": "aiplatform.modelEvaluations.list",
     "CreateEndpoint": "aiplatform.endpoints.create",
     "GetEndpoint": "aiplatform.endpoints.get",
     "ListEndpoints": "aiplatform.endpoints.list",
@@ -53,7 +58,10 @@ _PERMISSIONS = {
     "UndeployModel": "aiplatform.endpoints.undeploy",
     "Predict": "aiplatform.endpoints.predict",
     "CreatePipelineJob": "aiplatform.pipelineJobs.create",
+    "CreateBatchPredictionJob": "aiplatform.batchPredictionJobs.create",
     "CreateSchedule": "aiplatform.schedules.create",
+    "CreateHyperparameterTuningJob": "aiplatform.hyperparameterTuningJobs.create",
+    "GetHyperparameterTuningJob": "aiplatform.hyperparameterTuningJobs.get",
 }
 
 
@@ -80,11 +88,12 @@ class VertexEmulator:
         self.context = Context(names, Operations(operation_delay_s, names), storage)
         self.operations = self.context.operations
         self.registry = ModelRegistry(self.context)
-        self.endpoint_service = Endpoints(
-            self.context, self.registry, ContainerRuntime(custom_images), seed
-        )
+        runtime = ContainerRuntime(custom_images)
+        self.endpoint_service = Endpoints(self.context, self.registry, runtime, seed)
+        self.batch_jobs = BatchPredictionJobs(self.context, self.registry, runtime)
         self.metadata = Metadata(self.context)
         self.pipelines = Pipelines(self.context, self.metadata)
+        self.tuning = TuningJobs(self.context, PIPELINE_IMAGE, seed)
         self.requests: list[tuple[str, Any]] = []
         self.unimplemented: list[str] = []
         self._failures: dict[str, list[grpc.StatusCode]] = defaultdict(list)
@@ -138,6 +147,7 @@ class VertexEmulator:
     # gRPC
     def _rpcs(self) -> list[Rpc]:
         registry, endpoints, pipelines = self.registry, self.endpoint_service, self.pipelines
+        tuning = self.tuning
         operations, metadata = self.operations, self.metadata
         return [
             Rpc("ModelService", "UploadModel", v1.UploadModelRequest, registry.upload_model),
@@ -154,6 +164,36 @@ class VertexEmulator:
                 "MergeVersionAliases",
                 v1.MergeVersionAliasesRequest,
                 registry.merge_version_aliases,
+            ),
+            Rpc(
+                "ModelService",
+                "ImportModelEvaluation",
+                v1.ImportModelEvaluationRequest,
+                registry.import_model_evaluation,
+            ),
+            Rpc(
+                "ModelService",
+                "GetModelEvaluation",
+                v1.GetModelEvaluationRequest,
+                registry.get_model_evaluation,
+            ),
+            Rpc(
+                "ModelService",
+                "ListModelEvaluations",
+                v1.ListModelEvaluationsRequest,
+                registry.list_model_evaluations,
+            ),
+            Rpc(
+                "ModelService",
+                "BatchImportModelEvaluationSlices",
+                v1.BatchImportModelEvaluationSlicesRequest,
+                registry.batch_import_model_evaluation_slices,
+            ),
+            Rpc(
+                "ModelService",
+                "ListModelEvaluationSlices",
+                v1.ListModelEvaluationSlicesRequest,
+                registry.list_model_evaluation_slices,
             ),
             Rpc(
                 "EndpointService",
@@ -183,6 +223,18 @@ class VertexEmulator:
             ),
             Rpc("PredictionService", "Predict", v1.PredictRequest, endpoints.predict),
             Rpc("PredictionService", "RawPredict", v1.RawPredictRequest, endpoints.raw_predict),
+            Rpc(
+                "JobService",
+                "CreateBatchPredictionJob",
+                v1.CreateBatchPredictionJobRequest,
+                self.batch_jobs.create_batch_prediction_job,
+            ),
+            Rpc(
+                "JobService",
+                "GetBatchPredictionJob",
+                v1.GetBatchPredictionJobRequest,
+                self.batch_jobs.get_batch_prediction_job,
+            ),
             Rpc(
                 "PipelineService",
                 "CreatePipelineJob",
@@ -237,6 +289,24 @@ class VertexEmulator:
                 "DeleteSchedule",
                 v1.DeleteScheduleRequest,
                 pipelines.delete_schedule,
+            ),
+            Rpc(
+                "JobService",
+                "CreateHyperparameterTuningJob",
+                v1.CreateHyperparameterTuningJobRequest,
+                tuning.create_hyperparameter_tuning_job,
+            ),
+            Rpc(
+                "JobService",
+                "GetHyperparameterTuningJob",
+                v1.GetHyperparameterTuningJobRequest,
+                tuning.get_hyperparameter_tuning_job,
+            ),
+            Rpc(
+                "JobService",
+                "CancelHyperparameterTuningJob",
+                v1.CancelHyperparameterTuningJobRequest,
+                tuning.cancel_hyperparameter_tuning_job,
             ),
             *metadata.rpcs(Rpc),
             Rpc(
@@ -357,6 +427,7 @@ class VertexEmulator:
             self._rest.shutdown()
             self._rest.server_close()
         self.endpoint_service.stop()
+        self.tuning.stop()
 
 
 class _Unimplemented(grpc.GenericRpcHandler):

@@ -7,8 +7,10 @@ same photos, and the two are compared photo by photo (``PairedComparison``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,7 +50,8 @@ class Misclassified:
 class Evaluation:
     """A model's scores on one eval split; with each photo's path, true class index and served
     probabilities (``photos``, ``labels``, ``probabilities``) when it was scored photo by photo,
-    and the calibration ``temperature`` its export applies (None: not calibrated)."""
+    the calibration ``temperature`` its export applies (None: not calibrated), and the
+    ``fingerprint`` of the eval photos it was scored on (``eval_fingerprint``)."""
 
     class_names: list[str]
     confusion_matrix: list[list[int]]
@@ -57,6 +60,7 @@ class Evaluation:
     labels: tuple[int, ...] = ()
     probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)
     temperature: float | None = None
+    fingerprint: str = ""
 
     @property
     def count(self) -> int:
@@ -135,6 +139,31 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return matrix
 
 
+def eval_fingerprint(digests: list[tuple[str, str]]) -> str:
+    """``sha256:`` of the eval photos, from each one's path relative to the data (which names
+    its class) and the sha256 of its content. Two evaluations with the same fingerprint scored
+    the same photos with the same labels, so one can stand for the other."""
+    lines = sorted(f"{path}\t{digest}" for path, digest in digests)
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def eval_photos(data_dir: str, split: str = "eval") -> tuple[list[str], list[tuple[str, int]]]:
+    """The class names of the data and its ``split``'s photos in scoring order, as (path,
+    class index); the one listing that scoring and a registry record are matched on."""
+    _, layout = discover_layout(data_dir)
+    photos = [
+        (path, index)
+        for index, name in enumerate(layout.class_names)
+        for path in layout.files[split][name]
+    ]
+    return layout.class_names, photos
+
+
+def relative_photo(path: str, data_dir: str) -> str:
+    """A photo's path relative to the data folder, e.g. ``eval/<class>/<file>``."""
+    return os.path.relpath(path, data_dir)
+
+
 def evaluate_saved_model(
     model_dir: str,
     data_dir: str,
@@ -145,41 +174,40 @@ def evaluate_saved_model(
     """Score the SavedModel in ``model_dir`` on ``data_dir/<split>`` (challenge layout); the log
     line names the model's ``role``."""
     model = ServingModel(model_dir)
-    _, layout = discover_layout(data_dir)
-    if layout.class_names != model.class_names:
-        raise ClassMismatchError(model.class_names, layout.class_names, split)
-    labels, predictions, misclassified, photos, served = [], [], [], [], []
-    for index, name in enumerate(layout.class_names):
-        paths = layout.files[split][name]
-        for start in range(0, len(paths), batch_size):
-            batch_paths = paths[start : start + batch_size]
-            batch = []
-            for path in batch_paths:
-                with open(path, "rb") as file:
-                    batch.append(file.read())
-            predicted = model.predict(batch)
-            for path, label, probabilities in zip(
-                batch_paths, predicted.classes.tolist(), predicted.probabilities, strict=True
-            ):
-                if label != index:
-                    misclassified.append(
-                        Misclassified(
-                            path, name, model.class_names[label], float(probabilities[label])
-                        )
+    class_names, listed = eval_photos(data_dir, split)
+    if class_names != model.class_names:
+        raise ClassMismatchError(model.class_names, class_names, split)
+    labels, predictions, misclassified, served, digests = [], [], [], [], []
+    for start in range(0, len(listed), batch_size):
+        chunk = listed[start : start + batch_size]
+        batch = []
+        for path, _ in chunk:
+            with open(path, "rb") as file:
+                batch.append(file.read())
+            digests.append((relative_photo(path, data_dir), hashlib.sha256(batch[-1]).hexdigest()))
+        predicted = model.predict(batch)
+        for (path, index), label, probabilities in zip(
+            chunk, predicted.classes.tolist(), predicted.probabilities, strict=True
+        ):
+            if label != index:
+                misclassified.append(
+                    Misclassified(
+                        path, class_names[index], class_names[label], float(probabilities[label])
                     )
-            predictions.extend(predicted.classes.tolist())
-            labels.extend([index] * len(batch))
-            photos.extend(batch_paths)
-            served.extend(predicted.probabilities)
+                )
+        predictions.extend(predicted.classes.tolist())
+        labels.extend(index for _, index in chunk)
+        served.extend(predicted.probabilities)
     matrix = confusion_matrix(np.asarray(labels), np.asarray(predictions), len(model.class_names))
     evaluation = Evaluation(
         class_names=model.class_names,
         confusion_matrix=matrix.tolist(),
         misclassified=tuple(misclassified),
-        photos=tuple(photos),
+        photos=tuple(path for path, _ in listed),
         labels=tuple(labels),
         probabilities=np.asarray(served, dtype=np.float64),
         temperature=read_temperature(model.model_dir),
+        fingerprint=eval_fingerprint(digests),
     )
     logger.info(
         "%s: %s accuracy %.4f on %d images", role, split, evaluation.accuracy, evaluation.count
@@ -194,11 +222,13 @@ NO_CHAMPION, COMPARED, NOT_COMPARABLE = "none", "compared", "not_comparable"
 class Champion:
     """What the endpoint serves now, as evaluate found it: nothing (``NO_CHAMPION``), a model
     scored on the same photos (``COMPARED``), or a model that cannot be scored on them
-    (``NOT_COMPARABLE``: other classes), with the reason in words."""
+    (``NOT_COMPARABLE``: other classes), with the reason in words; ``how`` says where a compared
+    champion's scores come from (scored here, or read from its evaluation in the registry)."""
 
     status: str
     evaluation: Evaluation | None = None
     reason: str = ""
+    how: str = ""
 
     @property
     def accuracy(self) -> float | None:
@@ -211,9 +241,10 @@ class Champion:
         if self.status == NOT_COMPARABLE:
             return f"a model serves but could not be compared: {self.reason}"
         evaluation = self.evaluation
+        how = f", {self.how}" if self.how else ""
         return (
             f"{evaluation.accuracy:.4f} ({evaluation.correct} of {evaluation.count}), the served "
-            "model on the same photos"
+            f"model on the same photos{how}"
         )
 
 
@@ -327,8 +358,9 @@ def deployment_decision(challenger: Evaluation, champion: Champion, rule: GateRu
         )
     comparison = compare_paired(challenger, champion.evaluation)
     allowed = math.floor(rule.max_regression * comparison.photos + 1e-9)
+    how = f" ({champion.how})" if champion.how else ""
     versus = (
-        f"champion {champion.accuracy:.4f}: {comparison.describe()}; max regression "
+        f"champion {champion.accuracy:.4f}{how}: {comparison.describe()}; max regression "
         f"{rule.max_regression:.4f} allows {allowed} photo(s) fewer"
     )
     if comparison.difference >= -allowed:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
@@ -33,6 +34,7 @@ from components.lib.modelling.distribution import (
     worker_id,
 )
 from components.lib.modelling.features import read_features
+from components.lib.modelling.tensorboard import SAMPLE_IMAGES, TrainingBoard
 from components.lib.modelling.training import Checkpoints, Objective, Phase, run_phase
 from components.lib.modelling.variants import DEFAULT_BACKBONE, get_variant
 from components.lib.serving.contract import (
@@ -186,6 +188,7 @@ def train_classifier(
     features_dir: str | None = None,
     checkpoint_dir: str | None = None,
     mixed_precision: bool | None = None,
+    log_dirs: Sequence[str] = (),
 ) -> TrainedClassifier:
     """Train the new head on the frozen backbone, then fine-tune the top of the backbone at a
     lower rate, each phase stopped early (best weights kept) on the ``val`` split when there is one.
@@ -196,7 +199,8 @@ def train_classifier(
     on images through the backbone every epoch. Runs under the strategy the environment calls
     for (``distribution.training_strategy``) with the batch size per replica, in mixed precision
     on GPUs with tensor cores (``mixed_precision=None``), and checkpoints every epoch to
-    ``checkpoint_dir`` when given, resuming from what is there.
+    ``checkpoint_dir`` when given, resuming from what is there. With ``log_dirs``, the chief
+    writes TensorBoard logs there (``tensorboard.TrainingBoard``).
     """
     keras.utils.set_random_seed(config.seed)
     strategy = training_strategy()
@@ -250,7 +254,15 @@ def train_classifier(
             features_dir, split, global_batch, shuffle=training, seed=config.seed, repeat=training
         )
 
-    def fit_phase(name: str, model: keras.Model, data, epochs: int, learning_rate) -> dict:
+    board = TrainingBoard(log_dirs) if log_dirs and is_chief(strategy) else None
+    if board:
+        augment = augmentation(config.brightness_contrast, config.seed)
+        samples = read_split(dataset, TRAIN, SAMPLE_IMAGES, augment=augment)
+        board.images(next(iter(samples))[0])
+
+    def fit_phase(
+        name: str, model: keras.Model, data, epochs: int, learning_rate, first_step: int = 0
+    ) -> dict:
         phase = Phase(
             name=name,
             model=model,
@@ -260,8 +272,9 @@ def train_classifier(
             epochs=epochs,
             learning_rate=learning_rate,
             early_stopping_patience=config.early_stopping_patience,
+            first_step=first_step,
         )
-        return run_phase(strategy, phase, objective, mixed_precision, checkpoints)
+        return run_phase(strategy, phase, objective, mixed_precision, checkpoints, board)
 
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
@@ -291,9 +304,14 @@ def train_classifier(
             schedule = keras.optimizers.schedules.CosineDecay(
                 config.fine_tune_learning_rate, config.fine_tune_epochs * steps_per_epoch
             )
-            history |= fit_phase("fine_tune", classifier, pixels, config.fine_tune_epochs, schedule)
+            head_epochs = len(history.get("head_loss", []))
+            history |= fit_phase(
+                "fine_tune", classifier, pixels, config.fine_tune_epochs, schedule, head_epochs
+            )
     finally:
         keras.config.set_dtype_policy(previous_policy)
+        if board:
+            board.close()
     exported = build_classifier(
         num_classes, dataset.image_size, config.dropout, weights=None, backbone=config.backbone
     )

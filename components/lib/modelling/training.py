@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from components.lib.modelling.tensorboard import TrainingBoard
 from components.lib.storage import mounted_path
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Phase:
     epochs: int
     learning_rate: Schedule
     early_stopping_patience: int = 0
+    first_step: int = 0
+    """Epochs trained before this phase: its epochs are logged from ``first_step + 1`` on."""
 
 
 @dataclass(frozen=True)
@@ -182,11 +185,13 @@ def run_phase(
     objective: Objective,
     mixed_precision: bool = False,
     checkpoints: Checkpoints | None = None,
+    board: TrainingBoard | None = None,
 ) -> dict[str, list[float]]:
     """Train ``phase.model`` in place; returns its history (``<phase>_loss``, ``_accuracy``,
     ``_val_loss``, ``_val_accuracy`` per epoch). With a validation split and a patience, stops
     early and keeps the weights of the lowest validation loss. With ``checkpoints``, saves after
-    every epoch and first resumes from what an earlier, interrupted run of this phase saved."""
+    every epoch and first resumes from what an earlier, interrupted run of this phase saved.
+    With ``board``, every epoch's figures and learning rate go to TensorBoard."""
     model = phase.model
     with strategy.scope():
         optimizer = keras.optimizers.Adam(phase.learning_rate)
@@ -219,11 +224,16 @@ def run_phase(
     patience = phase.early_stopping_patience if phase.validation is not None else 0
     while int(state.epoch.numpy()) < phase.epochs:
         epoch = int(state.epoch.numpy())
+        if board and epoch == 0:
+            board.phase(phase.first_step + 1, phase.name, f"{phase.epochs} epoch(s)")
         loss, hits, count = _add_up(train_step(batches) for _ in range(phase.steps_per_epoch))
         logs = {"loss": loss / phase.steps_per_epoch, "accuracy": hits / count}
         if phase.validation is not None:
             loss, hits, count = _add_up(validation_step(*batch) for batch in phase.validation)
             logs |= {"val_loss": loss / count, "val_accuracy": hits / count}
+        if board:
+            rate = float(optimizer.learning_rate)  # a schedule's value at this step
+            board.epoch(phase.first_step + epoch + 1, phase.name, logs, rate)
         for name, value in logs.items():
             history.setdefault(f"{phase.name}_{name}", []).append(value)
         logger.info(

@@ -14,11 +14,12 @@ from components.lib.targets.base import (
     TARGETS,
     VERTEX,
     EndpointTarget,
+    ExperimentTarget,
     ModelRegistryTarget,
     ModelVersion,
     Serving,
 )
-from components.lib.targets.local import EndpointRegistry, ModelRegistry
+from components.lib.targets.local import EndpointRegistry, Experiments, ModelRegistry
 
 
 def _check(target: str, local_state_dir: str, project: str, location: str) -> None:
@@ -93,6 +94,16 @@ def endpoint_registry(
     from components.lib.targets.vertex import VertexEndpoints
 
     return VertexEndpoints(project, location, serving)
+
+
+def experiments(target: str, local_state_dir: str, project: str, location: str) -> ExperimentTarget:
+    """Where ``target`` records runs: Vertex AI Experiments, or JSON files in the state folder."""
+    _check(target, local_state_dir, project, location)
+    if target == LOCAL:
+        return Experiments(local_state_dir, project, location)
+    from components.lib.targets.vertex import VertexExperiments
+
+    return VertexExperiments(project, location)
 
 
 def resource_uri(target: str, location: str, resource_name: str) -> str | None:

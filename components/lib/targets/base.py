@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 LOCAL = "local"
@@ -176,6 +176,61 @@ class ModelVersion:
         return f"{self.model}@{self.version_id}"
 
 
+EVAL_FINGERPRINT = "eval_fingerprint"
+ROWS_PATH = "row_based_metrics_path"
+"""Where a registered evaluation's metadata keeps its fingerprint and its per-photo results'
+URI (the latter under the key Google's own evaluation importer uses)."""
+
+
+@dataclass(frozen=True)
+class ModelEvaluationRecord:
+    """A version's evaluation as Vertex AI's Model Registry keeps it (a ``ModelEvaluation``).
+
+    ``metrics`` follow ``metrics_schema_uri`` (the classification metrics schema, which the
+    console's Evaluate tab renders); ``slices`` are ``{"dimension", "value", "metrics"}`` dicts
+    (``ModelEvaluationSlice``s, one per class). ``fingerprint`` names the eval photos and
+    ``rows_uri`` their per-photo results, so that a later run on the same photos can trust the
+    record instead of scoring the model again; ``metadata`` is the rest of the evaluation's
+    metadata. ``name`` is set once it is registered.
+    """
+
+    display_name: str
+    metrics_schema_uri: str
+    metrics: dict[str, Any]
+    fingerprint: str
+    rows_uri: str
+    slices: Sequence[dict[str, Any]] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def registry_metadata(self) -> dict[str, Any]:
+        """``metadata`` with the fingerprint and the rows' URI, as the registry stores it."""
+        return {**self.metadata, EVAL_FINGERPRINT: self.fingerprint, ROWS_PATH: self.rows_uri}
+
+    @classmethod
+    def from_registry(
+        cls,
+        name: str,
+        display_name: str,
+        metrics_schema_uri: str,
+        metrics: dict[str, Any],
+        metadata: dict[str, Any],
+        slices: Sequence[dict[str, Any]] = (),
+    ) -> ModelEvaluationRecord:
+        """A stored evaluation read back (``registry_metadata``'s inverse)."""
+        rest = {k: v for k, v in metadata.items() if k not in (EVAL_FINGERPRINT, ROWS_PATH)}
+        return cls(
+            display_name=display_name,
+            metrics_schema_uri=metrics_schema_uri,
+            metrics=metrics,
+            fingerprint=str(metadata.get(EVAL_FINGERPRINT, "")),
+            rows_uri=str(metadata.get(ROWS_PATH, "")),
+            slices=tuple(slices),
+            metadata=rest,
+            name=name,
+        )
+
+
 class ModelRegistryTarget(Protocol):
     """A model registry: display name -> model, with numbered versions and aliases."""
 
@@ -200,6 +255,17 @@ class ModelRegistryTarget(Protocol):
         """``model`` (resource name) at ``version_id``."""
         ...
 
+    def import_evaluation(
+        self, version: ModelVersion, evaluation: ModelEvaluationRecord
+    ) -> ModelEvaluationRecord:
+        """Attach ``evaluation`` to ``version`` (with its slices), named; a version that already
+        has an evaluation of the same eval photos (fingerprint) returns that one instead."""
+        ...
+
+    def list_evaluations(self, version: ModelVersion) -> list[ModelEvaluationRecord]:
+        """The evaluations of ``version``, oldest first (none: an empty list)."""
+        ...
+
 
 class EndpointTarget(Protocol):
     """Endpoints, found by display name, that serve model versions with a traffic split."""
@@ -211,4 +277,22 @@ class EndpointTarget(Protocol):
     def deploy(self, display_name: str, version: ModelVersion) -> dict[str, Any]:
         """Serve ``version`` by ``plan_traffic``'s rule (creating the endpoint on first use);
         returns the endpoint's name, display name, deployments, split and whether it changed."""
+        ...
+
+
+RunValue = str | int | float
+
+
+class ExperimentTarget(Protocol):
+    """Where runs are recorded to be compared: an experiment holds runs, each with its
+    parameters and final metrics (Vertex AI Experiments; locally, JSON files)."""
+
+    def record_run(
+        self,
+        experiment: str,
+        run: str,
+        params: dict[str, RunValue],
+        metrics: dict[str, float],
+    ) -> str:
+        """Record ``run`` in ``experiment`` (created on first use); returns where it is."""
         ...

@@ -8,6 +8,7 @@ written atomically under one lock, so a crash or a second run never leaves a hal
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import glob
@@ -24,9 +25,12 @@ from components.lib.storage import local_copy, normalized_uri
 from components.lib.targets.base import (
     DEFAULT_ALIAS,
     DEFAULT_SERVING,
+    EVAL_FINGERPRINT,
     NEW_DEPLOYMENT,
     Deployment,
+    ModelEvaluationRecord,
     ModelVersion,
+    RunValue,
     Serving,
     most_traffic,
     pick_deployment,
@@ -164,6 +168,70 @@ class ModelRegistry(_LocalStore):
                 return _model_version(record, version)
         raise KeyError(f"{model}@{version_id} is not in the local registry at {self.root}")
 
+    def import_evaluation(
+        self, version: ModelVersion, evaluation: ModelEvaluationRecord
+    ) -> ModelEvaluationRecord:
+        """Keep ``evaluation`` with ``version`` in the model's record, as Vertex AI's
+        ImportModelEvaluation and BatchImportModelEvaluationSlices do, with a copy of its
+        per-photo results (the registry owns its copy, as it does of the model); one per
+        fingerprint."""
+        model_id = version.model.rsplit("/", 1)[-1]
+        with self._lock():
+            record = _read_json(self._record_path(model_id))
+            stored = _stored_version(record, version, self.root)
+            evaluations = stored.setdefault("evaluations", [])
+            for existing in evaluations:
+                if existing["metadata"].get(EVAL_FINGERPRINT) == evaluation.fingerprint:
+                    return _evaluation(existing)
+            number = 1 + sum(len(v.get("evaluations", [])) for v in record["versions"])
+            name = f"{version.model}/evaluations/{number}"
+            rows = os.path.join(self.root, "models", model_id, "evaluations", str(number))
+            os.makedirs(rows, exist_ok=True)
+            rows_copy = os.path.join(rows, os.path.basename(evaluation.rows_uri))
+            shutil.copyfile(local_copy(evaluation.rows_uri), rows_copy)
+            stored_evaluation = {
+                "name": name,
+                "displayName": evaluation.display_name,
+                "metricsSchemaUri": evaluation.metrics_schema_uri,
+                "metrics": evaluation.metrics,
+                "metadata": dataclasses.replace(evaluation, rows_uri=rows_copy).registry_metadata(),
+                "sliceDimensions": sorted({s["dimension"] for s in evaluation.slices}),
+                "slices": [
+                    {**evaluation_slice, "name": f"{name}/slices/{index}"}
+                    for index, evaluation_slice in enumerate(evaluation.slices, start=1)
+                ],
+                "createTime": _now(),
+            }
+            evaluations.append(stored_evaluation)
+            _write_json_atomic(self._record_path(model_id), record)
+        return _evaluation(stored_evaluation)
+
+    def list_evaluations(self, version: ModelVersion) -> list[ModelEvaluationRecord]:
+        """The evaluations kept with ``version``, oldest first."""
+        record = _read_json(self._record_path(version.model.rsplit("/", 1)[-1]))
+        stored = _stored_version(record, version, self.root)
+        return [_evaluation(evaluation) for evaluation in stored.get("evaluations", [])]
+
+
+def _stored_version(
+    record: dict[str, Any] | None, version: ModelVersion, root: str
+) -> dict[str, Any]:
+    for stored in (record or {}).get("versions", []):
+        if stored["versionId"] == version.version_id:
+            return stored
+    raise KeyError(f"{version.resource_name} is not in the local registry at {root}")
+
+
+def _evaluation(stored: dict[str, Any]) -> ModelEvaluationRecord:
+    return ModelEvaluationRecord.from_registry(
+        name=stored["name"],
+        display_name=stored["displayName"],
+        metrics_schema_uri=stored["metricsSchemaUri"],
+        metrics=stored["metrics"],
+        metadata=stored["metadata"],
+        slices=[{k: v for k, v in s.items() if k != "name"} for s in stored["slices"]],
+    )
+
 
 def _model_version(record: dict[str, Any], version: dict[str, Any]) -> ModelVersion:
     return ModelVersion(
@@ -289,3 +357,25 @@ class LocalEndpoints:
             model_version_id=deployed["modelVersionId"],
             model_display_name=deployed["displayName"],
         )
+
+
+class Experiments(_LocalStore):
+    """Runs under ``<root>/experiments/<experiment>/<run>.json``, as Vertex AI Experiments keeps
+    them: parameters, final metrics and the time, one file per run."""
+
+    def record_run(
+        self, experiment: str, run: str, params: dict[str, RunValue], metrics: dict[str, float]
+    ) -> str:
+        path = os.path.join(self.root, "experiments", experiment, f"{run}.json")
+        record = {
+            "experiment": experiment,
+            "run": run,
+            "params": params,
+            "metrics": metrics,
+            "createTime": _now(),
+        }
+        with self._lock():
+            if os.path.exists(path):
+                raise FileExistsError(f"experiment {experiment!r} has a run {run!r} already")
+            _write_json_atomic(path, record)
+        return path

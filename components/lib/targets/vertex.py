@@ -29,7 +29,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform, aiplatform_v1
 from google.cloud.aiplatform import initializer, utils
 from google.cloud.aiplatform.constants import prediction
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
 from components import SERVING_IMAGE
 from components.lib.serving.routing import (
@@ -41,7 +41,9 @@ from components.lib.storage import gcs_uri, normalized_uri
 from components.lib.targets.base import (
     DEFAULT_ALIAS,
     Deployment,
+    ModelEvaluationRecord,
     ModelVersion,
+    RunValue,
     Serving,
     most_traffic,
     plan_traffic,
@@ -383,6 +385,109 @@ class VertexModelRegistry:
         )
         return _model_version(found)
 
+    def import_evaluation(
+        self, version: ModelVersion, evaluation: ModelEvaluationRecord
+    ) -> ModelEvaluationRecord:
+        """ImportModelEvaluation on the version, then its slices (BatchImportModelEvaluationSlices,
+        ``SLICE_BATCH`` at a time), as Google's own evaluation importer does. A version that has
+        an evaluation of the same fingerprint keeps it (its slices completed if an earlier
+        import stopped between the two calls); a retried import finds the one that got through.
+        """
+        client = _client(utils.ModelClientWithOverride, self.location)
+        parent = version.resource_name
+        existing = self._find_evaluation(version, evaluation.fingerprint)
+        if existing is None:
+            message = aiplatform_v1.ModelEvaluation(
+                display_name=evaluation.display_name,
+                metrics_schema_uri=evaluation.metrics_schema_uri,
+                metrics=_value(evaluation.metrics),
+                metadata=_value(evaluation.registry_metadata()),
+                slice_dimensions=sorted({s["dimension"] for s in evaluation.slices}),
+            )
+            imported = call_vertex(
+                f"import the evaluation of {parent}",
+                lambda: client.import_model_evaluation(parent=parent, model_evaluation=message),
+                recover=lambda: self._find_evaluation(version, evaluation.fingerprint),
+            )
+            name = imported.name
+        elif existing.slices or not evaluation.slices:
+            return existing
+        else:
+            name = existing.name
+        for start in range(0, len(evaluation.slices), SLICE_BATCH):
+            batch = [
+                aiplatform_v1.ModelEvaluationSlice(
+                    slice_=aiplatform_v1.ModelEvaluationSlice.Slice(
+                        dimension=s["dimension"], value=s["value"]
+                    ),
+                    metrics_schema_uri=evaluation.metrics_schema_uri,
+                    metrics=_value(s["metrics"]),
+                )
+                for s in evaluation.slices[start : start + SLICE_BATCH]
+            ]
+            call_vertex(
+                f"import the slices of {name}",
+                lambda batch=batch: client.batch_import_model_evaluation_slices(
+                    parent=name, model_evaluation_slices=batch
+                ),
+            )
+        return self._find_evaluation(version, evaluation.fingerprint)
+
+    def _find_evaluation(
+        self, version: ModelVersion, fingerprint: str
+    ) -> ModelEvaluationRecord | None:
+        found = [e for e in self.list_evaluations(version) if e.fingerprint == fingerprint]
+        return found[0] if found else None
+
+    def list_evaluations(self, version: ModelVersion) -> list[ModelEvaluationRecord]:
+        """ListModelEvaluations of the version (every page), each with its slices, oldest
+        first."""
+        client = _client(utils.ModelClientWithOverride, self.location)
+        parent = version.resource_name
+
+        def read() -> list[ModelEvaluationRecord]:
+            records = []
+            for found in client.list_model_evaluations(parent=parent):
+                slices = [
+                    {
+                        "dimension": s.slice_.dimension,
+                        "value": s.slice_.value,
+                        "metrics": _native(aiplatform_v1.ModelEvaluationSlice.pb(s).metrics),
+                    }
+                    for s in client.list_model_evaluation_slices(parent=found.name)
+                ]
+                pb = aiplatform_v1.ModelEvaluation.pb(found)
+                records.append(
+                    (
+                        found.create_time,
+                        ModelEvaluationRecord.from_registry(
+                            name=found.name,
+                            display_name=found.display_name,
+                            metrics_schema_uri=found.metrics_schema_uri,
+                            metrics=_native(pb.metrics),
+                            metadata=_native(pb.metadata) or {},
+                            slices=slices,
+                        ),
+                    )
+                )
+            return [record for _, record in sorted(records, key=lambda pair: pair[0])]
+
+        return call_vertex(f"list the evaluations of {parent}", read)
+
+
+SLICE_BATCH = 50
+"""Slices per BatchImportModelEvaluationSlices call (what Google's evaluation importer sends)."""
+
+
+def _value(data: Any) -> struct_pb2.Value:
+    """A JSON-like value as the API's ``google.protobuf.Value``."""
+    return json_format.ParseDict(data, struct_pb2.Value())
+
+
+def _native(value: struct_pb2.Value) -> Any:
+    """A ``google.protobuf.Value`` as plain Python (numbers come back as floats)."""
+    return json_format.MessageToDict(value) if value.WhichOneof("kind") else None
+
 
 def _model_version(model: aiplatform_v1.Model) -> ModelVersion:
     name = model.name.split("@", 1)[0]
@@ -523,3 +628,30 @@ def _describe(endpoint: aiplatform_v1.Endpoint, changed: bool) -> dict[str, Any]
         ],
         "changed": changed,
     }
+
+
+class VertexExperiments:
+    """Vertex AI Experiments: each run an ``ExperimentRun`` with its parameters and metrics."""
+
+    def __init__(self, project: str, location: str) -> None:
+        self.project = project
+        self.location = location
+
+    def record_run(
+        self, experiment: str, run: str, params: dict[str, RunValue], metrics: dict[str, float]
+    ) -> str:
+        """Get or create ``experiment`` (without a backing TensorBoard: the training's
+        TensorBoard logs go to the job's own), then create the run, log its parameters and
+        metrics, and mark it complete; returns the run's resource name."""
+        where = {"project": self.project, "location": self.location}
+
+        def record() -> str:
+            found = aiplatform.Experiment.get_or_create(experiment, **where)
+            created = aiplatform.ExperimentRun.create(run, experiment=found, **where)
+            created.log_params(params)
+            created.log_metrics(metrics)
+            created.end_run()
+            return created.resource_name
+
+        use_emulator_if_set()
+        return call_vertex(f"record run {run!r} in experiment {experiment!r}", record)
