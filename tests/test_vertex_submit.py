@@ -95,7 +95,11 @@ def test_settings_come_from_environment_and_config_file(
     assert job.runtime_config.gcs_output_directory == ROOT_URI
     assert dict(job.labels)["team"] == "vision"
     executors = job.pipeline_spec["deploymentSpec"]["executors"]
-    assert {e["container"]["image"] for e in executors.values()} == {VERTEX_IMAGE}
+    images = {e["container"]["image"] for e in executors.values()}
+    # Every step runs the given image but the tuning job's launcher, Google's own image.
+    google = "gcr.io/ml-pipeline/google-cloud-pipeline-components:"
+    assert {image for image in images if not image.startswith(google)} == {VERTEX_IMAGE}
+    assert executors["exec-hyperparameter-tuning-job"]["container"]["image"].startswith(google)
 
 
 @pytest.mark.parametrize(("final_state", "code"), [("SUCCEEDED", 0), ("FAILED", 1)])
