@@ -183,7 +183,7 @@ def test_the_train_steps_export_deploys_and_answers_on_the_prebuilt_tf_serving_i
     import tensorflow as tf
 
     uri = upload_folder(emulated_gcs, backbone_model_dir, f"{tmp_path.name}/export", "beer-models")
-    endpoint = deploy_step(upload_step(uri, tmp_path), tmp_path)
+    endpoint = deploy(upload_step(uri, tmp_path), tmp_path)
 
     assert served(vertex_emulator) == {"1": 100}
     answer = aiplatform.Endpoint(endpoint).predict(instances=INSTANCES)
