@@ -232,7 +232,8 @@ def run_phase(
             loss, hits, count = _add_up(validation_step(*batch) for batch in phase.validation)
             logs |= {"val_loss": loss / count, "val_accuracy": hits / count}
         if board:
-            rate = float(optimizer.learning_rate)  # a schedule's value at this step
+            # a schedule's value at this step; a variable mirrored across replicas reads as a tensor
+            rate = float(tf.convert_to_tensor(optimizer.learning_rate))
             board.epoch(phase.first_step + epoch + 1, phase.name, logs, rate)
         for name, value in logs.items():
             history.setdefault(f"{phase.name}_{name}", []).append(value)
