@@ -14,7 +14,9 @@ than the old server's. Last, 8 clients with one request in ten malformed against
 server: no 5xx, every answer right (``bench/serve_load.py``). And, with the servers stopped, the
 model alone in this process: images/s of one-image calls one at a time, of eight such calls at
 once (what the unbatched server runs under 8 clients) and of eight-image calls (what batching
-makes of them): the most that batching can gain over concurrent calls on this machine.
+makes of them): the most that batching can gain over concurrent calls on this machine. And a lone
+client's requests through the batcher and straight to a worker thread, around a stand-in call of
+20 ms: what the batcher itself adds to the latency of a request that has no company.
 
 Without ``--model-dir`` a small model is trained first, in a subprocess (the demo dataset, head
 only, one epoch, at the pipeline's default image size: the beer model's graph and cost).
@@ -37,7 +39,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -69,6 +71,7 @@ class Cell:
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
     wrong_answers: int = 0
+    round_p50_ms: list[float] = field(default_factory=list)
 
     @property
     def p50_ms(self) -> float:
@@ -230,6 +233,7 @@ def compare_servers(
                 cell.latencies += measured.latencies
                 cell.seconds += measured.seconds
                 cell.wrong_answers += measured.wrong_answers
+                cell.round_p50_ms.append(measured.p50_ms)
         progress(f"  round {round_index + 1}/{rounds} done")
     return results
 
@@ -278,6 +282,43 @@ def model_alone(model_dir: str, images: list[bytes], rounds: int, calls: int = 6
             ways[name]()
             seconds[name] += time.perf_counter() - started
     return {name: calls * rounds / total for name, total in seconds.items()}
+
+
+LONE_REQUEST = ("through the batcher", "straight to a worker thread (no batching)")
+
+
+def batcher_cost(rounds: int, requests: int = 200, call_seconds: float = 0.02) -> dict[str, float]:
+    """p50 ms of a lone client's requests through ``Batcher`` with the server's defaults, and
+    straight to a worker thread as the unbatched server calls the model, around a stand-in
+    model call of ``call_seconds`` (a sleep: it releases the GIL, as TensorFlow does). Their
+    difference is what the batcher itself adds to a lone request, free of the model's noise."""
+    import asyncio
+    import statistics
+    from types import SimpleNamespace
+
+    from components.lib.serving.batching import DEFAULT_BATCHING, Batcher
+
+    def predict(images: list[bytes]) -> SimpleNamespace:
+        time.sleep(call_seconds)
+        return SimpleNamespace(classes=[0] * len(images), probabilities=[[1.0]] * len(images))
+
+    async def measure() -> dict[str, float]:
+        batchers = {
+            LONE_REQUEST[0]: Batcher(predict, DEFAULT_BATCHING),
+            LONE_REQUEST[1]: Batcher(predict, replace(DEFAULT_BATCHING, enabled=False)),
+        }
+        latencies: dict[str, list[float]] = {name: [] for name in batchers}
+        for _ in range(rounds):
+            for name, batcher in batchers.items():
+                for _ in range(requests):
+                    started = time.perf_counter()
+                    await batcher.predict([b"photo"])
+                    latencies[name].append(time.perf_counter() - started)
+        for batcher in batchers.values():
+            await batcher.close()
+        return {name: 1000 * statistics.median(values) for name, values in latencies.items()}
+
+    return asyncio.run(measure())
 
 
 def report(results: Results) -> tuple[str, list[Target]]:
@@ -388,10 +429,28 @@ def main(argv: list[str] | None = None) -> int:
             load = run_load(urls[BATCHED] + path, images, total=1000, clients=8)
         progress("the model alone, in this process ...")
         alone = model_alone(model_dir, images, args.rounds)
+    progress("the batcher's own cost to a lone request, around a stand-in 20 ms call ...")
+    lone = batcher_cost(args.rounds)
     table, targets = report(results)
     print(table)
+    per_round = [
+        ratio(batched, old)
+        for batched, old in zip(
+            results[(BATCHED, 1)].round_p50_ms, results[(OLD, 1)].round_p50_ms, strict=True
+        )
+    ]
+    print(
+        "p50 at 1 client, batching / old, round by round: "
+        + ", ".join(f"{value:.2f}x" for value in per_round)
+    )
     print(
         format_table(("the model alone", "images/s"), [(k, f"{v:.1f}") for k, v in alone.items()])
+    )
+    print(
+        format_table(
+            ("a lone request around a 20 ms stand-in call", "p50 ms"),
+            [(k, f"{v:.3f}") for k, v in lone.items()],
+        )
     )
     server_errors = sum(count for status, count in load.statuses.items() if status >= 500)
     print(
@@ -424,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "malformed_load_statuses": {str(k): v for k, v in load.statuses.items()},
         "model_alone_images_per_second": alone,
+        "p50_ratio_1_client_by_round": per_round,
+        "lone_request_p50_ms_around_20ms_call": lone,
     }
     return finish("serve_latency", figures, targets)
 

@@ -67,6 +67,7 @@ def evaluate_model(
     from components.lib.evaluation.report import Provenance, build_report
     from components.lib.storage import normalized_uri
     from components.lib.targets import champion_version, model_registry
+    from components.lib.tuning.study import STUDY
 
     logger = logging.getLogger(__name__)
     evaluation = evaluate_saved_model(model.uri, raw_data.path)
@@ -106,6 +107,7 @@ def evaluate_model(
         "ece_before": None if ece_before is None else round(ece_before, 4),
         "ece_after": None if ece_after is None else round(ece_after, 4),
         "gate": {**dataclasses.asdict(rule), "rule": rule.describe()},
+        "trained_with": STUDY.chosen(model.metadata.get("training_config", {})),
     }
     summary = {name: value for name, value in summary.items() if value is not None}
     metrics.log_metric("accuracy", round(evaluation.accuracy, 4))

@@ -35,6 +35,7 @@ from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
 from components.lib.targets import resolve_target
 from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
 from components.lib.targets.local import EndpointRegistry, default_state_dir
+from components.lib.tuning.study import STUDY
 from pipeline.compile import compile_pipeline
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.progress import StepProgress
@@ -648,6 +649,9 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         "ece_after": evaluation.get("ece_after"),
         "min_accuracy": values["min_accuracy"],
         "gate_rule": evaluation["gate"]["rule"],
+        # typed again: a whole number inside a step's dict output comes back as a float
+        "trained_with": STUDY.chosen(evaluation.get("trained_with", {})),
+        "tuning_trials": values["tuning_trials"],
         "deployed": bool(outputs["deployed"]),
         "decision": outputs["decision"],
         "model_version": outputs["model_version"] or None,
@@ -803,6 +807,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"{low:.4f}-{high:.4f} (required {summary['min_accuracy']})",
         ),
         ("eval split", summary["eval_split"] or "the eval split"),
+        ("trained with", _trained_with(summary)),
         ("champion", summary["champion"]),
         ("calibration", calibration),
         ("decision", summary["decision"]),
@@ -817,6 +822,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"{label:<14} {value}")
     if summary["endpoint"] and summary["target"] == LOCAL:
         print(f"serve it with  python -m pipeline.serve --state-dir {summary['state_dir']}")
+
+
+def _trained_with(summary: dict[str, Any]) -> str:
+    """The tuned parameters the model was trained with, and where they came from."""
+    chosen = ", ".join(f"{name} {value}" for name, value in summary["trained_with"].items())
+    trials = summary["tuning_trials"]
+    return f"{chosen} ({f'the best of {trials} trials' if trials else 'as given, not tuned'})"
 
 
 def _run_vertex_command(args: argparse.Namespace) -> int:

@@ -191,6 +191,12 @@ def _cell(latency_s: float, images_per_second: float, wrong: int = 0) -> serve_l
     return cell
 
 
+def test_the_batcher_cost_times_a_lone_request_both_ways_around_the_stand_in_call() -> None:
+    lone = serve_latency.batcher_cost(rounds=1, requests=5, call_seconds=0.01)
+    assert set(lone) == set(serve_latency.LONE_REQUEST)
+    assert all(10 <= p50_ms < 1000 for p50_ms in lone.values()), lone
+
+
 def test_serving_report_sets_the_issue_targets() -> None:
     results = {
         (serve_latency.OLD, 1): _cell(0.012, 80),

@@ -85,6 +85,16 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
     assert summary["decision"].endswith("no champion serving: deploy")
     assert 'id="confusion-matrix"' in Path(summary["report"]).read_text()
     assert f"report         {summary['report']}" in result.stdout
+    assert summary["trained_with"] == {
+        "learning_rate": 0.01,
+        "fine_tune_learning_rate": 0.0003,
+        "fine_tune_from_block": 4,
+        "backbone": "efficientnet-lite0",
+    }
+    assert (
+        "trained with   learning_rate 0.01, fine_tune_learning_rate 0.0003, "
+        "fine_tune_from_block 4, backbone efficientnet-lite0 (as given, not tuned)"
+    ) in result.stdout
     assert summary["model_version"].endswith("/models/demo-classifier@1")
     assert summary["endpoint"] == (
         "projects/local-project/locations/europe-west1/endpoints/demo-classifier-endpoint"

@@ -371,7 +371,10 @@ def test_a_local_run_trains_with_the_best_trial_of_its_search(tmp_path: Path) ->
     history = model["history"]
     last = history.get("fine_tune_val_accuracy", history["head_val_accuracy"])
     assert max(last) == pytest.approx(best["metric"], abs=0.5), "within one of four photos"
-    assert json.loads(result.stdout.strip().splitlines()[-1])["deployed"] is True
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["deployed"] is True
+    assert summary["trained_with"] == best["parameters"]
+    assert summary["tuning_trials"] == 2
 
 
 def _vertex_rendering(value: Any) -> Any:

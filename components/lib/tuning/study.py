@@ -133,6 +133,16 @@ class Study:
             raise ValueError(f"a trial needs the parameters {', '.join(missing)}")
         return {p.name: p.parse(values[p.name]) for p in self.parameters}
 
+    def chosen(self, training_config: dict[str, Any]) -> dict[str, Any]:
+        """The values of the study's parameters in a model's training configuration: what
+        tuning chose for it, or what was given (a run summary says which), typed (a whole number
+        comes back from an artifact's metadata as a float)."""
+        return {
+            parameter.name: parameter.parse(training_config[parameter.name])
+            for parameter in self.parameters
+            if parameter.name in training_config
+        }
+
     def vertex_parameter_specs(self) -> dict[str, Any]:
         """The parameters as the Vertex AI SDK's specs, for google-cloud-pipeline-components'
         ``serialize_parameters``."""
