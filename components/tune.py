@@ -98,21 +98,7 @@ def search_hyperparameters(
     from components.lib.tuning.study import STUDY, trials_record, trials_table
     from components.lib.tuning.trial import TrialSettings
 
-    settings = TrialSettings(
-        training={
-            "epochs": epochs,
-            "fine_tune_epochs": fine_tune_epochs,
-            "batch_size": batch_size,
-            "dropout": dropout,
-            "label_smoothing": label_smoothing,
-            "brightness_contrast": brightness_contrast,
-            "early_stopping_patience": early_stopping_patience,
-            "imbalance_ratio": imbalance_ratio,
-            "seed": seed,
-        },
-        image_size=image_size,
-        validation_fraction=validation_fraction,
-    )
+    settings = TrialSettings.from_step_arguments(locals())  # the parameters above, by name
     with tempfile.TemporaryDirectory(prefix="tuning-") as work_dir:
         results = search(raw_data.path, work_dir, settings, tuning_trials)
     with open(trials.path, "w") as file:
@@ -150,21 +136,7 @@ def tuning_job_spec(
     from components.lib.tuning.trial import TrialSettings
     from components.lib.tuning.vertex import worker_pool_specs
 
-    settings = TrialSettings(
-        training={
-            "epochs": epochs,
-            "fine_tune_epochs": fine_tune_epochs,
-            "batch_size": batch_size,
-            "dropout": dropout,
-            "label_smoothing": label_smoothing,
-            "brightness_contrast": brightness_contrast,
-            "early_stopping_patience": early_stopping_patience,
-            "imbalance_ratio": imbalance_ratio,
-            "seed": seed,
-        },
-        image_size=image_size,
-        validation_fraction=validation_fraction,
-    )
+    settings = TrialSettings.from_step_arguments(locals())  # the parameters above, by name
     pools = worker_pool_specs(
         image,
         raw_data.uri,

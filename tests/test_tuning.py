@@ -35,6 +35,7 @@ from components.lib.tuning.study import (
     tuning_mode,
 )
 from components.lib.tuning.vertex import TRIAL_MODULE, job_name, worker_pool_specs
+from components.tune import search_hyperparameters, tuning_job_spec
 from pipeline.compile import compile_pipeline
 from pipeline.pipeline import CUSTOM_JOB_MACHINE_TYPE, PIPELINE_NAME, TrainResources
 from tests.conftest import make_layout, run_cli, upload_folder
@@ -169,6 +170,37 @@ def test_trial_settings_need_a_validation_split_and_known_parameters() -> None:
         {"backbone": "efficientnet-lite2"}
     )
     assert (config.epochs, config.seed, config.backbone) == (2, 5, "efficientnet-lite2")
+
+
+UNTUNED = {
+    "epochs": 2,
+    "fine_tune_epochs": 1,
+    "batch_size": 8,
+    "dropout": 0.3,
+    "label_smoothing": 0.0,
+    "brightness_contrast": 0.1,
+    "early_stopping_patience": 2,
+    "imbalance_ratio": 2.0,
+    "seed": 7,
+}
+
+
+def test_trial_settings_are_read_from_a_steps_arguments_by_name() -> None:
+    from components.lib.tuning.trial import TrialSettings
+
+    arguments = {**UNTUNED, "image_size": 32, "validation_fraction": 0.25, "tuning_trials": 3}
+    settings = TrialSettings.from_step_arguments({**arguments, "tempfile": object()})
+    assert settings == TrialSettings(UNTUNED, image_size=32, validation_fraction=0.25)
+    del arguments["imbalance_ratio"], arguments["image_size"]
+    with pytest.raises(TypeError, match="must take the parameters imbalance_ratio, image_size"):
+        TrialSettings.from_step_arguments(arguments)
+
+
+@pytest.mark.parametrize("step", [search_hyperparameters, tuning_job_spec])
+def test_both_tuning_steps_take_every_setting_their_trials_share(step: Any) -> None:
+    """What ``from_step_arguments`` reads from a step's ``locals()`` must be in its signature."""
+    declared = set(step.component_spec.inputs)
+    assert {*UNTUNED, "image_size", "validation_fraction"} <= declared
 
 
 # What the compiled pipeline sends

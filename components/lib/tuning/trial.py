@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,28 @@ class TrialSettings:
                 "tuning measures every trial on the validation split: validation_fraction must "
                 f"be above 0, got {self.validation_fraction}"
             )
+
+    @classmethod
+    def from_step_arguments(cls, arguments: Mapping[str, Any]) -> TrialSettings:
+        """The settings among a tuning step's arguments (its ``locals()`` on entry), by name.
+
+        A step declares the train step's parameters that tuning leaves alone, the image size
+        and the validation share in its signature (a KFP step's inputs are its signature);
+        this reads them from there, so that no step lists them a second time."""
+        tuned = {parameter.name for parameter in STUDY.parameters}
+        training = [f.name for f in dataclasses.fields(TrainingConfig) if f.name not in tuned]
+        missing = [
+            name
+            for name in [*training, "image_size", "validation_fraction"]
+            if name not in arguments
+        ]
+        if missing:
+            raise TypeError(f"a tuning step must take the parameters {', '.join(missing)}")
+        return cls(
+            training={name: arguments[name] for name in training},
+            image_size=arguments["image_size"],
+            validation_fraction=arguments["validation_fraction"],
+        )
 
     @property
     def seed(self) -> int:
