@@ -182,6 +182,19 @@ def layout_dir(tmp_path: Path) -> Path:
     return make_layout(tmp_path / "data")
 
 
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The pipeline freshly compiled, as a dict (test_defaults and test_templates override it:
+    the checked-in file, and a compile with a pushed image)."""
+    import yaml
+
+    from pipeline.compile import compile_pipeline
+
+    path = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
+    compile_pipeline(str(path))
+    return yaml.safe_load(path.read_text())
+
+
 @pytest.fixture(scope="session")
 def beer_data_dir() -> Path:
     """The real beer photos (``BEER_DATA_DIR``, set by .ci/run from ../shared/data/beers)."""
@@ -556,6 +569,19 @@ def emulated_gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(fsspec.config.conf, "gather_batch_size", 1)
     fsspec.filesystem("gs").clear_instance_cache()
     return storage.Client(credentials=AnonymousCredentials(), project="test")
+
+
+def gcs_emulator_client(gcs_url: str):
+    """A google-cloud-storage client of the GCS emulator at ``gcs_url``, without credentials:
+    for module fixtures, which cannot use ``emulated_gcs``'s per-test settings."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": gcs_url},
+    )
 
 
 def upload_folder(client, folder: Path, prefix: str, bucket_name: str = GCS_BUCKET) -> str:

@@ -90,7 +90,6 @@ def test_a_batch_prediction_job_scores_the_folder_and_resumes(
         capsys.readouterr().err
     )
     make_staging_bucket(emulated_gcs)
-    output = tmp_path / "predictions.jsonl"
 
     assert run("Beer Classifier@1", photos, output) == 0
 

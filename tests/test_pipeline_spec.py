@@ -14,13 +14,6 @@ from pipeline.compile import compile_pipeline, main
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    path = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
-    compile_pipeline(str(path))
-    return yaml.safe_load(path.read_text())
-
-
 def test_checked_in_pipeline_yaml_equals_a_fresh_compile(tmp_path: Path) -> None:
     fresh = tmp_path / "pipeline.yaml"
     compile_pipeline(str(fresh))

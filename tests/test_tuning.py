@@ -44,13 +44,6 @@ TUNED = [parameter.name for parameter in STUDY.parameters]
 TINY_TRAINING = {"epochs": 2, "fine_tune_epochs": 1, "batch_size": 8, "seed": 3}
 
 
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    path = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
-    compile_pipeline(str(path))
-    return yaml.safe_load(path.read_text())
-
-
 def _constants(inputs: dict) -> dict:
     """The constant arguments of a compiled task's inputs."""
     return {

@@ -15,7 +15,7 @@ from components.lib.evaluation.model_evaluation import CLASSIFICATION_METRICS_SC
 from components.lib.targets import model_registry
 from components.lib.targets.base import ModelEvaluationRecord, ModelVersion
 from components.lib.targets.vertex import SLICE_BATCH
-from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, upload_folder
+from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT, gcs_emulator_client, upload_folder
 from tests.test_model_evaluation import CLASSES, crafted, record_of
 from tests.vertex_emulator import VertexEmulator
 
@@ -26,14 +26,7 @@ IMAGE = "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
 
 @pytest.fixture(scope="module", autouse=True)
 def artifact(gcs_emulator: str, colour_models: dict) -> None:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(
-        project="test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": gcs_emulator},
-    )
+    client = gcs_emulator_client(gcs_emulator)
     upload_folder(client, colour_models["v1"], "evaluated/model", "bucket")
 
 

@@ -17,6 +17,7 @@ from tests.conftest import (
     VERTEX_TARGET,
     deploy_step,
     evaluation_artifact,
+    gcs_emulator_client,
     upload_folder,
 )
 from tests.vertex_emulator import VertexEmulator
@@ -31,14 +32,7 @@ ARTIFACTS = ("a/model", "b/model", "root/train-model/model", *(f"{r}/train/model
 @pytest.fixture(scope="module", autouse=True)
 def artifacts(gcs_emulator: str, colour_models: dict) -> None:
     """Every ``gs://bucket/...`` artifact these tests register holds a small real model."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(
-        project="test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": gcs_emulator},
-    )
+    client = gcs_emulator_client(gcs_emulator)
     for prefix in ARTIFACTS:
         upload_folder(client, colour_models["v1"], prefix, "bucket")
 
