@@ -298,3 +298,15 @@ def _two_class_model(tmp_path: Path, data: Path) -> Path:
     trained = train_classifier(dataset, TrainingConfig(epochs=1, fine_tune_epochs=0))
     export_serving_model(trained.model, dataset.class_names, 32, str(tmp_path / "model"))
     return tmp_path / "model"
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_written() -> None:
+    """A class folder named like matplotlib math (``$...$``) is a name, not a formula: the report
+    is built, and the names appear verbatim."""
+    names = [r"$\notacommand$", "cost $5 or $10", "plain"]
+    evaluation = Evaluation(names, [[2, 0, 0], [0, 3, 0], [0, 1, 1]])
+    page = build_report(
+        evaluation, HISTORY, Decision(True, "deploy"), Champion(NO_CHAMPION), GateRule(), "carved"
+    )
+    assert embedded_png(page, "confusion-matrix").startswith(b"\x89PNG")
+    assert "<th>$\\notacommand$</th>" in page

@@ -99,8 +99,9 @@ def confusion_matrix_png(evaluation: Evaluation) -> str:
     figure = Figure(figsize=(1.2 * len(names) + 2, 1.2 * len(names) + 1.5))
     axes = figure.subplots()
     axes.imshow(matrix, cmap="Blues")
-    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axes.set_yticks(range(len(names)), names)
+    # Class names are folder names, shown as written: "$...$" is not matplotlib math here.
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right", parse_math=False)
+    axes.set_yticks(range(len(names)), names, parse_math=False)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     for (row, column), count in np.ndenumerate(matrix):
