@@ -31,7 +31,7 @@ from components.lib.data.demo import (
 )
 from components.lib.evaluation.rule import GateRule
 from components.lib.modelling.variants import BACKBONES
-from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
+from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path, redact_text
 from components.lib.targets import resolve_target
 from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
 from components.lib.targets.local import EndpointRegistry, default_state_dir
@@ -682,9 +682,14 @@ def _experiment_name(args: argparse.Namespace) -> str | None:
 
 
 def run_params(values: dict[str, Any]) -> dict[str, str | int | float]:
-    """The run's pipeline parameters as an experiment records them (true/false as text)."""
+    """The run's pipeline parameters as an experiment records them (true/false as text; URIs
+    redacted, as everywhere a run's parameters are written)."""
     return {
-        name: str(value).lower() if isinstance(value, bool) else value
+        name: str(value).lower()
+        if isinstance(value, bool)
+        else redact_text(value)
+        if isinstance(value, str)
+        else value
         for name, value in sorted(values.items())
         if value is not None
     }

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from components.lib.data.layout import DataLayoutError, discover_layout, redact_uri
+from components.lib.data.layout import DataLayoutError, discover_layout
 from components.lib.data.sources import download_dataset
+from components.lib.storage import redact_uri
 from tests.conftest import make_layout
 
 

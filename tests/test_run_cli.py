@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from components.lib.serving.prediction import ServingModel
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
-from pipeline.run import UsageError, parse_params
+from pipeline.run import UsageError, parse_params, run_params
 from tests.conftest import ROOT, make_layout, run_cli
 
 RUN = [sys.executable, "-m", "pipeline.run", "--local"]
@@ -282,3 +283,49 @@ def test_retraining_follows_the_data_under_one_uri(tmp_path: Path) -> None:
     record = json.loads((state / "models/beer-classifier/model.json").read_text())
     assert [v["versionId"] for v in record["versions"]] == ["1", "2"]
     assert json.loads(endpoint_record.read_text())["trafficSplit"] == {"beer-classifier-v2": 100}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbose", [False, True])
+def test_credentials_in_the_data_uri_reach_neither_the_log_nor_the_terminal(
+    tmp_path: Path, verbose: bool
+) -> None:
+    """A signed URL with a password fails at its first step (nothing listens there); the run's
+    log, its terminal output (``--verbose``: everything kfp.local prints) and every file under
+    the state folder hold the URI redacted."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data_uri = (
+        f"https://reader:PASSWORD@127.0.0.1:{port}/beers?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+        "&X-Goog-Credential=KEYID&X-Goog-Signature=SIGNATURE"
+    )
+    state = tmp_path / "state"
+    flags = ["--verbose"] if verbose else []
+    result = run_cli("--local", "--state-dir", str(state), "--data-uri", data_uri, *flags)
+
+    assert result.returncode == 1
+    assert "step fingerprint-data failed" in result.stderr
+    [log] = (state / "logs").glob("run-*.log")
+    assert f"https://127.0.0.1:{port}/beers?<redacted>" in log.read_text()
+    written = [result.stdout, result.stderr]
+    written += [path.read_text(errors="replace") for path in state.rglob("*") if path.is_file()]
+    for secret in ("PASSWORD", "KEYID", "SIGNATURE", "reader:"):
+        assert not [text for text in written if secret in text], secret
+
+
+def test_the_summary_and_the_experiment_record_redacted_uris() -> None:
+    params = run_params(
+        {
+            "data_uri": "gs://beers/data?X-Goog-Signature=SIGNATURE",
+            "csv_image_folder": "https://reader:PASSWORD@host.example/images",
+            "epochs": 3,
+            "allow_class_change": False,
+        }
+    )
+    assert params == {
+        "allow_class_change": "false",
+        "csv_image_folder": "https://host.example/images?<redacted>",
+        "data_uri": "gs://beers/data?<redacted>",
+        "epochs": 3,
+    }

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import urllib.parse
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+
+from components.lib.storage import StorageSetupError, check_gcs, is_gcs, redact_uri
 
 logger = logging.getLogger(__name__)
 
@@ -60,26 +61,21 @@ def _is_hidden(path: str) -> bool:
     return os.path.basename(path).startswith(".")
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` without user info, query string or fragment, where signed URLs carry secrets."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.scheme or not (parts.query or parts.fragment or "@" in parts.netloc):
-        return uri
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + "?<redacted>"
-
-
 def _join(fs: fsspec.AbstractFileSystem, *parts: str) -> str:
     return fs.sep.join(part.rstrip(fs.sep) for part in parts)
 
 
 def open_data_uri(data_uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The file system of ``data_uri`` and the path in it (no trailing separator); a
-    DataLayoutError, with any credentials in the URI redacted, when it cannot be opened."""
+    DataLayoutError, with any credentials in the URI redacted, when it cannot be opened; for
+    ``gs://``, also when Cloud Storage cannot be reached or the credentials file is broken,
+    naming that cause (``storage.check_gcs``)."""
     shown = redact_uri(data_uri)
     try:
         fs, path = url_to_fs(data_uri)
-    except (ImportError, ValueError) as error:
+        if is_gcs(data_uri):
+            check_gcs()
+    except (ImportError, ValueError, StorageSetupError) as error:
         reason = str(error).replace(data_uri, shown)
         raise DataLayoutError(f"cannot open data_uri {shown!r}: {reason}") from None
     return fs, path.rstrip(fs.sep) or path

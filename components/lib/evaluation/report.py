@@ -26,6 +26,7 @@ from components.lib.evaluation.metrics import (
     Evaluation,
     GateRule,
 )
+from components.lib.storage import redact_uri
 
 THUMBNAIL_SIZE = 160
 _STYLE = (
@@ -66,7 +67,7 @@ class Provenance:
 
     def facts(self) -> dict[str, str]:
         """The report's rows that say which data, model and time it is for."""
-        data = self.data_uri or "not recorded"
+        data = redact_uri(self.data_uri) or "not recorded"
         if self.fingerprint:
             data += f" (fingerprint {self.fingerprint})"
         version = self.model_version or (
