@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from components.lib.data.sources import download_dataset
+from components.lib.data.sources import download_dataset, fingerprint_source
 from components.lib.data.validation import DataValidationError, validate_dataset
-from tests.conftest import add_bad_files, convert_photos, make_layout
+from tests.conftest import add_bad_files, convert_photos, make_layout, write_image
 
 
 @pytest.fixture
@@ -138,3 +138,28 @@ def test_an_oversized_image_is_skipped_and_named_and_the_run_goes_on(
     assert report.skipped["too_large"] == ["train/0red/bomb.png"]
     assert report.counts["train"] == {"0red": 12, "1blue": 12}
     assert "more pixels than the decode limit" in (tmp_path / "report.md").read_text()
+
+
+def test_images_in_sub_folders_count_and_broken_links_are_named(tmp_path: Path) -> None:
+    """Images in sub-folders of a class folder belong to the class; a broken link is skipped and
+    named in the validation report; the fingerprint counts exactly what is copied."""
+    root = make_layout(tmp_path / "source", {"0red": 6, "1blue": 6})
+    write_image(root / "train/0red/2019/nested.jpg", (200, 40, 40))
+    write_image(root / "train/1blue/a/b/deeper.png", (40, 40, 200), fmt="PNG")
+    write_image(root / "train/1blue/.thumbnails/hidden.jpg", (40, 40, 200))
+    (root / "train/0red/gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+
+    digest, images = fingerprint_source(str(root))
+    copy = download_dataset(str(root), str(tmp_path / "raw"), fingerprint=digest)
+    report = validate_dataset(
+        str(tmp_path / "raw"), str(tmp_path / "clean"), str(tmp_path / "report.md"), 32, 0.1
+    )
+
+    assert copy.counts()["train"] == {"0red": 7, "1blue": 7}
+    assert images == sum(sum(classes.values()) for classes in copy.counts().values()) == 26
+    assert report.counts["train"] == {"0red": 7, "1blue": 7}
+    assert report.skipped["broken_link"] == ["train/0red/gone.jpg"]
+    assert (
+        "**a broken link: names an image that is not there** (1): `train/0red/gone.jpg`"
+        in (tmp_path / "report.md").read_text()
+    )

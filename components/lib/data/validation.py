@@ -22,7 +22,13 @@ import fsspec
 from fsspec.core import url_to_fs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from components.lib.data.layout import IGNORED_FILES, SPLITS, discover_layout
+from components.lib.data.layout import (
+    BROKEN,
+    IGNORED_FILES,
+    NOT_AN_IMAGE,
+    SPLITS,
+    discover_layout,
+)
 from components.lib.data.options import ValidationOptions
 from components.lib.data.sources import (
     BAD_ROW_REASONS,
@@ -36,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "validation.json"
 SKIP_REASONS: dict[str, str] = {
-    "not_an_image": "not an image file",
+    NOT_AN_IMAGE: "not an image file",
+    BROKEN: "a broken link: names an image that is not there",
     "undecodable": "cannot be decoded: corrupt or truncated",
     "too_small": "smaller than the minimum image size",
     "too_large": "more pixels than the decode limit (a decompression bomb)",
@@ -256,7 +263,12 @@ def validate_dataset(
     ignored_path = f"{layout.root}/{IGNORED_FILES}"
     if fs.exists(ignored_path):
         with fs.open(ignored_path) as file:
-            report.skipped["not_an_image"].extend(json.load(file))
+            ignored = json.load(file)
+        if isinstance(ignored, list):  # a copy made before broken links were kept apart
+            ignored = {NOT_AN_IMAGE: ignored}
+        for reason, paths in ignored.items():
+            if paths:
+                report.skipped[reason].extend(paths)
     eval_hashes: set[str] = set()
     with ThreadPoolExecutor(IO_THREADS) as pool:
         for split in reversed(SPLITS):
