@@ -137,7 +137,7 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
     matrix = evaluation["metrics"]["confusionMatrix"]
     assert sum(map(sum, matrix["rows"])) == summary["eval_images"]
     assert Path(evaluation["metadata"]["row_based_metrics_path"]).is_file()
-    logs = Path(version["artifactUri"]) / "tensorboard"
+    logs = state / version["artifactUri"] / "tensorboard"
     assert list((logs / "train").glob("events.out.tfevents.*"))
 
 
@@ -227,7 +227,7 @@ def test_two_runs_at_once_against_one_registry_record_both_versions(tmp_path: Pa
     assert [v["versionId"] for v in record["versions"]] == ["1", "2"]
     assert len({v["sourceUri"] for v in record["versions"]}) == 2
     for version in record["versions"]:
-        assert ServingModel(version["artifactUri"]).class_names[1] == "1cat"
+        assert ServingModel(str(state / version["artifactUri"])).class_names[1] == "1cat"
     endpoint = json.loads((state / "endpoints/demo-classifier-endpoint.json").read_text())
     assert endpoint["deployedModels"][0]["modelVersionId"] in versions
 
