@@ -30,7 +30,7 @@ from components.lib.data.demo import (
     make_demo_dataset,
 )
 from components.lib.evaluation.rule import GateRule
-from components.lib.modelling.variants import BACKBONES
+from components.lib.parameters import parameter_problems, state_dir_problem
 from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path, redact_text
 from components.lib.targets import resolve_target
 from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
@@ -111,9 +111,8 @@ def parse_params(assignments: list[str], parameters: dict[str, dict[str, Any]]) 
         except (KeyError, ValueError):
             expected = _PARAMETER_KINDS.get(kind, kind.lower())
             raise UsageError(f"--param {name}={text!r}: expected {expected}") from None
-    backbone = values.get("backbone")
-    if backbone is not None and backbone not in BACKBONES:
-        raise UsageError(f"--param backbone={backbone!r}: choose one of {', '.join(BACKBONES)}")
+    if problems := parameter_problems(values):
+        raise UsageError("; ".join(f"--param {problem}" for problem in problems))
     return values
 
 
@@ -390,6 +389,15 @@ def _arguments(args: argparse.Namespace, parameters: dict[str, dict[str, Any]]) 
     return arguments
 
 
+def _check_values(parameters: dict[str, dict[str, Any]], arguments: dict[str, Any]) -> None:
+    """UsageError listing every argument (or default) outside its allowed values, before
+    anything runs; the pipeline's first step checks the same for runs no CLI started."""
+    values = {name: spec.get("defaultValue") for name, spec in parameters.items()}
+    values.update(arguments)
+    if problems := parameter_problems(values):
+        raise UsageError("; ".join(problems))
+
+
 def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings, str, dict]:
     """The settings, the spec (--pipeline-file, or freshly compiled with the image) and the
     typed arguments of a Vertex AI job; all checked before anything is sent."""
@@ -421,6 +429,7 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
     arguments["target"] = VERTEX
+    _check_values(parameters, arguments)
     if not arguments.get("serving_image"):
         # The model is served by the serving image pushed beside the steps' image, not by the
         # placeholder default, which no registry holds.
@@ -578,6 +587,8 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     from kfp import components
 
     state_dir = os.path.abspath(args.state_dir)
+    if problem := state_dir_problem(state_dir):
+        raise UsageError(f"--state-dir: {problem}")
     experiment = _experiment_name(args)
     target, pipeline_root = _local_target(args, state_dir)
     with tempfile.TemporaryDirectory() as spec_dir:  # private: runs may start side by side
@@ -593,6 +604,7 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         parameters = pipeline_parameters(yaml.safe_load(spec_text))
         pipeline = components.load_component_from_file(spec_path)
     arguments = _arguments(args, parameters)
+    _check_values(parameters, {**arguments, **target})
     if "data_uri" not in arguments:
         arguments["data_uri"] = make_demo_dataset(os.path.join(state_dir, "demo-data"))
         arguments.setdefault("model_display_name", DEMO_MODEL_DISPLAY_NAME)
@@ -881,6 +893,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, PipelineFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
+    except OSError as error:  # the state folder filled up or went away mid-run
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         local = args.command is None and args.local
         hint = "; run the same command again to resume, finished steps are cached" if local else ""

@@ -106,6 +106,7 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
     for path, content in beer_records.items():
         assert path.read_bytes() == content, path
     assert set(summary["step_seconds"]) == {
+        "check-parameters",
         "fingerprint-data",
         "resolve-target",
         "plan-tuning",
@@ -190,6 +191,7 @@ def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> N
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     # resolve-target, independent of training, may have run before the interruption or not.
     assert set(summary["step_seconds"]) - {"resolve-target"} == {
+        "check-parameters",
         "fingerprint-data",
         "train-model",
         "evaluate-model",
@@ -265,6 +267,7 @@ def test_retraining_follows_the_data_under_one_uri(tmp_path: Path) -> None:
     for step in ("download-data", "validate-data", "preprocess-data", "train-model"):
         assert f"> {step}: cached" in log
     assert set(again["step_seconds"]) == {
+        "check-parameters",
         "fingerprint-data",
         "evaluate-model",
         "upload-model",
