@@ -128,3 +128,9 @@ def test_the_cli_refuses_bad_values_in_one_line_before_any_work(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(message.format(**places)), line
     assert not (tmp_path / "state" / "logs").exists(), "nothing ran"
+
+
+def test_the_security_page_lists_every_range() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs/security.md").read_text()
+    for name, allowed in RANGES.items():
+        assert f"| `{name}` | {allowed.text()} |" in page, name
