@@ -137,7 +137,7 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
     assert evaluation["metadata"]["eval_fingerprint"].startswith("sha256:")
     matrix = evaluation["metrics"]["confusionMatrix"]
     assert sum(map(sum, matrix["rows"])) == summary["eval_images"]
-    assert Path(evaluation["metadata"]["row_based_metrics_path"]).is_file()
+    assert (state / evaluation["metadata"]["row_based_metrics_path"]).is_file()
     logs = state / version["artifactUri"] / "tensorboard"
     assert list((logs / "train").glob("events.out.tfevents.*"))
 
