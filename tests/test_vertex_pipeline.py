@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import requests
 
-from components import SERVING_IMAGE
+from components.images import PLACEHOLDERS
 from tests.conftest import (
     VERTEX_LOCATION,
     VERTEX_PROJECT,
@@ -160,7 +160,7 @@ def test_first_run_registers_and_deploys(emulator: VertexEmulator, first: dict) 
     [upload] = emulator.calls("UploadModel")
     assert upload.model.artifact_uri.startswith(f"{PIPELINE_ROOT}/")
     container = upload.model.container_spec
-    assert image_name(container.image_uri) == image_name(SERVING_IMAGE)
+    assert image_name(container.image_uri) == image_name(PLACEHOLDERS.serving)
     assert (container.predict_route, container.health_route) == ("/predict", "/health")
     assert first["calls"] == {"UploadModel": 1, "DeployModel": 1, "UndeployModel": 0}
     # Recorded in Vertex AI Experiments: the run's parameters and final metrics.

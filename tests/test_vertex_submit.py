@@ -175,8 +175,7 @@ def test_cli_without_settings_says_all_that_is_missing_in_one_line(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("error: missing settings project (--project, BEER_PIPELINE_PROJECT")
     assert "pipeline_root (--pipeline-root" in line and "add --local" in line
-    assert "image us-docker.pkg.dev/your-project/beer-pipeline" in line
-    assert "is the placeholder" in line and "bash docker/build.sh" in line
+    assert "image (--image, BEER_PIPELINE_IMAGE" in line
     assert "region 'mars-1' is not a Vertex AI region" in line
 
 
@@ -219,16 +218,16 @@ def test_a_compiled_custom_job_pipeline_is_submitted_as_is(
     assert executors["exec-train-model"]["container"]["image"].startswith(
         "gcr.io/ml-pipeline/google-cloud-pipeline-components"
     )
-    assert executors["exec-download-data"]["container"]["image"] == "eu.gcr.io/p/img:9"
+    assert executors["exec-download-data"]["container"]["image"] == "eu.gcr.io/p/img-light:9"
     assert job.runtime_config.parameter_values["epochs"] == 4
 
     assert main([*no_image, "--pipeline-file", str(tmp_path / "missing.yaml")]) == 2
     assert "--pipeline-file" in capsys.readouterr().err
     assert main([*SETTINGS, "--pipeline-file", str(spec)]) == 2
     assert "--image applies to a fresh compile" in capsys.readouterr().err
-    compile_main(["--output", str(spec)])
+    compile_main(["--output", str(spec), "--placeholder-images"])
     assert main([*no_image, "--pipeline-file", str(spec)]) == 2
-    assert "runs the placeholder image us-docker.pkg.dev/your-project/" in (capsys.readouterr().err)
+    assert "runs the placeholder image registry.invalid/" in (capsys.readouterr().err)
     assert len(vertex_emulator.calls("CreatePipelineJob")) == 1
 
 

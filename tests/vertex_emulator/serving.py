@@ -287,16 +287,16 @@ PROJECT_SERVING_COMMAND = (sys.executable, "-m", "pipeline.serve")
 
 class ContainerRuntime:
     """Which container runs a model's image: the prebuilt TensorFlow images, the project's
-    serving image (by its name, ``components.SERVING_IMAGE``'s, in any registry), and custom
+    serving image (by its name, ``components.images``' serving one, in any registry), and custom
     images registered by URI prefix with the command that stands for their entrypoint."""
 
     def __init__(self, custom_images: dict[str, Sequence[str]] | None = None) -> None:
         self.custom_images = dict(custom_images or {})
 
     def _command(self, image: str) -> Sequence[str] | None:
-        from components import SERVING_IMAGE
+        from components.images import PLACEHOLDERS
 
-        if image_name(image) == image_name(SERVING_IMAGE):
+        if image_name(image) == image_name(PLACEHOLDERS.serving):
             return PROJECT_SERVING_COMMAND
         return next((c for p, c in self.custom_images.items() if image.startswith(p)), None)
 

@@ -55,7 +55,8 @@ class Registration:
     """Where a run registers and serves its model, and under which names (the pipeline
     parameters of the same names): ``target`` (``local`` or ``vertex``), the project and region
     (empty: the pipeline job's own), the local registry's folder (target ``local``), the model
-    and endpoint display names, and the prediction image (empty: the project's serving image)."""
+    and endpoint display names, and the prediction image (the pipeline's compiled default: the
+    serving image built beside its steps' images)."""
 
     target: str = VERTEX
     project: str = ""
