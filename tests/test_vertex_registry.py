@@ -225,7 +225,7 @@ def test_steps_output_vertex_artifacts_for_lineage(
         },
         model_display_name="beer",
         pipeline_job="beer-classifier-training-20261121",
-        serving_image="",
+        serving_image=PLACEHOLDERS.serving,
         accelerator_type="NVIDIA_TESLA_T4",
         local_state_dir="",
         vertex_model=vertex_model,

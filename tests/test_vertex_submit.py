@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.cloud import aiplatform_v1 as v1
 
+from components.images import ImageSet
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.run import UsageError, main
 from tests.conftest import (
@@ -62,10 +63,11 @@ def test_submit_sends_spec_typed_parameters_root_account_and_labels(
     assert values["data_uri"] == "gs://beers/data"
     assert values["target"] == "vertex"
     assert (values["project"], values["location"]) == (VERTEX_PROJECT, VERTEX_LOCATION)
-    # The model is served by the serving image pushed beside the steps' image.
-    assert values["serving_image"] == (
-        f"{VERTEX_LOCATION}-docker.pkg.dev/{VERTEX_PROJECT}/beer-pipeline/beer-serving:0.1.0"
-    )
+    # The model is served by the serving image pushed beside the steps' image: the compiled
+    # default, as in a console or scheduled run of the same spec.
+    assert "serving_image" not in values
+    parameters = job.pipeline_spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["serving_image"]["defaultValue"] == ImageSet.beside(VERTEX_IMAGE).serving
     assert job.runtime_config.gcs_output_directory == ROOT_URI
     assert job.service_account == "trainer@test-project.iam.gserviceaccount.com"
     assert job.network == "projects/1234/global/networks/ml"
@@ -96,9 +98,15 @@ def test_settings_come_from_environment_and_config_file(
     assert dict(job.labels)["team"] == "vision"
     executors = job.pipeline_spec["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values()}
-    # Every step runs the given image but the tuning job's launcher, Google's own image.
+    # Every step runs the given image or one beside it, but the tuning job's launcher,
+    # Google's own image.
     google = "gcr.io/ml-pipeline/google-cloud-pipeline-components:"
-    assert {image for image in images if not image.startswith(google)} == {VERTEX_IMAGE}
+    beside = ImageSet.beside(VERTEX_IMAGE)
+    assert {image for image in images if not image.startswith(google)} == {
+        beside.gpu,
+        beside.cpu,
+        beside.light,
+    }
     assert executors["exec-hyperparameter-tuning-job"]["container"]["image"].startswith(google)
 
 
