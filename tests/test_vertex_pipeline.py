@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +38,13 @@ from tests.conftest import (
     running_vertex_emulator,
 )
 from tests.vertex_emulator import VertexEmulator
-from tests.vertex_emulator.serving import image_name
+from tests.vertex_emulator.serving import SERVING_IMAGE_ENV, image_name
 
-pytestmark = pytest.mark.vertex_emulator
+pytestmark = [
+    pytest.mark.vertex_emulator,
+    # With a built serving image, the emulator's endpoints run it: the container tier.
+    *([pytest.mark.container] if os.environ.get(SERVING_IMAGE_ENV) else []),
+]
 
 BUCKET = "beer-pipeline"
 ENDPOINT = "beer-classifier-endpoint"
