@@ -37,7 +37,14 @@ from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
 from components.lib.targets.local import EndpointRegistry, default_state_dir
 from components.lib.tuning.study import STUDY
 from pipeline.compile import compile_pipeline, image_set
-from pipeline.local_runner import DOCKER, LOCAL_IMAGES, RUNNERS, SUBPROCESS, kfp_runner
+from pipeline.local_runner import (
+    DOCKER,
+    LOCAL_IMAGES,
+    RUNNERS,
+    SUBPROCESS,
+    RunnerError,
+    kfp_runner,
+)
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.progress import StepProgress
 
@@ -631,8 +638,14 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     arguments.update(target)
 
     data_uri = arguments["data_uri"]
+    try:
+        runner = kfp_runner(
+            args.runner, state_dir, pipeline_root, [] if "://" in data_uri else [data_uri]
+        )
+    except RunnerError as error:
+        raise UsageError(str(error)) from None
     kfp.local.init(
-        runner=kfp_runner(args.runner, [state_dir, *([] if "://" in data_uri else [data_uri])]),
+        runner=runner,
         pipeline_root=pipeline_root,
         enable_caching=args.caching is not False,
     )
