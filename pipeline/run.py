@@ -236,9 +236,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=RUNNERS,
         default=SUBPROCESS,
         help="with --local: run each step as a subprocess of this environment (%(default)s), or "
-        "in its image, as its non-root user, through the Docker engine at DOCKER_HOST (docker: "
-        "the images of `bash docker/build.sh --registry localhost --no-push`, or --image ...; "
-        "the state folder must be writable by uid 1000)",
+        "in its image through the Docker engine at DOCKER_HOST (docker: the images of `bash "
+        "docker/build.sh --registry localhost --no-push`, or --image ...), as the state "
+        "folder's owner, never root",
     )
     parser.add_argument(
         "--target",
