@@ -180,3 +180,13 @@ def test_cuda_problems_name_the_libraries_that_do_not_load() -> None:
     problems = "\n".join(cuda_problems())
     assert "libcudnn.so.9 does not load" in problems
     assert all(library in problems for library in CUDA_LIBRARIES if "cudnn" in library)
+
+
+def test_steps_in_images_never_run_as_root(tmp_path: Path) -> None:
+    from pipeline.local_runner import DOCKER, RunnerError, kfp_runner
+
+    if tmp_path.stat().st_uid != 0:
+        pytest.skip("needs a folder of root's: the tests run as root in CI")
+    with pytest.raises(RunnerError, match="belongs to root"):
+        kfp_runner(DOCKER, str(tmp_path), str(tmp_path / "pipeline_root"))
+    assert not (tmp_path / "pipeline_root").exists()
