@@ -4,8 +4,8 @@ behind the accuracy gate upload and deploy.
 Its parameters, with their descriptions (shown in the Vertex Pipelines console), are the one
 place where a run is configured; their defaults are read from the settings dataclasses of the
 library (``SourceOptions``, ``TrainingConfig``, ``GateRule``, ...), which own them. Compute
-resources of the train step (``TrainResources``) and the image every step runs in are set at
-compile time: KFP compiles them into the spec.
+resources of the train step (``TrainResources``) and the images the steps run in
+(``components.images``) are set at compile time: KFP compiles them into the spec.
 """
 
 import copy
@@ -27,13 +27,13 @@ from kfp.dsl import pipeline_context
 from kfp.dsl.base_component import BaseComponent
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from components import PIPELINE_IMAGE
 from components.deploy import deploy_model
 from components.download import download_data
 from components.evaluate import evaluate_model
 from components.features import extract_features
 from components.fingerprint import fingerprint_data
 from components.gate import report_not_deployed
+from components.images import PLACEHOLDERS, ImageSet, Role
 from components.lib.data.options import (
     SEED,
     PreprocessOptions,
@@ -231,24 +231,27 @@ def _hyperparameters(
     }
 
 
-def _run_in(image: str) -> None:
-    """Run every task of the pipeline being defined that uses the project image in ``image``.
+def _run_in(images: ImageSet) -> None:
+    """Run every task of the pipeline being defined in its role's image of ``images``.
 
-    One sweep, so that no step can be missed; the custom job task runs Google's launcher image
-    and is left alone. The image is set as ``set_container_image`` sets a plain string, without
-    its ``inspect.stack()`` call, which costs a second per compile inside a deep call stack
-    (a test, a CLI calling the compiler).
+    A component names its role by its placeholder image (``components.images``). One sweep,
+    so that no step can be missed; the custom job task runs Google's launcher image and is
+    left alone. The image is set as ``set_container_image`` sets a plain string, without its
+    ``inspect.stack()`` call, which costs a second per compile inside a deep call stack (a
+    test, a CLI calling the compiler).
     """
+    roles = {PLACEHOLDERS.for_role(role): role for role in Role}
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
-        if task.container_spec is not None and task.container_spec.image == PIPELINE_IMAGE:
-            task.container_spec.image = image
+        if task.container_spec is not None and task.container_spec.image in roles:
+            task.container_spec.image = images.for_role(roles[task.container_spec.image])
 
 
 def build_pipeline(
     resources: TrainResources = TrainResources(),
-    image: str = PIPELINE_IMAGE,
+    images: ImageSet = PLACEHOLDERS,
 ):
-    """Define the pipeline with the train step's compute ``resources``, every step in ``image``."""
+    """Define the pipeline with the train step's compute ``resources``, each step in its
+    role's image of ``images`` (the serving one: ``serving_image``'s default)."""
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -285,7 +288,7 @@ def build_pipeline(
         allow_class_change: bool = GATE.allow_class_change,
         model_display_name: str = REGISTRATION.model_display_name,
         endpoint_display_name: str = REGISTRATION.endpoint_display_name,
-        serving_image: str = REGISTRATION.serving_image,
+        serving_image: str = images.serving,
         machine_type: str = SERVING.machine_type,
         min_replicas: int = SERVING.min_replicas,
         max_replicas: int = SERVING.max_replicas,
@@ -353,11 +356,12 @@ def build_pipeline(
                 (false: it is never deployed over it, and the run says so).
             model_display_name: Model in the registry that each deployed run adds a version to.
             endpoint_display_name: Endpoint that serves the deployed version.
-            serving_image: Prediction image of the registered model on Vertex AI; empty picks
-                the project's serving image (docker/Dockerfile.serving, at build.sh's default
-                URI), "prebuilt" Vertex AI's prebuilt TensorFlow image for the training
-                TensorFlow version and the region (its GPU variant with a serving accelerator);
-                any other value is an image URI that follows the serving image's contract.
+            serving_image: Prediction image of the registered model on Vertex AI: by default
+                the project's serving image (docker/Dockerfile.serving) pushed beside the
+                steps' images; "prebuilt" Vertex AI's prebuilt TensorFlow image for the
+                training TensorFlow version and the region (its GPU variant with a serving
+                accelerator); any other value is an image URI that follows the serving image's
+                contract.
             machine_type: Vertex AI machine type of the endpoint's replicas.
             min_replicas: Replicas the endpoint always keeps (autoscaling lower bound).
             max_replicas: Replicas the endpoint may scale up to under load.
@@ -441,7 +445,7 @@ def build_pipeline(
             tuning_trials,
             validate.outputs["dataset"],
             resources,
-            image,
+            images.gpu,
             given={
                 "learning_rate": learning_rate,
                 "fine_tune_learning_rate": fine_tune_learning_rate,
@@ -469,7 +473,7 @@ def build_pipeline(
             features.set_accelerator_type(resources.accelerator_type).set_accelerator_limit(1)
         train = _train_task(
             resources,
-            image,
+            images.gpu,
             dataset=preprocess.outputs["dataset"],
             features=features.outputs["features"],
             pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
@@ -530,7 +534,7 @@ def build_pipeline(
                 .set_display_name("not-deployed")
                 .set_caching_options(False)
             )
-        _run_in(image)
+        _run_in(images)
         return PipelineOutputs(
             accuracy=evaluate.outputs["accuracy"],
             champion_accuracy=evaluate.outputs["champion_accuracy"],

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from google_cloud_pipeline_components import _placeholders
 
-from components import PIPELINE_IMAGE, is_placeholder_image, serving_image_beside
+from components.images import PLACEHOLDERS, ImageError, is_placeholder
 from components.lib.data.demo import (
     DEMO_ENDPOINT_DISPLAY_NAME,
     DEMO_MODEL_DISPLAY_NAME,
@@ -36,7 +36,15 @@ from components.lib.targets import resolve_target
 from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
 from components.lib.targets.local import EndpointRegistry, default_state_dir
 from components.lib.tuning.study import STUDY
-from pipeline.compile import compile_pipeline
+from pipeline.compile import compile_pipeline, image_set
+from pipeline.local_runner import (
+    DOCKER,
+    LOCAL_IMAGES,
+    RUNNERS,
+    SUBPROCESS,
+    RunnerError,
+    kfp_runner,
+)
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.progress import StepProgress
 
@@ -53,8 +61,13 @@ SETTINGS = {
     "project": "Google Cloud project (required)",
     "region": "Vertex AI region, e.g. europe-west4 (required)",
     "pipeline_root": "gs:// folder for the steps' outputs (required)",
-    "image": "container image of the steps, as docker/build.sh pushed it (required to submit "
-    "or schedule a fresh compile)",
+    "image": "the steps' GPU image, as docker/build.sh pushed it (build.sh --print-uri); the "
+    "cpu, light and serving images are named beside it (REPO/NAME-cpu:TAG, ...) unless given "
+    "(required to submit, schedule or publish a fresh compile)",
+    "cpu_image": "the cpu image of a fresh compile, when not the one beside --image",
+    "light_image": "the light image of a fresh compile, when not the one beside --image",
+    "serving_image": "the serving image of a fresh compile (serving_image's default), when not "
+    "the one beside --image",
     "service_account": "service account the job runs as",
     "network": "VPC network to peer with, projects/NUMBER/global/networks/NAME",
     "experiment": "Vertex AI experiment to record the run in (with --local: its parameters and "
@@ -219,6 +232,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--local", action="store_true", help="run on this machine with kfp.local")
     parser.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default=SUBPROCESS,
+        help="with --local: run each step as a subprocess of this environment (%(default)s), or "
+        "in its image through the Docker engine at DOCKER_HOST (docker: the images of `bash "
+        "docker/build.sh --registry localhost --no-push`, or --image ...), as the state "
+        "folder's owner, never root",
+    )
+    parser.add_argument(
         "--target",
         choices=TARGETS,
         default=LOCAL,
@@ -339,8 +361,6 @@ def vertex_settings(
             or config.get(name)
             or None
         )
-    if "image" in required:
-        values["image"] = values["image"] or PIPELINE_IMAGE
     missing = [name for name in required if not values[name]]
     problems = []
     if missing:
@@ -352,12 +372,19 @@ def vertex_settings(
                 for name in missing
             )
         )
-    if "image" in required and is_placeholder_image(values["image"]):
-        problems.append(
-            f"image {values['image']} is the placeholder, which no registry holds: build and "
-            "push the image (bash docker/build.sh --project PROJECT --region REGION) and pass "
-            f"its URI with --image, {ENV_PREFIX}IMAGE or 'image' in {path}"
-        )
+    if values["image"]:
+        try:
+            placeholders = VertexSettings(**values).images.placeholders()
+        except ImageError as error:
+            problems.append(str(error))
+        else:
+            if placeholders:
+                problems.append(
+                    f"image {placeholders[0]} is a placeholder, which no registry holds: build "
+                    "and push the images (bash docker/build.sh --project PROJECT --region "
+                    f"REGION) and pass the GPU image's URI with --image, {ENV_PREFIX}IMAGE or "
+                    f"'image' in {path}"
+                )
     if values["region"] and (problem := check_region(values["region"])):
         problems.append(problem)
     if values["pipeline_root"] and not values["pipeline_root"].startswith("gs://"):
@@ -414,19 +441,15 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
         _refuse_placeholder_images(spec, source)
     else:
         settings = vertex_settings(args)
-        spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), image=settings.image)
+        spec_path = compile_pipeline(
+            os.path.join(spec_dir, "pipeline.yaml"), images=settings.images
+        )
         with open(spec_path) as file:
             spec = yaml.safe_load(file)
     parameters = pipeline_parameters(spec)
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
     arguments["target"] = VERTEX
-    if not arguments.get("serving_image"):
-        # The model is served by the serving image pushed beside the steps' image, not by the
-        # placeholder default, which no registry holds.
-        steps = [image for image in _images(spec) if "/beer-pipeline:" in image]
-        if steps:
-            arguments["serving_image"] = serving_image_beside(steps[0])
     return settings, spec_path, arguments
 
 
@@ -437,7 +460,7 @@ def _read_spec(path: str) -> dict[str, Any]:
 
 def _refuse_placeholder_images(spec: dict[str, Any], source: str) -> None:
     """A compiled pipeline whose steps run the placeholder image fails to pull on Vertex AI."""
-    placeholders = sorted({image for image in _images(spec) if is_placeholder_image(image)})
+    placeholders = sorted({image for image in _images(spec) if is_placeholder(image)})
     if placeholders:
         raise UsageError(
             f"{source} runs the placeholder image {placeholders[0]}, which no registry "
@@ -446,9 +469,12 @@ def _refuse_placeholder_images(spec: dict[str, Any], source: str) -> None:
 
 
 def _images(spec: dict[str, Any]) -> list[str]:
-    """The container images of a compiled pipeline's steps."""
+    """The container images of a compiled pipeline: its steps' and its serving image's default."""
     executors = spec.get("deploymentSpec", {}).get("executors", {})
-    return [e["container"]["image"] for e in executors.values() if "container" in e]
+    images = [e["container"]["image"] for e in executors.values() if "container" in e]
+    parameters = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    serving = parameters.get("serving_image", {}).get("defaultValue")
+    return [*images, serving] if serving else images
 
 
 def _note_service_account(settings: VertexSettings) -> None:
@@ -493,8 +519,8 @@ def publish(args: argparse.Namespace) -> int:
             spec_path = args.pipeline_file
             _refuse_placeholder_images(_read_spec(spec_path), f"--pipeline-file {spec_path}")
         else:
-            image = vertex_settings(args, ("image",)).image
-            spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), image=image)
+            images = vertex_settings(args, ("image",)).images
+            spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), images=images)
         published = publish_template(spec_path, args.repository, version)
     template = published.template(args.repository)
     print(f"{'published' if published.uploaded else 'unchanged'}      {template.uri}")
@@ -580,8 +606,14 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     state_dir = os.path.abspath(args.state_dir)
     experiment = _experiment_name(args)
     target, pipeline_root = _local_target(args, state_dir)
+    images = PLACEHOLDERS
+    if args.runner == DOCKER:
+        try:
+            images = image_set(args) if getattr(args, "image", None) else LOCAL_IMAGES
+        except ImageError as error:
+            raise UsageError(str(error)) from None
     with tempfile.TemporaryDirectory() as spec_dir:  # private: runs may start side by side
-        spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
+        spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), images=images)
         with open(spec_path) as file:
             spec_text = _resolve_job_placeholders(
                 file.read(),
@@ -605,8 +637,15 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         )
     arguments.update(target)
 
+    data_uri = arguments["data_uri"]
+    try:
+        runner = kfp_runner(
+            args.runner, state_dir, pipeline_root, [] if "://" in data_uri else [data_uri]
+        )
+    except RunnerError as error:
+        raise UsageError(str(error)) from None
     kfp.local.init(
-        runner=kfp.local.SubprocessRunner(use_venv=False),
+        runner=runner,
         pipeline_root=pipeline_root,
         enable_caching=args.caching is not False,
     )

@@ -27,6 +27,7 @@ from google.cloud.aiplatform import initializer
 from google.cloud.aiplatform.constants.base import SUPPORTED_REGIONS
 from google.protobuf import field_mask_pb2
 
+from components.images import ImageSet
 from components.lib.targets.vertex import VertexError, call_vertex, use_emulator_if_set
 
 PROBE_TIMEOUT_S = 10.0
@@ -62,6 +63,19 @@ class VertexSettings:
     image: str | None = None
     api_endpoint: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    cpu_image: str | None = None
+    light_image: str | None = None
+    serving_image: str | None = None
+
+    @property
+    def images(self) -> ImageSet:
+        """The steps' images: ``image`` (GPU) and the others beside it unless given."""
+        return ImageSet.beside(
+            self.image or "",
+            cpu=self.cpu_image or "",
+            light=self.light_image or "",
+            serving=self.serving_image or "",
+        )
 
 
 def check_region(region: str) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from components.images import PLACEHOLDERS
 from components.lib.data.options import (
     SEED,
     PreprocessOptions,
@@ -54,7 +55,11 @@ SETTINGS: list[tuple[type, dict[str, str]]] = [
     ),
     (TuningOptions, {"trials": "tuning_trials"}),
 ]
-CONSTANTS = {"data_uri": CHALLENGE_DATA_URI, "seed": SEED}
+CONSTANTS = {
+    "data_uri": CHALLENGE_DATA_URI,
+    "seed": SEED,
+    "serving_image": PLACEHOLDERS.serving,  # the images built beside the steps' (compile time)
+}
 """Defaults that are one constant rather than a dataclass field."""
 CHANNEL = "pipelinechannel--"
 

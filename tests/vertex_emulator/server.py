@@ -27,7 +27,7 @@ import grpc
 from google.cloud import aiplatform_v1 as v1
 from google.longrunning import operations_pb2
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 from tests.vertex_emulator.batch_prediction import BatchPredictionJobs
 from tests.vertex_emulator.context import Context
 from tests.vertex_emulator.endpoints import Endpoints
@@ -93,7 +93,7 @@ class VertexEmulator:
         self.batch_jobs = BatchPredictionJobs(self.context, self.registry, runtime)
         self.metadata = Metadata(self.context)
         self.pipelines = Pipelines(self.context, self.metadata)
-        self.tuning = TuningJobs(self.context, PIPELINE_IMAGE, seed)
+        self.tuning = TuningJobs(self.context, PLACEHOLDERS.gpu, seed)
         self.requests: list[tuple[str, Any]] = []
         self.unimplemented: list[str] = []
         self._failures: dict[str, list[grpc.StatusCode]] = defaultdict(list)

@@ -55,7 +55,8 @@ class Registration:
     """Where a run registers and serves its model, and under which names (the pipeline
     parameters of the same names): ``target`` (``local`` or ``vertex``), the project and region
     (empty: the pipeline job's own), the local registry's folder (target ``local``), the model
-    and endpoint display names, and the prediction image (empty: the project's serving image)."""
+    and endpoint display names. (The prediction image's default is the serving image built
+    beside the steps' images: ``components.images``, compiled in.)"""
 
     target: str = VERTEX
     project: str = ""
@@ -63,7 +64,6 @@ class Registration:
     local_state_dir: str = ""
     model_display_name: str = "beer-classifier"
     endpoint_display_name: str = "beer-classifier-endpoint"
-    serving_image: str = ""
 
 
 DEFAULT_ALIAS = "default"

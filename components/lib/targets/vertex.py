@@ -31,7 +31,6 @@ from google.cloud.aiplatform import initializer, utils
 from google.cloud.aiplatform.constants import prediction
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
-from components import SERVING_IMAGE
 from components.lib.serving.routing import (
     CONTAINER_HEALTH_ROUTE,
     CONTAINER_PORT,
@@ -188,7 +187,6 @@ def prediction_image(location: str, tensorflow_version: str, gpu: bool = False) 
     return images[version]
 
 
-# The model's serving container: the project's serving image by default.
 PREBUILT = "prebuilt"
 """``serving_image`` keyword: Vertex AI's prebuilt TensorFlow Serving image (prediction_image)."""
 
@@ -196,24 +194,30 @@ PREBUILT = "prebuilt"
 def serving_container(serving_image: str, location: str, gpu: bool) -> dict[str, Any]:
     """``Model.upload``'s container arguments for the pipeline parameter ``serving_image``.
 
-    Empty: the project's serving image (docker/Dockerfile.serving), with the routes and port of
-    its contract. ``prebuilt``: Vertex AI's prebuilt TensorFlow image (``prediction_image``),
-    which brings its own. Any other URI is taken to follow the serving image's contract.
+    A URI: the project's serving image (docker/Dockerfile.serving; the compiled default is the
+    one pushed beside the steps' images) or another that follows its contract, with the routes
+    and port of that contract. ``prebuilt``: Vertex AI's prebuilt TensorFlow image
+    (``prediction_image``), which brings its own.
     """
+    if not serving_image:
+        raise ValueError(
+            "serving_image is empty: set it to the serving image's URI (docker/build.sh pushes "
+            f"it beside the pipeline's images) or to {PREBUILT!r}"
+        )
     if serving_image == PREBUILT:
         return {
             "serving_container_image_uri": prediction_image(
                 location, installed_tensorflow_version(), gpu
             )
         }
-    if gpu and not serving_image:
+    if gpu:
         logger.warning(
             "the serving image runs TensorFlow on CPU; set serving_image=%s for Vertex AI's "
             "GPU TensorFlow image",
             PREBUILT,
         )
     return {
-        "serving_container_image_uri": serving_image or SERVING_IMAGE,
+        "serving_container_image_uri": serving_image,
         "serving_container_predict_route": CONTAINER_PREDICT_ROUTE,
         "serving_container_health_route": CONTAINER_HEALTH_ROUTE,
         "serving_container_ports": [CONTAINER_PORT],
