@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,8 @@ def test_snippet_runs(script: str, slow: bool, tmp_path: Path) -> None:
     for name in LINKED:
         if (ROOT / name).exists():
             (tmp_path / name).symlink_to(ROOT / name)
+    if not (tmp_path / ".venv").exists():  # tests run from another environment
+        (tmp_path / ".venv").symlink_to(sys.prefix)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEER_PIPELINE_")}
     log = tmp_path / "snippet.log"
     with log.open("w") as out:
