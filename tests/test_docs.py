@@ -27,7 +27,7 @@ MARKER = re.compile(r"^<!-- run: (?P<group>[\w-]+)(?P<slow> slow)? -->\n```(?:ba
 # Entries of the clone that a snippet may read; pipeline.yaml is left out, so that a snippet that
 # compiles writes its own copy in the scratch folder.
 LINKED = ("bench", "components", "docker", "pipeline", "tests", "pyproject.toml", ".venv")
-SNIPPET_TIMEOUT_S = {False: 60, True: 900}
+SNIPPET_TIMEOUT_S = {False: 60, True: 1800}
 
 
 def pages() -> list[Path]:
