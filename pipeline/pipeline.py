@@ -323,7 +323,7 @@ def build_pipeline(
                 (corrupt, not images, too small, duplicates, train/eval leaks).
             backbone: ImageNet-trained network the classifier is built on: efficientnet-lite0,
                 efficientnet-lite1 or efficientnet-lite2 (larger: slower, more accurate on
-                ImageNet; the README compares them on the beer photos).
+                ImageNet; the manual's Benchmarks compare them on the beer photos).
             image_size: Side in pixels that images are resized to before the backbone; 0: the
                 backbone's native size (224, 240 and 260 px for Lite0, Lite1 and Lite2).
             epochs: Epochs that train the new classification head on the frozen backbone.
@@ -383,13 +383,13 @@ def build_pipeline(
                 flags that run that work as a Beam pipeline: '--runner=DirectRunner' on the
                 step's machine, or '--runner=DataflowRunner --project=P --region=R
                 --temp_location=gs://B/tmp --sdk_container_image=<pipeline image>' on as many
-                Dataflow workers as the data needs (README: Scale).
+                Dataflow workers as the data needs (manual: Scale and Beam).
             tuning_trials: 0: train with the parameters given. N > 0: first tune the backbone,
                 learning_rate, fine_tune_learning_rate and fine_tune_from_block over N trials,
                 each trained as the train step trains with the other parameters, and train with
                 the best trial's (highest validation accuracy): on Vertex AI a hyperparameter
                 tuning job (trials on machines like the train job's, two at once), elsewhere
-                one trial after another (README: Hyperparameter tuning).
+                one trial after another (manual: Tuning).
         """
         # Where models go, settled first: an empty project or location is the job's own.
         resolved = resolve_target(
