@@ -33,7 +33,14 @@ from components.lib.evaluation.rule import GateRule
 from components.lib.modelling.variants import BACKBONES
 from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
 from components.lib.targets import resolve_target
-from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
+from components.lib.targets.base import (
+    LOCAL,
+    SERVING_PARAMETERS,
+    TARGETS,
+    VERTEX,
+    Serving,
+    resource_id,
+)
 from components.lib.targets.local import EndpointRegistry, default_state_dir
 from components.lib.tuning.study import STUDY
 from pipeline.compile import compile_pipeline
@@ -387,7 +394,24 @@ def _arguments(args: argparse.Namespace, parameters: dict[str, dict[str, Any]]) 
         arguments["data_uri"] = args.data_uri
     if getattr(args, "min_accuracy", None) is not None:
         arguments["min_accuracy"] = args.min_accuracy
+    _check_serving(arguments, parameters)
     return arguments
+
+
+def _check_serving(arguments: dict[str, Any], parameters: dict[str, dict[str, Any]]) -> None:
+    """Serving settings that the deploy step would refuse, refused before anything runs."""
+    values = {
+        name: arguments.get(name, spec.get("defaultValue", ""))
+        for name, spec in parameters.items()
+        if name in SERVING_PARAMETERS
+    }
+    for name in values:  # KFP compiles an integer default as 1.0
+        if parameters[name]["parameterType"] == "NUMBER_INTEGER":
+            values[name] = int(values[name])
+    try:
+        Serving.from_parameters(values)
+    except ValueError as error:
+        raise UsageError(f"serving settings: {error}") from None
 
 
 def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings, str, dict]:
