@@ -81,8 +81,8 @@ class TrainResources:
     It becomes a Vertex AI custom training job (``custom_job``) when it asks for what only such
     a job offers: more than one replica, a machine type, spot VMs or a Vertex AI TensorBoard.
     The job (and each tuning trial) then runs ``replica_count`` machines of ``machine_type``
-    (if empty, ``machines.machine_for`` the GPUs: G2 for L4, A2 for A100...), each with ``accelerator_count`` GPUs of
-    ``accelerator_type`` (none if empty): one chief and ``replica_count - 1`` workers, with
+    (if empty, ``machines.machine_for`` the GPUs: G2 for L4, A2 for A100...), each with
+    ``accelerator_count`` GPUs of ``accelerator_type`` (none if empty): one chief and ``replica_count - 1`` workers, with
     TF_CONFIG set by Vertex AI. ``cpu_limit`` and
     ``memory_limit`` apply to the plain component only; a job's machine type sets both.
     """

@@ -417,6 +417,8 @@ def _check_serving(arguments: dict[str, Any], parameters: dict[str, dict[str, An
 def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings, str, dict]:
     """The settings, the spec (--pipeline-file, or freshly compiled with the image) and the
     typed arguments of a Vertex AI job; all checked before anything is sent."""
+    from pipeline.submit import check_caller
+
     spec_path = getattr(args, "pipeline_file", None)
     template = getattr(args, "template", None)
     if spec_path and template:
@@ -432,6 +434,7 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
             raise UsageError(f"--pipeline-file {spec_path}: no such file")
         settings = vertex_settings(args, tuple(n for n in REQUIRED_SETTINGS if n != "image"))
         if template:
+            check_caller()  # before the template's download, the first request
             spec_path, spec = _published_template(template)
         else:
             spec = _read_spec(spec_path)
@@ -475,6 +478,18 @@ def _images(spec: dict[str, Any]) -> list[str]:
     return [e["container"]["image"] for e in executors.values() if "container" in e]
 
 
+def service_accounts(settings: VertexSettings, arguments: dict[str, Any]) -> dict[str, str]:
+    """The service accounts a job runs things as, each with what runs as it: whoever submits
+    needs ``iam.serviceAccounts.actAs`` on each (docs/vertex-iam.md)."""
+    accounts = {}
+    if settings.service_account:
+        accounts[settings.service_account] = "the pipeline job runs as it"
+    serving = arguments.get("serving_service_account")
+    if serving:
+        accounts.setdefault(serving, "the deployed model runs as it")
+    return accounts
+
+
 def _note_service_account(settings: VertexSettings) -> None:
     if not settings.service_account:
         print(
@@ -502,6 +517,7 @@ def publish(args: argparse.Namespace) -> int:
     Registry, tagged with the project version and ``latest``."""
     from importlib import metadata
 
+    from pipeline.submit import check_caller
     from pipeline.templates import publish_template
 
     if not args.repository:
@@ -519,6 +535,7 @@ def publish(args: argparse.Namespace) -> int:
         else:
             image = vertex_settings(args, ("image",)).image
             spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), image=image)
+        check_caller()
         published = publish_template(spec_path, args.repository, version)
     template = published.template(args.repository)
     print(f"{'published' if published.uploaded else 'unchanged'}      {template.uri}")
@@ -533,7 +550,7 @@ def submit(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as spec_dir:
         settings, spec_path, arguments = _vertex_job(args, spec_dir)
-        preflight(settings)
+        preflight(settings, service_accounts(settings, arguments))
         _note_service_account(settings)
         job = submit_pipeline(settings, spec_path, args.display_name, arguments, args.caching)
     print(f"submitted      {job.resource_name}")
@@ -576,7 +593,7 @@ def schedule(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     with tempfile.TemporaryDirectory() as spec_dir:
         settings, spec_path, arguments = _vertex_job(args, spec_dir)
-        preflight(settings)
+        preflight(settings, service_accounts(settings, arguments))
         _note_service_account(settings)
         name, created = upsert_schedule(
             settings,

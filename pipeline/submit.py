@@ -29,6 +29,9 @@ from google.protobuf import field_mask_pb2
 
 from components.lib.targets.vertex import VertexError, call_vertex, use_emulator_if_set
 
+IAM_ENDPOINT_ENV = "BEER_IAM_ENDPOINT"
+"""Base URL of the IAM API (default https://iam.googleapis.com), e.g. an emulator's."""
+ACT_AS = "iam.serviceAccounts.actAs"
 PROBE_TIMEOUT_S = 10.0
 """How long the service's address may take to resolve, and then to accept a connection."""
 CREATE_TIMEOUT_S = 60.0
@@ -196,14 +199,60 @@ def _connect_problem(host: str, port: int, timeout_s: float) -> str | None:
     return f"{problem}; check the network connection, proxy and firewall"
 
 
-def preflight(settings: VertexSettings) -> None:
-    """What must hold before the first API call: credentials (none for an emulator at
-    ``BEER_VERTEX_EMULATOR_HOST``), and an API that answers."""
+def check_caller() -> None:
+    """Credentials before any call to Google Cloud (none for an emulator at
+    ``BEER_VERTEX_EMULATOR_HOST``): every CLI path calls this before its first request."""
     if not use_emulator_if_set():
         check_credentials()
+
+
+def preflight(settings: VertexSettings, act_as: dict[str, str] | None = None) -> None:
+    """What must hold before the first API call: credentials, an API that answers, and the
+    caller's ``iam.serviceAccounts.actAs`` on each service account of ``act_as`` (account ->
+    what runs as it)."""
+    check_caller()
     if settings.api_endpoint:
         aiplatform.init(api_endpoint=settings.api_endpoint)
     check_reachable("Vertex AI", *api_address(settings))
+    if act_as:
+        check_act_as(act_as)
+
+
+def check_act_as(accounts: dict[str, str]) -> None:
+    """SetupError naming the missing binding for each service account the caller may not act
+    as, asked of IAM (``serviceAccounts.testIamPermissions``, which needs no permission)."""
+    import google.auth
+    import requests
+    from google.auth.credentials import AnonymousCredentials
+    from google.auth.transport.requests import AuthorizedSession
+
+    if use_emulator_if_set():
+        credentials: Any = AnonymousCredentials()
+    else:
+        credentials, _ = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+    session = AuthorizedSession(credentials)
+    base = os.environ.get(IAM_ENDPOINT_ENV, "https://iam.googleapis.com").rstrip("/")
+    missing = []
+    for account, runs_as in accounts.items():
+        url = f"{base}/v1/projects/-/serviceAccounts/{account}:testIamPermissions"
+        try:
+            reply = session.post(url, json={"permissions": [ACT_AS]}, timeout=PROBE_TIMEOUT_S)
+        except requests.RequestException as error:
+            raise VertexError(f"cannot ask IAM about {account}: {_first_line(error)}") from None
+        if reply.status_code == 404:
+            missing.append(f"service account {account} ({runs_as}) does not exist")
+        elif not reply.ok:
+            raise VertexError(f"IAM answered {reply.status_code} about {account}: {reply.text}")
+        elif ACT_AS not in reply.json().get("permissions", []):
+            missing.append(
+                f"you may not act as {account} ({runs_as}): grant it with `gcloud iam "
+                f"service-accounts add-iam-policy-binding {account} --member=user:YOU "
+                "--role=roles/iam.serviceAccountUser` (docs/vertex-iam.md)"
+            )
+    if missing:
+        raise SetupError("; ".join(missing))
 
 
 @contextlib.contextmanager
