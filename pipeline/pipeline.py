@@ -82,8 +82,8 @@ class TrainResources:
     a job offers: more than one replica, a machine type, spot VMs or a Vertex AI TensorBoard.
     The job (and each tuning trial) then runs ``replica_count`` machines of ``machine_type``
     (if empty, ``machines.machine_for`` the GPUs: G2 for L4, A2 for A100...), each with
-    ``accelerator_count`` GPUs of ``accelerator_type`` (none if empty): one chief and ``replica_count - 1`` workers, with
-    TF_CONFIG set by Vertex AI. ``cpu_limit`` and
+    ``accelerator_count`` GPUs of ``accelerator_type`` (none if empty): one chief and
+    ``replica_count - 1`` workers, with TF_CONFIG set by Vertex AI. ``cpu_limit`` and
     ``memory_limit`` apply to the plain component only; a job's machine type sets both.
     """
 
@@ -386,8 +386,10 @@ def build_pipeline(
                 themselves, streaming, on every core of their machine. Otherwise Apache Beam
                 flags that run that work as a Beam pipeline: '--runner=DirectRunner' on the
                 step's machine, or '--runner=DataflowRunner --project=P --region=R
-                --temp_location=gs://B/tmp --sdk_container_image=<pipeline image>' on as many
-                Dataflow workers as the data needs (README: Scale).
+                --temp_location=gs://B/tmp --sdk_container_image=<worker image>' on as many
+                Dataflow workers as the data needs; the worker image is the pipeline image
+                with Beam's /opt/apache/beam/boot added as its entrypoint (the pipeline image
+                alone cannot start a worker; README: Scale).
             tuning_trials: 0: train with the parameters given. N > 0: first tune the backbone,
                 learning_rate, fine_tune_learning_rate and fine_tune_from_block over N trials,
                 each trained as the train step trains with the other parameters, and train with

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.api_core import exceptions
 from google.cloud import aiplatform, aiplatform_v1
 from google.cloud.aiplatform import initializer
 from google.cloud.aiplatform.constants.base import SUPPORTED_REGIONS
@@ -221,18 +222,11 @@ def preflight(settings: VertexSettings, act_as: dict[str, str] | None = None) ->
 def check_act_as(accounts: dict[str, str]) -> None:
     """SetupError naming the missing binding for each service account the caller may not act
     as, asked of IAM (``serviceAccounts.testIamPermissions``, which needs no permission)."""
-    import google.auth
     import requests
-    from google.auth.credentials import AnonymousCredentials
     from google.auth.transport.requests import AuthorizedSession
 
-    if use_emulator_if_set():
-        credentials: Any = AnonymousCredentials()
-    else:
-        credentials, _ = google.auth.default(
-            scopes=["https://www.googleapis.com/auth/cloud-platform"]
-        )
-    session = AuthorizedSession(credentials)
+    use_emulator_if_set()
+    session = AuthorizedSession(initializer.global_config.credentials)  # the SDK's own
     base = os.environ.get(IAM_ENDPOINT_ENV, "https://iam.googleapis.com").rstrip("/")
     missing = []
     for account, runs_as in accounts.items():
@@ -329,6 +323,17 @@ def submit_pipeline(
     """Create a pipeline job from the compiled spec; ``enable_caching`` None keeps each task's
     own setting, False turns caching off for every task."""
     job = _job(settings, spec_path, display_name, parameter_values, enable_caching)
+
+    def recover() -> aiplatform_v1.PipelineJob | None:
+        """The job whose creation answer was lost: the retry sends the same job id, so the
+        job that got through is found by it (a second create would be refused)."""
+        name = f"projects/{settings.project}/locations/{settings.region}/pipelineJobs/{job.job_id}"
+        try:
+            job._gca_resource = job.api_client.get_pipeline_job(name=name)
+        except exceptions.NotFound:
+            return None
+        return job._gca_resource
+
     try:
         call_vertex(
             f"submit pipeline job to {settings.project}/{settings.region}",
@@ -338,6 +343,7 @@ def submit_pipeline(
                 experiment=settings.experiment,
                 create_request_timeout=CREATE_TIMEOUT_S,
             ),
+            recover=recover,
         )
     except (RuntimeError, ValueError) as error:
         if isinstance(error, VertexError) or not settings.experiment:
@@ -419,13 +425,7 @@ def upsert_schedule(
         max_concurrent_run_count=max_concurrent,
         create_pipeline_job_request=aiplatform_v1.CreatePipelineJobRequest(
             parent=f"projects/{settings.project}/locations/{settings.region}",
-            pipeline_job=aiplatform_v1.PipelineJob(
-                pipeline_spec=job.pipeline_spec,
-                runtime_config=job.runtime_config,
-                labels=settings.labels,
-                service_account=settings.service_account or "",
-                network=settings.network or "",
-            ),
+            pipeline_job=_scheduled_job(job, settings, existing[0]),
         ),
     )
     mask = field_mask_pb2.FieldMask(
@@ -436,6 +436,23 @@ def upsert_schedule(
         lambda: existing[0].api_client.update_schedule(schedule=updated, update_mask=mask),
     )
     return existing[0].resource_name, False
+
+
+def _scheduled_job(
+    job: aiplatform.PipelineJob, settings: VertexSettings, existing: Any
+) -> aiplatform_v1.PipelineJob:
+    """The job an updated schedule starts: the SDK's own request for ``job`` (spec, runtime
+    config, template URI and metadata, encryption spec), as a new schedule's, with the
+    service account and network given now, or else the schedule's: UpdateSchedule cannot
+    unset a field, so none is sent empty."""
+    pipeline_job = aiplatform_v1.PipelineJob(job._gca_resource)
+    before = existing.gca_resource.create_pipeline_job_request.pipeline_job
+    pipeline_job.labels = settings.labels
+    pipeline_job.service_account = settings.service_account or before.service_account
+    pipeline_job.network = settings.network or before.network
+    if not pipeline_job.encryption_spec.kms_key_name:
+        pipeline_job.encryption_spec = before.encryption_spec
+    return pipeline_job
 
 
 def list_schedules(settings: VertexSettings) -> list[dict[str, str]]:

@@ -467,6 +467,7 @@ def running_vertex_emulator(
     reads it.
     """
     from components.lib.storage import GCS_MOUNT_ROOT_ENV
+    from pipeline.submit import IAM_ENDPOINT_ENV
     from tests.artifact_registry import ContainerImages
     from tests.vertex_emulator import CloudStorage, VertexEmulator
 
@@ -478,6 +479,7 @@ def running_vertex_emulator(
     ).start(*tls)
     _point_sdk_at(emulator.port, monkeypatch)
     monkeypatch.setenv(GCS_MOUNT_ROOT_ENV, str(mount_root))
+    monkeypatch.setenv(IAM_ENDPOINT_ENV, f"http://127.0.0.1:{emulator.rest_port}")
     try:
         yield emulator
     finally:

@@ -496,6 +496,11 @@ def test_a_vertex_tuning_job_runs_its_trials_and_the_best_one_is_read_back(
         )
 
     monkeypatch.setattr(job_remote_runner.aiplatform.gapic, "JobServiceClient", emulated_client)
+    # Inside the pipeline the tuning job is created by the pipeline's account, which runs the
+    # trials as itself: it must be a Service Account User of itself (docs/vertex-iam.md).
+    account = values["service_account"]
+    vertex_emulator.iam.caller = f"serviceAccount:{account}"
+    vertex_emulator.iam.grant_act_as(account)
     monkeypatch.setattr(job_remote_runner, "_POLLING_INTERVAL_IN_SECONDS", 0.5)
     launcher.main(arguments)
 
