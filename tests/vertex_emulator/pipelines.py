@@ -142,7 +142,7 @@ def _unset_fields(old: Message, new: Message, path: str) -> list[str]:
     """The fields under ``path`` (a field name) that ``old`` sets and ``new`` leaves empty;
     messages are compared field by field, lists and maps are replaced whole."""
     field = old.DESCRIPTOR.fields_by_name[path]
-    if field.label == field.LABEL_REPEATED:
+    if field.is_repeated:
         return []
     if field.message_type is None:
         was, now_ = getattr(old, path), getattr(new, path)
