@@ -8,7 +8,8 @@ import os
 from kfp import compiler
 
 from components.images import PLACEHOLDERS, ImageError, ImageSet, Role
-from pipeline.pipeline import CUSTOM_JOB_MACHINE_TYPE, TrainResources, build_pipeline
+from components.lib.targets.machines import table
+from pipeline.pipeline import TrainResources, build_pipeline
 
 DEFAULT_OUTPUT = "pipeline.yaml"
 
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         "compile time. The train step is a plain pipeline step (what kfp.local runs) unless "
         "--replicas above 1, --machine-type, --spot or --tensorboard is given: then it runs as a "
         "Vertex AI custom training job, which kfp.local cannot run.",
+        epilog="Each GPU attaches to one machine family on Vertex AI (a job or tuning trial "
+        "that names no --machine-type gets the family's machine for its GPUs; another "
+        "pairing is refused):\n" + table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="file to write (%(default)s)")
     add_image_options(parser)
@@ -112,8 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--machine-type",
         default=defaults.machine_type,
-        help="Compute Engine machine type of each replica, e.g. n1-standard-8; makes the train "
-        f"step a custom job ({CUSTOM_JOB_MACHINE_TYPE} in a custom job that names none)",
+        help="Compute Engine machine type of each replica, e.g. n1-standard-8, g2-standard-8; "
+        "makes the train step a custom job (one that names none gets its GPU's machine, "
+        "below)",
     )
     parser.add_argument(
         "--spot",

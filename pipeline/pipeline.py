@@ -43,6 +43,7 @@ from components.lib.data.options import (
 from components.lib.evaluation.rule import GateRule
 from components.lib.modelling.config import TrainingConfig
 from components.lib.targets.base import Registration, Serving
+from components.lib.targets.machines import check_machine, machine_for
 from components.lib.tuning.study import OFF, STUDY, VERTEX, TuningOptions
 from components.preprocess import preprocess_data
 from components.target import resolve_target
@@ -59,8 +60,6 @@ from components.validate import validate_data
 
 PIPELINE_NAME = "beer-classifier-training"
 CHALLENGE_DATA_URI = "gs://ml6_junior_ml_engineer_challenge_cv_beer_data/data"
-CUSTOM_JOB_MACHINE_TYPE = "n1-standard-8"
-"""Machine of a custom training job that names none: 8 vCPUs and 30 GB, the plain step's limits."""
 TENSORBOARD_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/tensorboards/[^/]+")
 # The pipeline parameters' defaults, read from the settings dataclasses that own them: the one
 # authority for each (tests/test_defaults.py compares the compiled pipeline with them).
@@ -81,10 +80,10 @@ class TrainResources:
     By default the train step is a plain pipeline component, which is also what kfp.local runs.
     It becomes a Vertex AI custom training job (``custom_job``) when it asks for what only such
     a job offers: more than one replica, a machine type, spot VMs or a Vertex AI TensorBoard.
-    The job then runs ``replica_count`` machines of ``machine_type``
-    (``CUSTOM_JOB_MACHINE_TYPE`` if empty), each with ``accelerator_count`` GPUs of
-    ``accelerator_type`` (none if empty): one chief and ``replica_count - 1`` workers, with
-    TF_CONFIG set by Vertex AI. ``cpu_limit`` and
+    The job (and each tuning trial) then runs ``replica_count`` machines of ``machine_type``
+    (if empty, ``machines.machine_for`` the GPUs: G2 for L4, A2 for A100...), each with
+    ``accelerator_count`` GPUs of ``accelerator_type`` (none if empty): one chief and
+    ``replica_count - 1`` workers, with TF_CONFIG set by Vertex AI. ``cpu_limit`` and
     ``memory_limit`` apply to the plain component only; a job's machine type sets both.
     """
 
@@ -104,11 +103,20 @@ class TrainResources:
             raise ValueError(f"replica_count must be at least 1, got {self.replica_count}")
         if self.accelerator_count < 0:
             raise ValueError(f"accelerator_count must be 0 or more, got {self.accelerator_count}")
+        # Vertex AI would refuse a GPU on another machine family only once the job starts,
+        # after the data steps; the table refuses it here.
+        check_machine(self.job_machine_type, self.accelerator_type, self.accelerator_count)
         if self.tensorboard and not TENSORBOARD_NAME.fullmatch(self.tensorboard):
             raise ValueError(
                 f"tensorboard {self.tensorboard!r}: give the instance's resource name, "
                 "projects/PROJECT/locations/REGION/tensorboards/ID (gcloud ai tensorboards list)"
             )
+
+    @property
+    def job_machine_type(self) -> str:
+        """The machine of each custom job replica and tuning trial: the one named, or the
+        GPU's family's (``machines.machine_for``)."""
+        return self.machine_type or machine_for(self.accelerator_type, self.accelerator_count)
 
     @property
     def custom_job(self) -> bool:
@@ -152,7 +160,7 @@ def _train_task(resources: TrainResources, image: str, **inputs: Any) -> dsl.Pip
         _in_image(train_model, image),
         display_name=f"{PIPELINE_NAME}-train",
         replica_count=resources.replica_count,
-        machine_type=resources.machine_type or CUSTOM_JOB_MACHINE_TYPE,
+        machine_type=resources.job_machine_type,
         accelerator_type=resources.accelerator_type,
         accelerator_count=resources.accelerator_count,
         # A preempted (spot) or failed worker restarts the whole job, which resumes from the
@@ -199,7 +207,7 @@ def _hyperparameters(
         spec = tuning_job_spec(
             raw_data=raw_data,
             image=image,
-            machine_type=resources.machine_type or CUSTOM_JOB_MACHINE_TYPE,
+            machine_type=resources.job_machine_type,
             accelerator_type=resources.accelerator_type,
             accelerator_count=resources.accelerator_count,
             **settings,
@@ -382,8 +390,10 @@ def build_pipeline(
                 themselves, streaming, on every core of their machine. Otherwise Apache Beam
                 flags that run that work as a Beam pipeline: '--runner=DirectRunner' on the
                 step's machine, or '--runner=DataflowRunner --project=P --region=R
-                --temp_location=gs://B/tmp --sdk_container_image=<pipeline image>' on as many
-                Dataflow workers as the data needs (manual: Scale and Beam).
+                --temp_location=gs://B/tmp --sdk_container_image=<worker image>' on as many
+                Dataflow workers as the data needs; the worker image is the pipeline image
+                with Beam's /opt/apache/beam/boot added as its entrypoint (the pipeline image
+                alone cannot start a worker; manual: Scale and Beam).
             tuning_trials: 0: train with the parameters given. N > 0: first tune the backbone,
                 learning_rate, fine_tune_learning_rate and fine_tune_from_block over N trials,
                 each trained as the train step trains with the other parameters, and train with
@@ -391,7 +401,8 @@ def build_pipeline(
                 tuning job (trials on machines like the train job's, two at once), elsewhere
                 one trial after another (manual: Tuning).
         """
-        # Where models go, settled first: an empty project or location is the job's own.
+        # Where models go, settled first: an empty project or location is the job's own; the
+        # serving settings are checked here too, not first at the deploy step.
         resolved = resolve_target(
             target=target,
             project=project,
@@ -399,6 +410,13 @@ def build_pipeline(
             local_state_dir=local_state_dir,
             job_project=_placeholders.PROJECT_ID_PLACEHOLDER,
             job_location=_placeholders.LOCATION_PLACEHOLDER,
+            machine_type=machine_type,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            serving_accelerator_type=serving_accelerator_type,
+            serving_accelerator_count=serving_accelerator_count,
+            traffic_percentage=traffic_percentage,
+            serving_service_account=serving_service_account,
         ).set_display_name("target")
         registry = {
             "target": target,

@@ -33,7 +33,14 @@ from components.lib.evaluation.rule import GateRule
 from components.lib.modelling.variants import BACKBONES
 from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
 from components.lib.targets import resolve_target
-from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
+from components.lib.targets.base import (
+    LOCAL,
+    SERVING_PARAMETERS,
+    TARGETS,
+    VERTEX,
+    Serving,
+    resource_id,
+)
 from components.lib.targets.local import EndpointRegistry, default_state_dir
 from components.lib.tuning.study import STUDY
 from pipeline.compile import compile_pipeline, image_set
@@ -414,12 +421,31 @@ def _arguments(args: argparse.Namespace, parameters: dict[str, dict[str, Any]]) 
         arguments["data_uri"] = args.data_uri
     if getattr(args, "min_accuracy", None) is not None:
         arguments["min_accuracy"] = args.min_accuracy
+    _check_serving(arguments, parameters)
     return arguments
+
+
+def _check_serving(arguments: dict[str, Any], parameters: dict[str, dict[str, Any]]) -> None:
+    """Serving settings that the deploy step would refuse, refused before anything runs."""
+    values = {
+        name: arguments.get(name, spec.get("defaultValue", ""))
+        for name, spec in parameters.items()
+        if name in SERVING_PARAMETERS
+    }
+    for name in values:  # KFP compiles an integer default as 1.0
+        if parameters[name]["parameterType"] == "NUMBER_INTEGER":
+            values[name] = int(values[name])
+    try:
+        Serving.from_parameters(values)
+    except ValueError as error:
+        raise UsageError(f"serving settings: {error}") from None
 
 
 def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings, str, dict]:
     """The settings, the spec (--pipeline-file, or freshly compiled with the image) and the
     typed arguments of a Vertex AI job; all checked before anything is sent."""
+    from pipeline.submit import check_caller
+
     spec_path = getattr(args, "pipeline_file", None)
     template = getattr(args, "template", None)
     if spec_path and template:
@@ -435,6 +461,7 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
             raise UsageError(f"--pipeline-file {spec_path}: no such file")
         settings = vertex_settings(args, tuple(n for n in REQUIRED_SETTINGS if n != "image"))
         if template:
+            check_caller()  # before the template's download, the first request
             spec_path, spec = _published_template(template)
         else:
             spec = _read_spec(spec_path)
@@ -477,6 +504,18 @@ def _images(spec: dict[str, Any]) -> list[str]:
     return [*images, serving] if serving else images
 
 
+def service_accounts(settings: VertexSettings, arguments: dict[str, Any]) -> dict[str, str]:
+    """The service accounts a job runs things as, each with what runs as it: whoever submits
+    needs ``iam.serviceAccounts.actAs`` on each (docs/vertex-iam.md)."""
+    accounts = {}
+    if settings.service_account:
+        accounts[settings.service_account] = "the pipeline job runs as it"
+    serving = arguments.get("serving_service_account")
+    if serving:
+        accounts.setdefault(serving, "the deployed model runs as it")
+    return accounts
+
+
 def _note_service_account(settings: VertexSettings) -> None:
     if not settings.service_account:
         print(
@@ -504,6 +543,7 @@ def publish(args: argparse.Namespace) -> int:
     Registry, tagged with the project version and ``latest``."""
     from importlib import metadata
 
+    from pipeline.submit import check_caller
     from pipeline.templates import publish_template
 
     if not args.repository:
@@ -521,6 +561,7 @@ def publish(args: argparse.Namespace) -> int:
         else:
             images = vertex_settings(args, ("image",)).images
             spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), images=images)
+        check_caller()
         published = publish_template(spec_path, args.repository, version)
     template = published.template(args.repository)
     print(f"{'published' if published.uploaded else 'unchanged'}      {template.uri}")
@@ -535,7 +576,7 @@ def submit(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as spec_dir:
         settings, spec_path, arguments = _vertex_job(args, spec_dir)
-        preflight(settings)
+        preflight(settings, service_accounts(settings, arguments))
         _note_service_account(settings)
         job = submit_pipeline(settings, spec_path, args.display_name, arguments, args.caching)
     print(f"submitted      {job.resource_name}")
@@ -578,7 +619,7 @@ def schedule(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     with tempfile.TemporaryDirectory() as spec_dir:
         settings, spec_path, arguments = _vertex_job(args, spec_dir)
-        preflight(settings)
+        preflight(settings, service_accounts(settings, arguments))
         _note_service_account(settings)
         name, created = upsert_schedule(
             settings,

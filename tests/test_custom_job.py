@@ -9,7 +9,7 @@ import yaml
 
 from components.images import PLACEHOLDERS, ImageSet
 from pipeline.compile import compile_pipeline, main
-from pipeline.pipeline import CUSTOM_JOB_MACHINE_TYPE, TrainResources
+from pipeline.pipeline import TrainResources
 
 IMAGE = "europe-west1-docker.pkg.dev/my-project/beer-pipeline/beer-pipeline:test"
 
@@ -106,7 +106,7 @@ def test_custom_job_without_machine_type_or_gpu(tmp_path: Path) -> None:
     inputs = _job_inputs(_compiled(Path(output)))
     pools = inputs["worker_pool_specs"]["defaultValue"]
     assert [pool["replica_count"] for pool in pools] == [1, 2]
-    assert all(pool["machine_spec"] == {"machine_type": CUSTOM_JOB_MACHINE_TYPE} for pool in pools)
+    assert all(pool["machine_spec"] == {"machine_type": "n1-standard-8"} for pool in pools)
     assert all(pool["container_spec"]["image_uri"] == PLACEHOLDERS.gpu for pool in pools)
     assert inputs["strategy"]["defaultValue"] == "STANDARD"
 

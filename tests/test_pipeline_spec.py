@@ -153,12 +153,14 @@ def test_upload_and_deploy_output_google_vertex_artifacts(spec: dict) -> None:
 
 def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spec: dict) -> None:
     """Vertex AI resolves these placeholders to the job's own project and region."""
+    from components.lib.targets.base import SERVING_PARAMETERS
     from components.target import resolve_target
 
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     defaults = {
         name: parameters[name]["defaultValue"] for name in ("target", "project", "location")
     }
+    serving = {name: parameters[name]["defaultValue"] for name in SERVING_PARAMETERS}
     assert defaults == {"target": "vertex", "project": "", "location": ""}
     tasks = spec["root"]["dag"]["tasks"]
     inputs = tasks["resolve-target"]["inputs"]["parameters"]
@@ -177,7 +179,11 @@ def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spe
             assert producer in ("resolve-target", f"pipelinechannel--resolve-target-{name}")
 
     resolved = resolve_target.python_func(
-        **defaults, local_state_dir="", job_project="my-project", job_location="us-central1"
+        **defaults,
+        **serving,
+        local_state_dir="",
+        job_project="my-project",
+        job_location="us-central1",
     )
     assert (resolved.project, resolved.location) == ("my-project", "us-central1")
     explicit = resolve_target.python_func(
@@ -187,11 +193,13 @@ def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spe
         local_state_dir="",
         job_project="my-project",
         job_location="us-central1",
+        **serving,
     )
     assert (explicit.project, explicit.location) == ("other", "europe-west4")
     with pytest.raises(ValueError, match="needs the pipeline parameters project and location"):
         resolve_target.python_func(
             **defaults,
+            **serving,
             local_state_dir="",
             job_project="{{$.pipeline_google_cloud_project_id}}",
             job_location="{{$.pipeline_google_cloud_location}}",

@@ -37,7 +37,7 @@ from components.lib.tuning.study import (
 from components.lib.tuning.vertex import TRIAL_MODULE, job_name, worker_pool_specs
 from components.tune import search_hyperparameters, tuning_job_spec
 from pipeline.compile import compile_pipeline
-from pipeline.pipeline import CUSTOM_JOB_MACHINE_TYPE, PIPELINE_NAME, TrainResources
+from pipeline.pipeline import PIPELINE_NAME, TrainResources
 from tests.conftest import make_layout, run_cli, upload_folder
 
 TUNED = [parameter.name for parameter in STUDY.parameters]
@@ -238,7 +238,7 @@ def test_the_tuning_job_gets_the_study_serialised_by_google_cloud_pipeline_compo
     }
     assert machine == {
         "image": PLACEHOLDERS.gpu,
-        "machine_type": CUSTOM_JOB_MACHINE_TYPE,
+        "machine_type": "n1-standard-8",
         "accelerator_type": "NVIDIA_TESLA_T4",
         "accelerator_count": 1.0,
     }, "trials run on the train job's machine"
@@ -496,6 +496,11 @@ def test_a_vertex_tuning_job_runs_its_trials_and_the_best_one_is_read_back(
         )
 
     monkeypatch.setattr(job_remote_runner.aiplatform.gapic, "JobServiceClient", emulated_client)
+    # Inside the pipeline the tuning job is created by the pipeline's account, which runs the
+    # trials as itself: it must be a Service Account User of itself (docs/vertex-iam.md).
+    account = values["service_account"]
+    vertex_emulator.iam.caller = f"serviceAccount:{account}"
+    vertex_emulator.iam.grant_act_as(account)
     monkeypatch.setattr(job_remote_runner, "_POLLING_INTERVAL_IN_SECONDS", 0.5)
     launcher.main(arguments)
 

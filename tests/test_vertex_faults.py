@@ -62,8 +62,17 @@ def upload_step(
     )
 
 
+SERVING_ACCOUNT = "serving@test-project.iam.gserviceaccount.com"
+
+
+@pytest.fixture(autouse=True)
+def serving_account_user(vertex_emulator: VertexEmulator) -> None:
+    """The deploy step's caller may run the model as the serving account (docs/vertex-iam.md)."""
+    vertex_emulator.iam.grant_act_as(SERVING_ACCOUNT)
+
+
 def deploy(version: str, tmp_path: Path) -> str:
-    account = "serving@test-project.iam.gserviceaccount.com"
+    account = SERVING_ACCOUNT
     artifact = str(tmp_path / f"endpoint-{version[-1]}")
     return deploy_step(version, ENDPOINT, artifact, Serving(service_account=account))[0]
 

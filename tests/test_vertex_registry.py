@@ -283,6 +283,7 @@ def test_deploy_runs_the_model_as_the_configured_service_account(
     vertex_emulator: VertexEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     account = "beer-serving@test-project.iam.gserviceaccount.com"
+    vertex_emulator.iam.grant_act_as(account)
     deploy(upload("run-a"), Serving(service_account=account))
     [request] = vertex_emulator.calls("DeployModel")
     assert request.deployed_model.service_account == account

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings", "compiled_onc
 def test_submit_sends_spec_typed_parameters_root_account_and_labels(
     vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture
 ) -> None:
+    vertex_emulator.iam.grant_act_as("trainer@test-project.iam.gserviceaccount.com")
     code = main(
         [
             *SETTINGS,

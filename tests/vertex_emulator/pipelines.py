@@ -6,12 +6,14 @@ carries an error message), enough for ``--wait`` to follow it.
 
 from __future__ import annotations
 
+import grpc
 from google.cloud import aiplatform_v1 as v1
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from tests.vertex_emulator.context import Context, now
 from tests.vertex_emulator.metadata import Metadata
-from tests.vertex_emulator.resources import display_name_filter, not_found
+from tests.vertex_emulator.resources import ApiError, display_name_filter, invalid, not_found
 
 FAILED_JOB_MESSAGE = "The DAG failed because some tasks failed: step train: out of memory"
 
@@ -32,6 +34,9 @@ class Pipelines:
         job = v1.PipelineJob(request.pipeline_job)
         job_id = request.pipeline_job_id or self.context.new_id()
         job.name = f"{parent}/pipelineJobs/{job_id}"
+        with self.context.lock:
+            if job.name in self.jobs:
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"PipelineJob {job.name} exists.")
         job.job_detail.pipeline_run_context = self.metadata.pipeline_run_context(
             parent, job_id, job.display_name
         )
@@ -93,8 +98,16 @@ class Pipelines:
         return v1.ListSchedulesResponse(schedules=schedules, next_page_token=token)
 
     def update_schedule(self, request: v1.UpdateScheduleRequest) -> v1.Schedule:
+        """The fields of ``update_mask`` replaced; a field set now cannot be unset (the API's
+        rule), down to the job request's service account, network or template URI."""
         with self.context.lock:
             stored = self._schedule(request.schedule.name)
+            for path in request.update_mask.paths:
+                old, new = (type(m).pb(m) for m in (stored, request.schedule))
+                if unset := _unset_fields(old, new, path):
+                    raise invalid(
+                        f"UpdateSchedule cannot unset non-empty fields: {', '.join(unset)}."
+                    )
             for path in request.update_mask.paths:
                 setattr(stored, path, getattr(request.schedule, path))
             stored.update_time = now()
@@ -123,3 +136,24 @@ class Pipelines:
         return self.context.operations.start(
             "DeleteSchedule", name, v1.DeleteOperationMetadata, work
         )
+
+
+def _unset_fields(old: Message, new: Message, path: str) -> list[str]:
+    """The fields under ``path`` (a field name) that ``old`` sets and ``new`` leaves empty;
+    messages are compared field by field, lists and maps are replaced whole."""
+    field = old.DESCRIPTOR.fields_by_name[path]
+    if field.is_repeated:
+        return []
+    if field.message_type is None:
+        was, now_ = getattr(old, path), getattr(new, path)
+        return [path] if was and not now_ else []
+    if not old.HasField(path):
+        return []
+    if not new.HasField(path):
+        return [path]
+    inner_old, inner_new = getattr(old, path), getattr(new, path)
+    return [
+        f"{path}.{name}"
+        for described, _ in inner_old.ListFields()
+        for name in _unset_fields(inner_old, inner_new, described.name)
+    ]

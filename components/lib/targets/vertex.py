@@ -46,6 +46,7 @@ from components.lib.targets.base import (
     Serving,
     most_traffic,
     plan_traffic,
+    resource_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ T = TypeVar("T")
 RETRY_ATTEMPTS = 4
 RETRY_FIRST_DELAY_S = 2.0
 DEPLOY_TIMEOUT_S = 60 * 60
-UPLOAD_SETTLE_S = 10 * 60
-"""How long a retried upload waits for a lost upload still running to finish."""
 """How long a deploy or undeploy is waited for: a GPU replica can take half an hour to start."""
+UPLOAD_SETTLE_S = 10 * 60
+"""How long a retried upload or deploy waits for a lost one still running to finish."""
 # Artifact Registry multi-regions that host Vertex AI's prebuilt prediction images.
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
 _LABEL_LIMIT = 63
@@ -260,6 +261,33 @@ def _single_by_display_name(
     return found[0] if found else None
 
 
+def settle(client: Any, resource: str, metadata_type: type) -> None:
+    """Wait, at most ``UPLOAD_SETTLE_S``, until no operation of ``metadata_type`` (an upload,
+    a deploy) runs on ``resource``: one whose answer was lost may still be running when it is
+    retried, and its result exists only once it has finished; looking earlier would make a
+    second. The operations are listed where the service keeps them, under the resource
+    (``.../models/M/operations``, ``.../endpoints/E/operations``)."""
+    wanted = metadata_type.pb().DESCRIPTOR
+    deadline = time.monotonic() + UPLOAD_SETTLE_S
+    while time.monotonic() < deadline:
+        running, token = False, ""
+        while True:
+            try:
+                page = client.list_operations(request={"name": resource, "page_token": token})
+            except exceptions.GoogleAPICallError as error:
+                logger.warning("cannot list the operations of %s (%s)", resource, error)
+                return
+            running = running or any(
+                not op.done and op.metadata.Is(wanted) for op in page.operations
+            )
+            token = page.next_page_token
+            if running or not token:
+                break
+        if not running:
+            return
+        time.sleep(1.0)
+
+
 def _client(client_class: type, location: str) -> Any:
     use_emulator_if_set()
     return initializer.global_config.create_client(
@@ -308,6 +336,15 @@ class VertexModelRegistry:
             existing = self._find_in(parent.resource_name, artifact_dir)
             if existing:
                 return existing
+        # A first upload names its model (the display name's id), so that a retry after a lost
+        # answer knows where the upload's operation lives (``models/M/operations``) and is
+        # refused ALREADY_EXISTS rather than registering a second model of the same name.
+        model_id = None if parent else resource_id(display_name)
+        model_name = (
+            parent.resource_name
+            if parent
+            else f"projects/{self.project}/locations/{self.location}/models/{model_id}"
+        )
 
         def upload() -> ModelVersion:
             model = aiplatform.Model.upload(
@@ -315,6 +352,7 @@ class VertexModelRegistry:
                 artifact_uri=artifact_dir,
                 **container,
                 parent_model=parent.resource_name if parent else None,
+                model_id=model_id,
                 is_default_version=True,
                 version_aliases=[alias for alias in aliases if alias != DEFAULT_ALIAS],
                 version_description=description
@@ -328,42 +366,11 @@ class VertexModelRegistry:
             )
 
         def recover() -> ModelVersion | None:
-            self._finish_running_uploads()
+            client = _client(utils.ModelClientWithOverride, self.location)
+            settle(client, model_name, aiplatform_v1.UploadModelOperationMetadata)
             return self.find_version(display_name, artifact_dir)
 
         return call_vertex(f"upload model {display_name!r}", upload, recover=recover)
-
-    def _finish_running_uploads(self) -> None:
-        """Wait, at most ``UPLOAD_SETTLE_S``, until no upload runs in the location.
-
-        An upload whose answer was lost may still be running when it is retried: its version
-        exists only once it has finished, and looking for it earlier would register a second.
-        """
-        client = _client(utils.ModelClientWithOverride, self.location)
-        upload_type = aiplatform_v1.UploadModelOperationMetadata.pb().DESCRIPTOR
-        deadline = time.monotonic() + UPLOAD_SETTLE_S
-        while time.monotonic() < deadline:
-            running, token = False, ""
-            while True:
-                try:
-                    page = client.list_operations(
-                        request={
-                            "name": f"projects/{self.project}/locations/{self.location}",
-                            "page_token": token,
-                        }
-                    )
-                except exceptions.GoogleAPICallError as error:
-                    logger.warning("cannot list the running operations (%s)", error)
-                    return
-                running = running or any(
-                    not op.done and op.metadata.Is(upload_type) for op in page.operations
-                )
-                token = page.next_page_token
-                if running or not token:
-                    break
-            if not running:
-                return
-            time.sleep(1.0)
 
     def find_version(self, display_name: str, source_uri: str) -> ModelVersion | None:
         """The version of ``display_name`` whose artifact is ``source_uri``, if any."""
@@ -608,13 +615,27 @@ class VertexEndpoints:
         logger.info(
             "%s with traffic split %s (waiting at most %d s)", what, split, DEPLOY_TIMEOUT_S
         )
-        operation = call_vertex(
-            what,
-            lambda: self._client.deploy_model(
+
+        def deploy() -> Any:
+            operation = self._client.deploy_model(
                 endpoint=endpoint, deployed_model=deployed, traffic_split=split
-            ),
-        )
-        wait_for_operation(what, operation)
+            )
+            return wait_for_operation(what, operation)
+
+        def recover() -> Any:
+            """The deploy whose answer was lost, once it has finished, if it took effect."""
+            settle(self._client, endpoint, aiplatform_v1.DeployModelOperationMetadata)
+            served = self._get(endpoint).deployed_models
+            return next(
+                (
+                    d
+                    for d in served
+                    if (d.model, d.model_version_id) == (version.model, version.version_id)
+                ),
+                None,
+            )
+
+        call_vertex(what, deploy, recover=recover)
 
 
 def _deployments(endpoint: aiplatform_v1.Endpoint) -> list[Deployment]:

@@ -110,12 +110,32 @@ def _arguments(argv: list[str] | None, study: Study) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, study: Study = STUDY) -> int:
-    """Run the trial Vertex AI asked for and report its metric to the tuning job."""
+def metric_reporter() -> Any:
+    """cloudml-hypertune's reporter, its file (``CLOUD_ML_HP_METRIC_FILE``) known to be
+    writable before the trial trains, not after: trials run as uid 1000, and a folder only root
+    may write (GoogleCloudPlatform/cloudml-hypertune#6) would lose the trial's whole training.
+    Exits with one line naming the file when it is not writable."""
     import hypertune
 
+    path = os.environ.get("CLOUD_ML_HP_METRIC_FILE", hypertune.hypertune._DEFAULT_METRIC_PATH)
+    try:
+        reporter = hypertune.HyperTune()  # creates the file's folder
+        with open(reporter.metric_path, "a"):
+            pass
+    except OSError as error:
+        raise SystemExit(
+            f"error: the trial cannot write its metric file {path} (CLOUD_ML_HP_METRIC_FILE) as "
+            f"uid {os.getuid()}: {error.strerror or error}; the image must let its user create "
+            "and write that folder"
+        ) from None
+    return reporter
+
+
+def main(argv: list[str] | None = None, study: Study = STUDY) -> int:
+    """Run the trial Vertex AI asked for and report its metric to the tuning job."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _arguments(argv, study)
+    reporter = metric_reporter()
     settings = TrialSettings(**json.loads(args.settings))
     parameters = study.parse({p.name: getattr(args, p.name) for p in study.parameters})
     trial_id = os.environ.get("CLOUD_ML_TRIAL_ID", "0")
@@ -130,7 +150,7 @@ def main(argv: list[str] | None = None, study: Study = STUDY) -> int:
         result.seconds,
         ", ".join(f"{name}={value}" for name, value in parameters.items()),
     )
-    hypertune.HyperTune().report_hyperparameter_tuning_metric(
+    reporter.report_hyperparameter_tuning_metric(
         hyperparameter_metric_tag=study.metric, metric_value=result.metric
     )
     return 0
