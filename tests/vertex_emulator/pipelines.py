@@ -6,13 +6,16 @@ carries an error message), enough for ``--wait`` to follow it.
 
 from __future__ import annotations
 
+import re
+
 from google.cloud import aiplatform_v1 as v1
 from google.protobuf import empty_pb2
 
 from tests.vertex_emulator.context import Context, now
 from tests.vertex_emulator.metadata import Metadata
-from tests.vertex_emulator.resources import display_name_filter, not_found
+from tests.vertex_emulator.resources import display_name_filter, invalid, not_found
 
+_PIPELINE_NAME = re.compile(r'\s*pipeline_name\s*=\s*"(?P<name>[^"]*)"\s*')
 FAILED_JOB_MESSAGE = "The DAG failed because some tasks failed: step train: out of memory"
 
 
@@ -53,9 +56,22 @@ class Pipelines:
             return v1.PipelineJob(job)
 
     def list_pipeline_jobs(self, request: v1.ListPipelineJobsRequest):
+        """Takes ``pipeline_name="NAME"`` (the spec's pipelineInfo.name) as its filter and
+        ``create_time desc`` as its order, as ``--plan`` asks; other filters are refused."""
         parent = self.context.names.parent(request.parent)
+        match = _PIPELINE_NAME.fullmatch(request.filter) if request.filter else None
+        if request.filter and not match:
+            raise invalid(f"Unsupported filter {request.filter!r}.")
+        if request.order_by not in ("", "create_time desc", "create_time"):
+            raise invalid(f"Unsupported order_by {request.order_by!r}.")
         with self.context.lock:
-            found = [v1.PipelineJob(j) for n, j in self.jobs.items() if n.startswith(parent)]
+            found = [
+                v1.PipelineJob(j)
+                for n, j in self.jobs.items()
+                if n.startswith(parent) and (not match or _pipeline_name(j) == match["name"])
+            ]
+        if "desc" in request.order_by:
+            found.reverse()  # kept in the order they were made
         jobs, token = self.context.page(found, request)
         return v1.ListPipelineJobsResponse(pipeline_jobs=jobs, next_page_token=token)
 
@@ -123,3 +139,7 @@ class Pipelines:
         return self.context.operations.start(
             "DeleteSchedule", name, v1.DeleteOperationMetadata, work
         )
+
+
+def _pipeline_name(job: v1.PipelineJob) -> str:
+    return job.pipeline_spec.get("pipelineInfo", {}).get("name", "")
