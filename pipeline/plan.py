@@ -273,7 +273,7 @@ class _Planner:
                 and self.previous[parameter] != call.arguments.get(name)
             ):
                 changed.append(
-                    f"{parameter} {self.previous[parameter]!r} -> {self.arguments.get(parameter)!r}"
+                    f"{parameter} {self.previous[parameter]!r} -> {call.arguments.get(name)!r}"
                 )
         if changed:
             return f"parameter changed: {', '.join(changed)}"
@@ -308,6 +308,10 @@ class _Planner:
             self.new_artifacts[id(artifact)] = step.step
             outputs[name] = artifact
         return outputs
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _is_parameter(value: Any) -> bool:
@@ -386,10 +390,22 @@ def plan_pipeline(
     placeholders: dict[str, str] | None = None,
 ) -> list[PlannedStep]:
     """The steps a run of ``pipeline_spec`` with ``arguments`` would take, in order, each cached
-    or not and why; ``previous`` (the last run's arguments) names the parameters that changed."""
+    or not and why; ``previous`` (the last run's arguments, the pipeline's defaults for those
+    not given) names the parameters that changed."""
+    from google.protobuf import json_format
     from kfp.local import utils
 
     parameters = set(pipeline_spec.root.input_definitions.parameters)
+    if previous is not None:  # a run's parameters not given took the pipeline's defaults
+        integer = pipeline_spec_pb2.ParameterType.NUMBER_INTEGER
+        defaults = {
+            name: (int if spec.parameter_type == integer else _same)(
+                json_format.MessageToDict(spec)["defaultValue"]
+            )
+            for name, spec in pipeline_spec.root.input_definitions.parameters.items()
+            if spec.HasField("default_value")
+        }
+        previous = {**defaults, **previous}
     planner = _Planner(
         store,
         placeholders or {PIPELINE_ROOT_PLACEHOLDER: pipeline_root},
