@@ -108,7 +108,8 @@ def test_local_plan_follows_the_cache_the_data_and_the_parameters(tmp_path: Path
     unchanged = by_step(plan_local(state))
     assert_runs_from(unchanged, "none", "")
     for name in ("fingerprint", "evaluate", "upload", "deploy", "not-deployed"):
-        assert unchanged[name] | {"status": RUNS, "reason": "never cached"} == unchanged[name]
+        assert unchanged[name]["status"] == RUNS
+        assert unchanged[name]["reason"].startswith("never cached"), unchanged[name]
 
     epochs = by_step(plan_local(state, "--param", "epochs=2"))
     assert_runs_from(epochs, "train", "parameter changed: epochs 1 -> 2")
