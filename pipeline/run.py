@@ -265,6 +265,12 @@ def _parser() -> argparse.ArgumentParser:
         help="folder of the local registry, endpoints, pipeline root and cache, and of the logs "
         "(Vertex commands too) (env BEER_PIPELINE_STATE_DIR, default %(default)s)",
     )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print each step and whether it would run or come from the cache, and why; run "
+        "nothing (with --json: one JSON document)",
+    )
     parser.add_argument("--verbose", action="store_true", help="local: stream kfp.local's output")
     parser.add_argument(
         "--json", action="store_true", help="local: end stdout with one JSON line of the run"
@@ -570,6 +576,30 @@ def publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_plan(args: argparse.Namespace) -> int:
+    """``--plan``: what a run with these options would run and take from the cache, and why."""
+    from kfp import components
+
+    from pipeline import plan
+
+    caching = args.caching is not False
+    if args.local:
+        state_dir, pipeline, _, arguments, root = _local_job(args)
+        result = plan.plan_local(pipeline.pipeline_spec, arguments, root, state_dir, caching)
+    else:
+        from pipeline.submit import preflight
+
+        with tempfile.TemporaryDirectory() as spec_dir:
+            settings, spec_path, arguments = _vertex_job(args, spec_dir)
+            preflight(settings)
+            spec = components.load_component_from_file(spec_path).pipeline_spec
+            result = plan.plan_vertex(
+                spec, arguments, settings.project, settings.region, settings.pipeline_root, caching
+            )
+    print(json.dumps(result.to_json()) if args.json else result.table())
+    return 0
+
+
 def submit(args: argparse.Namespace) -> int:
     """``python -m pipeline.run`` without --local: submit to Vertex AI Pipelines."""
     from pipeline.submit import console_url, preflight, submit_pipeline, wait_for
@@ -639,13 +669,12 @@ def _run_id() -> str:
     return f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
 
 
-def run_local(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the pipeline with kfp.local and return the summary of the run."""
-    import kfp.local
+def _local_job(args: argparse.Namespace) -> tuple[str, Any, dict, dict, str]:
+    """The state folder, the compiled pipeline, its parameters, the arguments and the pipeline
+    root of a local run."""
     from kfp import components
 
     state_dir = os.path.abspath(args.state_dir)
-    experiment = _experiment_name(args)
     target, pipeline_root = _local_target(args, state_dir)
     images = PLACEHOLDERS
     if args.runner == DOCKER:
@@ -677,7 +706,18 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
         )
     arguments.update(target)
+    return state_dir, pipeline, parameters, arguments, pipeline_root
 
+
+def run_local(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the pipeline with kfp.local and return the summary of the run."""
+    import kfp.local
+
+    from pipeline.plan import remember_arguments
+
+    experiment = _experiment_name(args)
+    state_dir, pipeline, parameters, arguments, pipeline_root = _local_job(args)
+    remember_arguments(state_dir, arguments)
     data_uri = arguments["data_uri"]
     try:
         runner = kfp_runner(
@@ -925,7 +965,9 @@ def _run_vertex_command(args: argparse.Namespace) -> int:
         try:
             if args.command == "publish":
                 return publish(args)
-            return schedule(args) if args.command == "schedule" else submit(args)
+            if args.command == "schedule":
+                return schedule(args)
+            return print_plan(args) if args.plan else submit(args)
         except (UsageError, SetupError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -952,6 +994,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("schedule", "publish") or not args.local:
             return _run_vertex_command(args)
+        if args.plan:
+            return print_plan(args)
         summary = run_local(args)
     except (UsageError, PipelineFailed) as error:
         print(f"error: {error}", file=sys.stderr)

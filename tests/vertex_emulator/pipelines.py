@@ -6,6 +6,8 @@ carries an error message), enough for ``--wait`` to follow it.
 
 from __future__ import annotations
 
+import re
+
 import grpc
 from google.cloud import aiplatform_v1 as v1
 from google.protobuf import empty_pb2
@@ -15,6 +17,7 @@ from tests.vertex_emulator.context import Context, now
 from tests.vertex_emulator.metadata import Metadata
 from tests.vertex_emulator.resources import ApiError, display_name_filter, invalid, not_found
 
+_PIPELINE_NAME = re.compile(r'\s*pipeline_name\s*=\s*"(?P<name>[^"]*)"\s*')
 FAILED_JOB_MESSAGE = "The DAG failed because some tasks failed: step train: out of memory"
 
 
@@ -58,9 +61,22 @@ class Pipelines:
             return v1.PipelineJob(job)
 
     def list_pipeline_jobs(self, request: v1.ListPipelineJobsRequest):
+        """Takes ``pipeline_name="NAME"`` (the spec's pipelineInfo.name) as its filter and
+        ``create_time desc`` as its order, as ``--plan`` asks; other filters are refused."""
         parent = self.context.names.parent(request.parent)
+        match = _PIPELINE_NAME.fullmatch(request.filter) if request.filter else None
+        if request.filter and not match:
+            raise invalid(f"Unsupported filter {request.filter!r}.")
+        if request.order_by not in ("", "create_time desc", "create_time"):
+            raise invalid(f"Unsupported order_by {request.order_by!r}.")
         with self.context.lock:
-            found = [v1.PipelineJob(j) for n, j in self.jobs.items() if n.startswith(parent)]
+            found = [
+                v1.PipelineJob(j)
+                for n, j in self.jobs.items()
+                if n.startswith(parent) and (not match or _pipeline_name(j) == match["name"])
+            ]
+        if "desc" in request.order_by:
+            found.reverse()  # kept in the order they were made
         jobs, token = self.context.page(found, request)
         return v1.ListPipelineJobsResponse(pipeline_jobs=jobs, next_page_token=token)
 
@@ -157,3 +173,7 @@ def _unset_fields(old: Message, new: Message, path: str) -> list[str]:
         for described, _ in inner_old.ListFields()
         for name in _unset_fields(inner_old, inner_new, described.name)
     ]
+
+
+def _pipeline_name(job: v1.PipelineJob) -> str:
+    return job.pipeline_spec.get("pipelineInfo", {}).get("name", "")
