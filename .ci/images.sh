@@ -72,11 +72,12 @@ build() {
     podman build --quiet --pull=never --network host --ignorefile "$ROOT/docker/$dockerfile.dockerignore" \
       -f "$ROOT/docker/$dockerfile" -t "$uri" "$ROOT" >/dev/null
     step "$role image built in $((SECONDS - start)) s: $(podman image inspect "$uri" --format '{{.Size}}') bytes"
+    # The build stage (the venv before its copy) is a dangling image of several GB: disk.
+    podman image prune --force >/dev/null
   done < <(bash "$ROOT/docker/build.sh" --registry localhost --print-images)
 }
 
 steps=()
-sizes=""
 while (($#)); do
   case $1 in
     --tools | --base | --build) steps+=("${1#--}") && shift ;;
