@@ -2,7 +2,7 @@
 # Build the project's images from docker/ UNCHANGED, on a machine with no Docker engine and no
 # Docker Hub (CI: 2 cores, root, Debian's packages and PyPI only), with podman:
 #
-#   bash .ci/images.sh [--tools] [--base] [--build] [--sizes FILE]   (default: all three steps)
+#   bash .ci/images.sh [--tools] [--base] [--build]   (default: all three steps)
 #
 # - tools: podman + runc + mmdebstrap from Debian (runc: crun 1.8 refuses these machines'
 #   hybrid cgroups);
