@@ -27,7 +27,7 @@ uv pip compile pyproject.toml --quiet --extra dataflow \
 # What `python -m pipeline.serve` imports (components/lib/serving, components/lib/storage and the
 # local registry's standard library), by name; tests/test_serve_container.py runs the server with
 # the training packages made unimportable, tests/test_docker.py checks this lock against it.
-SERVING_PACKAGES="fsspec gcsfs numpy starlette uvicorn httptools uvloop prometheus-client"
+SERVING_PACKAGES="fsspec gcsfs numpy pillow starlette uvicorn httptools uvloop prometheus-client"
 # python:3.11-slim (docker/Dockerfile.serving) is Debian 12: glibc 2.36, so PLATFORM's wheels fit.
 # Constrained by the pipeline's lock: the server runs the versions that the tests ran.
 python3 - "$SERVING_PACKAGES" <<'PY' |
