@@ -107,6 +107,20 @@ def test_a_request_larger_than_the_batch_is_split_and_shares_the_model() -> None
     assert calls_when_small_answered == 2
 
 
+def test_a_large_request_has_one_model_call_running_at_a_time() -> None:
+    model = RecordingModel(seconds_per_call=0.05)
+
+    async def scenario():
+        config = BatchingConfig(max_batch_size=4, timeout_ms=0, max_concurrent_batches=2)
+        batcher = Batcher(model.predict, config)
+        classes, _ = await batcher.predict([bytes([i]) for i in range(16)])
+        await batcher.close()
+        return classes
+
+    assert list(run(scenario())) == list(range(16))
+    assert model.calls == [4, 4, 4, 4] and model.most_running == 1
+
+
 def test_a_bad_image_in_a_later_piece_is_named_by_its_index_in_the_request() -> None:
     model = RecordingModel(seconds_per_call=0)
     images = [b"\x01"] * 5 + [b"bad"]

@@ -25,7 +25,6 @@ import pytest
 from PIL import Image
 
 from bench.serve_load import ServerProcess, request_body, server_process
-from components.lib.serving.protocol import image_size
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
 from tests.conftest import ROOT
 
@@ -131,6 +130,8 @@ def test_an_image_over_the_pixel_limits_is_refused_before_decoding(
 
 
 def test_image_size_reads_each_format_s_header_without_decoding() -> None:
+    from components.lib.serving.protocol import image_size
+
     for fmt in ("PNG", "JPEG", "GIF", "BMP"):
         buffer = io.BytesIO()
         Image.new("RGB", (300, 7)).save(buffer, format=fmt)

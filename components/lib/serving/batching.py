@@ -12,8 +12,9 @@ waits for the window: its previous batch held one request.
 
 No model call holds more than ``max_batch_size`` images, whatever one request carries: a larger
 request is split into pieces of at most that many, and each piece after the first joins the
-queue only when the one before it has been taken into a batch, behind the requests that arrived
-meanwhile, so a large request shares the model with them instead of holding it.
+queue only when the model call of the one before it has ended, behind the requests that arrived
+meanwhile. A large request thus has one model call running at a time and leaves the other
+concurrent calls to everyone else.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class Batcher:
             while not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-            batch = [self._take()]
+            batch = [self._queue.popleft()]
             size = len(batch[0].images)
             deadline = loop.time() + self.config.timeout_ms / 1000
             while size < self.config.max_batch_size:
@@ -176,20 +177,22 @@ class Batcher:
                     continue
                 if size + len(self._queue[0].images) > self.config.max_batch_size:
                     break  # the next request opens the next batch
-                batch.append(self._take())
+                batch.append(self._queue.popleft())
                 size += len(batch[-1].images)
             self._last_batch_requests = len(batch)
             call = asyncio.create_task(self._call(batch))
             self._calls.add(call)
-            call.add_done_callback(lambda done: (self._calls.discard(done), slots.release()))
+            call.add_done_callback(lambda done, batch=batch: self._called(done, batch, slots))
 
-    def _take(self) -> _Request:
-        """The first request in the queue; the next piece of it, if any, joins the queue's end."""
-        request = self._queue.popleft()
-        piece = request.next_piece(self.config.max_batch_size)
-        if piece is not None:
-            self._queue.append(piece)
-        return request
+    def _called(self, call: asyncio.Task, batch: list[_Request], slots: asyncio.Semaphore) -> None:
+        """A model call ended: the next piece of each of its requests, if any, joins the queue."""
+        self._calls.discard(call)
+        for request in batch:
+            piece = request.next_piece(self.config.max_batch_size)
+            if piece is not None:
+                self._queue.append(piece)
+                self._arrived.set()
+        slots.release()
 
     async def _call(self, batch: list[_Request]) -> None:
         images = [image for request in batch for image in request.images]
