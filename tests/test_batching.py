@@ -102,9 +102,9 @@ def test_a_request_larger_than_the_batch_is_split_and_shares_the_model() -> None
     (classes, probabilities), small, calls_when_small_answered = run(scenario())
     assert list(classes) == list(range(10)) and probabilities.shape == (10, 2)
     assert [list(c) for c, _ in small] == [[11], [12]]
-    # No call over the batch size; the rest of the large request queued behind the small ones.
-    assert model.calls == [4, 2, 4, 2]
-    assert calls_when_small_answered == 2
+    # No call over the batch size; the small requests went first though they came later.
+    assert model.calls == [2, 4, 4, 2]
+    assert calls_when_small_answered == 1
 
 
 def test_a_large_request_has_one_model_call_running_at_a_time() -> None:

@@ -11,10 +11,10 @@ are back (closed-loop clients send their next request as soon as they have an an
 waits for the window: its previous batch held one request.
 
 No model call holds more than ``max_batch_size`` images, whatever one request carries: a larger
-request is split into pieces of at most that many, and each piece after the first joins the
-queue only when the model call of the one before it has ended, behind the requests that arrived
-meanwhile. A large request thus has one model call running at a time and leaves the other
-concurrent calls to everyone else.
+request is split into pieces of at most that many, which queue apart from the other requests
+and are taken only when none of those waits, one piece in a model call at a time (the pieces of
+several large requests in turn). Large requests thus use what the others leave and cannot make
+them wait for more than one piece's call.
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ class Batcher:
         self.config = config
         self._observe_batch = observe_batch
         self._queue: deque[_Request] = deque()
+        self._large: deque[_Request] = deque()  # pieces of requests over max_batch_size
+        self._large_running = False
         self._arrived = asyncio.Event()
         self._last_batch_requests = 1
         self._worker: asyncio.Task | None = None
@@ -140,7 +142,7 @@ class Batcher:
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name="batcher")
         request = _Request(images[:size], rest=images[size:], total=len(images))
-        self._queue.append(request)
+        (self._large if request.rest else self._queue).append(request)
         self._arrived.set()
         return await request.answer
 
@@ -152,17 +154,22 @@ class Batcher:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        while self._queue:
-            _fail(self._queue.popleft(), RuntimeError("the server is shutting down"))
+        for queue in (self._queue, self._large):
+            while queue:
+                _fail(queue.popleft(), RuntimeError("the server is shutting down"))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(self.config.max_concurrent_batches)
         while True:
             await slots.acquire()
-            while not self._queue:
+            while not (self._queue or (self._large and not self._large_running)):
                 self._arrived.clear()
                 await self._arrived.wait()
+            if not self._queue:  # a piece of a large request: a call of its own
+                self._large_running = True
+                self._start(batch=[self._large.popleft()], slots=slots, large=True)
+                continue
             batch = [self._queue.popleft()]
             size = len(batch[0].images)
             deadline = loop.time() + self.config.timeout_ms / 1000
@@ -180,18 +187,24 @@ class Batcher:
                 batch.append(self._queue.popleft())
                 size += len(batch[-1].images)
             self._last_batch_requests = len(batch)
-            call = asyncio.create_task(self._call(batch))
-            self._calls.add(call)
-            call.add_done_callback(lambda done, batch=batch: self._called(done, batch, slots))
+            self._start(batch, slots, large=False)
 
-    def _called(self, call: asyncio.Task, batch: list[_Request], slots: asyncio.Semaphore) -> None:
-        """A model call ended: the next piece of each of its requests, if any, joins the queue."""
+    def _start(self, batch: list[_Request], slots: asyncio.Semaphore, large: bool) -> None:
+        call = asyncio.create_task(self._call(batch))
+        self._calls.add(call)
+        call.add_done_callback(lambda done: self._called(done, batch, slots, large))
+
+    def _called(
+        self, call: asyncio.Task, batch: list[_Request], slots: asyncio.Semaphore, large: bool
+    ) -> None:
+        """A model call ended: a large request's next piece, if any, queues behind the others."""
         self._calls.discard(call)
-        for request in batch:
-            piece = request.next_piece(self.config.max_batch_size)
+        if large:
+            self._large_running = False
+            piece = batch[0].next_piece(self.config.max_batch_size)
             if piece is not None:
-                self._queue.append(piece)
-                self._arrived.set()
+                self._large.append(piece)
+            self._arrived.set()
         slots.release()
 
     async def _call(self, batch: list[_Request]) -> None:

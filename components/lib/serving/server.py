@@ -118,7 +118,9 @@ class _GuardedH11Protocol(H11Protocol):
         self._waiting_since: float | None = self.loop.time()  # None: a request is in the app
         self._arm_deadline()
         if len(self.connections) > self.settings.max_connections:
-            waiting = [c for c in self.connections if c is not self and c._waiting_since]
+            waiting = [
+                c for c in self.connections if c is not self and c._waiting_since is not None
+            ]
             if waiting:
                 min(waiting, key=lambda c: c._waiting_since)._close("evicted at the cap")
             else:
