@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from bench.common import MIB, Target, finish, percentile, progress, run_in_threads
-from bench.serve_latency import deploy_locally, read_images, train_in_subprocess
+from bench.serve_latency import deployed_model
 from bench.serve_load import request_body, server_process
 
 JSON = {"Content-Type": "application/json"}
@@ -230,18 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the attackers' held sockets
 
     with tempfile.TemporaryDirectory(prefix="bench-attacks-") as work:
-        model_dir = str(args.model_dir) if args.model_dir else None
-        if model_dir is None:
-            progress("training a small model at 224x224 ...")
-            model_dir = train_in_subprocess(work, 224)
-        if args.images:
-            images = read_images(args.images, 32)
-        else:
-            from components.lib.data.demo import make_demo_dataset
-
-            images = read_images(Path(make_demo_dataset(os.path.join(work, "demo"))) / "eval", 32)
-        state_dir = os.path.join(work, "state")
-        path = deploy_locally(model_dir, state_dir)
+        _, state_dir, path, images = deployed_model(work, args.model_dir, args.images, 224)
         load = {"seconds": args.seconds, "clients": args.clients}
         progress(f"clean: {args.clients} clients for {args.seconds:g} s ...")
         clean = serve_and_run(
