@@ -247,7 +247,7 @@ def test_405_names_the_methods_the_route_takes(server: ServerProcess) -> None:
     status, payload, response = call(server, "POST", "/openapi.json", b"{}")
     assert status == 405
     assert payload["error"]["message"] == "/openapi.json takes GET, HEAD, not POST"
-    assert response.getheader("Allow") == "GET, HEAD"
+    assert set(response.getheader("Allow").split(", ")) == {"GET", "HEAD"}
     status, payload, _ = call(server, "GET", PREDICT)
     assert status == 405 and payload["error"]["message"].endswith("takes POST, not GET")
 

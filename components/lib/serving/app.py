@@ -368,8 +368,8 @@ def create_app(
         status = HTTPStatus(error.status_code)
         message = f"no route {request.method} {request.url.path}"
         if status == HTTPStatus.METHOD_NOT_ALLOWED:
-            allowed = (error.headers or {}).get("Allow", "")
-            message = f"{request.url.path} takes {allowed}, not {request.method}"
+            allowed = sorted((error.headers or {}).get("Allow", "").split(", "))
+            message = f"{request.url.path} takes {', '.join(allowed)}, not {request.method}"
         elif not container:
             message += f"; predictions go to POST {LOCAL_PREDICT_ROUTE}"
         return _error(status, message, error.headers)
