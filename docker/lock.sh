@@ -21,7 +21,7 @@ PLATFORM=x86_64-manylinux_2_36
 # What the steps of the light image and the server import, by distribution name
 # (tests/test_images.py holds these locks to what `python -m pipeline.image_check` imports).
 LIGHT_PACKAGES="kfp google-cloud-aiplatform google-cloud-storage gcsfs fsspec numpy pillow pyyaml"
-SERVING_PACKAGES="fsspec gcsfs numpy starlette uvicorn httptools uvloop prometheus-client pyyaml"
+SERVING_PACKAGES="fsspec gcsfs numpy pillow starlette uvicorn httptools uvloop prometheus-client pyyaml"
 
 if ! command -v uv >/dev/null; then
   echo "lock.sh: uv not found; install it with: pip install uv" >&2
@@ -59,13 +59,16 @@ PY
 }
 
 compile docker/requirements.lock pyproject.toml --extra gpu --extra dataflow "$@"
+# The other inputs go through standard input, so the locks name no temporary file; each is
+# made first (a failure stops here, before uv could lock an empty input).
 # Beam's Dataflow extra as pyproject.toml names it, for the CPU image's preprocess on Dataflow.
 dataflow=$(python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dataflow"])')
-{ requirements && echo "$dataflow"; } >"$tmp/cpu.in"
-compile docker/cpu-requirements.lock "$tmp/cpu.in" --constraint docker/requirements.lock "$@"
+cpu=$(requirements)
+compile docker/cpu-requirements.lock - --constraint docker/requirements.lock "$@" <<<"$cpu
+$dataflow"
 # shellcheck disable=SC2086 # the package lists are words
-requirements $LIGHT_PACKAGES >"$tmp/light.in"
-compile docker/light-requirements.lock "$tmp/light.in" --constraint docker/requirements.lock "$@"
+light=$(requirements $LIGHT_PACKAGES)
+compile docker/light-requirements.lock - --constraint docker/requirements.lock "$@" <<<"$light"
 # shellcheck disable=SC2086
-requirements $SERVING_PACKAGES tensorflow >"$tmp/serving.in"
-compile docker/serving-requirements.lock "$tmp/serving.in" --constraint docker/requirements.lock "$@"
+serving=$(requirements $SERVING_PACKAGES tensorflow)
+compile docker/serving-requirements.lock - --constraint docker/requirements.lock "$@" <<<"$serving"
