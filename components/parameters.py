@@ -6,10 +6,10 @@ CLI checked, fails here in seconds with every problem in one line, instead of st
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def check_parameters(
     data_uri: str,
     eval_fraction: float,
