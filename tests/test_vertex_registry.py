@@ -400,3 +400,46 @@ def test_an_address_that_does_not_resolve_fails_at_once(
         upload("run-a")
     assert time.monotonic() - started < 10
     assert vertex_emulator.requests == []
+
+
+def test_a_version_keeps_its_edge_models_under_its_artifact_uri(
+    vertex_emulator: VertexEmulator, tmp_path
+) -> None:
+    """The TFLite files sit in the model artifact's tflite/ folder, which is the version's
+    artifact URI: Vertex AI keeps them with it; a label per model holds its eval accuracy."""
+    from kfp import dsl
+
+    from components.lib.artifacts import VertexModel
+    from components.upload import upload_model
+
+    model_uri = "gs://bucket/edge/train-model/model"
+    edge = [
+        {"kind": "float16", "file": "tflite/float16.tflite", "accuracy": 0.9691},
+        {"kind": "int8", "file": "tflite/int8.tflite", "accuracy": 0.9588},
+    ]
+    upload_model.python_func(
+        model=dsl.Model(uri=model_uri),
+        model_evaluation=evaluation_artifact(tmp_path / "evaluation"),
+        accuracy=0.9691,
+        champion_accuracy=-1.0,
+        decision="accuracy 0.9691 >= required 0.8000, no champion serving: deploy",
+        evaluation={
+            "champion_status": "none",
+            "gate": {"min_accuracy": 0.8, "max_regression": 0.0, "allow_class_change": False},
+            "tflite": edge,
+        },
+        model_display_name="beer-edge",
+        pipeline_job="beer-classifier-training-20261122",
+        serving_image="",
+        accelerator_type="",
+        local_state_dir="",
+        vertex_model=VertexModel(uri=str(tmp_path / "model-artifact")),
+        **VERTEX_TARGET,
+    )
+    [request] = [
+        call
+        for call in vertex_emulator.calls("UploadModel")
+        if call.model.artifact_uri == model_uri
+    ]
+    assert request.model.labels["tflite_float16_accuracy"] == "0-9691"
+    assert request.model.labels["tflite_int8_accuracy"] == "0-9588"

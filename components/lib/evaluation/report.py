@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
@@ -129,13 +130,15 @@ def row_shares(matrix: np.ndarray) -> np.ndarray:
 
 def confusion_heatmap(evaluation: Evaluation) -> Figure:
     """The confusion matrix of many classes as a ``PAGE_WIDTH_PX``-wide heat map: each cell
-    coloured by its share of the true class's photos (so small and large classes compare),
-    no numbers in the cells, axes by class number (the per-class table names them)."""
+    coloured by its share of the true class's photos (so small and large classes compare; a
+    square-root scale, so that a few confused photos show), no numbers in the cells, axes by
+    class number (the per-class table names them)."""
     shares = row_shares(np.asarray(evaluation.confusion_matrix))
     side = PAGE_WIDTH_PX / 100
     figure = Figure(figsize=(side, side * 0.9), layout="constrained")
     axes = figure.subplots()
-    image = axes.imshow(shares, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    norm = PowerNorm(0.5, vmin=0, vmax=1)
+    image = axes.imshow(shares, cmap="viridis", norm=norm, interpolation="nearest")
     for axis in (axes.xaxis, axes.yaxis):
         axis.set_major_locator(MaxNLocator(nbins=12, integer=True))
     axes.set_xlabel("predicted class (number)")
