@@ -17,6 +17,8 @@ from components.lib.evaluation.metrics import evaluate_saved_model
 from components.lib.modelling.edge import FLOAT16, INT8, EdgeModel, read_edge_models
 
 TEMPERATURE = 0.5
+# The tests that use ``edge_export`` are slow: it trains a model and converts it twice (about
+# 2 minutes on 2 idle cores).
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,7 @@ def edge_export(
     return model_dir, models, dataset.split_size(TRAIN)
 
 
+@pytest.mark.slow
 def test_export_writes_float16_and_int8_models_with_labels(
     edge_export: tuple[Path, list[EdgeModel], int],
 ) -> None:
@@ -59,6 +62,7 @@ def test_export_writes_float16_and_int8_models_with_labels(
     assert not read_edge_models(str(model_dir / "tflite")), "no export: no edge models"
 
 
+@pytest.mark.slow
 def test_edge_models_answer_as_the_saved_model_does(
     edge_export: tuple[Path, list[EdgeModel], int], demo_data_dir: Path
 ) -> None:
@@ -85,6 +89,7 @@ def test_a_model_without_edge_export_has_no_edge_scores(
     assert evaluate_edge_models(str(demo_model_dir), str(demo_data_dir)) == []
 
 
+@pytest.mark.slow
 def test_evaluate_step_scores_and_reports_the_edge_models(
     edge_export: tuple[Path, list[EdgeModel], int], demo_data_dir: Path, tmp_path: Path
 ) -> None:
@@ -126,6 +131,7 @@ def test_evaluate_step_scores_and_reports_the_edge_models(
     assert f"{models[1].size_bytes / 1e6:.2f} MB" in table
 
 
+@pytest.mark.slow
 def test_the_local_registry_keeps_the_edge_models_with_the_version(
     edge_export: tuple[Path, list[EdgeModel], int], tmp_path: Path
 ) -> None:
