@@ -104,6 +104,7 @@ def test_evaluate_upload_deploy_on_vertex_run_after_run_with_a_champion_serving(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    vertex_emulator.iam.grant_act_as("beer-serving@test-project.iam.gserviceaccount.com")
     caplog.set_level(logging.INFO)
     root = f"{tmp_path.name}/pipeline-root"
     trained = upload_folder(emulated_gcs, demo_model_dir, f"{root}/run-1/train-model/model")

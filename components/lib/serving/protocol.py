@@ -29,6 +29,36 @@ class ServingLimits:
 
 
 DEFAULT_LIMITS = ServingLimits()
+ONLINE_REQUEST_LIMIT_BYTES = 1_572_864
+"""Vertex AI refuses an online prediction request over 1.5 MB: one phone photo in base64 can be
+more, so clients send ``shrunk`` images (the page and ``pipeline.predict`` do)."""
+SHRINK_ABOVE_BYTES = 512 * 1024
+SHRINK_TO_SIDE = 1024
+"""Images larger than this are sent at most this many pixels a side, as JPEG: the model
+resizes to its input size (at most 260 px) anyway, so the answer barely moves."""
+
+
+def shrunk(image: bytes) -> bytes:
+    """``image`` as it is when it is small, else upright (its EXIF orientation applied), at
+    most ``SHRINK_TO_SIDE`` pixels a side, as JPEG: a request of a few of them stays far below
+    the online limit and the server's body limit. BadRequestError for bytes that do not
+    decode: sent in a batch, one would fail every instance of it."""
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(image)) as opened:
+            if len(image) <= SHRINK_ABOVE_BYTES:
+                opened.load()
+                return image
+            upright = ImageOps.exif_transpose(opened).convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise BadRequestError(f"not a decodable image: {error}") from None
+    upright.thumbnail((SHRINK_TO_SIDE, SHRINK_TO_SIDE))
+    out = io.BytesIO()
+    upright.save(out, "JPEG", quality=90)
+    return out.getvalue() if out.tell() < len(image) else image
 
 
 class BadRequestError(ValueError):
