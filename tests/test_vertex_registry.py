@@ -199,7 +199,7 @@ def test_serving_settings_are_checked() -> None:
         Serving(min_replicas=2, max_replicas=1)
     with pytest.raises(ValueError, match=r"traffic_percentage must be 1\.\.100"):
         Serving(traffic_percentage=0)
-    with pytest.raises(ValueError, match="accelerator_type and accelerator_count together"):
+    with pytest.raises(ValueError, match="serving_accelerator_count 0: set both"):
         Serving(accelerator_type="NVIDIA_TESLA_T4")
 
 
