@@ -23,7 +23,8 @@ PLATFORM=x86_64-manylinux_2_36
 # (tests/test_images.py holds these locks to what `python -m pipeline.image_check` imports).
 LIGHT_PACKAGES="kfp google-cloud-aiplatform google-cloud-storage gcsfs fsspec numpy pillow pyyaml"
 CPU_PACKAGES="$LIGHT_PACKAGES matplotlib apache-beam tensorflow"
-SERVING_PACKAGES="fsspec gcsfs numpy pillow starlette uvicorn httptools uvloop prometheus-client pyyaml"
+# kfp: the serving image also runs one pipeline step, infra validation (KFP's executor).
+SERVING_PACKAGES="fsspec gcsfs numpy pillow starlette uvicorn httptools uvloop prometheus-client pyyaml kfp"
 
 if ! command -v uv >/dev/null; then
   echo "lock.sh: uv not found; install it with: pip install uv" >&2
