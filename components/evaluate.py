@@ -45,7 +45,9 @@ def evaluate_model(
     scored again when its evaluation in the registry is of the same eval photos (fingerprint):
     its per-photo results are read back, and the champion line says which it was.
     ``model_evaluation`` holds this model's evaluation as the registry will keep it (the upload
-    step attaches it to the new version).
+    step attaches it to the new version). TFLite models exported with it (``export_tflite``) are
+    scored on the same photos: ``summary["tflite"]``, the metrics and the report give each one's
+    accuracy, its change from the SavedModel's and its size.
     """
     import dataclasses
     import logging
@@ -53,6 +55,7 @@ def evaluate_model(
 
     from components.lib.artifacts import write_metadata_file
     from components.lib.data.sources import read_source_description
+    from components.lib.evaluation.edge import evaluate_edge_models
     from components.lib.evaluation.metrics import (
         COMPARED,
         Champion,
@@ -71,6 +74,7 @@ def evaluate_model(
 
     logger = logging.getLogger(__name__)
     evaluation = evaluate_saved_model(model.uri, raw_data.path)
+    edge = evaluate_edge_models(model.uri, raw_data.path)
     served = champion_version(target, local_state_dir, project, location, endpoint_display_name)
     itself = served is not None and normalized_uri(served.source_uri) == normalized_uri(model.uri)
     if itself:
@@ -106,8 +110,10 @@ def evaluate_model(
         "temperature": evaluation.temperature,
         "ece_before": None if ece_before is None else round(ece_before, 4),
         "ece_after": None if ece_after is None else round(ece_after, 4),
+        "calibration": evaluation.calibration_decision or None,
         "gate": {**dataclasses.asdict(rule), "rule": rule.describe()},
         "trained_with": STUDY.chosen(model.metadata.get("training_config", {})),
+        "tflite": [score.to_dict(evaluation) for score in edge] or None,
     }
     summary = {name: value for name, value in summary.items() if value is not None}
     metrics.log_metric("accuracy", round(evaluation.accuracy, 4))
@@ -124,6 +130,9 @@ def evaluate_model(
     for name in ("ece_before", "ece_after", "temperature"):
         if name in summary:
             metrics.log_metric(name, round(summary[name], 4))
+    for figures in summary.get("tflite", []):
+        metrics.log_metric(f"tflite_{figures['kind']}_accuracy", figures["accuracy"])
+        metrics.log_metric(f"tflite_{figures['kind']}_mb", round(figures["size_bytes"] / 1e6, 3))
     metrics.log_metric("deploy", decision.deploy)
     metrics.metadata["decision"] = decision.reason
     metrics.metadata["champion"] = champion.describe()
@@ -151,6 +160,7 @@ def evaluate_model(
                 rule,
                 summary["eval_split"],
                 Provenance.of(raw_data.uri, model.uri, served.resource_name if itself else ""),
+                edge,
             )
         )
     outputs = namedtuple(
