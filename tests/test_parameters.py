@@ -60,7 +60,6 @@ def test_the_first_step_checks_what_the_table_holds(spec: dict) -> None:
             {"backbone": "efficientnet-lite0", "fine_tune_from_block": 20},
             "fine_tune_from_block=20: efficientnet-lite0 has 16 blocks; expected 0 to 16",
         ),
-        ({"min_replicas": 3, "max_replicas": 2}, "max_replicas=2 is less than min_replicas=3"),
     ],
 )
 def test_values_outside_their_range_are_named(values: dict, problem: str) -> None:

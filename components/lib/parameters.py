@@ -106,7 +106,8 @@ CHOICES: dict[str, tuple[str, ...]] = {"backbone": tuple(BACKBONES), "target": T
 
 def parameter_problems(values: Mapping[str, Any]) -> list[str]:
     """What is wrong with a run's parameter ``values`` (by name; those absent are not
-    checked), each problem naming the parameter, its value and what it accepts."""
+    checked), each problem naming the parameter, its value and what it accepts. How the
+    serving settings go together (replicas, accelerators) is ``Serving``'s to check."""
     problems = [
         f"{name}={values[name]!r}: expected {allowed.text()}"
         for name, allowed in RANGES.items()
@@ -127,9 +128,6 @@ def parameter_problems(values: Mapping[str, Any]) -> list[str]:
             f"fine_tune_from_block={block}: {backbone} has {BACKBONES[backbone].num_blocks} "
             f"blocks; expected 0 to {BACKBONES[backbone].num_blocks}"
         )
-    low, high = values.get("min_replicas"), values.get("max_replicas")
-    if low is not None and high is not None and high < low:
-        problems.append(f"max_replicas={high} is less than min_replicas={low}")
     return problems
 
 
