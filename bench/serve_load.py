@@ -27,6 +27,7 @@ from pathlib import Path
 import requests
 
 from bench.common import percentile, run_in_threads
+from components.lib.serving.protocol import request_body
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,12 +90,6 @@ def server_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def request_body(images: list[bytes]) -> bytes:
-    """A Vertex prediction request of ``images``, one instance each."""
-    instances = [{"bytes": {"b64": base64.b64encode(image).decode()}} for image in images]
-    return json.dumps({"instances": instances}).encode()
 
 
 def run_load(

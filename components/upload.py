@@ -38,13 +38,12 @@ def upload_model(
     import logging
 
     from components.lib.artifacts import describe_resource
-    from components.lib.evaluation.model_evaluation import read_model_evaluation
+    from components.lib.evaluation.record import read_model_evaluation
     from components.lib.evaluation.rule import GateRule
     from components.lib.targets import model_registry, resource_uri
     from components.lib.targets.base import ModelEvaluationRecord, version_alias
 
-    gate = evaluation["gate"]
-    rule = GateRule(gate["min_accuracy"], gate["max_regression"], gate["allow_class_change"])
+    rule = GateRule.from_dict(evaluation["gate"])
     registry = model_registry(
         target, local_state_dir, project, location, serving_image, gpu=bool(accelerator_type)
     )

@@ -35,6 +35,7 @@ from components.lib.evaluation.metrics import (
     evaluate_champion,
     relative_photo,
 )
+from components.lib.evaluation.record import ROWS_FILE, write_record
 from components.lib.storage import gcs_uri, local_copy
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ CLASS_SLICE = "annotationSpec"
 """The slice dimension of one class (the value is the class's display name)."""
 THRESHOLDS = (*(round(0.05 * step, 2) for step in range(20)), 0.96, 0.97, 0.98, 0.99)
 """The confidence thresholds Vertex AI's own classification evaluations report."""
-EVALUATION_FILE = "evaluation.json"
-ROWS_FILE = "predictions.jsonl"
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -208,15 +207,8 @@ def write_model_evaluation(
         "rows_uri": f"{gcs_uri(uri).rstrip('/')}/{ROWS_FILE}",
         "metadata": metadata,
     }
-    with open(os.path.join(directory, EVALUATION_FILE), "w") as file:
-        json.dump(record, file, indent=1)
+    write_record(directory, record)
     return record
-
-
-def read_model_evaluation(directory: str) -> dict[str, Any]:
-    """What ``write_model_evaluation`` wrote in ``directory``."""
-    with open(os.path.join(directory, EVALUATION_FILE)) as file:
-        return json.load(file)
 
 
 def evaluation_from_rows(rows_uri: str, data_dir: str, fingerprint: str) -> Evaluation:
