@@ -114,12 +114,13 @@ def test_upload_and_deploy_run_only_behind_the_gate(spec: dict) -> None:
     for task in ("upload-model", "deploy-model"):
         assert open_branch[task]["cachingOptions"] == {}, "registering must never be cached"
     uploaded = open_branch["upload-model"]["inputs"]
-    assert uploaded["artifacts"]["model_evaluation"]["taskOutputArtifact"]["producerTask"] == (
-        "infra-validate"
-    ), "the version keeps the evaluation that infra validation completed"
-    assert uploaded["parameters"]["decision"]["taskOutputParameter"]["producerTask"] == (
-        "infra-validate"
-    )
+    # Inside the branch a task's input is the branch's, named after the task that made it.
+    assert uploaded["artifacts"]["model_evaluation"] == {
+        "componentInputArtifact": "pipelinechannel--infra-validate-model_evaluation"
+    }, "the version keeps the evaluation that infra validation completed"
+    assert uploaded["parameters"]["decision"] == {
+        "componentInputParameter": "pipelinechannel--infra-validate-reason"
+    }
 
 
 def test_infra_validation_serves_the_trained_model_after_evaluate(spec: dict) -> None:
