@@ -18,6 +18,7 @@ from components.lib.targets.base import Serving
 from components.upload import upload_model
 from tests.conftest import (
     GCS_BUCKET,
+    SERVING_BUDGETS,
     VERTEX_TARGET,
     deploy_step,
     make_layout,
@@ -66,6 +67,7 @@ def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dic
         min_accuracy=0.5,
         max_regression=0.0,
         allow_class_change=False,
+        **SERVING_BUDGETS,
         endpoint_display_name=ENDPOINT,
         local_state_dir="",
         metrics=dsl.Metrics(uri=str(work / "metrics")),

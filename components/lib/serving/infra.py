@@ -181,7 +181,8 @@ class Server:
 def serving_container(model_uri: str, log_path: str) -> Iterator[Server]:
     """``python -m pipeline.serve`` on ``model_uri`` with Vertex AI's container variables, from
     its start until it is healthy; stopped with SIGTERM (as Vertex AI stops a replica) at the
-    end. InfraValidationError, with the end of its log, when it exits or never gets ready."""
+    end. InfraValidationError, with the server's own error, when it exits or never gets
+    ready."""
     port = _free_port()
     env = {
         **os.environ,
@@ -206,29 +207,37 @@ def serving_container(model_uri: str, log_path: str) -> Iterator[Server]:
             process.wait()
 
 
+def _loopback_session() -> requests.Session:
+    """A session that talks to the server directly: no proxy from the environment."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
 def _wait_until_healthy(process: subprocess.Popen, health_url: str, log_path: str) -> int:
     """Poll the health route until 200; returns how many 503 (loading) answers came first."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     loading = 0
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise InfraValidationError(
-                f"the server cannot load the model (it exited {process.returncode} before it "
-                f"was healthy): {server_error(log_path)}"
-            )
-        try:
-            status = requests.get(health_url, timeout=REQUEST_TIMEOUT_S).status_code
-        except requests.ConnectionError:
-            status = None  # not listening yet
-        if status == 200:
-            return loading
-        if status not in (None, 503):
-            raise InfraValidationError(
-                f"the health route {health_url} answered {status}: the server does not serve "
-                "AIP_HEALTH_ROUTE as Vertex AI needs"
-            )
-        loading += status == 503
-        time.sleep(POLL_INTERVAL_S)
+    with _loopback_session() as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise InfraValidationError(
+                    f"the server cannot load the model (it exited {process.returncode} before "
+                    f"it was healthy): {server_error(log_path)}"
+                )
+            try:
+                status = session.get(health_url, timeout=REQUEST_TIMEOUT_S).status_code
+            except requests.ConnectionError:
+                status = None  # not listening yet
+            if status == 200:
+                return loading
+            if status not in (None, 503):
+                raise InfraValidationError(
+                    f"the health route {health_url} answered {status}: the server does not "
+                    "serve AIP_HEALTH_ROUTE as Vertex AI needs"
+                )
+            loading += status == 503
+            time.sleep(POLL_INTERVAL_S)
     raise InfraValidationError(
         f"the server was not healthy {READY_TIMEOUT_S:.0f} s after its start; its last word: "
         f"{server_error(log_path)}"
@@ -258,7 +267,7 @@ def send_photos(url: str, bodies: Sequence[bytes], clients: int) -> tuple[list[i
     lock = threading.Lock()
 
     def client() -> None:
-        with requests.Session() as session:
+        with _loopback_session() as session:
             while True:
                 with lock:
                     index = next(order, None)
