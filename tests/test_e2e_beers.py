@@ -106,7 +106,7 @@ def test_the_model_was_served_as_the_endpoint_serves_it_before_it_was_registered
     assert 0 < serving["latency_p50_ms"] <= serving["latency_p95_ms"] < 1000
     assert 0 < serving["concurrent_latency_p50_ms"] <= serving["concurrent_latency_p95_ms"]
     assert serving["concurrent_clients"] == 4
-    assert 1 < serving["model_mb"] < 100 and 0 < serving["load_seconds"] < 120
+    assert 1 < serving["model_mb"] < 100 and 0 < serving["load_seconds"] < 300
     assert "infra-validate" in first_run["step_seconds"]
     assert first_run["metrics"]["latency_p95_ms"] == serving["latency_p95_ms"]
     printed = [line for line in first_result.stdout.splitlines() if line.startswith("serving ")]

@@ -179,7 +179,7 @@ def test_within_the_budgets_evaluates_decision_stands() -> None:
     assert serving_decision(True, ACCURATE, GateRule(), FIGURES) == (
         True,
         f"{ACCURATE}; serving within its budgets (p95 52.5 <= 1000 ms, 18.5 <= 100 MB, healthy "
-        "in 9.2 <= 120 s)",
+        "in 9.2 <= 300 s)",
     )
     refused = "accuracy 0.5000 < required 0.8000: not deployed"
     assert serving_decision(False, refused, GateRule(), FIGURES) == (False, refused)

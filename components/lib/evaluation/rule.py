@@ -42,7 +42,7 @@ class GateRule:
     """p95 latency of a one-image request from one client, as the serving container answers."""
     max_model_size_mb: float = 100.0
     """The exported model's files, in MB (10^6 bytes)."""
-    max_load_seconds: float = 120.0
+    max_load_seconds: float = 300.0
     """From the server's start to its first healthy answer (TensorFlow and the model loading)."""
 
     @classmethod
