@@ -28,7 +28,7 @@ from kfp.dsl import pipeline_context
 from kfp.dsl.base_component import BaseComponent
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from components import PIPELINE_IMAGE
+from components import PIPELINE_IMAGE, SERVING_IMAGE, serving_image_beside
 from components.deploy import deploy_model
 from components.download import download_data
 from components.evaluate import evaluate_model
@@ -234,16 +234,18 @@ def _hyperparameters(
 
 
 def _run_in(image: str) -> None:
-    """Run every task of the pipeline being defined that uses the project image in ``image``.
+    """Run every task of the pipeline being defined that uses the project image in ``image``,
+    and infra validation in the serving image beside it (``serving_image_beside``).
 
     One sweep, so that no step can be missed; the custom job task runs Google's launcher image
     and is left alone. The image is set as ``set_container_image`` sets a plain string, without
     its ``inspect.stack()`` call, which costs a second per compile inside a deep call stack
     (a test, a CLI calling the compiler).
     """
+    images = {PIPELINE_IMAGE: image, SERVING_IMAGE: serving_image_beside(image)}
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
-        if task.container_spec is not None and task.container_spec.image == PIPELINE_IMAGE:
-            task.container_spec.image = image
+        if task.container_spec is not None and task.container_spec.image in images:
+            task.container_spec.image = images[task.container_spec.image]
 
 
 def build_pipeline(

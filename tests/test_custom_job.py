@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import PIPELINE_IMAGE
+from components import PIPELINE_IMAGE, serving_image_beside
 from pipeline.compile import compile_pipeline, main
 from pipeline.pipeline import CUSTOM_JOB_MACHINE_TYPE, TrainResources
 
@@ -20,11 +20,12 @@ def _compiled(path: Path) -> dict:
 
 def _images(spec: dict) -> dict[str, str]:
     """The image of each step but the tuning job's (Google's launcher, whose trials run the
-    project image: tests/test_tuning.py)."""
+    project image: tests/test_tuning.py) and infra validation's (the serving image beside the
+    project image: tests/test_pipeline_spec.py)."""
     return {
         name: e["container"]["image"]
         for name, e in spec["deploymentSpec"]["executors"].items()
-        if name != "exec-hyperparameter-tuning-job"
+        if name not in ("exec-hyperparameter-tuning-job", "exec-infra-validate")
     }
 
 
@@ -117,6 +118,8 @@ def test_image_flag_sets_every_executor_image(tmp_path: Path) -> None:
     main(["--output", str(output), "--image", IMAGE])
     spec = _compiled(output)
     assert set(_images(spec).values()) == {IMAGE}
+    infra = spec["deploymentSpec"]["executors"]["exec-infra-validate"]["container"]["image"]
+    assert infra == serving_image_beside(IMAGE), "the serving image that build.sh pushes beside"
     assert "worker_pool_specs" not in _job_inputs(spec)
 
 
