@@ -27,6 +27,7 @@ from pathlib import Path
 import requests
 
 from bench.common import percentile, run_in_threads
+from components.lib.serving.infra import stop
 from components.lib.serving.protocol import request_body
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,12 +85,7 @@ def server_process(
         host = "127.0.0.1" if address.group(1) == "0.0.0.0" else address.group(1)
         yield ServerProcess(process, f"http://{host}:{address.group(2)}", first_line)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def run_load(

@@ -94,17 +94,20 @@ def test_the_served_answers_are_evaluates_and_the_figures_are_measured(
     assert f"p95 {figures.single.p95_ms:g} ms (budget 1000 ms)" in report
 
 
+def refusal(served: Path, evaluated_model: Path, photos: Path, work: Path) -> str:
+    """The error that stops serving ``served`` against the answers of ``evaluated_model``."""
+    evaluated(evaluated_model, photos, work)
+    class_names, expected = expected_answers(str(work))
+    with pytest.raises(InfraValidationError) as raised:
+        validate_serving(str(served), str(photos), expected, class_names)
+    return str(raised.value)
+
+
 def test_answers_other_than_evaluates_stop_the_step(
     colour_models: dict[str, Path], colour_photos: Path, tmp_path: Path
 ) -> None:
     """v2 answers the classes in reverse: served where v1 was evaluated, red is not red."""
-    evaluated(colour_models["v1"], colour_photos, tmp_path)
-    class_names, expected = expected_answers(str(tmp_path))
-
-    with pytest.raises(InfraValidationError) as raised:
-        validate_serving(str(colour_models["v2"]), str(colour_photos), expected, class_names)
-
-    message = str(raised.value)
+    message = refusal(colour_models["v2"], colour_models["v1"], colour_photos, tmp_path)
     assert message.startswith("4 of 6 photos were answered otherwise than evaluate found, at 1")
     assert "eval/0red/000.jpg: served '2green', evaluate found '0red'" in message
 
@@ -113,13 +116,7 @@ def test_a_model_the_server_cannot_load_stops_the_step_with_its_reason(
     colour_models: dict[str, Path], colour_photos: Path, tmp_path: Path
 ) -> None:
     """``no-model`` holds its class names and no SavedModel: a broken export."""
-    evaluated(colour_models["v1"], colour_photos, tmp_path)
-    class_names, expected = expected_answers(str(tmp_path))
-
-    with pytest.raises(InfraValidationError) as raised:
-        validate_serving(str(colour_models["no-model"]), str(colour_photos), expected, class_names)
-
-    message = str(raised.value)
+    message = refusal(colour_models["no-model"], colour_models["v1"], colour_photos, tmp_path)
     assert message.startswith("the server cannot load the model (it exited 1 before it was")
     assert "SavedModel file does not exist" in message and "\n" not in message
 

@@ -199,12 +199,17 @@ def serving_container(model_uri: str, log_path: str) -> Iterator[Server]:
         loading = _wait_until_healthy(process, url + CONTAINER_HEALTH_ROUTE, log_path)
         yield Server(url, round(time.perf_counter() - started, 2), loading)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGTERM, as Vertex AI stops a replica; SIGKILL if it has not exited in ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _loopback_session() -> requests.Session:
