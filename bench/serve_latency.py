@@ -131,6 +131,25 @@ def deploy_locally(model_dir: str, state_dir: str) -> str:
     )
 
 
+def deployed_model(
+    work: str, model_dir: Path | None, images_dir: Path | None, image_size: int
+) -> tuple[str, str, str, list[bytes]]:
+    """``model_dir`` (default: a small model trained under ``work``) deployed in a state folder
+    under ``work``, and up to 32 request photos from ``images_dir`` (default: the demo photos):
+    ``(model_dir, state_dir, predict_path, images)``."""
+    if model_dir is None:
+        progress(f"training a small model at {image_size}x{image_size} ...")
+        model = train_in_subprocess(work, image_size)
+    else:
+        model = str(model_dir)
+    if images_dir is None:
+        from components.lib.data.demo import make_demo_dataset
+
+        images_dir = Path(make_demo_dataset(os.path.join(work, "demo"))) / "eval"
+    state_dir = os.path.join(work, "state")
+    return model, state_dir, deploy_locally(model, state_dir), read_images(images_dir, 32)
+
+
 def old_server_tree(ref: str, destination: str) -> str:
     """``pipeline/`` and ``components/`` as of ``ref``, from this repository's git history."""
     archive = subprocess.run(
@@ -409,18 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--requests and --rounds must be at least 1")
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as work:
-        model_dir = str(args.model_dir) if args.model_dir else None
-        if model_dir is None:
-            progress(f"training a small model at {args.image_size}x{args.image_size} ...")
-            model_dir = train_in_subprocess(work, args.image_size)
-        if args.images:
-            images = read_images(args.images, 32)
-        else:
-            from components.lib.data.demo import make_demo_dataset
-
-            images = read_images(Path(make_demo_dataset(os.path.join(work, "demo"))) / "eval", 32)
-        state_dir = os.path.join(work, "state")
-        path = deploy_locally(model_dir, state_dir)
+        model_dir, state_dir, path, images = deployed_model(
+            work, args.model_dir, args.images, args.image_size
+        )
         progress(f"starting the servers: {OLD} ({args.old_ref}), {UNBATCHED}, {BATCHED} ...")
         with servers(state_dir, work, args.old_ref) as urls:
             progress(

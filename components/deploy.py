@@ -6,11 +6,11 @@ the rest; every other deployed version is retired (``components.lib.targets.base
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 from components.lib.artifacts import VertexEndpoint
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def deploy_model(
     model_version: str,
     endpoint_display_name: str,

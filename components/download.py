@@ -3,10 +3,10 @@ images into a Dataset artifact in the folder layout."""
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def download_data(
     data_uri: str,
     data_fingerprint: str,

@@ -5,10 +5,10 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.cpu, install_kfp_package=False)
 def evaluate_model(
     raw_data: dsl.Input[dsl.Dataset],
     model: dsl.Input[dsl.Model],

@@ -5,10 +5,10 @@ Cached by KFP like any step, so a retrain that changes only head hyperparameters
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.gpu, install_kfp_package=False)
 def extract_features(
     dataset: dsl.Input[dsl.Dataset],
     backbone: str,

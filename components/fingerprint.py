@@ -8,10 +8,10 @@ images reuse the cached steps.
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def fingerprint_data(
     data_uri: str, csv_file_column: str, csv_label_column: str, csv_image_folder: str
 ) -> str:

@@ -2,10 +2,10 @@
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def report_not_deployed(reason: str) -> str:
     """Logs the reason and returns an empty model version for the pipeline's outputs."""
     import logging

@@ -5,10 +5,10 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components import SERVING_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=SERVING_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.serving, install_kfp_package=False)
 def infra_validate(
     model: dsl.Input[dsl.Model],
     raw_data: dsl.Input[dsl.Dataset],

@@ -2,10 +2,10 @@
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.cpu, install_kfp_package=False)
 def preprocess_data(
     raw_data: dsl.Input[dsl.Dataset],
     image_size: int,

@@ -2,17 +2,19 @@
 
 An empty ``project`` or ``location`` means the pipeline job's own: Vertex AI fills the
 ``job_project``/``job_location`` placeholders, so a run started from the console with every
-parameter at its default works. A target that cannot work fails here, in seconds.
+parameter at its default works. A target that cannot work, and serving settings that the
+deploy step would have refused (after training, and after upload moved ``default``), fail
+here, in seconds.
 """
 
 from typing import NamedTuple
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def resolve_target(
     target: str,
     project: str,
@@ -20,13 +22,32 @@ def resolve_target(
     local_state_dir: str,
     job_project: str,
     job_location: str,
+    machine_type: str,
+    min_replicas: int,
+    max_replicas: int,
+    serving_accelerator_type: str,
+    serving_accelerator_count: int,
+    traffic_percentage: int,
+    serving_service_account: str,
 ) -> NamedTuple("Target", [("project", str), ("location", str)]):
     """Returns the project and location of the model registry and endpoints."""
     import logging
     from collections import namedtuple
 
+    from components.lib.targets import Serving
     from components.lib.targets import resolve_target as resolve
 
+    Serving.from_parameters(
+        {
+            "machine_type": machine_type,
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "serving_accelerator_type": serving_accelerator_type,
+            "serving_accelerator_count": serving_accelerator_count,
+            "traffic_percentage": traffic_percentage,
+            "serving_service_account": serving_service_account,
+        }
+    )
     project, location = resolve(
         target, project, location, local_state_dir, job_project, job_location
     )

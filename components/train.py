@@ -2,10 +2,10 @@
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.gpu, install_kfp_package=False)
 def train_model(
     dataset: dsl.Input[dsl.Dataset],
     features: dsl.Input[dsl.Dataset],

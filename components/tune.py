@@ -9,10 +9,10 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def plan_tuning(tuning_trials: int, pipeline_root: str) -> NamedTuple(
     "TuningPlan", [("mode", str), ("parallel_trials", int)]
 ):
@@ -37,7 +37,7 @@ def plan_tuning(tuning_trials: int, pipeline_root: str) -> NamedTuple(
     return namedtuple("TuningPlan", ["mode", "parallel_trials"])(mode, parallel)
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def given_hyperparameters(
     learning_rate: float,
     fine_tune_learning_rate: float,
@@ -65,7 +65,7 @@ def given_hyperparameters(
     return tuple(STUDY.parse(given).values())
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.gpu, install_kfp_package=False)
 def search_hyperparameters(
     raw_data: dsl.Input[dsl.Dataset],
     tuning_trials: int,
@@ -95,8 +95,8 @@ def search_hyperparameters(
     import tempfile
 
     from components.lib.tuning.search import search
+    from components.lib.tuning.settings import TrialSettings
     from components.lib.tuning.study import STUDY, trials_record, trials_table
-    from components.lib.tuning.trial import TrialSettings
 
     settings = TrialSettings.from_step_arguments(locals())  # the parameters above, by name
     with tempfile.TemporaryDirectory(prefix="tuning-") as work_dir:
@@ -107,7 +107,7 @@ def search_hyperparameters(
     return tuple(STUDY.best(results).parameters.values())
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def tuning_job_spec(
     raw_data: dsl.Input[dsl.Dataset],
     image: str,
@@ -133,7 +133,7 @@ def tuning_job_spec(
     import dataclasses
     from collections import namedtuple
 
-    from components.lib.tuning.trial import TrialSettings
+    from components.lib.tuning.settings import TrialSettings
     from components.lib.tuning.vertex import worker_pool_specs
 
     settings = TrialSettings.from_step_arguments(locals())  # the parameters above, by name
@@ -151,7 +151,7 @@ def tuning_job_spec(
     )
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def best_trial(gcp_resources: str, trials: dsl.Output[dsl.Markdown]) -> NamedTuple(
     "Hyperparameters",
     [

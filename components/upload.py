@@ -2,11 +2,11 @@
 
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
 from components.lib.artifacts import VertexModel
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=PLACEHOLDERS.light, install_kfp_package=False)
 def upload_model(
     model: dsl.Input[dsl.Model],
     model_evaluation: dsl.Input[dsl.Artifact],
@@ -38,8 +38,8 @@ def upload_model(
     import logging
 
     from components.lib.artifacts import describe_resource
-    from components.lib.evaluation.record import read_model_evaluation
     from components.lib.evaluation.rule import GateRule
+    from components.lib.evaluation.stored import read_model_evaluation
     from components.lib.targets import model_registry, resource_uri
     from components.lib.targets.base import ModelEvaluationRecord, version_alias
 

@@ -1,34 +1,37 @@
 #!/usr/bin/env bash
-# Build the image the pipeline's components run in (docker/Dockerfile) and the serving image
-# (docker/Dockerfile.serving), and push them to Artifact Registry as
-# REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-{pipeline,serving}:VERSION, VERSION being
-# pyproject.toml's version. The defaults give the image compiled into pipeline.yaml and the one
-# the upload step registers (components/__init__.py: PIPELINE_IMAGE, SERVING_IMAGE);
-# tests/test_docker.py keeps them equal.
+# Build the pipeline's images from docker/ and push them to Artifact Registry, named by the rule
+# of components/images.py (tests/test_docker.py keeps the two equal):
+#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-pipeline:VERSION          GPU steps (Dockerfile)
+#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-pipeline-cpu:VERSION      Dockerfile.cpu
+#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-pipeline-light:VERSION    Dockerfile.light
+#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-pipeline-serving:VERSION  Dockerfile.serving
+# VERSION is pyproject.toml's version.
 set -euo pipefail
 
 usage() {
-  cat <<'EOF'
-Usage: bash docker/build.sh [OPTIONS]
+  cat <<'EOF_USAGE'
+Usage: bash docker/build.sh --project PROJECT [OPTIONS]
 
-Build docker/Dockerfile (the pipeline image) and docker/Dockerfile.serving (the serving image)
-and push them to Artifact Registry, tagged with pyproject.toml's version:
-  ${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/beer-pipeline:${VERSION}
-  ${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/beer-serving:${VERSION}
+Build docker/Dockerfile (GPU steps), Dockerfile.cpu (preprocess, evaluate), Dockerfile.light
+(the steps without TensorFlow) and Dockerfile.serving (the model's container) and push them to
+Artifact Registry, tagged with pyproject.toml's version, as
+  ${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/beer-pipeline{,-cpu,-light,-serving}:${VERSION}
 
 Options (each also read from the environment variable named in capitals):
-  --project PROJECT        Google Cloud project of the registry (default: your-project)
+  --project PROJECT        Google Cloud project of the registry (required)
   --region REGION          Artifact Registry location, e.g. us, europe-west4 (default: us)
   --repository REPOSITORY  Artifact Registry Docker repository (default: beer-pipeline)
-  --print-uri              print the pipeline image's URI and exit (needs neither docker nor gcloud)
-  --print-serving-uri      print the serving image's URI and exit
+  --registry PREFIX        name the images PREFIX/beer-pipeline...:VERSION instead, e.g.
+                           localhost for a local build (no project needed)
+  --print-uri              print the GPU image's URI (what --image takes) and exit
+  --print-images           print "ROLE DOCKERFILE URI" for each image and exit
   --no-push                build with the local Docker engine, do not push
   --cloud-build            build and push with Cloud Build instead (needs gcloud, not docker)
   -h, --help               show this help
 
-Then compile the pipeline for that image: python -m pipeline.compile --image URI, and run it
-with --param serving_image=SERVING_URI unless both URIs are the defaults.
-EOF
+Then compile the pipeline for them: python -m pipeline.compile --image GPU_URI (the other three
+are named beside it), or run it: python -m pipeline.run --image GPU_URI ...
+EOF_USAGE
 }
 
 die() {
@@ -36,17 +39,19 @@ die() {
   exit 1
 }
 
-PROJECT=${PROJECT:-your-project}
+PROJECT=${PROJECT:-}
 REGION=${REGION:-us}
 REPOSITORY=${REPOSITORY:-beer-pipeline}
+REGISTRY=${REGISTRY:-}
 MODE=push
 while (($#)); do
   case $1 in
     --project) PROJECT=${2:?--project needs a value} && shift 2 ;;
     --region) REGION=${2:?--region needs a value} && shift 2 ;;
     --repository) REPOSITORY=${2:?--repository needs a value} && shift 2 ;;
+    --registry) REGISTRY=${2:?--registry needs a value} && shift 2 ;;
     --print-uri) MODE=print-uri && shift ;;
-    --print-serving-uri) MODE=print-serving-uri && shift ;;
+    --print-images) MODE=print-images && shift ;;
     --no-push) MODE=no-push && shift ;;
     --cloud-build) MODE=cloud-build && shift ;;
     -h | --help) usage && exit 0 ;;
@@ -59,16 +64,30 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VERSION=$(awk -F'"' '/^\[/ { in_project = ($0 == "[project]") }
   in_project && /^version *=/ { print $2; exit }' "$ROOT/pyproject.toml")
 [[ -n $VERSION ]] || die "no version in the [project] table of $ROOT/pyproject.toml"
-HOST=$REGION-docker.pkg.dev
-IMAGE=$HOST/$PROJECT/$REPOSITORY/beer-pipeline:$VERSION
-SERVING_IMAGE=$HOST/$PROJECT/$REPOSITORY/beer-serving:$VERSION
+if [[ -z $REGISTRY ]]; then
+  [[ -n $PROJECT ]] || die "--project is required: the Google Cloud project whose Artifact Registry holds the images (or PROJECT=...)"
+  [[ $MODE == cloud-build ]] || REGISTRY=$REGION-docker.pkg.dev/$PROJECT/$REPOSITORY
+elif [[ $MODE == cloud-build ]]; then
+  die "--registry names a local build; --cloud-build pushes to Artifact Registry (give --project)"
+fi
+# role dockerfile name-suffix, in build order (the GPU image, biggest, last)
+IMAGES="light Dockerfile.light -light
+serving Dockerfile.serving -serving
+cpu Dockerfile.cpu -cpu
+gpu Dockerfile "
+images() { # role dockerfile uri, one line each
+  local role dockerfile suffix
+  while read -r role dockerfile suffix; do
+    echo "$role $dockerfile $REGISTRY/beer-pipeline$suffix:$VERSION"
+  done <<<"$IMAGES"
+}
 
 case $MODE in
   print-uri)
-    echo "$IMAGE"
+    echo "$REGISTRY/beer-pipeline:$VERSION"
     ;;
-  print-serving-uri)
-    echo "$SERVING_IMAGE"
+  print-images)
+    images
     ;;
   cloud-build)
     command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud CLI"
@@ -80,24 +99,27 @@ case $MODE in
       die "docker not found: install Docker, or build with --cloud-build (no Docker needed)"
     docker info >/dev/null 2>&1 ||
       die "no Docker engine answers ('docker info' fails): start it, or use --cloud-build"
+    # BuildKit reads docker/<Dockerfile>.dockerignore (the legacy builder would send the whole
+    # tree, virtual environments included); Docker 23+ builds with BuildKit through buildx.
+    docker buildx version >/dev/null 2>&1 ||
+      die "docker buildx not found: install Docker's buildx plugin (Debian/Ubuntu: apt-get install docker-buildx-plugin, or docker-buildx), or use --cloud-build"
     if [[ $MODE == push ]]; then
       # Checked before the long build: pushing needs gcloud's credential helper for the host.
       command -v gcloud >/dev/null ||
-        die "gcloud not found: it authenticates the push to $HOST (or build with --no-push)"
-      gcloud auth configure-docker "$HOST" --quiet
+        die "gcloud not found: it authenticates the push to ${REGISTRY%%/*} (or build with --no-push)"
+      gcloud auth configure-docker "${REGISTRY%%/*}" --quiet
     fi
-    # BuildKit reads docker/<Dockerfile>.dockerignore; Vertex AI runs linux/amd64 machines.
-    for pair in "Dockerfile=$IMAGE" "Dockerfile.serving=$SERVING_IMAGE"; do
-      DOCKER_BUILDKIT=1 docker build --platform linux/amd64 -f "$ROOT/docker/${pair%%=*}" \
-        --label "org.opencontainers.image.version=$VERSION" -t "${pair#*=}" "$ROOT"
-    done
-    for uri in "$IMAGE" "$SERVING_IMAGE"; do
-      if [[ $MODE == push ]]; then
+    # Vertex AI runs linux/amd64 machines.
+    while read -r role dockerfile uri; do
+      docker buildx build --load --platform linux/amd64 -f "$ROOT/docker/$dockerfile" \
+        --label "org.opencontainers.image.version=$VERSION" -t "$uri" "$ROOT"
+      echo "built $role image $uri"
+    done < <(images)
+    if [[ $MODE == push ]]; then
+      while read -r _ _ uri; do
         docker push "$uri"
         echo "pushed $uri"
-      else
-        echo "built $uri"
-      fi
-    done
+      done < <(images)
+    fi
     ;;
 esac

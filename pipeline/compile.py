@@ -7,8 +7,9 @@ import os
 
 from kfp import compiler
 
-from components import PIPELINE_IMAGE
-from pipeline.pipeline import CUSTOM_JOB_MACHINE_TYPE, TrainResources, build_pipeline
+from components.images import PLACEHOLDERS, ImageError, ImageSet, Role
+from components.lib.targets.machines import table
+from pipeline.pipeline import TrainResources, build_pipeline
 
 DEFAULT_OUTPUT = "pipeline.yaml"
 
@@ -16,12 +17,55 @@ DEFAULT_OUTPUT = "pipeline.yaml"
 def compile_pipeline(
     output: str,
     resources: TrainResources = TrainResources(),
-    image: str = PIPELINE_IMAGE,
+    images: ImageSet = PLACEHOLDERS,
 ) -> str:
-    """Compile the pipeline, every step in ``image``, to ``output`` and return its path."""
+    """Compile the pipeline, each step in its role's image, to ``output``; returns its path."""
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(resources, image), package_path=output)
+    compiler.Compiler().compile(build_pipeline(resources, images), package_path=output)
     return output
+
+
+def add_image_options(parser: argparse.ArgumentParser, **kwargs: object) -> None:
+    """``--image`` and the flags that name the other images one by one (``image_set``)."""
+    parser.add_argument(
+        "--image",
+        help="the GPU image of the steps, as docker/build.sh pushed it (bash docker/build.sh "
+        "--print-uri); the cpu, light and serving images are named beside it "
+        "(REPO/NAME-cpu:TAG, ...) unless given below",
+        **kwargs,
+    )
+    for role in Role:
+        if role is not Role.GPU:
+            parser.add_argument(
+                f"--{role.value}-image",
+                help=f"the {role.value} image, when not the one pushed beside --image",
+                **kwargs,
+            )
+
+
+def image_set(args: argparse.Namespace, allow_placeholders: bool = False) -> ImageSet:
+    """The images that ``add_image_options``'s flags name; ``ImageError`` (one line) when they
+    name none, or placeholders that no registry holds and ``allow_placeholders`` is false."""
+    overrides = {
+        role.value: getattr(args, f"{role.value}_image", None)
+        for role in Role
+        if role is not Role.GPU
+    }
+    image = getattr(args, "image", None)
+    if not image:
+        if not allow_placeholders:
+            raise ImageError(
+                "no --image: build and push the images (bash docker/build.sh --project PROJECT) "
+                "and give the GPU image's URI (build.sh --print-uri)"
+            )
+        image = PLACEHOLDERS.gpu
+    images = ImageSet.beside(image, **overrides)
+    if images.placeholders() and not allow_placeholders:
+        raise ImageError(
+            f"{images.placeholders()[0]} is a placeholder that no registry holds: give the "
+            "URIs of the images you pushed"
+        )
+    return images
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,16 +73,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.compile",
         description="Compile the training pipeline to a YAML file that Vertex AI Pipelines "
-        "and kfp.local run. The image and the train step's compute resources are fixed at "
+        "and kfp.local run. The images and the train step's compute resources are fixed at "
         "compile time. The train step is a plain pipeline step (what kfp.local runs) unless "
         "--replicas above 1, --machine-type, --spot or --tensorboard is given: then it runs as a "
         "Vertex AI custom training job, which kfp.local cannot run.",
+        epilog="Each GPU attaches to one machine family on Vertex AI (a job or tuning trial "
+        "that names no --machine-type gets the family's machine for its GPUs; another "
+        "pairing is refused):\n" + table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="file to write (%(default)s)")
+    add_image_options(parser)
     parser.add_argument(
-        "--image",
-        default=PIPELINE_IMAGE,
-        help="container image every step runs in on Vertex AI (%(default)s)",
+        "--placeholder-images",
+        action="store_true",
+        help="compile without images: every step names a placeholder in the reserved "
+        f"{PLACEHOLDERS.gpu.split('/')[0]} domain, which no registry holds (the checked-in "
+        "pipeline.yaml; it runs with kfp.local, not on Vertex AI until compiled with --image)",
     )
     parser.add_argument(
         "--accelerator-type",
@@ -66,8 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--machine-type",
         default=defaults.machine_type,
-        help="Compute Engine machine type of each replica, e.g. n1-standard-8; makes the train "
-        f"step a custom job ({CUSTOM_JOB_MACHINE_TYPE} in a custom job that names none)",
+        help="Compute Engine machine type of each replica, e.g. n1-standard-8, g2-standard-8; "
+        "makes the train step a custom job (one that names none gets its GPU's machine, "
+        "below)",
     )
     parser.add_argument(
         "--spot",
@@ -98,7 +150,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     if resources.custom_job and (args.cpu or args.memory):
         parser.error("--cpu and --memory apply to the plain train step; choose a --machine-type")
-    print(f"wrote {compile_pipeline(args.output, resources, args.image)}")
+    try:
+        images = image_set(args, allow_placeholders=args.placeholder_images)
+    except ImageError as error:
+        parser.error(str(error))
+    print(f"wrote {compile_pipeline(args.output, resources, images)}")
 
 
 if __name__ == "__main__":

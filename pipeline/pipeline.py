@@ -5,8 +5,8 @@ deploy.
 Its parameters, with their descriptions (shown in the Vertex Pipelines console), are the one
 place where a run is configured; their defaults are read from the settings dataclasses of the
 library (``SourceOptions``, ``TrainingConfig``, ``GateRule``, ...), which own them. Compute
-resources of the train step (``TrainResources``) and the image every step runs in are set at
-compile time: KFP compiles them into the spec.
+resources of the train step (``TrainResources``) and the images the steps run in
+(``components.images``) are set at compile time: KFP compiles them into the spec.
 """
 
 import copy
@@ -28,13 +28,13 @@ from kfp.dsl import pipeline_context
 from kfp.dsl.base_component import BaseComponent
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from components import PIPELINE_IMAGE, SERVING_IMAGE, serving_image_beside
 from components.deploy import deploy_model
 from components.download import download_data
 from components.evaluate import evaluate_model
 from components.features import extract_features
 from components.fingerprint import fingerprint_data
 from components.gate import report_not_deployed
+from components.images import PLACEHOLDERS, ImageSet, Role
 from components.infra_validate import infra_validate
 from components.lib.data.options import (
     SEED,
@@ -45,6 +45,7 @@ from components.lib.data.options import (
 from components.lib.evaluation.rule import GateRule
 from components.lib.modelling.config import TrainingConfig
 from components.lib.targets.base import Registration, Serving
+from components.lib.targets.machines import check_machine, machine_for
 from components.lib.tuning.study import OFF, STUDY, VERTEX, TuningOptions
 from components.preprocess import preprocess_data
 from components.target import resolve_target
@@ -61,8 +62,6 @@ from components.validate import validate_data
 
 PIPELINE_NAME = "beer-classifier-training"
 CHALLENGE_DATA_URI = "gs://ml6_junior_ml_engineer_challenge_cv_beer_data/data"
-CUSTOM_JOB_MACHINE_TYPE = "n1-standard-8"
-"""Machine of a custom training job that names none: 8 vCPUs and 30 GB, the plain step's limits."""
 TENSORBOARD_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/tensorboards/[^/]+")
 # The pipeline parameters' defaults, read from the settings dataclasses that own them: the one
 # authority for each (tests/test_defaults.py compares the compiled pipeline with them).
@@ -83,10 +82,10 @@ class TrainResources:
     By default the train step is a plain pipeline component, which is also what kfp.local runs.
     It becomes a Vertex AI custom training job (``custom_job``) when it asks for what only such
     a job offers: more than one replica, a machine type, spot VMs or a Vertex AI TensorBoard.
-    The job then runs ``replica_count`` machines of ``machine_type``
-    (``CUSTOM_JOB_MACHINE_TYPE`` if empty), each with ``accelerator_count`` GPUs of
-    ``accelerator_type`` (none if empty): one chief and ``replica_count - 1`` workers, with
-    TF_CONFIG set by Vertex AI. ``cpu_limit`` and
+    The job (and each tuning trial) then runs ``replica_count`` machines of ``machine_type``
+    (if empty, ``machines.machine_for`` the GPUs: G2 for L4, A2 for A100...), each with
+    ``accelerator_count`` GPUs of ``accelerator_type`` (none if empty): one chief and
+    ``replica_count - 1`` workers, with TF_CONFIG set by Vertex AI. ``cpu_limit`` and
     ``memory_limit`` apply to the plain component only; a job's machine type sets both.
     """
 
@@ -106,11 +105,20 @@ class TrainResources:
             raise ValueError(f"replica_count must be at least 1, got {self.replica_count}")
         if self.accelerator_count < 0:
             raise ValueError(f"accelerator_count must be 0 or more, got {self.accelerator_count}")
+        # Vertex AI would refuse a GPU on another machine family only once the job starts,
+        # after the data steps; the table refuses it here.
+        check_machine(self.job_machine_type, self.accelerator_type, self.accelerator_count)
         if self.tensorboard and not TENSORBOARD_NAME.fullmatch(self.tensorboard):
             raise ValueError(
                 f"tensorboard {self.tensorboard!r}: give the instance's resource name, "
                 "projects/PROJECT/locations/REGION/tensorboards/ID (gcloud ai tensorboards list)"
             )
+
+    @property
+    def job_machine_type(self) -> str:
+        """The machine of each custom job replica and tuning trial: the one named, or the
+        GPU's family's (``machines.machine_for``)."""
+        return self.machine_type or machine_for(self.accelerator_type, self.accelerator_count)
 
     @property
     def custom_job(self) -> bool:
@@ -154,7 +162,7 @@ def _train_task(resources: TrainResources, image: str, **inputs: Any) -> dsl.Pip
         _in_image(train_model, image),
         display_name=f"{PIPELINE_NAME}-train",
         replica_count=resources.replica_count,
-        machine_type=resources.machine_type or CUSTOM_JOB_MACHINE_TYPE,
+        machine_type=resources.job_machine_type,
         accelerator_type=resources.accelerator_type,
         accelerator_count=resources.accelerator_count,
         # A preempted (spot) or failed worker restarts the whole job, which resumes from the
@@ -201,7 +209,7 @@ def _hyperparameters(
         spec = tuning_job_spec(
             raw_data=raw_data,
             image=image,
-            machine_type=resources.machine_type or CUSTOM_JOB_MACHINE_TYPE,
+            machine_type=resources.job_machine_type,
             accelerator_type=resources.accelerator_type,
             accelerator_count=resources.accelerator_count,
             **settings,
@@ -233,26 +241,27 @@ def _hyperparameters(
     }
 
 
-def _run_in(image: str) -> None:
-    """Run every task of the pipeline being defined that uses the project image in ``image``,
-    and infra validation in the serving image beside it (``serving_image_beside``).
+def _run_in(images: ImageSet) -> None:
+    """Run every task of the pipeline being defined in its role's image of ``images``.
 
-    One sweep, so that no step can be missed; the custom job task runs Google's launcher image
-    and is left alone. The image is set as ``set_container_image`` sets a plain string, without
-    its ``inspect.stack()`` call, which costs a second per compile inside a deep call stack
-    (a test, a CLI calling the compiler).
+    A component names its role by its placeholder image (``components.images``). One sweep,
+    so that no step can be missed; the custom job task runs Google's launcher image and is
+    left alone. The image is set as ``set_container_image`` sets a plain string, without its
+    ``inspect.stack()`` call, which costs a second per compile inside a deep call stack (a
+    test, a CLI calling the compiler).
     """
-    images = {PIPELINE_IMAGE: image, SERVING_IMAGE: serving_image_beside(image)}
+    roles = {PLACEHOLDERS.for_role(role): role for role in Role}
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
-        if task.container_spec is not None and task.container_spec.image in images:
-            task.container_spec.image = images[task.container_spec.image]
+        if task.container_spec is not None and task.container_spec.image in roles:
+            task.container_spec.image = images.for_role(roles[task.container_spec.image])
 
 
 def build_pipeline(
     resources: TrainResources = TrainResources(),
-    image: str = PIPELINE_IMAGE,
+    images: ImageSet = PLACEHOLDERS,
 ):
-    """Define the pipeline with the train step's compute ``resources``, every step in ``image``."""
+    """Define the pipeline with the train step's compute ``resources``, each step in its
+    role's image of ``images`` (the serving one: ``serving_image``'s default)."""
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -293,7 +302,7 @@ def build_pipeline(
         max_load_seconds: float = GATE.max_load_seconds,
         model_display_name: str = REGISTRATION.model_display_name,
         endpoint_display_name: str = REGISTRATION.endpoint_display_name,
-        serving_image: str = REGISTRATION.serving_image,
+        serving_image: str = images.serving,
         machine_type: str = SERVING.machine_type,
         min_replicas: int = SERVING.min_replicas,
         max_replicas: int = SERVING.max_replicas,
@@ -328,7 +337,7 @@ def build_pipeline(
                 (corrupt, not images, too small, duplicates, train/eval leaks).
             backbone: ImageNet-trained network the classifier is built on: efficientnet-lite0,
                 efficientnet-lite1 or efficientnet-lite2 (larger: slower, more accurate on
-                ImageNet; the README compares them on the beer photos).
+                ImageNet; the manual's Benchmarks compare them on the beer photos).
             image_size: Side in pixels that images are resized to before the backbone; 0: the
                 backbone's native size (224, 240 and 260 px for Lite0, Lite1 and Lite2).
             epochs: Epochs that train the new classification head on the frozen backbone.
@@ -370,11 +379,12 @@ def build_pipeline(
                 validation measures it. A model slower to start is not deployed.
             model_display_name: Model in the registry that each deployed run adds a version to.
             endpoint_display_name: Endpoint that serves the deployed version.
-            serving_image: Prediction image of the registered model on Vertex AI; empty picks
-                the project's serving image (docker/Dockerfile.serving, at build.sh's default
-                URI), "prebuilt" Vertex AI's prebuilt TensorFlow image for the training
-                TensorFlow version and the region (its GPU variant with a serving accelerator);
-                any other value is an image URI that follows the serving image's contract.
+            serving_image: Prediction image of the registered model on Vertex AI: by default
+                the project's serving image (docker/Dockerfile.serving) pushed beside the
+                steps' images; "prebuilt" Vertex AI's prebuilt TensorFlow image for the
+                training TensorFlow version and the region (its GPU variant with a serving
+                accelerator); any other value is an image URI that follows the serving image's
+                contract.
             machine_type: Vertex AI machine type of the endpoint's replicas.
             min_replicas: Replicas the endpoint always keeps (autoscaling lower bound).
             max_replicas: Replicas the endpoint may scale up to under load.
@@ -395,16 +405,19 @@ def build_pipeline(
                 themselves, streaming, on every core of their machine. Otherwise Apache Beam
                 flags that run that work as a Beam pipeline: '--runner=DirectRunner' on the
                 step's machine, or '--runner=DataflowRunner --project=P --region=R
-                --temp_location=gs://B/tmp --sdk_container_image=<pipeline image>' on as many
-                Dataflow workers as the data needs (README: Scale).
+                --temp_location=gs://B/tmp --sdk_container_image=<worker image>' on as many
+                Dataflow workers as the data needs; the worker image is the pipeline image
+                with Beam's /opt/apache/beam/boot added as its entrypoint (the pipeline image
+                alone cannot start a worker; manual: Scale and Beam).
             tuning_trials: 0: train with the parameters given. N > 0: first tune the backbone,
                 learning_rate, fine_tune_learning_rate and fine_tune_from_block over N trials,
                 each trained as the train step trains with the other parameters, and train with
                 the best trial's (highest validation accuracy): on Vertex AI a hyperparameter
                 tuning job (trials on machines like the train job's, two at once), elsewhere
-                one trial after another (README: Hyperparameter tuning).
+                one trial after another (manual: Tuning).
         """
-        # Where models go, settled first: an empty project or location is the job's own.
+        # Where models go, settled first: an empty project or location is the job's own; the
+        # serving settings are checked here too, not first at the deploy step.
         resolved = resolve_target(
             target=target,
             project=project,
@@ -412,6 +425,13 @@ def build_pipeline(
             local_state_dir=local_state_dir,
             job_project=_placeholders.PROJECT_ID_PLACEHOLDER,
             job_location=_placeholders.LOCATION_PLACEHOLDER,
+            machine_type=machine_type,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            serving_accelerator_type=serving_accelerator_type,
+            serving_accelerator_count=serving_accelerator_count,
+            traffic_percentage=traffic_percentage,
+            serving_service_account=serving_service_account,
         ).set_display_name("target")
         registry = {
             "target": target,
@@ -458,7 +478,7 @@ def build_pipeline(
             tuning_trials,
             validate.outputs["dataset"],
             resources,
-            image,
+            images.gpu,
             given={
                 "learning_rate": learning_rate,
                 "fine_tune_learning_rate": fine_tune_learning_rate,
@@ -486,7 +506,7 @@ def build_pipeline(
             features.set_accelerator_type(resources.accelerator_type).set_accelerator_limit(1)
         train = _train_task(
             resources,
-            image,
+            images.gpu,
             dataset=preprocess.outputs["dataset"],
             features=features.outputs["features"],
             pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
@@ -566,7 +586,7 @@ def build_pipeline(
                 .set_display_name("not-deployed")
                 .set_caching_options(False)
             )
-        _run_in(image)
+        _run_in(images)
         return PipelineOutputs(
             accuracy=evaluate.outputs["accuracy"],
             champion_accuracy=evaluate.outputs["champion_accuracy"],

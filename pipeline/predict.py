@@ -86,6 +86,10 @@ def predict(args: argparse.Namespace) -> Summary:
     """Resolve the version, then score locally or with a Vertex AI batch prediction job."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.target == VERTEX:
+        from pipeline.submit import check_caller
+
+        check_caller()  # before the first request (a gs:// source's listing): one line
     source = InstanceSource(args.source, exclude=args.output)
     if args.target == VERTEX:
         from components.lib.targets.vertex_batch import batch_predict_vertex, resolve_vertex
@@ -128,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     failures: tuple[type[Exception], ...] = usage
     if args.target == VERTEX:
         from components.lib.targets.vertex import VertexError
+        from pipeline.submit import SetupError
 
-        failures = (*failures, VertexError)
+        usage = (*usage, SetupError)
+        failures = (*usage, VertexError)
     try:
         summary = predict(args)
     except failures as error:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from google_cloud_pipeline_components import _placeholders
 
-from components import PIPELINE_IMAGE, is_placeholder_image, serving_image_beside
+from components.images import PLACEHOLDERS, ImageError, is_placeholder
 from components.lib.data.demo import (
     DEMO_ENDPOINT_DISPLAY_NAME,
     DEMO_MODEL_DISPLAY_NAME,
@@ -34,10 +34,25 @@ from components.lib.modelling.variants import BACKBONES
 from components.lib.serving.infra import ServingFigures
 from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
 from components.lib.targets import resolve_target
-from components.lib.targets.base import LOCAL, TARGETS, VERTEX, resource_id
+from components.lib.targets.base import (
+    LOCAL,
+    SERVING_PARAMETERS,
+    TARGETS,
+    VERTEX,
+    Serving,
+    resource_id,
+)
 from components.lib.targets.local import EndpointRegistry, default_state_dir
 from components.lib.tuning.study import STUDY
-from pipeline.compile import compile_pipeline
+from pipeline.compile import compile_pipeline, image_set
+from pipeline.local_runner import (
+    DOCKER,
+    LOCAL_IMAGES,
+    RUNNERS,
+    SUBPROCESS,
+    RunnerError,
+    kfp_runner,
+)
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.progress import StepProgress
 
@@ -54,8 +69,13 @@ SETTINGS = {
     "project": "Google Cloud project (required)",
     "region": "Vertex AI region, e.g. europe-west4 (required)",
     "pipeline_root": "gs:// folder for the steps' outputs (required)",
-    "image": "container image of the steps, as docker/build.sh pushed it (required to submit "
-    "or schedule a fresh compile)",
+    "image": "the steps' GPU image, as docker/build.sh pushed it (build.sh --print-uri); the "
+    "cpu, light and serving images are named beside it (REPO/NAME-cpu:TAG, ...) unless given "
+    "(required to submit, schedule or publish a fresh compile)",
+    "cpu_image": "the cpu image of a fresh compile, when not the one beside --image",
+    "light_image": "the light image of a fresh compile, when not the one beside --image",
+    "serving_image": "the serving image of a fresh compile (serving_image's default), when not "
+    "the one beside --image",
     "service_account": "service account the job runs as",
     "network": "VPC network to peer with, projects/NUMBER/global/networks/NAME",
     "experiment": "Vertex AI experiment to record the run in (with --local: its parameters and "
@@ -220,6 +240,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--local", action="store_true", help="run on this machine with kfp.local")
     parser.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default=SUBPROCESS,
+        help="with --local: run each step as a subprocess of this environment (%(default)s), or "
+        "in its image through the Docker engine at DOCKER_HOST (docker: the images of `bash "
+        "docker/build.sh --registry localhost --no-push`, or --image ...), as the state "
+        "folder's owner, never root",
+    )
+    parser.add_argument(
         "--target",
         choices=TARGETS,
         default=LOCAL,
@@ -236,6 +265,12 @@ def _parser() -> argparse.ArgumentParser:
         default=default_state_dir(),
         help="folder of the local registry, endpoints, pipeline root and cache, and of the logs "
         "(Vertex commands too) (env BEER_PIPELINE_STATE_DIR, default %(default)s)",
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print each step and whether it would run or come from the cache, and why; run "
+        "nothing (with --json: one JSON document)",
     )
     parser.add_argument("--verbose", action="store_true", help="local: stream kfp.local's output")
     parser.add_argument(
@@ -340,8 +375,6 @@ def vertex_settings(
             or config.get(name)
             or None
         )
-    if "image" in required:
-        values["image"] = values["image"] or PIPELINE_IMAGE
     missing = [name for name in required if not values[name]]
     problems = []
     if missing:
@@ -353,12 +386,19 @@ def vertex_settings(
                 for name in missing
             )
         )
-    if "image" in required and is_placeholder_image(values["image"]):
-        problems.append(
-            f"image {values['image']} is the placeholder, which no registry holds: build and "
-            "push the image (bash docker/build.sh --project PROJECT --region REGION) and pass "
-            f"its URI with --image, {ENV_PREFIX}IMAGE or 'image' in {path}"
-        )
+    if values["image"]:
+        try:
+            placeholders = VertexSettings(**values).images.placeholders()
+        except ImageError as error:
+            problems.append(str(error))
+        else:
+            if placeholders:
+                problems.append(
+                    f"image {placeholders[0]} is a placeholder, which no registry holds: build "
+                    "and push the images (bash docker/build.sh --project PROJECT --region "
+                    f"REGION) and pass the GPU image's URI with --image, {ENV_PREFIX}IMAGE or "
+                    f"'image' in {path}"
+                )
     if values["region"] and (problem := check_region(values["region"])):
         problems.append(problem)
     if values["pipeline_root"] and not values["pipeline_root"].startswith("gs://"):
@@ -388,12 +428,31 @@ def _arguments(args: argparse.Namespace, parameters: dict[str, dict[str, Any]]) 
         arguments["data_uri"] = args.data_uri
     if getattr(args, "min_accuracy", None) is not None:
         arguments["min_accuracy"] = args.min_accuracy
+    _check_serving(arguments, parameters)
     return arguments
+
+
+def _check_serving(arguments: dict[str, Any], parameters: dict[str, dict[str, Any]]) -> None:
+    """Serving settings that the deploy step would refuse, refused before anything runs."""
+    values = {
+        name: arguments.get(name, spec.get("defaultValue", ""))
+        for name, spec in parameters.items()
+        if name in SERVING_PARAMETERS
+    }
+    for name in values:  # KFP compiles an integer default as 1.0
+        if parameters[name]["parameterType"] == "NUMBER_INTEGER":
+            values[name] = int(values[name])
+    try:
+        Serving.from_parameters(values)
+    except ValueError as error:
+        raise UsageError(f"serving settings: {error}") from None
 
 
 def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings, str, dict]:
     """The settings, the spec (--pipeline-file, or freshly compiled with the image) and the
     typed arguments of a Vertex AI job; all checked before anything is sent."""
+    from pipeline.submit import check_caller
+
     spec_path = getattr(args, "pipeline_file", None)
     template = getattr(args, "template", None)
     if spec_path and template:
@@ -409,25 +468,22 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
             raise UsageError(f"--pipeline-file {spec_path}: no such file")
         settings = vertex_settings(args, tuple(n for n in REQUIRED_SETTINGS if n != "image"))
         if template:
+            check_caller()  # before the template's download, the first request
             spec_path, spec = _published_template(template)
         else:
             spec = _read_spec(spec_path)
         _refuse_placeholder_images(spec, source)
     else:
         settings = vertex_settings(args)
-        spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), image=settings.image)
+        spec_path = compile_pipeline(
+            os.path.join(spec_dir, "pipeline.yaml"), images=settings.images
+        )
         with open(spec_path) as file:
             spec = yaml.safe_load(file)
     parameters = pipeline_parameters(spec)
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
     arguments["target"] = VERTEX
-    if not arguments.get("serving_image"):
-        # The model is served by the serving image pushed beside the steps' image, not by the
-        # placeholder default, which no registry holds.
-        steps = [image for image in _images(spec) if "/beer-pipeline:" in image]
-        if steps:
-            arguments["serving_image"] = serving_image_beside(steps[0])
     return settings, spec_path, arguments
 
 
@@ -438,7 +494,7 @@ def _read_spec(path: str) -> dict[str, Any]:
 
 def _refuse_placeholder_images(spec: dict[str, Any], source: str) -> None:
     """A compiled pipeline whose steps run the placeholder image fails to pull on Vertex AI."""
-    placeholders = sorted({image for image in _images(spec) if is_placeholder_image(image)})
+    placeholders = sorted({image for image in _images(spec) if is_placeholder(image)})
     if placeholders:
         raise UsageError(
             f"{source} runs the placeholder image {placeholders[0]}, which no registry "
@@ -447,9 +503,24 @@ def _refuse_placeholder_images(spec: dict[str, Any], source: str) -> None:
 
 
 def _images(spec: dict[str, Any]) -> list[str]:
-    """The container images of a compiled pipeline's steps."""
+    """The container images of a compiled pipeline: its steps' and its serving image's default."""
     executors = spec.get("deploymentSpec", {}).get("executors", {})
-    return [e["container"]["image"] for e in executors.values() if "container" in e]
+    images = [e["container"]["image"] for e in executors.values() if "container" in e]
+    parameters = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    serving = parameters.get("serving_image", {}).get("defaultValue")
+    return [*images, serving] if serving else images
+
+
+def service_accounts(settings: VertexSettings, arguments: dict[str, Any]) -> dict[str, str]:
+    """The service accounts a job runs things as, each with what runs as it: whoever submits
+    needs ``iam.serviceAccounts.actAs`` on each (docs/vertex-iam.md)."""
+    accounts = {}
+    if settings.service_account:
+        accounts[settings.service_account] = "the pipeline job runs as it"
+    serving = arguments.get("serving_service_account")
+    if serving:
+        accounts.setdefault(serving, "the deployed model runs as it")
+    return accounts
 
 
 def _note_service_account(settings: VertexSettings) -> None:
@@ -479,6 +550,7 @@ def publish(args: argparse.Namespace) -> int:
     Registry, tagged with the project version and ``latest``."""
     from importlib import metadata
 
+    from pipeline.submit import check_caller
     from pipeline.templates import publish_template
 
     if not args.repository:
@@ -494,13 +566,38 @@ def publish(args: argparse.Namespace) -> int:
             spec_path = args.pipeline_file
             _refuse_placeholder_images(_read_spec(spec_path), f"--pipeline-file {spec_path}")
         else:
-            image = vertex_settings(args, ("image",)).image
-            spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), image=image)
+            images = vertex_settings(args, ("image",)).images
+            spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), images=images)
+        check_caller()
         published = publish_template(spec_path, args.repository, version)
     template = published.template(args.repository)
     print(f"{'published' if published.uploaded else 'unchanged'}      {template.uri}")
     print(f"tags           {', '.join(published.tags)}")
     print(f"run it with    --template {args.repository}/{published.package}@{version}")
+    return 0
+
+
+def print_plan(args: argparse.Namespace) -> int:
+    """``--plan``: what a run with these options would run and take from the cache, and why."""
+    from kfp import components
+
+    from pipeline import plan
+
+    caching = args.caching is not False
+    if args.local:
+        state_dir, pipeline, _, arguments, root = _local_job(args)
+        result = plan.plan_local(pipeline.pipeline_spec, arguments, root, state_dir, caching)
+    else:
+        from pipeline.submit import preflight
+
+        with tempfile.TemporaryDirectory() as spec_dir:
+            settings, spec_path, arguments = _vertex_job(args, spec_dir)
+            preflight(settings)
+            spec = components.load_component_from_file(spec_path).pipeline_spec
+            result = plan.plan_vertex(
+                spec, arguments, settings.project, settings.region, settings.pipeline_root, caching
+            )
+    print(json.dumps(result.to_json()) if args.json else result.table())
     return 0
 
 
@@ -510,7 +607,7 @@ def submit(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as spec_dir:
         settings, spec_path, arguments = _vertex_job(args, spec_dir)
-        preflight(settings)
+        preflight(settings, service_accounts(settings, arguments))
         _note_service_account(settings)
         job = submit_pipeline(settings, spec_path, args.display_name, arguments, args.caching)
     print(f"submitted      {job.resource_name}")
@@ -553,7 +650,7 @@ def schedule(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     with tempfile.TemporaryDirectory() as spec_dir:
         settings, spec_path, arguments = _vertex_job(args, spec_dir)
-        preflight(settings)
+        preflight(settings, service_accounts(settings, arguments))
         _note_service_account(settings)
         name, created = upsert_schedule(
             settings,
@@ -573,16 +670,21 @@ def _run_id() -> str:
     return f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
 
 
-def run_local(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the pipeline with kfp.local and return the summary of the run."""
-    import kfp.local
+def _local_job(args: argparse.Namespace) -> tuple[str, Any, dict, dict, str]:
+    """The state folder, the compiled pipeline, its parameters, the arguments and the pipeline
+    root of a local run."""
     from kfp import components
 
     state_dir = os.path.abspath(args.state_dir)
-    experiment = _experiment_name(args)
     target, pipeline_root = _local_target(args, state_dir)
+    images = PLACEHOLDERS
+    if args.runner == DOCKER:
+        try:
+            images = image_set(args) if getattr(args, "image", None) else LOCAL_IMAGES
+        except ImageError as error:
+            raise UsageError(str(error)) from None
     with tempfile.TemporaryDirectory() as spec_dir:  # private: runs may start side by side
-        spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"))
+        spec_path = compile_pipeline(os.path.join(spec_dir, "pipeline.yaml"), images=images)
         with open(spec_path) as file:
             spec_text = _resolve_job_placeholders(
                 file.read(),
@@ -605,9 +707,27 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
         )
     arguments.update(target)
+    return state_dir, pipeline, parameters, arguments, pipeline_root
 
+
+def run_local(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the pipeline with kfp.local and return the summary of the run."""
+    import kfp.local
+
+    from pipeline.plan import remember_arguments
+
+    experiment = _experiment_name(args)
+    state_dir, pipeline, parameters, arguments, pipeline_root = _local_job(args)
+    remember_arguments(state_dir, arguments)
+    data_uri = arguments["data_uri"]
+    try:
+        runner = kfp_runner(
+            args.runner, state_dir, pipeline_root, [] if "://" in data_uri else [data_uri]
+        )
+    except RunnerError as error:
+        raise UsageError(str(error)) from None
     kfp.local.init(
-        runner=kfp.local.SubprocessRunner(use_venv=False),
+        runner=runner,
         pipeline_root=pipeline_root,
         enable_caching=args.caching is not False,
     )
@@ -852,7 +972,9 @@ def _run_vertex_command(args: argparse.Namespace) -> int:
         try:
             if args.command == "publish":
                 return publish(args)
-            return schedule(args) if args.command == "schedule" else submit(args)
+            if args.command == "schedule":
+                return schedule(args)
+            return print_plan(args) if args.plan else submit(args)
         except (UsageError, SetupError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -879,6 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("schedule", "publish") or not args.local:
             return _run_vertex_command(args)
+        if args.plan:
+            return print_plan(args)
         summary = run_local(args)
     except (UsageError, PipelineFailed) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from components.lib.serving.batching import DEFAULT_BATCHING, BatchingConfig
 from components.lib.serving.protocol import DEFAULT_LIMITS, ServingLimits
@@ -21,14 +22,25 @@ from components.lib.serving.routing import (
     CONTAINER_PREDICT_ROUTE,
     ContainerModel,
 )
+from components.lib.serving.server import DEFAULT_SERVER, ServerSettings
 from components.lib.targets.local import LocalEndpoints, default_state_dir
 
 CONTAINER_ENV = ("AIP_STORAGE_URI", "AIP_HTTP_PORT", "AIP_PREDICT_ROUTE", "AIP_HEALTH_ROUTE")
 
 
+class SettingsError(ValueError):
+    """A setting (flag or AIP_* variable) the server cannot start with."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not the usage text: which flag is wrong and how."""
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    limits, batching = DEFAULT_LIMITS, DEFAULT_BATCHING
-    parser = argparse.ArgumentParser(
+    limits, batching, server = DEFAULT_LIMITS, DEFAULT_BATCHING, DEFAULT_SERVER
+    parser = _Parser(
         prog="python -m pipeline.serve",
         description="Serve image classification on Vertex AI's prediction protocol. In a "
         "serving container (AIP_STORAGE_URI set) or with --model-dir: that one model, on "
@@ -65,7 +77,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-instances",
         type=int,
         default=limits.max_instances,
-        help="requests with more instances get HTTP 400 (%(default)s)",
+        help="requests with more instances get HTTP 400 (%(default)s); a model call takes at "
+        "most --max-batch-size of them, a larger request is split",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=limits.max_image_pixels,
+        help="images whose header declares more pixels get HTTP 400, before decoding (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-image-side",
+        type=int,
+        default=limits.max_image_side,
+        help="likewise for an image's width or height (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=server.max_header_bytes,
+        help="a longer request line and headers get HTTP 400 and the connection closed "
+        "(%(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=server.max_connections,
+        help="open client connections at most; beyond, the one waiting longest on its client "
+        "is closed (%(default)s)",
+    )
+    parser.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=server.request_timeout_s,
+        help="a connection that has not sent a whole request this long after connecting (or "
+        "after its request's first byte) is closed (%(default)s)",
     )
     parser.add_argument(
         "--batching",
@@ -94,44 +140,65 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _env_port() -> int:
+    value = os.environ.get("AIP_HTTP_PORT", str(CONTAINER_PORT))
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"AIP_HTTP_PORT must be a port number, not {value!r}") from None
+
+
+def _env_route(name: str, default: str) -> str:
+    route = os.environ.get(name) or default
+    if not route.startswith("/"):
+        raise SettingsError(f"{name} must be a path starting with '/', not {route!r}")
+    return route
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     in_container = any(os.environ.get(name) for name in CONTAINER_ENV)
     model_dir = args.model_dir or os.environ.get("AIP_STORAGE_URI")
     host = args.host or ("0.0.0.0" if in_container else "127.0.0.1")
-    port = (
-        args.port if args.port is not None else int(os.environ.get("AIP_HTTP_PORT", CONTAINER_PORT))
-    )
     try:
-        limits = ServingLimits(args.max_body_bytes, args.max_instances)
+        settings = ServerSettings(
+            host,
+            args.port if args.port is not None else _env_port(),
+            request_timeout_s=args.request_timeout_s,
+            max_connections=args.max_connections,
+            max_header_bytes=args.max_header_bytes,
+        )
+        limits = ServingLimits(
+            args.max_body_bytes, args.max_instances, args.max_image_pixels, args.max_image_side
+        )
         batching = BatchingConfig(
             args.batching, args.max_batch_size, args.batch_timeout_ms, args.max_concurrent_batches
         )
-    except ValueError as error:
+        if model_dir:
+            source: ContainerModel | LocalEndpoints = ContainerModel(
+                model_dir,
+                _env_route("AIP_PREDICT_ROUTE", CONTAINER_PREDICT_ROUTE),
+                _env_route("AIP_HEALTH_ROUTE", CONTAINER_HEALTH_ROUTE),
+                os.environ.get("AIP_DEPLOYED_MODEL_ID", ""),
+            )
+            paths = [source.predict_route]
+            what = f"the model at {model_dir}"
+        else:
+            source = LocalEndpoints(args.state_dir)
+            paths = [f"/v1/{name}:predict" for name in source.endpoint_names()]
+            what = f"the local endpoints of {os.path.abspath(args.state_dir)}"
+    except ValueError as error:  # SettingsError, CorruptRecordError, the settings' own checks
         print(f"error: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from components.lib.serving.app import create_app
-    from components.lib.serving.server import ServerSettings, listening_socket, serve
+    from components.lib.serving.server import listening_socket, serve
 
-    if model_dir:
-        source = ContainerModel(
-            model_dir,
-            os.environ.get("AIP_PREDICT_ROUTE", CONTAINER_PREDICT_ROUTE),
-            os.environ.get("AIP_HEALTH_ROUTE", CONTAINER_HEALTH_ROUTE),
-            os.environ.get("AIP_DEPLOYED_MODEL_ID", ""),
-        )
-        paths = [source.predict_route]
-        what = f"the model at {model_dir}"
-    else:
-        source = LocalEndpoints(args.state_dir)
-        paths = [f"/v1/{name}:predict" for name in source.endpoint_names()]
-        what = f"the local endpoints of {os.path.abspath(args.state_dir)}"
     try:
-        sock = listening_socket(host, port)
+        sock = listening_socket(host, settings.port)
     except OSError as error:
-        print(f"error: cannot listen on {host}:{port}: {error}", file=sys.stderr)
+        print(f"error: cannot listen on {host}:{settings.port}: {error}", file=sys.stderr)
         return 1
 
     def announce(bound_host: str, bound_port: int) -> None:
@@ -143,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             print("no endpoint deployed yet: run `python -m pipeline.run --local`", flush=True)
 
     app = create_app(source, limits, batching)
-    return serve(app, sock, ServerSettings(host, port), announce)
+    return serve(app, sock, settings, announce)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.api_core import exceptions
 from google.cloud import aiplatform, aiplatform_v1
 from google.cloud.aiplatform import initializer
 from google.cloud.aiplatform.constants.base import SUPPORTED_REGIONS
 from google.protobuf import field_mask_pb2
 
+from components.images import ImageSet
 from components.lib.targets.vertex import VertexError, call_vertex, use_emulator_if_set
 
+IAM_ENDPOINT_ENV = "BEER_IAM_ENDPOINT"
+"""Base URL of the IAM API (default https://iam.googleapis.com), e.g. an emulator's."""
+ACT_AS = "iam.serviceAccounts.actAs"
 PROBE_TIMEOUT_S = 10.0
 """How long the service's address may take to resolve, and then to accept a connection."""
 CREATE_TIMEOUT_S = 60.0
@@ -62,6 +67,19 @@ class VertexSettings:
     image: str | None = None
     api_endpoint: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    cpu_image: str | None = None
+    light_image: str | None = None
+    serving_image: str | None = None
+
+    @property
+    def images(self) -> ImageSet:
+        """The steps' images: ``image`` (GPU) and the others beside it unless given."""
+        return ImageSet.beside(
+            self.image or "",
+            cpu=self.cpu_image or "",
+            light=self.light_image or "",
+            serving=self.serving_image or "",
+        )
 
 
 def check_region(region: str) -> str | None:
@@ -196,14 +214,53 @@ def _connect_problem(host: str, port: int, timeout_s: float) -> str | None:
     return f"{problem}; check the network connection, proxy and firewall"
 
 
-def preflight(settings: VertexSettings) -> None:
-    """What must hold before the first API call: credentials (none for an emulator at
-    ``BEER_VERTEX_EMULATOR_HOST``), and an API that answers."""
+def check_caller() -> None:
+    """Credentials before any call to Google Cloud (none for an emulator at
+    ``BEER_VERTEX_EMULATOR_HOST``): every CLI path calls this before its first request."""
     if not use_emulator_if_set():
         check_credentials()
+
+
+def preflight(settings: VertexSettings, act_as: dict[str, str] | None = None) -> None:
+    """What must hold before the first API call: credentials, an API that answers, and the
+    caller's ``iam.serviceAccounts.actAs`` on each service account of ``act_as`` (account ->
+    what runs as it)."""
+    check_caller()
     if settings.api_endpoint:
         aiplatform.init(api_endpoint=settings.api_endpoint)
     check_reachable("Vertex AI", *api_address(settings))
+    if act_as:
+        check_act_as(act_as)
+
+
+def check_act_as(accounts: dict[str, str]) -> None:
+    """SetupError naming the missing binding for each service account the caller may not act
+    as, asked of IAM (``serviceAccounts.testIamPermissions``, which needs no permission)."""
+    import requests
+    from google.auth.transport.requests import AuthorizedSession
+
+    use_emulator_if_set()
+    session = AuthorizedSession(initializer.global_config.credentials)  # the SDK's own
+    base = os.environ.get(IAM_ENDPOINT_ENV, "https://iam.googleapis.com").rstrip("/")
+    missing = []
+    for account, runs_as in accounts.items():
+        url = f"{base}/v1/projects/-/serviceAccounts/{account}:testIamPermissions"
+        try:
+            reply = session.post(url, json={"permissions": [ACT_AS]}, timeout=PROBE_TIMEOUT_S)
+        except requests.RequestException as error:
+            raise VertexError(f"cannot ask IAM about {account}: {_first_line(error)}") from None
+        if reply.status_code == 404:
+            missing.append(f"service account {account} ({runs_as}) does not exist")
+        elif not reply.ok:
+            raise VertexError(f"IAM answered {reply.status_code} about {account}: {reply.text}")
+        elif ACT_AS not in reply.json().get("permissions", []):
+            missing.append(
+                f"you may not act as {account} ({runs_as}): grant it with `gcloud iam "
+                f"service-accounts add-iam-policy-binding {account} --member=user:YOU "
+                "--role=roles/iam.serviceAccountUser` (docs/vertex-iam.md)"
+            )
+    if missing:
+        raise SetupError("; ".join(missing))
 
 
 @contextlib.contextmanager
@@ -280,6 +337,17 @@ def submit_pipeline(
     """Create a pipeline job from the compiled spec; ``enable_caching`` None keeps each task's
     own setting, False turns caching off for every task."""
     job = _job(settings, spec_path, display_name, parameter_values, enable_caching)
+
+    def recover() -> aiplatform_v1.PipelineJob | None:
+        """The job whose creation answer was lost: the retry sends the same job id, so the
+        job that got through is found by it (a second create would be refused)."""
+        name = f"projects/{settings.project}/locations/{settings.region}/pipelineJobs/{job.job_id}"
+        try:
+            job._gca_resource = job.api_client.get_pipeline_job(name=name)
+        except exceptions.NotFound:
+            return None
+        return job._gca_resource
+
     try:
         call_vertex(
             f"submit pipeline job to {settings.project}/{settings.region}",
@@ -289,6 +357,7 @@ def submit_pipeline(
                 experiment=settings.experiment,
                 create_request_timeout=CREATE_TIMEOUT_S,
             ),
+            recover=recover,
         )
     except (RuntimeError, ValueError) as error:
         if isinstance(error, VertexError) or not settings.experiment:
@@ -370,13 +439,7 @@ def upsert_schedule(
         max_concurrent_run_count=max_concurrent,
         create_pipeline_job_request=aiplatform_v1.CreatePipelineJobRequest(
             parent=f"projects/{settings.project}/locations/{settings.region}",
-            pipeline_job=aiplatform_v1.PipelineJob(
-                pipeline_spec=job.pipeline_spec,
-                runtime_config=job.runtime_config,
-                labels=settings.labels,
-                service_account=settings.service_account or "",
-                network=settings.network or "",
-            ),
+            pipeline_job=_scheduled_job(job, settings, existing[0]),
         ),
     )
     mask = field_mask_pb2.FieldMask(
@@ -387,6 +450,23 @@ def upsert_schedule(
         lambda: existing[0].api_client.update_schedule(schedule=updated, update_mask=mask),
     )
     return existing[0].resource_name, False
+
+
+def _scheduled_job(
+    job: aiplatform.PipelineJob, settings: VertexSettings, existing: Any
+) -> aiplatform_v1.PipelineJob:
+    """The job an updated schedule starts: the SDK's own request for ``job`` (spec, runtime
+    config, template URI and metadata, encryption spec), as a new schedule's, with the
+    service account and network given now, or else the schedule's: UpdateSchedule cannot
+    unset a field, so none is sent empty."""
+    pipeline_job = aiplatform_v1.PipelineJob(job._gca_resource)
+    before = existing.gca_resource.create_pipeline_job_request.pipeline_job
+    pipeline_job.labels = settings.labels
+    pipeline_job.service_account = settings.service_account or before.service_account
+    pipeline_job.network = settings.network or before.network
+    if not pipeline_job.encryption_spec.kms_key_name:
+        pipeline_job.encryption_spec = before.encryption_spec
+    return pipeline_job
 
 
 def list_schedules(settings: VertexSettings) -> list[dict[str, str]]:

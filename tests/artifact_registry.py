@@ -202,3 +202,52 @@ def _multipart(content_type: str, body: bytes) -> dict[str, bytes]:
         part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
         for part in message.get_payload()
     }
+
+
+GOOGLE_IMAGES = re.compile(
+    r"^((us|europe|asia)-docker\.pkg\.dev/vertex-ai/|gcr\.io/ml-pipeline/|"
+    r"us-docker\.pkg\.dev/vertex-ai-restricted/)"
+)
+"""Images Google publishes (prebuilt prediction and training images, the pipeline components'
+launcher): every project can pull them."""
+
+
+class ContainerImages:
+    """The container images pushed to Artifact Registry, which Vertex AI can pull.
+
+    Tests ``push`` what they (or docker/build.sh) would push; Google's own images are always
+    there. A URI is held by its tag (``REPO/NAME:TAG``, no tag: ``latest``) or its digest
+    (``REPO/NAME@sha256:...``, when pushed with one).
+    """
+
+    def __init__(self, *pushed: str) -> None:
+        self._pushed: set[str] = set()
+        self._lock = threading.Lock()
+        for uri in pushed:
+            self.push(uri)
+
+    @staticmethod
+    def _reference(uri: str) -> str:
+        name = uri.rsplit("/", 1)[-1]
+        return uri if ("@" in name or ":" in name) else f"{uri}:latest"
+
+    def push(self, uri: str) -> str:
+        with self._lock:
+            self._pushed.add(self._reference(uri))
+        return uri
+
+    def holds(self, uri: str) -> bool:
+        if GOOGLE_IMAGES.match(uri):
+            return True
+        with self._lock:
+            return self._reference(uri) in self._pushed
+
+    def missing(self, uri: str) -> str | None:
+        """Vertex AI's refusal of an image that no registry holds, or None."""
+        if self.holds(uri):
+            return None
+        return (
+            f"Image {uri!r} does not exist, or the Vertex AI service agent cannot read it: push "
+            "it to Artifact Registry (docker/build.sh) and grant the service agent "
+            "roles/artifactregistry.reader on the repository."
+        )

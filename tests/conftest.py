@@ -451,6 +451,18 @@ def _point_sdk_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def pushed_images() -> tuple[str, ...]:
+    """The images the tests' models name, as pushed to the emulated Artifact Registry: the
+    project's serving image as the tests compile it and, in the container tier, the serving
+    image .ci/images.sh built. The emulator refuses any other image that is not Google's; a
+    test that uses another pushes it (``emulator.images.push``)."""
+    from components.images import PLACEHOLDERS
+    from tests.vertex_emulator.serving import SERVING_IMAGE_ENV
+
+    built = os.environ.get(SERVING_IMAGE_ENV)
+    return (PLACEHOLDERS.serving, *([built] if built else []))
+
+
 @contextlib.contextmanager
 def running_vertex_emulator(
     tls: tuple[Path, Path], gcs_url: str, mount_root: Path, monkeypatch: pytest.MonkeyPatch
@@ -464,15 +476,19 @@ def running_vertex_emulator(
     reads it.
     """
     from components.lib.storage import GCS_MOUNT_ROOT_ENV
+    from pipeline.submit import IAM_ENDPOINT_ENV
+    from tests.artifact_registry import ContainerImages
     from tests.vertex_emulator import CloudStorage, VertexEmulator
 
     emulator = VertexEmulator(
         projects=[VERTEX_PROJECT],
         storage=CloudStorage(gcs_url, mount_root=str(mount_root)),
         operation_delay_s=0.02,  # not done at once, so the client polls; soon done
+        images=ContainerImages(*pushed_images()),
     ).start(*tls)
     _point_sdk_at(emulator.port, monkeypatch)
     monkeypatch.setenv(GCS_MOUNT_ROOT_ENV, str(mount_root))
+    monkeypatch.setenv(IAM_ENDPOINT_ENV, f"http://127.0.0.1:{emulator.rest_port}")
     try:
         yield emulator
     finally:
@@ -499,8 +515,10 @@ def vertex_emulator(
 def emulator_host(emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """Processes started from now on (kfp.local's steps, CLIs) call ``emulator`` too."""
     from components.lib.targets.vertex import EMULATOR_HOST_ENV
+    from pipeline.submit import IAM_ENDPOINT_ENV
 
     monkeypatch.setenv(EMULATOR_HOST_ENV, f"localhost:{emulator.port}")
+    monkeypatch.setenv(IAM_ENDPOINT_ENV, f"http://127.0.0.1:{emulator.rest_port}")
 
 
 @pytest.fixture(scope="session")

@@ -84,20 +84,69 @@ def test_a_lone_request_does_not_wait_for_the_window() -> None:
     assert model.calls == [1, 1, 1]
 
 
-def test_a_request_larger_than_the_batch_runs_alone() -> None:
+def test_a_request_larger_than_the_batch_is_split_and_shares_the_model() -> None:
     model = RecordingModel()
 
     async def scenario():
-        batcher = Batcher(model.predict, BatchingConfig(max_batch_size=4, timeout_ms=50))
-        answers = await asyncio.gather(
-            batcher.predict([b"\x01"] * 10), batcher.predict([b"\x02"]), batcher.predict([b"\x03"])
-        )
+        config = BatchingConfig(max_batch_size=4, timeout_ms=50, max_concurrent_batches=1)
+        batcher = Batcher(model.predict, config)
+        # Queued in this order, before the batcher runs: the large request first.
+        big = asyncio.ensure_future(batcher.predict([bytes([i]) for i in range(10)]))
+        small = asyncio.gather(batcher.predict([b"\x0b"]), batcher.predict([b"\x0c"]))
+        small_answers = await small
+        calls_when_small_answered = len(model.calls)
+        answer = await big
         await batcher.close()
-        return answers
+        return answer, small_answers, calls_when_small_answered
 
-    answers = run(scenario())
-    assert [len(classes) for classes, _ in answers] == [10, 1, 1]
-    assert model.calls == [10, 2]
+    (classes, probabilities), small, calls_when_small_answered = run(scenario())
+    assert list(classes) == list(range(10)) and probabilities.shape == (10, 2)
+    assert [list(c) for c, _ in small] == [[11], [12]]
+    # No call over the batch size; the small requests went first though they came later.
+    assert model.calls == [2, 4, 4, 2]
+    assert calls_when_small_answered == 1
+
+
+def test_a_large_request_has_one_model_call_running_at_a_time() -> None:
+    model = RecordingModel(seconds_per_call=0.05)
+
+    async def scenario():
+        config = BatchingConfig(max_batch_size=4, timeout_ms=0, max_concurrent_batches=2)
+        batcher = Batcher(model.predict, config)
+        classes, _ = await batcher.predict([bytes([i]) for i in range(16)])
+        await batcher.close()
+        return classes
+
+    assert list(run(scenario())) == list(range(16))
+    assert model.calls == [4, 4, 4, 4] and model.most_running == 1
+
+
+def test_a_bad_image_in_a_later_piece_is_named_by_its_index_in_the_request() -> None:
+    model = RecordingModel(seconds_per_call=0)
+    images = [b"\x01"] * 5 + [b"bad"]
+
+    async def scenario(config: BatchingConfig):
+        batcher = Batcher(model.predict, config)
+        try:
+            return await asyncio.gather(batcher.predict(images), return_exceptions=True)
+        finally:
+            await batcher.close()
+
+    for config in (BatchingConfig(max_batch_size=4), BatchingConfig(False, max_batch_size=4)):
+        (error,) = run(scenario(config))
+        assert isinstance(error, InvalidImageError) and error.indices == [5]
+
+
+def test_without_batching_a_large_request_is_split_too() -> None:
+    model = RecordingModel(seconds_per_call=0)
+
+    async def scenario():
+        batcher = Batcher(model.predict, BatchingConfig(False, max_batch_size=4))
+        return await batcher.predict([bytes([i]) for i in range(10)])
+
+    classes, probabilities = run(scenario())
+    assert list(classes) == list(range(10)) and probabilities.shape == (10, 2)
+    assert model.calls == [4, 4, 2]
 
 
 def test_an_undecodable_image_fails_only_its_own_request() -> None:

@@ -7,11 +7,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import PIPELINE_IMAGE, serving_image_beside
+from components.images import PLACEHOLDERS, ImageSet
 from pipeline.compile import compile_pipeline, main
-from pipeline.pipeline import CUSTOM_JOB_MACHINE_TYPE, TrainResources
+from pipeline.pipeline import TrainResources
 
 IMAGE = "europe-west1-docker.pkg.dev/my-project/beer-pipeline/beer-pipeline:test"
+
+
+def _step_images(images: ImageSet) -> set[str]:
+    """The images the steps run in: infra validation runs in the serving one, the model's."""
+    return {images.gpu, images.cpu, images.light, images.serving}
 
 
 def _compiled(path: Path) -> dict:
@@ -20,12 +25,11 @@ def _compiled(path: Path) -> dict:
 
 def _images(spec: dict) -> dict[str, str]:
     """The image of each step but the tuning job's (Google's launcher, whose trials run the
-    project image: tests/test_tuning.py) and infra validation's (the serving image beside the
-    project image: tests/test_pipeline_spec.py)."""
+    project image: tests/test_tuning.py)."""
     return {
         name: e["container"]["image"]
         for name, e in spec["deploymentSpec"]["executors"].items()
-        if name not in ("exec-hyperparameter-tuning-job", "exec-infra-validate")
+        if name != "exec-hyperparameter-tuning-job"
     }
 
 
@@ -92,7 +96,7 @@ def test_two_replicas_of_one_gpu_compile_to_worker_pools_in_the_given_image(
     assert images.pop("exec-train-model").startswith(
         "gcr.io/ml-pipeline/google-cloud-pipeline-components:"
     ), "the custom job task is Google's launcher"
-    assert set(images.values()) == {IMAGE}
+    assert set(images.values()) == _step_images(ImageSet.beside(IMAGE))
 
 
 def test_custom_job_without_machine_type_or_gpu(tmp_path: Path) -> None:
@@ -102,24 +106,22 @@ def test_custom_job_without_machine_type_or_gpu(tmp_path: Path) -> None:
     inputs = _job_inputs(_compiled(Path(output)))
     pools = inputs["worker_pool_specs"]["defaultValue"]
     assert [pool["replica_count"] for pool in pools] == [1, 2]
-    assert all(pool["machine_spec"] == {"machine_type": CUSTOM_JOB_MACHINE_TYPE} for pool in pools)
-    assert all(pool["container_spec"]["image_uri"] == PIPELINE_IMAGE for pool in pools)
+    assert all(pool["machine_spec"] == {"machine_type": "n1-standard-8"} for pool in pools)
+    assert all(pool["container_spec"]["image_uri"] == PLACEHOLDERS.gpu for pool in pools)
     assert inputs["strategy"]["defaultValue"] == "STANDARD"
 
 
 def test_default_compile_is_a_plain_step_in_the_project_image(tmp_path: Path) -> None:
     spec = _compiled(Path(compile_pipeline(str(tmp_path / "pipeline.yaml"))))
     assert "worker_pool_specs" not in _job_inputs(spec)
-    assert set(_images(spec).values()) == {PIPELINE_IMAGE}
+    assert set(_images(spec).values()) == _step_images(PLACEHOLDERS)
 
 
 def test_image_flag_sets_every_executor_image(tmp_path: Path) -> None:
     output = tmp_path / "pipeline.yaml"
     main(["--output", str(output), "--image", IMAGE])
     spec = _compiled(output)
-    assert set(_images(spec).values()) == {IMAGE}
-    infra = spec["deploymentSpec"]["executors"]["exec-infra-validate"]["container"]["image"]
-    assert infra == serving_image_beside(IMAGE), "the serving image that build.sh pushes beside"
+    assert set(_images(spec).values()) == _step_images(ImageSet.beside(IMAGE))
     assert "worker_pool_specs" not in _job_inputs(spec)
 
 

@@ -1,21 +1,22 @@
 """One authority per default: the settings dataclasses.
 
-The compiled pipeline's parameters (what the Vertex AI console shows), the steps' parameters and
-the README's parameter table must state the defaults that the dataclasses hold, so that a literal
-edited in one place, or a new parameter with a literal of its own, fails here.
+The compiled pipeline's parameters (what the Vertex AI console shows, and what the manual's
+generated parameter reference lists: tests/test_docs.py) and the steps' parameters must state the
+defaults that the dataclasses hold, so that a literal edited in one place, or a new parameter with
+a literal of its own, fails here.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from components.images import PLACEHOLDERS
 from components.lib.data.options import (
     SEED,
     PreprocessOptions,
@@ -54,7 +55,11 @@ SETTINGS: list[tuple[type, dict[str, str]]] = [
     ),
     (TuningOptions, {"trials": "tuning_trials"}),
 ]
-CONSTANTS = {"data_uri": CHALLENGE_DATA_URI, "seed": SEED}
+CONSTANTS = {
+    "data_uri": CHALLENGE_DATA_URI,
+    "seed": SEED,
+    "serving_image": PLACEHOLDERS.serving,  # the images built beside the steps' (compile time)
+}
 """Defaults that are one constant rather than a dataclass field."""
 CHANNEL = "pipelinechannel--"
 
@@ -161,46 +166,3 @@ def test_steps_take_every_value_from_the_pipeline(spec: dict) -> None:
         (step, name) for step, name, _, definition in inputs if "defaultValue" in definition
     ]
     assert defaulted == []
-
-
-def readme_defaults() -> dict[str, Any]:
-    """The README's pipeline parameter table as ``{parameter: stated default}``."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Pipeline parameters\n", 1)[1].split("\n## ", 1)[0]
-    stated: dict[str, Any] = {}
-    for row in section.splitlines():
-        if not row.startswith("| `"):
-            continue
-        names_cell, defaults_cell = (cell.strip() for cell in row.strip("|").split("|")[:2])
-        names = re.findall(r"`(\w+)`", names_cell)
-        separator = " / " if " / " in names_cell else ", "
-        values = [_readme_value(value) for value in defaults_cell.split(separator)]
-        stated.update(zip(names, values * len(names) if len(values) == 1 else values, strict=True))
-    return stated
-
-
-def _readme_value(text: str) -> Any:
-    quoted = re.match(r"`([^`]*)`", text.strip())
-    if quoted:
-        return quoted.group(1)
-    text = text.strip()
-    if text in ("empty", "true", "false"):
-        return {"empty": "", "true": True, "false": False}[text]
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def test_readme_states_the_owned_defaults() -> None:
-    owned, stated = authorities(), readme_defaults()
-    assert set(stated) == set(owned), "the README's parameter table lists every parameter"
-    wrong = {
-        name: (stated[name], owned[name]) for name in owned if not same(stated[name], owned[name])
-    }
-    assert wrong == {}
-    options = re.search(
-        r"`--min-accuracy X` \| the accuracy gate \(default ([\d.]+)\)",
-        (ROOT / "README.md").read_text(),
-    )
-    assert options and float(options.group(1)) == GateRule.min_accuracy

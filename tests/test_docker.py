@@ -1,10 +1,11 @@
 """The image recipes (docker/), checked statically: no Docker engine is needed to run these.
 
-The Dockerfile's base must carry pyproject.toml's TensorFlow, the lock must satisfy pyproject.toml,
-the build context must hold what the Dockerfile copies, and docker/build.sh must produce the image
-URI that the checked-in pipeline.yaml runs. The serving image (Dockerfile.serving) must hold CPU
-TensorFlow at the same version, the server's packages at the tested versions, and no training
-packages, and run `python -m pipeline.serve` on the port the upload step registers.
+Every image starts from the one base the lock is resolved for; the locks satisfy pyproject.toml
+and agree with each other; each build context holds what its Dockerfile copies; docker/build.sh
+and Cloud Build name the images by the rule of components/images.py. The serving image holds CPU
+TensorFlow at the pin, the server's packages and no training packages, and runs `python -m
+pipeline.serve` on the port the upload step registers. (tests/test_images.py builds and runs
+them.)
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 BASH = shutil.which("bash")
 URI_SETTINGS = ("PROJECT", "REGION", "REPOSITORY")
-DOCKERFILES = ("Dockerfile", "Dockerfile.serving")
+DOCKERFILES = ("Dockerfile.light", "Dockerfile.serving", "Dockerfile.cpu", "Dockerfile")
+"""In docker/build.sh's build order."""
+LOCKS = {
+    "Dockerfile": "requirements.lock",
+    "Dockerfile.cpu": "cpu-requirements.lock",
+    "Dockerfile.light": "light-requirements.lock",
+    "Dockerfile.serving": "serving-requirements.lock",
+}
+BASE_IMAGE = "python:3.11-slim-bookworm"
 # Left out of the serving image: the pipeline's SDKs, training and the GPU build of TensorFlow.
 TRAINING_PACKAGES = (
     "tensorflow",
@@ -73,12 +82,13 @@ def locked_versions(lock: str = "requirements.lock") -> dict[str, str]:
     return pins
 
 
-def base_image_tensorflow() -> str:
-    images = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "FROM"]
-    assert len(images) == 1, images
-    match = re.fullmatch(r"tensorflow/tensorflow:(\S+)-gpu", images[0])
-    assert match, f"base image is not tensorflow/tensorflow:<version>-gpu: {images[0]}"
-    return match.group(1)
+def tensorflow_pin() -> str:
+    (tensorflow,) = [
+        Requirement(dependency)
+        for dependency in pyproject()["project"]["dependencies"]
+        if canonicalize_name(Requirement(dependency).name) == "tensorflow"
+    ]
+    return str(tensorflow.specifier).removeprefix("==")
 
 
 def build_sh(*args: str, path: str | None = None, **env: str) -> subprocess.CompletedProcess:
@@ -96,23 +106,40 @@ def build_sh(*args: str, path: str | None = None, **env: str) -> subprocess.Comp
     )
 
 
-def default_image_uri() -> str:
-    result = build_sh("--print-uri")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
-def test_base_image_tensorflow_is_the_pinned_and_locked_one() -> None:
-    base = base_image_tensorflow()
-    (tensorflow,) = [
-        Requirement(dependency)
-        for dependency in pyproject()["project"]["dependencies"]
-        if canonicalize_name(Requirement(dependency).name) == "tensorflow"
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_every_image_starts_from_the_base_the_locks_are_resolved_for(dockerfile: str) -> None:
+    bases = [
+        arguments for keyword, arguments in dockerfile_instructions(dockerfile) if keyword == "FROM"
     ]
-    assert str(tensorflow.specifier) == f"=={base}", "pin tensorflow exactly to the base's version"
-    assert locked_versions()["tensorflow"] == base
-    # The build-time check that the base image really carries that TensorFlow.
-    assert f"version('tensorflow') == '{base}'" in (DOCKER / "Dockerfile").read_text()
+    assert bases and all(base.split()[0] == BASE_IMAGE for base in bases), bases
+    lock_script = (DOCKER / "lock.sh").read_text()
+    (lock_python,) = re.findall(r"^PYTHON_VERSION=(\d+\.\d+)$", lock_script, re.MULTILINE)
+    assert BASE_IMAGE.startswith(f"python:{lock_python}-")
+    header = (DOCKER / LOCKS[dockerfile]).read_text().splitlines()[:2]
+    assert header[1] == "#    bash docker/lock.sh", "the lock must say how to regenerate it"
+
+
+def test_gpu_lock_holds_tensorflow_with_the_cuda_it_was_built_for() -> None:
+    """TF 2.21 is built for CUDA 12.5 / cuDNN 9.3; the GPU lock must hold those, not the
+    CUDA 12.3 / cuDNN 8.9 of tensorflow/tensorflow:2.21.0-gpu (where it sees no GPU)."""
+    pins = locked_versions()
+    assert pins["tensorflow"] == tensorflow_pin()
+    assert pins["nvidia-cuda-runtime-cu12"].startswith("12.5.")
+    assert pins["nvidia-cudnn-cu12"].startswith("9.")
+    for package in ("cublas", "cufft", "curand", "cusolver", "cusparse", "nvjitlink", "nccl"):
+        assert any(name.startswith(f"nvidia-{package}") for name in pins), package
+    assert "python -m pipeline.image_check gpu" in (DOCKER / "Dockerfile").read_text()
+    assert "ldconfig" in (DOCKER / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize(
+    "lock", ["cpu-requirements.lock", "light-requirements.lock", "serving-requirements.lock"]
+)
+def test_every_lock_runs_the_versions_the_gpu_lock_runs(lock: str) -> None:
+    pins, gpu = locked_versions(lock), locked_versions()
+    shared = set(pins) & set(gpu)
+    assert shared
+    assert {name: pins[name] for name in shared} == {name: gpu[name] for name in shared}
 
 
 def test_lock_pins_every_direct_dependency_within_pyproject() -> None:
@@ -125,17 +152,6 @@ def test_lock_pins_every_direct_dependency_within_pyproject() -> None:
         assert requirement.specifier.contains(pins[name], prereleases=True), (
             f"locked {name}=={pins[name]}, wanted {requirement}: run bash docker/lock.sh"
         )
-
-
-def test_lock_is_resolved_for_the_python_the_dockerfile_checks() -> None:
-    lock_script = (DOCKER / "lock.sh").read_text()
-    (lock_python,) = re.findall(r"^PYTHON_VERSION=(\d+\.\d+)$", lock_script, re.MULTILINE)
-    (checked,) = re.findall(
-        r"sys\.version_info\[:2\] == \((\d+), (\d+)\)", (DOCKER / "Dockerfile").read_text()
-    )
-    assert lock_python == ".".join(checked)
-    header = (DOCKER / "requirements.lock").read_text().splitlines()[:2]
-    assert header[1] == "#    bash docker/lock.sh", "the lock must say how to regenerate it"
 
 
 def _ignore_rules(dockerfile: str) -> list[tuple[bool, re.Pattern]]:
@@ -185,15 +201,15 @@ def test_build_context_leaves_out_local_and_bulky_files(dockerfile: str) -> None
     assert not excluded_from_context("components/lib/serving/static/index.html", dockerfile)
 
 
-@pytest.mark.parametrize(
-    ("dockerfile", "lock"),
-    [("Dockerfile", "requirements.lock"), ("Dockerfile.serving", "serving-requirements.lock")],
-)
-def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile: str, lock: str) -> None:
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile: str) -> None:
     instructions = dockerfile_instructions(dockerfile)
     copies = [shlex.split(a) for keyword, a in instructions if keyword == "COPY"]
+    copies = [words for words in copies if not any(w.startswith("--from") for w in words)]
     sources = [s for words in copies for s in [w for w in words if not w.startswith("--")][:-1]]
-    assert {"pyproject.toml", "components", "pipeline", f"docker/{lock}"} <= set(sources)
+    assert {"pyproject.toml", "components", "pipeline", f"docker/{LOCKS[dockerfile]}"} <= set(
+        sources
+    )
     for source in sources:
         path = ROOT / source
         assert path.exists(), f"{dockerfile} copies {source}, which does not exist"
@@ -207,21 +223,23 @@ def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile: str, l
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_dockerfile_ends_as_a_non_root_user(dockerfile: str) -> None:
+def test_final_image_copies_no_sources_and_runs_as_a_non_root_user(dockerfile: str) -> None:
+    """The sources are copied into the build stage only; the image gets the installed venv and
+    package (COPY --from), so no layer keeps a copy of the tree."""
     instructions = dockerfile_instructions(dockerfile)
-    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
+    final = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    copies = [a for keyword, a in instructions[final:] if keyword == "COPY"]
+    assert copies and all(a.startswith("--from=build ") for a in copies), copies
+    users = [arguments for keyword, arguments in instructions[final:] if keyword == "USER"]
     assert users, f"{dockerfile} never leaves root"
     assert users[-1].split(":")[0] not in ("root", "0")
 
 
 def test_serving_image_holds_cpu_tensorflow_at_the_pin_and_no_training_packages() -> None:
-    serving, pipeline_lock = locked_versions("serving-requirements.lock"), locked_versions()
-    assert serving["tensorflow-cpu"] == base_image_tensorflow()
-    assert f"tf.__version__ == '{base_image_tensorflow()}'" in (
-        (DOCKER / "Dockerfile.serving").read_text()
-    )
+    serving = locked_versions("serving-requirements.lock")
+    assert serving["tensorflow-cpu"] == tensorflow_pin()
     assert not set(TRAINING_PACKAGES) & set(serving)
-    # The server's own packages, at pyproject.toml's ranges; everything at the tested versions.
+    # The server's own packages, at pyproject.toml's ranges.
     (names,) = re.findall(r'^SERVING_PACKAGES="(.+)"$', (DOCKER / "lock.sh").read_text(), re.M)
     requirements = {
         canonicalize_name(r.name): r
@@ -229,46 +247,40 @@ def test_serving_image_holds_cpu_tensorflow_at_the_pin_and_no_training_packages(
     }
     for name in map(canonicalize_name, names.split()):
         assert requirements[name].specifier.contains(serving[name], prereleases=True), name
-    shared = set(serving) & set(pipeline_lock)
-    assert {name: serving[name] for name in shared} == {n: pipeline_lock[n] for n in shared}
-    header = (DOCKER / "serving-requirements.lock").read_text().splitlines()[:2]
-    assert header[1] == "#    bash docker/lock.sh"
+
+
+def test_light_image_holds_no_tensorflow() -> None:
+    light = locked_versions("light-requirements.lock")
+    assert not {name for name in light if name.startswith(("tensorflow", "keras", "nvidia-"))}
+    assert "kfp" in light  # the steps' executor
 
 
 def test_serving_image_runs_the_server_on_the_registered_port() -> None:
     from components.lib.serving.routing import CONTAINER_PORT
 
     instructions = dict(dockerfile_instructions("Dockerfile.serving"))
-    assert instructions["FROM"].startswith("python:3.11-")  # the lock's Python
     assert json.loads(instructions["ENTRYPOINT"]) == ["python", "-m", "pipeline.serve"]
     assert instructions["EXPOSE"] == str(CONTAINER_PORT)
 
 
-def test_compiled_pipeline_runs_the_image_build_sh_pushes() -> None:
-    from components import PIPELINE_IMAGE
+def test_build_sh_names_the_images_by_the_pipelines_rule() -> None:
+    from components.images import VERSION, ImageSet, Role
 
-    uri = default_image_uri()
-    version = pyproject()["project"]["version"]
-    assert uri == f"us-docker.pkg.dev/your-project/beer-pipeline/beer-pipeline:{version}"
-    spec = yaml.safe_load((ROOT / "pipeline.yaml").read_text())
-    executors = spec["deploymentSpec"]["executors"]
-    # The tuning job's task is Google's launcher; the job's trials run this image.
-    launcher = executors.pop("exec-hyperparameter-tuning-job")["container"]["image"]
-    assert launcher.startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:")
-    assert executors
-    assert {name: e["container"]["image"] for name, e in executors.items()} == dict.fromkeys(
-        executors, uri
-    )
-    assert uri == PIPELINE_IMAGE
-
-
-def test_upload_registers_the_serving_image_build_sh_pushes() -> None:
-    from components import SERVING_IMAGE
-
-    result = build_sh("--print-serving-uri")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == SERVING_IMAGE
-    assert SERVING_IMAGE.rsplit(":", 1)[-1] == pyproject()["project"]["version"]
+    assert pyproject()["project"]["version"] == VERSION
+    args = ("--project", "acme", "--region", "europe-west4", "--repository", "pipes")
+    uri = build_sh("--print-uri", *args).stdout.strip()
+    assert uri == f"europe-west4-docker.pkg.dev/acme/pipes/beer-pipeline:{VERSION}"
+    listed = [line.split() for line in build_sh("--print-images", *args).stdout.splitlines()]
+    images = ImageSet.beside(uri)
+    assert [(role, dockerfile) for role, dockerfile, _ in listed] == [
+        (role, dockerfile)
+        for role, dockerfile in zip(("light", "serving", "cpu", "gpu"), DOCKERFILES, strict=True)
+    ]
+    assert {role: image for role, _, image in listed} == {
+        role.value: images.for_role(role) for role in Role
+    }
+    local = build_sh("--print-uri", "--registry", "localhost").stdout.strip()
+    assert local == f"localhost/beer-pipeline:{VERSION}"
 
 
 def test_build_sh_takes_settings_from_flags_over_environment() -> None:
@@ -279,6 +291,12 @@ def test_build_sh_takes_settings_from_flags_over_environment() -> None:
     unknown = build_sh("--bogus")
     assert unknown.returncode != 0 and "unknown argument: --bogus" in unknown.stderr
     assert "--print-uri" in build_sh("--help").stdout
+
+
+def test_build_sh_needs_a_project_rather_than_a_placeholder() -> None:
+    result = build_sh("--print-uri")
+    assert result.returncode == 1
+    assert "--project is required" in result.stderr and result.stdout == ""
 
 
 @pytest.fixture
@@ -294,37 +312,49 @@ def fake_tools(tmp_path: Path) -> tuple[str, Path]:
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}", calls
 
 
-def test_build_sh_builds_the_repository_and_pushes_the_uri(fake_tools: tuple[str, Path]) -> None:
+def test_build_sh_builds_every_image_and_pushes_it(fake_tools: tuple[str, Path]) -> None:
     path, calls = fake_tools
-    result = build_sh("--project", "p", "--region", "europe-west4", path=path)
+    args = ("--project", "p", "--region", "europe-west4")
+    result = build_sh(*args, path=path)
     assert result.returncode == 0, result.stderr
-    uri = build_sh("--print-uri", "--project", "p", "--region", "europe-west4").stdout.strip()
-    serving_uri = build_sh(
-        "--print-serving-uri", "--project", "p", "--region", "europe-west4"
-    ).stdout.strip()
+    uris = [line.split()[2] for line in build_sh("--print-images", *args).stdout.splitlines()]
     lines = calls.read_text().splitlines()
-    assert lines[0] == "docker info"
-    assert lines[1] == "gcloud auth configure-docker europe-west4-docker.pkg.dev --quiet"
-    for line, dockerfile, tag in zip(lines[2:4], DOCKERFILES, (uri, serving_uri), strict=True):
+    assert lines[:3] == [
+        "docker info",
+        "docker buildx version",
+        "gcloud auth configure-docker europe-west4-docker.pkg.dev --quiet",
+    ]
+    builds = lines[3:7]
+    for line, dockerfile, tag in zip(builds, DOCKERFILES, uris, strict=True):
         build = line.split()
-        assert build[:2] == ["docker", "build"] and build[-1] == str(ROOT)
+        assert build[:3] == ["docker", "buildx", "build"] and build[-1] == str(ROOT)
         assert build[build.index("-f") + 1] == str(DOCKER / dockerfile)
         assert build[build.index("-t") + 1] == tag
-    assert lines[4:] == [f"docker push {uri}", f"docker push {serving_uri}"]
+    assert lines[7:] == [f"docker push {uri}" for uri in uris]
 
 
 def test_build_sh_no_push_needs_no_gcloud(fake_tools: tuple[str, Path]) -> None:
     path, calls = fake_tools
-    result = build_sh("--no-push", path=path)
+    result = build_sh("--no-push", "--registry", "localhost", path=path)
     assert result.returncode == 0, result.stderr
-    assert [line.split()[:2] for line in calls.read_text().splitlines()] == [
+    assert [line.split()[:3] for line in calls.read_text().splitlines()] == [
         ["docker", "info"],
-        ["docker", "build"],
-        ["docker", "build"],
+        ["docker", "buildx", "version"],
+        *[["docker", "buildx", "build"]] * len(DOCKERFILES),
     ]
 
 
-def test_build_sh_cloud_build_gives_the_same_uri(fake_tools: tuple[str, Path]) -> None:
+def test_build_sh_says_what_to_install_without_buildx(tmp_path: Path) -> None:
+    (tmp_path / "docker").write_text(
+        '#!/bin/sh\ncase "$1" in info) exit 0;; buildx) exit 1;; esac\n'
+    )
+    (tmp_path / "docker").chmod(0o755)
+    result = build_sh("--no-push", "--registry", "localhost", path=f"{tmp_path}:/usr/bin:/bin")
+    assert result.returncode == 1
+    assert "buildx" in result.stderr and "docker-buildx-plugin" in result.stderr
+
+
+def test_build_sh_cloud_build_gives_the_same_uris(fake_tools: tuple[str, Path]) -> None:
     path, calls = fake_tools
     result = build_sh("--cloud-build", "--project", "p", "--repository", "r", path=path)
     assert result.returncode == 0, result.stderr
@@ -340,36 +370,62 @@ def test_build_sh_cloud_build_gives_the_same_uri(fake_tools: tuple[str, Path]) -
         re.sub(r"\$\{(\w+)\}", lambda m: substitutions[m.group(1)], image)
         for image in config["images"]
     ]
-    assert rendered == [
-        build_sh(option, "--project", "p", "--repository", "r").stdout.strip()
-        for option in ("--print-uri", "--print-serving-uri")
-    ]
+    listed = build_sh("--print-images", "--project", "p", "--repository", "r").stdout
+    assert rendered == [line.split()[2] for line in listed.splitlines()]
     built = [
-        (arg.split("=", 1)[1] for arg in step["args"] if arg.startswith("--file="))
+        next(arg.split("=", 1)[1] for arg in step["args"] if arg.startswith("--file="))
         for step in config["steps"]
         if step["args"][0] == "build"
     ]
-    assert [next(files) for files in built] == [f"docker/{name}" for name in DOCKERFILES]
+    assert built == [f"docker/{name}" for name in DOCKERFILES]
 
 
 def test_build_sh_says_when_docker_is_missing(tmp_path: Path) -> None:
     # Only the tools build.sh itself needs, so no docker can be found.
     for tool in ("awk", "dirname"):
         (tmp_path / tool).symlink_to(shutil.which(tool))
-    result = build_sh("--no-push", path=str(tmp_path))
+    result = build_sh("--no-push", "--registry", "localhost", path=str(tmp_path))
     assert result.returncode == 1
     assert "docker not found" in result.stderr and "--cloud-build" in result.stderr
 
 
-def test_cloud_build_needs_no_buildkit_and_keeps_the_allowlist() -> None:
+def test_cloud_build_needs_no_buildkit_and_keeps_each_allowlist() -> None:
     """The worker's Docker may lack buildx: the classic builder must get the same context."""
     config = yaml.safe_load((DOCKER / "cloudbuild.yaml").read_text())
     steps = config["steps"]
     assert not any("DOCKER_BUILDKIT" in " ".join(step.get("env", [])) for step in steps)
-    build = next(i for i, step in enumerate(steps) if step.get("args", [None])[0] == "build")
-    copy = steps[build - 1]
-    assert (copy["entrypoint"], copy["args"]) == (
-        "cp",
-        ["docker/Dockerfile.dockerignore", ".dockerignore"],
+    for index, step in enumerate(steps):
+        if step.get("args", [None])[0] == "build":
+            (dockerfile,) = [a.split("=", 1)[1] for a in step["args"] if a.startswith("--file=")]
+            copy = steps[index - 1]
+            assert (copy["entrypoint"], copy["args"]) == (
+                "cp",
+                [f"{dockerfile}.dockerignore", ".dockerignore"],
+            )
+
+
+def test_lock_sh_keeps_the_old_lock_when_it_fails(tmp_path: Path) -> None:
+    """lock.sh writes each lock to a temporary file first: a failure leaves the lock as it was."""
+    copy = tmp_path / "repo"
+    (copy / "docker").mkdir(parents=True)
+    shutil.copy(ROOT / "pyproject.toml", copy)
+    shutil.copy(DOCKER / "lock.sh", copy / "docker")
+    before = (DOCKER / "requirements.lock").read_text()
+    (copy / "docker" / "requirements.lock").write_text(before)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A resolver that writes part of its output, then fails.
+    (bin_dir / "uv").write_text(
+        '#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = --output-file ] && echo partial > "$2"; '
+        "shift; done\necho 'resolution failed' >&2\nexit 1\n"
     )
-    assert "--file=docker/Dockerfile" in steps[build]["args"]
+    (bin_dir / "uv").chmod(0o755)
+    result = subprocess.run(
+        [BASH, str(copy / "docker" / "lock.sh")],
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert (copy / "docker" / "requirements.lock").read_text() == before

@@ -16,8 +16,8 @@ from components.lib.evaluation.infra_validation import (
     serving_decision,
     validate_candidate,
 )
-from components.lib.evaluation.record import read_model_evaluation
 from components.lib.evaluation.rule import GateRule
+from components.lib.evaluation.stored import read_model_evaluation
 from components.lib.serving.infra import (
     InfraValidationError,
     Latency,

@@ -41,7 +41,8 @@ def test_train_and_features_steps_request_one_t4_gpu(spec: dict) -> None:
 
 def test_compile_cli_sets_other_resources(tmp_path: Path) -> None:
     output = tmp_path / "gpu.yaml"
-    main(["--output", str(output), "--accelerator-type", "NVIDIA_L4", "--accelerator-count", "2"])
+    resources = ["--accelerator-type", "NVIDIA_L4", "--accelerator-count", "2"]
+    main(["--output", str(output), "--placeholder-images", *resources])
     executors = yaml.safe_load(output.read_text())["deploymentSpec"]["executors"]
     accelerator = executors["exec-train-model"]["container"]["resources"]["accelerator"]
     assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("NVIDIA_L4", "2")
@@ -145,17 +146,29 @@ def test_infra_validation_serves_the_trained_model_after_evaluate(spec: dict) ->
     )
 
 
-def test_components_run_in_the_project_image(spec: dict) -> None:
-    from components import PIPELINE_IMAGE, SERVING_IMAGE
+def test_each_step_runs_in_its_roles_image(spec: dict) -> None:
+    """TensorFlow steps that may get a GPU in the GPU image, the other TensorFlow steps in the
+    CPU image, the rest in the light one; infra validation in the serving image (where the
+    endpoint's server runs), which is also serving_image's default."""
+    from components.images import PLACEHOLDERS
 
     executors = dict(spec["deploymentSpec"]["executors"])
     infra = executors.pop("exec-infra-validate")["container"]["image"]
-    assert infra == SERVING_IMAGE, "infra validation runs where the endpoint's server runs"
+    assert infra == PLACEHOLDERS.serving, "infra validation runs where the endpoint's server runs"
     tuning_job = executors.pop("exec-hyperparameter-tuning-job")["container"]["image"]
     assert tuning_job.startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:"), (
         "the tuning job's task is Google's launcher; its trials run the project image"
     )
-    assert {e["container"]["image"] for e in executors.values()} == {PIPELINE_IMAGE}
+    images = {name.removeprefix("exec-"): e["container"]["image"] for name, e in executors.items()}
+    gpu = {"extract-features", "train-model", "search-hyperparameters"}
+    cpu = {"preprocess-data", "evaluate-model"}
+    assert {name for name, image in images.items() if image == PLACEHOLDERS.gpu} == gpu
+    assert {name for name, image in images.items() if image == PLACEHOLDERS.cpu} == cpu
+    assert {name for name, image in images.items() if image == PLACEHOLDERS.light} == (
+        set(images) - gpu - cpu
+    )
+    serving = spec["root"]["inputDefinitions"]["parameters"]["serving_image"]
+    assert serving["defaultValue"] == PLACEHOLDERS.serving
 
 
 def test_upload_and_deploy_output_google_vertex_artifacts(spec: dict) -> None:
@@ -174,12 +187,14 @@ def test_upload_and_deploy_output_google_vertex_artifacts(spec: dict) -> None:
 
 def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spec: dict) -> None:
     """Vertex AI resolves these placeholders to the job's own project and region."""
+    from components.lib.targets.base import SERVING_PARAMETERS
     from components.target import resolve_target
 
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     defaults = {
         name: parameters[name]["defaultValue"] for name in ("target", "project", "location")
     }
+    serving = {name: parameters[name]["defaultValue"] for name in SERVING_PARAMETERS}
     assert defaults == {"target": "vertex", "project": "", "location": ""}
     tasks = spec["root"]["dag"]["tasks"]
     inputs = tasks["resolve-target"]["inputs"]["parameters"]
@@ -198,7 +213,11 @@ def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spe
             assert producer in ("resolve-target", f"pipelinechannel--resolve-target-{name}")
 
     resolved = resolve_target.python_func(
-        **defaults, local_state_dir="", job_project="my-project", job_location="us-central1"
+        **defaults,
+        **serving,
+        local_state_dir="",
+        job_project="my-project",
+        job_location="us-central1",
     )
     assert (resolved.project, resolved.location) == ("my-project", "us-central1")
     explicit = resolve_target.python_func(
@@ -208,11 +227,13 @@ def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spe
         local_state_dir="",
         job_project="my-project",
         job_location="us-central1",
+        **serving,
     )
     assert (explicit.project, explicit.location) == ("other", "europe-west4")
     with pytest.raises(ValueError, match="needs the pipeline parameters project and location"):
         resolve_target.python_func(
             **defaults,
+            **serving,
             local_state_dir="",
             job_project="{{$.pipeline_google_cloud_project_id}}",
             job_location="{{$.pipeline_google_cloud_location}}",

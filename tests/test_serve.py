@@ -33,6 +33,7 @@ PROJECT, LOCATION = "local-project", "europe-west1"
 ENDPOINT = f"projects/{PROJECT}/locations/{LOCATION}/endpoints/beer-endpoint"
 PREDICT = f"/v1/{ENDPOINT}:predict"
 MAX_BODY_BYTES = 200_000
+JSON = {"Content-Type": "application/json"}
 
 
 def deploy(state: Path, model_dir: Path) -> None:
@@ -63,7 +64,7 @@ def call(
 ) -> tuple[int, dict, http.client.HTTPResponse]:
     address = urlsplit(server.url)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
-    connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+    connection.request(method, path, body=body, headers=JSON)
     response = connection.getresponse()
     payload = json.loads(response.read())
     connection.close()
@@ -158,7 +159,13 @@ def chunked(server: ServerProcess, body: bytes) -> tuple[int, dict]:
     address = urlsplit(server.url)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
     pieces = [body[i : i + 50_000] for i in range(0, len(body), 50_000)]
-    connection.request("POST", PREDICT, body=iter(pieces), encode_chunked=True)
+    connection.request(
+        "POST",
+        PREDICT,
+        body=iter(pieces),
+        headers={"Content-Type": "application/json"},
+        encode_chunked=True,
+    )
     response = connection.getresponse()
     payload = json.loads(response.read())
     connection.close()
@@ -182,7 +189,7 @@ def test_kept_alive_connection_serves_request_after_request(
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
     statuses = []
     for path, request in ((PREDICT, body), ("/v1/nothing", b"left unread"), (PREDICT, body)):
-        connection.request("POST", path, body=request)
+        connection.request("POST", path, body=request, headers=JSON)
         response = connection.getresponse()
         response.read()
         statuses.append(response.status)

@@ -123,7 +123,7 @@ def test_only_the_aip_routes_predict(container) -> None:
     server, _ = container
     local_path = "/v1/projects/p/locations/l/endpoints/e:predict"
     assert requests.post(server.url + local_path, data=b"{}", timeout=30).status_code == 404
-    bad = requests.post(server.url + PREDICT_ROUTE, data=b'{"instances": 1}', timeout=30)
+    bad = requests.post(server.url + PREDICT_ROUTE, json={"instances": 1}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == 400
 
 

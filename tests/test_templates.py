@@ -14,6 +14,7 @@ import pytest
 import yaml
 from google.oauth2.credentials import Credentials
 
+from components.images import ImageSet
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.run import main
 from pipeline.templates import (
@@ -40,7 +41,10 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.compile import compile_pipeline
 
     return Path(
-        compile_pipeline(str(tmp_path_factory.mktemp("spec") / "pipeline.yaml"), image=VERTEX_IMAGE)
+        compile_pipeline(
+            str(tmp_path_factory.mktemp("spec") / "pipeline.yaml"),
+            images=ImageSet.beside(VERTEX_IMAGE),
+        )
     )
 
 

@@ -23,7 +23,7 @@ from google_cloud_pipeline_components.v1.hyperparameter_tuning_job import (
 )
 from kfp import dsl
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS, ImageSet
 from components.lib.modelling.variants import BACKBONES
 from components.lib.tuning.study import (
     LOCAL,
@@ -37,7 +37,7 @@ from components.lib.tuning.study import (
 from components.lib.tuning.vertex import TRIAL_MODULE, job_name, worker_pool_specs
 from components.tune import search_hyperparameters, tuning_job_spec
 from pipeline.compile import compile_pipeline
-from pipeline.pipeline import CUSTOM_JOB_MACHINE_TYPE, PIPELINE_NAME, TrainResources
+from pipeline.pipeline import PIPELINE_NAME, TrainResources
 from tests.conftest import make_layout, run_cli, upload_folder
 
 TUNED = [parameter.name for parameter in STUDY.parameters]
@@ -153,7 +153,7 @@ def test_where_a_run_tunes() -> None:
 
 
 def test_trial_settings_need_a_validation_split_and_known_parameters() -> None:
-    from components.lib.tuning.trial import TrialSettings
+    from components.lib.tuning.settings import TrialSettings
 
     with pytest.raises(ValueError, match="validation_fraction must be above 0"):
         TrialSettings(training={}, validation_fraction=0.0)
@@ -179,7 +179,7 @@ UNTUNED = {
 
 
 def test_trial_settings_are_read_from_a_steps_arguments_by_name() -> None:
-    from components.lib.tuning.trial import TrialSettings
+    from components.lib.tuning.settings import TrialSettings
 
     arguments = {**UNTUNED, "image_size": 32, "validation_fraction": 0.25, "tuning_trials": 3}
     settings = TrialSettings.from_step_arguments({**arguments, "tempfile": object()})
@@ -237,8 +237,8 @@ def test_the_tuning_job_gets_the_study_serialised_by_google_cloud_pipeline_compo
         for k in ("image", "machine_type", "accelerator_type", "accelerator_count")
     }
     assert machine == {
-        "image": PIPELINE_IMAGE,
-        "machine_type": CUSTOM_JOB_MACHINE_TYPE,
+        "image": PLACEHOLDERS.gpu,
+        "machine_type": "n1-standard-8",
         "accelerator_type": "NVIDIA_TESLA_T4",
         "accelerator_count": 1.0,
     }, "trials run on the train job's machine"
@@ -496,6 +496,11 @@ def test_a_vertex_tuning_job_runs_its_trials_and_the_best_one_is_read_back(
         )
 
     monkeypatch.setattr(job_remote_runner.aiplatform.gapic, "JobServiceClient", emulated_client)
+    # Inside the pipeline the tuning job is created by the pipeline's account, which runs the
+    # trials as itself: it must be a Service Account User of itself (docs/vertex-iam.md).
+    account = values["service_account"]
+    vertex_emulator.iam.caller = f"serviceAccount:{account}"
+    vertex_emulator.iam.grant_act_as(account)
     monkeypatch.setattr(job_remote_runner, "_POLLING_INTERVAL_IN_SECONDS", 0.5)
     launcher.main(arguments)
 
@@ -513,7 +518,7 @@ def test_a_vertex_tuning_job_runs_its_trials_and_the_best_one_is_read_back(
     assert list(backbone.categorical_value_spec.values) == list(BACKBONES)
     assert (sent.max_trial_count, sent.parallel_trial_count) == (2, 2)
     [pool] = sent.trial_job_spec.worker_pool_specs
-    assert pool.container_spec.image_uri == PIPELINE_IMAGE
+    assert pool.container_spec.image_uri == PLACEHOLDERS.gpu
     assert pool.container_spec.args[:2] == ["--raw-data", raw]
     assert pool.machine_spec.accelerator_type.name == "NVIDIA_TESLA_T4"
     assert sent.trial_job_spec.service_account == "pipelines@test-project.iam.gserviceaccount.com"
@@ -544,7 +549,7 @@ def test_a_vertex_tuning_job_runs_its_trials_and_the_best_one_is_read_back(
 def test_trials_run_in_the_compiled_image_on_the_train_jobs_machine(tmp_path: Path) -> None:
     image = "europe-west1-docker.pkg.dev/my-project/beer-pipeline/beer-pipeline:test"
     resources = TrainResources(machine_type="g2-standard-8", accelerator_type="NVIDIA_L4")
-    path = compile_pipeline(str(tmp_path / "pipeline.yaml"), resources, image)
+    path = compile_pipeline(str(tmp_path / "pipeline.yaml"), resources, ImageSet.beside(image))
     _, tasks = _branch(yaml.safe_load(Path(path).read_text()), "tuning-job-spec")
     machine = _constants(tasks["tuning-job-spec"]["inputs"]["parameters"])
     assert (machine["image"], machine["machine_type"], machine["accelerator_type"]) == (

@@ -190,7 +190,8 @@ def test_traffic_must_sum_to_100_and_a_model_with_traffic_stays_deployed(
 def test_unknown_images_and_unservable_models_fail_the_deploy(
     vertex_emulator: VertexEmulator, stored: Callable[[str], str]
 ) -> None:
-    other = upload(stored("v1"), image="europe-docker.pkg.dev/p/r/someone-elses:1")
+    other_image = vertex_emulator.images.push("europe-docker.pkg.dev/p/r/someone-elses:1")
+    other = upload(stored("v1"), image=other_image)
     with pytest.raises(VertexError, match="cannot run the image"):
         deploy(other)
     broken = upload(stored("broken"), "run-b")

@@ -14,6 +14,7 @@ import pytest
 from google.cloud import aiplatform
 from kfp import dsl
 
+from components.images import PLACEHOLDERS
 from components.lib.artifacts import VertexModel
 from components.lib.targets.base import Serving
 from components.lib.targets.vertex import VertexError
@@ -43,7 +44,7 @@ def upload_step(
     model_uri: str, tmp_path: Path, run: str = "run-1", serving_image: str = "prebuilt"
 ) -> str:
     """The pipeline's upload step, as a Vertex AI pipeline task runs it (served by Vertex AI's
-    prebuilt TensorFlow image unless ``serving_image`` says otherwise: "" is the project's)."""
+    prebuilt TensorFlow image unless ``serving_image`` names another, e.g. the project's)."""
     return upload_model.python_func(
         model=dsl.Model(uri=model_uri),
         model_evaluation=evaluation_artifact(tmp_path / f"evaluation-{run}"),
@@ -61,8 +62,17 @@ def upload_step(
     )
 
 
+SERVING_ACCOUNT = "serving@test-project.iam.gserviceaccount.com"
+
+
+@pytest.fixture(autouse=True)
+def serving_account_user(vertex_emulator: VertexEmulator) -> None:
+    """The deploy step's caller may run the model as the serving account (docs/vertex-iam.md)."""
+    vertex_emulator.iam.grant_act_as(SERVING_ACCOUNT)
+
+
 def deploy(version: str, tmp_path: Path) -> str:
-    account = "serving@test-project.iam.gserviceaccount.com"
+    account = SERVING_ACCOUNT
     artifact = str(tmp_path / f"endpoint-{version[-1]}")
     return deploy_step(version, ENDPOINT, artifact, Serving(service_account=account))[0]
 
@@ -91,7 +101,7 @@ def test_unavailable_first_calls_are_retried(
     ("serving_image", "broken", "reason"),
     [
         ("prebuilt", "broken", "Could not find variable"),  # TF Serving cannot run the export
-        ("", "no-model", "Model server exited unexpectedly"),  # pipeline.serve cannot load it
+        (PLACEHOLDERS.serving, "no-model", "Model server exited unexpectedly"),  # pipeline.serve
     ],
     ids=["prebuilt-tf-serving", "serving-image"],
 )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 import requests
 
-from components import SERVING_IMAGE
+from components.images import PLACEHOLDERS
 from tests.conftest import (
     VERTEX_LOCATION,
     VERTEX_PROJECT,
@@ -37,9 +38,13 @@ from tests.conftest import (
     running_vertex_emulator,
 )
 from tests.vertex_emulator import VertexEmulator
-from tests.vertex_emulator.serving import image_name
+from tests.vertex_emulator.serving import SERVING_IMAGE_ENV, image_name
 
-pytestmark = pytest.mark.vertex_emulator
+pytestmark = [
+    pytest.mark.vertex_emulator,
+    # With a built serving image, the emulator's endpoints run it: the container tier.
+    *([pytest.mark.container] if os.environ.get(SERVING_IMAGE_ENV) else []),
+]
 
 BUCKET = "beer-pipeline"
 ENDPOINT = "beer-classifier-endpoint"
@@ -160,7 +165,7 @@ def test_first_run_registers_and_deploys(emulator: VertexEmulator, first: dict) 
     [upload] = emulator.calls("UploadModel")
     assert upload.model.artifact_uri.startswith(f"{PIPELINE_ROOT}/")
     container = upload.model.container_spec
-    assert image_name(container.image_uri) == image_name(SERVING_IMAGE)
+    assert image_name(container.image_uri) == image_name(PLACEHOLDERS.serving)
     assert (container.predict_route, container.health_route) == ("/predict", "/health")
     assert first["calls"] == {"UploadModel": 1, "DeployModel": 1, "UndeployModel": 0}
     # Recorded in Vertex AI Experiments: the run's parameters and final metrics.

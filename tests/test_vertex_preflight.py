@@ -79,14 +79,34 @@ def test_cli_without_credentials_is_one_line_and_exit_2(tmp_path: Path) -> None:
     print(f"{seconds:.1f} s, most of it importing the SDK")
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
+TEMPLATES = "https://europe-west4-kfp.pkg.dev/test-project/pipelines"
+WITHOUT_NETWORK_FIRST = {
+    **COMMANDS,
+    # Their first request downloads or uploads a template, not a Vertex AI call.
+    "template": [*SETTINGS[:6], "--template", f"{TEMPLATES}/beer-classifier-training@v1"],
+    "publish": ["publish", "--repository", TEMPLATES, *SETTINGS[6:8]],
+}
+
+
+@pytest.mark.parametrize("command", list(WITHOUT_NETWORK_FIRST))
 def test_no_credentials_is_one_line_and_exit_2_for_every_command(
     no_credentials: None, capsys: pytest.CaptureFixture, command: str
 ) -> None:
     started = time.monotonic()
-    assert main(COMMANDS[command]) == 2
+    assert main(WITHOUT_NETWORK_FIRST[command]) == 2
     assert capsys.readouterr().err.splitlines() == [NO_CREDENTIALS]
     assert time.monotonic() - started < 30
+
+
+def test_vertex_batch_prediction_without_credentials_is_one_line_and_exit_2(
+    no_credentials: None, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    from pipeline import predict
+
+    argv = ["beer-classifier", "gs://beer-photos/new", "-o", str(tmp_path / "out.jsonl")]
+    argv += ["--target", "vertex", *SETTINGS[:4], "--staging", "gs://beer-batch/s"]
+    assert predict.main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [NO_CREDENTIALS]
 
 
 def test_a_credentials_file_that_does_not_load_is_named(

@@ -7,7 +7,7 @@ import grpc
 import pytest
 from google.cloud import aiplatform_v1 as v1
 
-from components import SERVING_IMAGE
+from components.images import PLACEHOLDERS
 from components.lib.targets import Serving, champion_version, endpoint_registry, model_registry
 from components.lib.targets.base import ModelVersion, version_alias
 from components.lib.targets.vertex import VertexError, label_value, prediction_image
@@ -225,7 +225,7 @@ def test_steps_output_vertex_artifacts_for_lineage(
         },
         model_display_name="beer",
         pipeline_job="beer-classifier-training-20261121",
-        serving_image="",
+        serving_image=PLACEHOLDERS.serving,
         accelerator_type="NVIDIA_TESLA_T4",
         local_state_dir="",
         vertex_model=vertex_model,
@@ -233,7 +233,7 @@ def test_steps_output_vertex_artifacts_for_lineage(
     )
     [request] = vertex_emulator.calls("UploadModel")
     container = request.model.container_spec
-    assert container.image_uri == SERVING_IMAGE
+    assert container.image_uri == PLACEHOLDERS.serving
     assert (container.predict_route, container.health_route) == ("/predict", "/health")
     assert [port.container_port for port in container.ports] == [8080]
     assert "beer-classifier-training-20261121" in request.model.version_aliases
@@ -286,6 +286,7 @@ def test_deploy_runs_the_model_as_the_configured_service_account(
     vertex_emulator: VertexEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     account = "beer-serving@test-project.iam.gserviceaccount.com"
+    vertex_emulator.iam.grant_act_as(account)
     deploy(upload("run-a"), Serving(service_account=account))
     [request] = vertex_emulator.calls("DeployModel")
     assert request.deployed_model.service_account == account

@@ -18,6 +18,7 @@ def test_schedule_is_created_then_updated_not_duplicated(
     vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture
 ) -> None:
     account = "trainer@test-project.iam.gserviceaccount.com"
+    vertex_emulator.iam.grant_act_as(account)
     assert main(["schedule", "--cron", "0 3 * * 1", "--max-concurrent", "2", *SETTINGS]) == 0
     assert "created schedule" in capsys.readouterr().out
     [created] = vertex_emulator.calls("CreateSchedule")

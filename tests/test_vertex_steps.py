@@ -124,6 +124,7 @@ def test_evaluate_upload_deploy_on_vertex_run_after_run_with_a_champion_serving(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    vertex_emulator.iam.grant_act_as("beer-serving@test-project.iam.gserviceaccount.com")
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("FSSPEC_GS_TOKEN", "anon")  # the server's process reads the emulator too
     root = f"{tmp_path.name}/pipeline-root"

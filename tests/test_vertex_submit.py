@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.cloud import aiplatform_v1 as v1
 
+from components.images import ImageSet
 from pipeline.pipeline import PIPELINE_NAME
 from pipeline.run import UsageError, main
 from tests.conftest import (
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.usefixtures("no_ambient_vertex_settings", "compiled_onc
 def test_submit_sends_spec_typed_parameters_root_account_and_labels(
     vertex_emulator: VertexEmulator, capsys: pytest.CaptureFixture
 ) -> None:
+    vertex_emulator.iam.grant_act_as("trainer@test-project.iam.gserviceaccount.com")
     code = main(
         [
             *SETTINGS,
@@ -62,10 +64,11 @@ def test_submit_sends_spec_typed_parameters_root_account_and_labels(
     assert values["data_uri"] == "gs://beers/data"
     assert values["target"] == "vertex"
     assert (values["project"], values["location"]) == (VERTEX_PROJECT, VERTEX_LOCATION)
-    # The model is served by the serving image pushed beside the steps' image.
-    assert values["serving_image"] == (
-        f"{VERTEX_LOCATION}-docker.pkg.dev/{VERTEX_PROJECT}/beer-pipeline/beer-serving:0.1.0"
-    )
+    # The model is served by the serving image pushed beside the steps' image: the compiled
+    # default, as in a console or scheduled run of the same spec.
+    assert "serving_image" not in values
+    parameters = job.pipeline_spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["serving_image"]["defaultValue"] == ImageSet.beside(VERTEX_IMAGE).serving
     assert job.runtime_config.gcs_output_directory == ROOT_URI
     assert job.service_account == "trainer@test-project.iam.gserviceaccount.com"
     assert job.network == "projects/1234/global/networks/ml"
@@ -96,9 +99,15 @@ def test_settings_come_from_environment_and_config_file(
     assert dict(job.labels)["team"] == "vision"
     executors = job.pipeline_spec["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values()}
-    # Every step runs the given image but the tuning job's launcher, Google's own image.
+    # Every step runs the given image or one beside it, but the tuning job's launcher,
+    # Google's own image.
     google = "gcr.io/ml-pipeline/google-cloud-pipeline-components:"
-    assert {image for image in images if not image.startswith(google)} == {VERTEX_IMAGE}
+    beside = ImageSet.beside(VERTEX_IMAGE)
+    assert {image for image in images if not image.startswith(google)} == {
+        beside.gpu,
+        beside.cpu,
+        beside.light,
+    }
     assert executors["exec-hyperparameter-tuning-job"]["container"]["image"].startswith(google)
 
 
@@ -175,8 +184,7 @@ def test_cli_without_settings_says_all_that_is_missing_in_one_line(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("error: missing settings project (--project, BEER_PIPELINE_PROJECT")
     assert "pipeline_root (--pipeline-root" in line and "add --local" in line
-    assert "image us-docker.pkg.dev/your-project/beer-pipeline" in line
-    assert "is the placeholder" in line and "bash docker/build.sh" in line
+    assert "image (--image, BEER_PIPELINE_IMAGE" in line
     assert "region 'mars-1' is not a Vertex AI region" in line
 
 
@@ -219,16 +227,16 @@ def test_a_compiled_custom_job_pipeline_is_submitted_as_is(
     assert executors["exec-train-model"]["container"]["image"].startswith(
         "gcr.io/ml-pipeline/google-cloud-pipeline-components"
     )
-    assert executors["exec-download-data"]["container"]["image"] == "eu.gcr.io/p/img:9"
+    assert executors["exec-download-data"]["container"]["image"] == "eu.gcr.io/p/img-light:9"
     assert job.runtime_config.parameter_values["epochs"] == 4
 
     assert main([*no_image, "--pipeline-file", str(tmp_path / "missing.yaml")]) == 2
     assert "--pipeline-file" in capsys.readouterr().err
     assert main([*SETTINGS, "--pipeline-file", str(spec)]) == 2
     assert "--image applies to a fresh compile" in capsys.readouterr().err
-    compile_main(["--output", str(spec)])
+    compile_main(["--output", str(spec), "--placeholder-images"])
     assert main([*no_image, "--pipeline-file", str(spec)]) == 2
-    assert "runs the placeholder image us-docker.pkg.dev/your-project/" in (capsys.readouterr().err)
+    assert "runs the placeholder image registry.invalid/" in (capsys.readouterr().err)
     assert len(vertex_emulator.calls("CreatePipelineJob")) == 1
 
 

@@ -5,8 +5,9 @@ container the way a deploy does (TF Serving's loader for the prebuilt TensorFlow
 the instances in batches and writes what Vertex AI writes: under
 ``{gcs_destination}/prediction-{model}-{time}/``, ``prediction.results-00000-of-00001`` lines of
 ``{"instance", "prediction"}`` and ``prediction.errors_stats-00000-of-00001`` lines of
-``{"instance", "error": {"status", "message"}}`` for instances the model refused (a refused batch
-is retried one instance at a time, so one bad instance costs only itself). The job goes
+``{"instance", "error": {"status", "message"}}`` for the instances of a batch the model refused:
+as Vertex AI does, a 4xx answer to a request fails every instance sent in it (one bad or
+oversized instance costs its whole batch of ``batch_size``). The job goes
 PENDING -> RUNNING -> SUCCEEDED (or FAILED with the reason, when the model cannot be served or
 the input cannot be read), with ``completion_stats`` and ``output_info``.
 """
@@ -25,7 +26,7 @@ from google.rpc import status_pb2
 
 from tests.vertex_emulator.context import Context, now
 from tests.vertex_emulator.registry import ModelRegistry
-from tests.vertex_emulator.resources import ApiError, invalid, not_found
+from tests.vertex_emulator.resources import ApiError, check_machine_spec, invalid, not_found
 from tests.vertex_emulator.serving import ContainerRuntime, DeployError, ModelFiles, PredictError
 from tests.vertex_emulator.storage import split_uri
 
@@ -86,6 +87,7 @@ class BatchPredictionJobs:
             raise invalid("output_config.gcs_destination.output_uri_prefix must be gs://.")
         if not job.dedicated_resources.machine_spec.machine_type:
             raise invalid("A custom-trained model's job needs dedicated_resources.machine_spec.")
+        check_machine_spec(job.dedicated_resources.machine_spec, "dedicated_resources.machine_spec")
 
     def _update(self, name: str, **fields: Any) -> None:
         with self.context.lock:
@@ -166,15 +168,11 @@ class BatchPredictionJobs:
                     {"instance": i, "prediction": p}
                     for i, p in zip(batch, predictions, strict=True)
                 ]
-            except PredictError:
-                for instance in batch:  # one at a time: only the bad ones fail
-                    try:
-                        [prediction] = container.predict([instance], None)
-                        results.append({"instance": instance, "prediction": prediction})
-                    except PredictError as error:
-                        errors.append(
-                            {"instance": instance, "error": {"status": 3, "message": str(error)}}
-                        )
+            except PredictError as error:
+                errors += [
+                    {"instance": instance, "error": {"status": 3, "message": str(error)}}
+                    for instance in batch
+                ]
             self._update(
                 job.name,
                 completion_stats=v1.CompletionStats(

@@ -18,10 +18,13 @@ from google.api import httpbody_pb2
 from google.cloud import aiplatform_v1 as v1
 from google.protobuf import json_format
 
+from tests.artifact_registry import ContainerImages
 from tests.vertex_emulator.context import Context, now
+from tests.vertex_emulator.iam import Iam
 from tests.vertex_emulator.registry import ModelRegistry
 from tests.vertex_emulator.resources import (
     ApiError,
+    check_machine_spec,
     display_name_filter,
     invalid,
     not_found,
@@ -35,6 +38,15 @@ from tests.vertex_emulator.serving import (
 )
 
 NEW_MODEL_KEY = "0"
+PREDICT_LIMIT_BYTES = 1_572_864
+"""Online prediction's request limit, 1.5 MB (gcloud ai endpoints predict's reference)."""
+
+
+def request_too_large(size: int) -> ApiError:
+    return invalid(
+        f"Request payload size exceeds the limit: {PREDICT_LIMIT_BYTES} bytes (got {size}); "
+        "send smaller images, e.g. resized to the model's input size."
+    )
 
 
 def _failed_precondition(message: str) -> ApiError:
@@ -55,9 +67,17 @@ class Endpoints:
     """State and RPCs of ``EndpointService`` and ``PredictionService``."""
 
     def __init__(
-        self, context: Context, registry: ModelRegistry, runtime: ContainerRuntime, seed: int = 0
+        self,
+        context: Context,
+        registry: ModelRegistry,
+        runtime: ContainerRuntime,
+        images: ContainerImages,
+        iam: Iam,
+        seed: int = 0,
     ) -> None:
         self.context = context
+        self.images = images
+        self.iam = iam
         self.registry = registry
         self.runtime = runtime
         self.endpoints: dict[str, v1.Endpoint] = {}
@@ -149,10 +169,10 @@ class Endpoints:
             deployed = v1.DeployedModel(request.deployed_model)
             version = self.registry.version(deployed.model)
             resources = deployed.dedicated_resources
-            if not resources.machine_spec.machine_type:
-                raise invalid(
-                    "DeployedModel.dedicated_resources.machine_spec.machine_type is required."
-                )
+            check_machine_spec(
+                resources.machine_spec, "DeployedModel.dedicated_resources.machine_spec"
+            )
+            self.iam.require_act_as(deployed.service_account)
             if resources.min_replica_count < 1 or (
                 resources.max_replica_count
                 and resources.max_replica_count < resources.min_replica_count
@@ -168,6 +188,8 @@ class Endpoints:
             name = endpoint.name
 
         def work() -> v1.DeployModelResponse:
+            if problem := self.images.missing(version.container_spec.image_uri):
+                raise _failed_precondition(f"Failed to deploy {version.name}: {problem}")
             container = self._serve(deployed.id, version)
             with self.context.lock:
                 stored = self.endpoints[name]
@@ -266,6 +288,8 @@ class Endpoints:
 
     def predict(self, request: v1.PredictRequest) -> v1.PredictResponse:
         raw = v1.PredictRequest.pb(request)
+        if raw.ByteSize() > PREDICT_LIMIT_BYTES:
+            raise request_too_large(raw.ByteSize())
         instances = [json_format.MessageToDict(value) for value in raw.instances]
         parameters = (
             json_format.MessageToDict(raw.parameters) if raw.HasField("parameters") else None
@@ -294,6 +318,8 @@ class Endpoints:
 
     def raw_predict(self, request: v1.RawPredictRequest) -> httpbody_pb2.HttpBody:
         body = request.http_body
+        if len(body.data) > PREDICT_LIMIT_BYTES:
+            raise request_too_large(len(body.data))
         data, content_type, _ = self.raw_predict_bytes(
             request.endpoint, body.data, body.content_type or "application/json"
         )

@@ -5,16 +5,23 @@ experiment's context (schema ``system.Experiment``) and adds the pipeline run's 
 with the job, ``pipeline_run_context``) to it as a child. ``ExperimentRun.create`` adds a
 ``system.ExperimentRun`` context the same way, and its ``log_params``/``log_metrics``/``end_run``
 update that context's metadata (``_params``, ``_metrics``, ``_state``). Stores, contexts and their
-children are kept; nothing else of ML Metadata is (``GetArtifact`` finds nothing).
+children are kept, and so are artifacts, executions and the events between them, which Vertex AI
+Pipelines records for each task it runs (``--plan`` reads the executions' cache fingerprints and
+outputs back). Listing executions takes the filters ``--plan`` sends (AIP-160 conjunctions of
+``schema_title``, ``state``, ``display_name`` and ``metadata.KEY.string_value`` equalities) and
+``order_by="create_time desc"``; any other filter is refused, as the service refuses what it
+cannot parse.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 from google.cloud import aiplatform_v1 as v1
+from google.protobuf import json_format
 
 from tests.vertex_emulator.context import Context, now
 from tests.vertex_emulator.resources import ApiError, invalid, not_found
@@ -28,6 +35,10 @@ class Metadata:
         self.stores: dict[str, v1.MetadataStore] = {}
         self.contexts: dict[str, v1.Context] = {}
         self.children: dict[str, list[str]] = {}
+        self.artifacts: dict[str, v1.Artifact] = {}
+        self.executions: dict[str, v1.Execution] = {}
+        self.events: dict[str, list[v1.Event]] = {}
+        """execution name -> its events, in the order they were added."""
 
     def rpcs(self, rpc: Callable[..., Any]) -> list[Any]:
         service = "MetadataService"
@@ -40,6 +51,17 @@ class Metadata:
             rpc(service, "UpdateContext", v1.UpdateContextRequest, self.update_context),
             rpc(service, "AddContextChildren", v1.AddContextChildrenRequest, self.add_children),
             rpc(service, "GetArtifact", v1.GetArtifactRequest, self.get_artifact),
+            rpc(service, "CreateArtifact", v1.CreateArtifactRequest, self.create_artifact),
+            rpc(service, "CreateExecution", v1.CreateExecutionRequest, self.create_execution),
+            rpc(service, "GetExecution", v1.GetExecutionRequest, self.get_execution),
+            rpc(service, "ListExecutions", v1.ListExecutionsRequest, self.list_executions),
+            rpc(service, "AddExecutionEvents", v1.AddExecutionEventsRequest, self.add_events),
+            rpc(
+                service,
+                "QueryExecutionInputsAndOutputs",
+                v1.QueryExecutionInputsAndOutputsRequest,
+                self.query_inputs_and_outputs,
+            ),
         ]
 
     def pipeline_run_context(self, parent: str, job_id: str, display_name: str) -> v1.Context:
@@ -131,11 +153,94 @@ class Metadata:
             return v1.Context(stored)
 
     def get_artifact(self, request: v1.GetArtifactRequest) -> v1.Artifact:
-        """No artifact is kept: the SDK's lookups (an experiment run's TensorBoard run) find
-        none, as they find none in a store without them."""
         with self.context.lock:
             self._store_of(request.name.split("/artifacts/", 1)[0])
-        raise not_found(f"Artifact {request.name}")
+            found = self.artifacts.get(self.context.names.canonical(request.name))
+            if found is None:
+                raise not_found(f"Artifact {request.name}")
+            return v1.Artifact(found)
+
+    def _create(self, kind: str, kept: dict, parent: str, resource: Any, resource_id: str) -> Any:
+        if not resource.schema_title:
+            raise invalid(f"{kind}.schema_title is required.")
+        with self.context.lock:
+            store = self._store_of(parent)
+            resource.name = f"{store}/{kind.lower()}s/{resource_id or self.context.new_id()}"
+            if resource.name in kept:
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"{resource.name} already exists.")
+            resource.create_time = resource.update_time = now()
+            resource.etag = "1"
+            kept[resource.name] = resource
+            return type(resource)(resource)
+
+    def create_artifact(self, request: v1.CreateArtifactRequest) -> v1.Artifact:
+        artifact = v1.Artifact(request.artifact)
+        if not artifact.state:
+            artifact.state = v1.Artifact.State.LIVE
+        return self._create(
+            "Artifact", self.artifacts, request.parent, artifact, request.artifact_id
+        )
+
+    def create_execution(self, request: v1.CreateExecutionRequest) -> v1.Execution:
+        execution = v1.Execution(request.execution)
+        created = self._create(
+            "Execution", self.executions, request.parent, execution, request.execution_id
+        )
+        with self.context.lock:
+            self.events[created.name] = []
+        return created
+
+    def _execution(self, name: str) -> v1.Execution:
+        found = self.executions.get(self.context.names.canonical(name))
+        if found is None:
+            raise not_found(f"Execution {name}")
+        return found
+
+    def get_execution(self, request: v1.GetExecutionRequest) -> v1.Execution:
+        with self.context.lock:
+            return v1.Execution(self._execution(request.name))
+
+    def list_executions(self, request: v1.ListExecutionsRequest) -> v1.ListExecutionsResponse:
+        wanted = _execution_filter(request.filter)
+        if request.order_by not in ("", "create_time desc", "create_time"):
+            raise invalid(f"Unsupported order_by {request.order_by!r}.")
+        with self.context.lock:
+            store = self._store_of(request.parent)
+            found = [
+                v1.Execution(e)
+                for name, e in self.executions.items()
+                if name.startswith(f"{store}/") and wanted(e)
+            ]
+        # ids grow with time: the newest first when asked
+        found.sort(key=lambda e: int(e.name.rsplit("/", 1)[1]), reverse="desc" in request.order_by)
+        executions, token = self.context.page(found, request)
+        return v1.ListExecutionsResponse(executions=executions, next_page_token=token)
+
+    def add_events(self, request: v1.AddExecutionEventsRequest):
+        with self.context.lock:
+            execution = self._execution(request.execution)
+            for event in request.events:
+                if self.context.names.canonical(event.artifact) not in self.artifacts:
+                    raise not_found(f"Artifact {event.artifact}")
+                if event.type_ not in (v1.Event.Type.INPUT, v1.Event.Type.OUTPUT):
+                    raise invalid("Event.type must be INPUT or OUTPUT.")
+                kept = v1.Event(event)
+                kept.artifact = self.context.names.canonical(event.artifact)
+                kept.execution = execution.name
+                kept.event_time = now()
+                self.events[execution.name].append(kept)
+        return v1.AddExecutionEventsResponse()
+
+    def query_inputs_and_outputs(self, request: v1.QueryExecutionInputsAndOutputsRequest):
+        with self.context.lock:
+            execution = self._execution(request.execution)
+            events = [v1.Event(e) for e in self.events[execution.name]]
+            artifacts = {e.artifact: v1.Artifact(self.artifacts[e.artifact]) for e in events}
+        return v1.LineageSubgraph(
+            artifacts=list(artifacts.values()),
+            executions=[v1.Execution(execution)],
+            events=events,
+        )
 
     def add_children(self, request: v1.AddContextChildrenRequest):
         with self.context.lock:
@@ -148,3 +253,33 @@ class Metadata:
                     raise not_found(f"Context {child}")
                 children.append(self.context.names.canonical(child))
         return v1.AddContextChildrenResponse()
+
+
+_CONDITION = re.compile(
+    r'\s*(?P<field>[a-z_]+(?:\.[A-Za-z0-9_:-]+\.string_value)?)\s*=\s*"(?P<value>[^"]*)"\s*'
+)
+
+
+def _execution_filter(text: str) -> Callable[[v1.Execution], bool]:
+    """A conjunction of equalities (``schema_title``, ``state``, ``display_name``,
+    ``metadata.KEY.string_value``) as a predicate; anything else is INVALID_ARGUMENT."""
+    wanted: list[tuple[str, str]] = []
+    for part in re.split(r"\s+AND\s+", text.strip()) if text.strip() else []:
+        match = _CONDITION.fullmatch(part)
+        field = match["field"] if match else ""
+        if not match or not (
+            field in ("schema_title", "state", "display_name") or field.startswith("metadata.")
+        ):
+            raise invalid(f"Unsupported filter {text!r}.")
+        wanted.append((field, match["value"]))
+
+    def value(execution: v1.Execution, field: str) -> Any:
+        if field == "state":
+            return v1.Execution.State(execution.state).name
+        if field.startswith("metadata."):
+            metadata = json_format.MessageToDict(v1.Execution.pb(execution).metadata)
+            found = metadata.get(field.split(".")[1])
+            return found if isinstance(found, str) else None
+        return getattr(execution, field)
+
+    return lambda execution: all(value(execution, f) == v for f, v in wanted)

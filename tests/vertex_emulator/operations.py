@@ -116,9 +116,15 @@ class Operations:
             return _copy(self._operations[request.name])
 
     def list(self, request: operations_pb2.ListOperationsRequest) -> Any:
-        prefix = self.names.canonical(request.name)
+        """The operations of one resource (``.../models/M``: ``.../models/M/operations/*``),
+        not of everything under its name: a location's list holds no model's operations."""
+        parent = self.names.canonical(request.name).rstrip("/").removesuffix("/operations")
         with self._finished:
-            found = [_copy(op) for name, op in self._operations.items() if name.startswith(prefix)]
+            found = [
+                _copy(op)
+                for name, op in self._operations.items()
+                if name.rpartition("/operations/")[0] == parent
+            ]
         operations, token = page(found, request.page_size, request.page_token)
         return operations_pb2.ListOperationsResponse(operations=operations, next_page_token=token)
 

@@ -6,13 +6,18 @@ carries an error message), enough for ``--wait`` to follow it.
 
 from __future__ import annotations
 
+import re
+
+import grpc
 from google.cloud import aiplatform_v1 as v1
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from tests.vertex_emulator.context import Context, now
 from tests.vertex_emulator.metadata import Metadata
-from tests.vertex_emulator.resources import display_name_filter, not_found
+from tests.vertex_emulator.resources import ApiError, display_name_filter, invalid, not_found
 
+_PIPELINE_NAME = re.compile(r'\s*pipeline_name\s*=\s*"(?P<name>[^"]*)"\s*')
 FAILED_JOB_MESSAGE = "The DAG failed because some tasks failed: step train: out of memory"
 
 
@@ -32,6 +37,9 @@ class Pipelines:
         job = v1.PipelineJob(request.pipeline_job)
         job_id = request.pipeline_job_id or self.context.new_id()
         job.name = f"{parent}/pipelineJobs/{job_id}"
+        with self.context.lock:
+            if job.name in self.jobs:
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"PipelineJob {job.name} exists.")
         job.job_detail.pipeline_run_context = self.metadata.pipeline_run_context(
             parent, job_id, job.display_name
         )
@@ -53,9 +61,22 @@ class Pipelines:
             return v1.PipelineJob(job)
 
     def list_pipeline_jobs(self, request: v1.ListPipelineJobsRequest):
+        """Takes ``pipeline_name="NAME"`` (the spec's pipelineInfo.name) as its filter and
+        ``create_time desc`` as its order, as ``--plan`` asks; other filters are refused."""
         parent = self.context.names.parent(request.parent)
+        match = _PIPELINE_NAME.fullmatch(request.filter) if request.filter else None
+        if request.filter and not match:
+            raise invalid(f"Unsupported filter {request.filter!r}.")
+        if request.order_by not in ("", "create_time desc", "create_time"):
+            raise invalid(f"Unsupported order_by {request.order_by!r}.")
         with self.context.lock:
-            found = [v1.PipelineJob(j) for n, j in self.jobs.items() if n.startswith(parent)]
+            found = [
+                v1.PipelineJob(j)
+                for n, j in self.jobs.items()
+                if n.startswith(parent) and (not match or _pipeline_name(j) == match["name"])
+            ]
+        if "desc" in request.order_by:
+            found.reverse()  # kept in the order they were made
         jobs, token = self.context.page(found, request)
         return v1.ListPipelineJobsResponse(pipeline_jobs=jobs, next_page_token=token)
 
@@ -93,8 +114,16 @@ class Pipelines:
         return v1.ListSchedulesResponse(schedules=schedules, next_page_token=token)
 
     def update_schedule(self, request: v1.UpdateScheduleRequest) -> v1.Schedule:
+        """The fields of ``update_mask`` replaced; a field set now cannot be unset (the API's
+        rule), down to the job request's service account, network or template URI."""
         with self.context.lock:
             stored = self._schedule(request.schedule.name)
+            for path in request.update_mask.paths:
+                old, new = (type(m).pb(m) for m in (stored, request.schedule))
+                if unset := _unset_fields(old, new, path):
+                    raise invalid(
+                        f"UpdateSchedule cannot unset non-empty fields: {', '.join(unset)}."
+                    )
             for path in request.update_mask.paths:
                 setattr(stored, path, getattr(request.schedule, path))
             stored.update_time = now()
@@ -123,3 +152,28 @@ class Pipelines:
         return self.context.operations.start(
             "DeleteSchedule", name, v1.DeleteOperationMetadata, work
         )
+
+
+def _unset_fields(old: Message, new: Message, path: str) -> list[str]:
+    """The fields under ``path`` (a field name) that ``old`` sets and ``new`` leaves empty;
+    messages are compared field by field, lists and maps are replaced whole."""
+    field = old.DESCRIPTOR.fields_by_name[path]
+    if field.is_repeated:
+        return []
+    if field.message_type is None:
+        was, now_ = getattr(old, path), getattr(new, path)
+        return [path] if was and not now_ else []
+    if not old.HasField(path):
+        return []
+    if not new.HasField(path):
+        return [path]
+    inner_old, inner_new = getattr(old, path), getattr(new, path)
+    return [
+        f"{path}.{name}"
+        for described, _ in inner_old.ListFields()
+        for name in _unset_fields(inner_old, inner_new, described.name)
+    ]
+
+
+def _pipeline_name(job: v1.PipelineJob) -> str:
+    return job.pipeline_spec.get("pipelineInfo", {}).get("name", "")

@@ -1,6 +1,7 @@
 """ModelService: the Model Registry with versions, aliases and labels, checked as Vertex AI checks.
 
-UploadModel is long-running; its operation fails when ``artifact_uri`` is not in Cloud Storage,
+UploadModel refuses an image that no registry holds (``ContainerImages``: what tests pushed).
+It is long-running; its operation fails when ``artifact_uri`` is not in Cloud Storage,
 or, for a prebuilt TensorFlow image, holds no SavedModel. A version alias lives on one version of
 a model only: giving it to a new version moves it there, ``default`` included, and the first
 version always gets ``default``. A version carries evaluations (ImportModelEvaluation: its
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.cloud import aiplatform_v1 as v1
 
+from tests.artifact_registry import ContainerImages
 from tests.vertex_emulator.context import Context, now
 from tests.vertex_emulator.resources import (
     ApiError,
@@ -42,8 +44,9 @@ class RegisteredModel:
 class ModelRegistry:
     """State and RPCs of ``google.cloud.aiplatform.v1.ModelService``."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, images: ContainerImages) -> None:
         self.context = context
+        self.images = images
         self.models: dict[str, RegisteredModel] = {}
         # evaluation name -> (version id, evaluation); evaluation name -> its slices
         self.evaluations: dict[str, tuple[str, v1.ModelEvaluation]] = {}
@@ -70,6 +73,8 @@ class ModelRegistry:
             raise invalid("Model.display_name is required.")
         if not model.container_spec.image_uri:
             raise invalid("Model.container_spec.image_uri is required.")
+        if problem := self.images.missing(model.container_spec.image_uri):
+            raise invalid(problem)
         check_labels(dict(model.labels))
         check_aliases(list(model.version_aliases))
         if request.parent_model:

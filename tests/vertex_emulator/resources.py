@@ -11,7 +11,7 @@ import base64
 import hashlib
 import re
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -126,3 +126,17 @@ def check_aliases(aliases: Sequence[str]) -> None:
             )
     if len(set(aliases)) != len(aliases):
         raise invalid(f"Duplicate version aliases in {list(aliases)}.")
+
+
+def check_machine_spec(spec: Any, where: str) -> None:
+    """INVALID_ARGUMENT for a machine and GPU pairing Vertex AI refuses (the GPU families of
+    ``components.lib.targets.machines``), as a job or deploy that names it is refused."""
+    from components.lib.targets.machines import machine_problem
+
+    if not spec.machine_type:
+        raise invalid(f"{where}.machine_type is required.")
+    accelerator = spec.accelerator_type.name
+    if accelerator == "ACCELERATOR_TYPE_UNSPECIFIED":
+        accelerator = ""
+    if problem := machine_problem(spec.machine_type, accelerator, spec.accelerator_count):
+        raise invalid(f"{where}: {problem}.")

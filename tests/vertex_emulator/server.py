@@ -27,10 +27,13 @@ import grpc
 from google.cloud import aiplatform_v1 as v1
 from google.longrunning import operations_pb2
 
-from components import PIPELINE_IMAGE
+from components.images import PLACEHOLDERS
+from tests.artifact_registry import ContainerImages
 from tests.vertex_emulator.batch_prediction import BatchPredictionJobs
 from tests.vertex_emulator.context import Context
-from tests.vertex_emulator.endpoints import Endpoints
+from tests.vertex_emulator.custom_jobs import CustomJobs
+from tests.vertex_emulator.endpoints import PREDICT_LIMIT_BYTES, Endpoints, request_too_large
+from tests.vertex_emulator.iam import Iam
 from tests.vertex_emulator.metadata import Metadata
 from tests.vertex_emulator.operations import Operations
 from tests.vertex_emulator.pipelines import Pipelines
@@ -43,6 +46,9 @@ from tests.vertex_emulator.tuning import TuningJobs
 _V1 = "google.cloud.aiplatform.v1."
 _REST_PREDICT = re.compile(
     r"^/v1/(?P<endpoint>projects/[^/]+/locations/[^/]+/endpoints/[^/:]+):(?P<verb>predict|rawPredict)$"
+)
+_REST_TEST_IAM = re.compile(
+    r"^/v1/projects/[^/]+/serviceAccounts/(?P<account>[^/:]+):testIamPermissions$"
 )
 # The permission each call needs, for PERMISSION_DENIED messages as the real service words them.
 _PERMISSIONS = {
@@ -61,6 +67,7 @@ _PERMISSIONS = {
     "CreateBatchPredictionJob": "aiplatform.batchPredictionJobs.create",
     "CreateSchedule": "aiplatform.schedules.create",
     "CreateHyperparameterTuningJob": "aiplatform.hyperparameterTuningJobs.create",
+    "CreateCustomJob": "aiplatform.customJobs.create",
     "GetHyperparameterTuningJob": "aiplatform.hyperparameterTuningJobs.get",
 }
 
@@ -83,17 +90,26 @@ class VertexEmulator:
         operation_delay_s: float = 0.5,
         custom_images: dict[str, Sequence[str]] | None = None,
         seed: int = 0,
+        images: ContainerImages | None = None,
+        iam: Iam | None = None,
     ) -> None:
         names = Names(projects)
         self.context = Context(names, Operations(operation_delay_s, names), storage)
         self.operations = self.context.operations
-        self.registry = ModelRegistry(self.context)
+        # What Artifact Registry holds (tests push the images they use) and who may act as
+        # which service account.
+        self.images = images or ContainerImages()
+        self.iam = iam or Iam()
+        self.registry = ModelRegistry(self.context, self.images)
         runtime = ContainerRuntime(custom_images)
-        self.endpoint_service = Endpoints(self.context, self.registry, runtime, seed)
+        self.endpoint_service = Endpoints(
+            self.context, self.registry, runtime, self.images, self.iam, seed
+        )
         self.batch_jobs = BatchPredictionJobs(self.context, self.registry, runtime)
         self.metadata = Metadata(self.context)
         self.pipelines = Pipelines(self.context, self.metadata)
-        self.tuning = TuningJobs(self.context, PIPELINE_IMAGE, seed)
+        self.tuning = TuningJobs(self.context, self.iam, PLACEHOLDERS.gpu, seed)
+        self.custom_jobs = CustomJobs(self.context, self.iam)
         self.requests: list[tuple[str, Any]] = []
         self.unimplemented: list[str] = []
         self._failures: dict[str, list[grpc.StatusCode]] = defaultdict(list)
@@ -292,6 +308,24 @@ class VertexEmulator:
             ),
             Rpc(
                 "JobService",
+                "CreateCustomJob",
+                v1.CreateCustomJobRequest,
+                self.custom_jobs.create_custom_job,
+            ),
+            Rpc(
+                "JobService",
+                "GetCustomJob",
+                v1.GetCustomJobRequest,
+                self.custom_jobs.get_custom_job,
+            ),
+            Rpc(
+                "JobService",
+                "CancelCustomJob",
+                v1.CancelCustomJobRequest,
+                self.custom_jobs.cancel_custom_job,
+            ),
+            Rpc(
+                "JobService",
                 "CreateHyperparameterTuningJob",
                 v1.CreateHyperparameterTuningJobRequest,
                 tuning.create_hyperparameter_tuning_job,
@@ -481,6 +515,15 @@ def _rest_handler(emulator: VertexEmulator) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if iam := _REST_TEST_IAM.match(self.path):
+                asked = json.loads(body or b"{}").get("permissions", [])
+                held = emulator.iam.test_permissions(iam["account"], asked)
+                self._reply(
+                    200,
+                    json.dumps({"permissions": held} if held else {}).encode(),
+                    "application/json",
+                )
+                return
             match = _REST_PREDICT.match(self.path)
             if not match:
                 self._error(grpc.StatusCode.NOT_FOUND, f"no route POST {self.path}")
@@ -488,6 +531,8 @@ def _rest_handler(emulator: VertexEmulator) -> type[BaseHTTPRequestHandler]:
             with emulator._log_lock:
                 emulator.requests.append((f"REST {match['verb']}", body))
             try:
+                if len(body) > PREDICT_LIMIT_BYTES:
+                    raise request_too_large(len(body))
                 if match["verb"] == "rawPredict":
                     data, content_type, deployed = emulator.endpoint_service.raw_predict_bytes(
                         match["endpoint"],

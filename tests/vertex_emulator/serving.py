@@ -283,21 +283,45 @@ def image_name(uri: str) -> str:
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_SERVING_COMMAND = (sys.executable, "-m", "pipeline.serve")
 """The project's serving image's entrypoint (docker/Dockerfile.serving), run from this checkout."""
+SERVING_IMAGE_ENV = "BEER_EMULATOR_SERVING_IMAGE"
+"""A built serving image (e.g. ``localhost/beer-pipeline-serving:0.1.0``): when set, the
+project's serving image runs as that container (podman, the host's network), as on Vertex AI,
+instead of the checkout's server."""
+CONTAINER_VARIABLES = (
+    "AIP_HTTP_PORT",
+    "AIP_HEALTH_ROUTE",
+    "AIP_PREDICT_ROUTE",
+    "AIP_STORAGE_URI",
+    "AIP_DEPLOYED_MODEL_ID",
+    "AIP_MODE",
+    "STORAGE_EMULATOR_HOST",
+    "NO_GCE_CHECK",
+)
+"""What a serving container is given: Vertex AI's variables and the way to the emulated storage."""
+
+
+def project_serving_command() -> Sequence[str]:
+    """The command that stands for the project's serving image."""
+    image = os.environ.get(SERVING_IMAGE_ENV)
+    if not image:
+        return PROJECT_SERVING_COMMAND
+    passed = [word for name in CONTAINER_VARIABLES for word in ("-e", name)]
+    return ("podman", "run", "--rm", "--network=host", *passed, image)
 
 
 class ContainerRuntime:
     """Which container runs a model's image: the prebuilt TensorFlow images, the project's
-    serving image (by its name, ``components.SERVING_IMAGE``'s, in any registry), and custom
+    serving image (by its name, ``components.images``' serving one, in any registry), and custom
     images registered by URI prefix with the command that stands for their entrypoint."""
 
     def __init__(self, custom_images: dict[str, Sequence[str]] | None = None) -> None:
         self.custom_images = dict(custom_images or {})
 
     def _command(self, image: str) -> Sequence[str] | None:
-        from components import SERVING_IMAGE
+        from components.images import PLACEHOLDERS
 
-        if image_name(image) == image_name(SERVING_IMAGE):
-            return PROJECT_SERVING_COMMAND
+        if image_name(image) == image_name(PLACEHOLDERS.serving):
+            return project_serving_command()
         return next((c for p, c in self.custom_images.items() if image.startswith(p)), None)
 
     def start(self, container_spec: Any, files: ModelFiles) -> Container:

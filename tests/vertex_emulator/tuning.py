@@ -9,7 +9,9 @@ container with them appended as ``--name=value``. The emulator runs the project'
 ``CLOUD_ML_TRIAL_ID``, ``CLOUD_ML_HP_METRIC_FILE`` (where ``cloudml-hypertune`` writes), the
 ``AIP_*`` output folders under the job's ``base_output_directory``, and the emulated storage. The
 trial's final measurement is the best (``BEST_MEASUREMENT``, the default) or last value of the
-study's metric that it reported; a trial that exits with an error or reports nothing is
+study's metric that it reported (trials run as uid 1000 on Vertex AI: ``metric_file_dir``
+moves where ``CLOUD_ML_HP_METRIC_FILE`` points, e.g. to a folder that is not theirs to write);
+a trial that exits with an error or reports nothing is
 INFEASIBLE. ``GetHyperparameterTuningJob`` shows the trials as they stand.
 """
 
@@ -29,6 +31,8 @@ from google.cloud import aiplatform_v1 as v1
 from google.protobuf import empty_pb2
 
 from tests.vertex_emulator.context import Context, now
+from tests.vertex_emulator.custom_jobs import check_worker_pools
+from tests.vertex_emulator.iam import Iam
 from tests.vertex_emulator.resources import invalid, not_found
 from tests.vertex_emulator.serving import PROJECT_ROOT, image_name
 
@@ -86,16 +90,15 @@ def _check(job: v1.HyperparameterTuningJob) -> None:
                 raise invalid(f"Parameter {spec.parameter_id}: a log scale needs min_value > 0.")
     if job.max_trial_count < 1 or job.parallel_trial_count < 1:
         raise invalid("max_trial_count and parallel_trial_count must be positive.")
-    pools = job.trial_job_spec.worker_pool_specs
-    if not pools or not pools[0].container_spec.image_uri:
-        raise invalid("trial_job_spec.worker_pool_specs[0] must name a container image.")
+    check_worker_pools(job.trial_job_spec.worker_pool_specs, "trial_job_spec")
 
 
 class TuningJobs:
     """State and RPCs of JobService's hyperparameter tuning jobs."""
 
-    def __init__(self, context: Context, pipeline_image: str, seed: int = 0) -> None:
+    def __init__(self, context: Context, iam: Iam, pipeline_image: str, seed: int = 0) -> None:
         self.context = context
+        self.iam = iam
         self.pipeline_image = pipeline_image
         self.jobs: dict[str, v1.HyperparameterTuningJob] = {}
         self._rng = random.Random(seed)
@@ -108,6 +111,7 @@ class TuningJobs:
         parent = self.context.names.parent(request.parent)
         job = v1.HyperparameterTuningJob(request.hyperparameter_tuning_job)
         _check(job)
+        self.iam.require_act_as(job.trial_job_spec.service_account)
         job.name = f"{parent}/hyperparameterTuningJobs/{self.context.new_id()}"
         job.state = JobState.JOB_STATE_PENDING
         job.create_time = job.update_time = now()

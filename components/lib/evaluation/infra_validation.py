@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from components.lib.evaluation.record import read_model_evaluation, read_rows, write_record
 from components.lib.evaluation.rule import GateRule
+from components.lib.evaluation.stored import read_model_evaluation, read_rows, write_record
 from components.lib.serving.infra import (
     CONCURRENT_CLIENTS,
     Expected,

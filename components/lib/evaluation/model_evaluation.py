@@ -35,7 +35,7 @@ from components.lib.evaluation.metrics import (
     evaluate_champion,
     relative_photo,
 )
-from components.lib.evaluation.record import ROWS_FILE, write_record
+from components.lib.evaluation.stored import ROWS_FILE, write_record
 from components.lib.storage import gcs_uri, local_copy
 
 logger = logging.getLogger(__name__)

@@ -12,6 +12,8 @@ import os
 
 import tensorflow as tf
 
+from components.lib.modelling.accelerator import require_usable_gpu
+
 logger = logging.getLogger(__name__)
 
 # Vertex AI's worker pool names in CLUSTER_SPEC, in TF_CONFIG's task types.
@@ -46,7 +48,9 @@ def _machines(tf_config: dict | None) -> int:
 
 def training_strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy across machines, MirroredStrategy across the GPUs of one
-    machine, else the default (one device) strategy."""
+    machine, else the default (one device) strategy. Refuses to train on the CPU of a machine
+    whose GPU TensorFlow cannot use (``accelerator.require_usable_gpu``)."""
+    require_usable_gpu()
     tf_config = cluster_from_environment()
     if _machines(tf_config) > 1:
         os.environ["TF_CONFIG"] = json.dumps(tf_config)

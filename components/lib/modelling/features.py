@@ -34,6 +34,7 @@ from components.lib.data.records import (
     write_records,
 )
 from components.lib.data.tasks import run_tasks
+from components.lib.modelling.accelerator import require_usable_gpu
 from components.lib.modelling.backbone import build_efficientnet_lite
 from components.lib.modelling.variants import DEFAULT_BACKBONE
 from components.lib.storage import filesystem
@@ -98,6 +99,7 @@ def extract_features(
     ``records_uri``: where Beam workers read the shards, when not ``dataset.directory`` (the
     ``gs://`` URI of a dataset read here through the ``/gcs`` mount).
     """
+    require_usable_gpu()
     source = (records_uri or dataset.directory).rstrip("/")
     tasks = [
         {

@@ -31,7 +31,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
@@ -61,6 +61,9 @@ from components.lib.storage import local_copy
 logger = logging.getLogger(__name__)
 
 MODEL_VERSION_HEADER = "X-Model-Version"
+# What the log and the metrics record for a request whose client hung up before its answer
+# (nginx's "client closed request"); nothing is sent.
+CLIENT_CLOSED_REQUEST = 499
 LOCAL_PREDICT_ROUTE = "/v1/projects/{project}/locations/{location}/endpoints/{endpoint_id}:predict"
 
 
@@ -145,6 +148,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _require_json(request: Request) -> None:
+    """415 unless the body is declared JSON: a web page cannot post that to another origin
+    without the browser asking first (CORS), and this server never allows it."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise _ApiError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type must be application/json, not {media_type[:100] or 'missing'}",
+        )
 
 
 class _Observe:
@@ -246,25 +260,34 @@ def create_app(
             content:
               application/json:
                 schema: {$ref: '#/components/schemas/PredictResponse'}
-          400: {description: malformed request, or an instance that is not an image}
+          400: {description: malformed request, too many instances, an instance that is not
+            an image or is over the pixel limits}
           404: {description: no such endpoint}
           405: {description: not a POST}
           413: {description: body over the size limit}
+          415: {description: Content-Type is not application/json}
         """
         try:
+            _require_json(request)
             body = await _read_body(request, limits.max_body_bytes)
             deployment = deployment_of(request)
-            images = decode_instances(body, limits.max_instances)
+            images = decode_instances(body, limits)
             loaded = await models.get(deployment)
             classes, probabilities = await loaded.batcher.predict(images)
         except _ApiError as error:
-            close = {"Connection": "close"} if error.status.value == 413 else None
+            close = {"Connection": "close"} if error.status.value in (413, 415) else None
             return _error(error.status, str(error), close)
         except BadRequestError as error:
             return _error(HTTPStatus.BAD_REQUEST, str(error))
-        except Exception as error:
+        except ClientDisconnect:
+            logger.info("the client closed the connection before its request was read")
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # the server sends nothing
+        except Exception:
+            # The detail (paths of the server's files among it) goes to the log, not the client.
             logger.exception("prediction failed")
-            return _error(HTTPStatus.INTERNAL_SERVER_ERROR, f"prediction failed: {error}")
+            return _error(
+                HTTPStatus.INTERNAL_SERVER_ERROR, "prediction failed; the server's log says why"
+            )
         return JSONResponse(
             {
                 "predictions": prediction_rows(classes, probabilities),
@@ -345,7 +368,8 @@ def create_app(
         status = HTTPStatus(error.status_code)
         message = f"no route {request.method} {request.url.path}"
         if status == HTTPStatus.METHOD_NOT_ALLOWED:
-            message = f"{request.url.path} takes POST, not {request.method}"
+            allowed = sorted((error.headers or {}).get("Allow", "").split(", "))
+            message = f"{request.url.path} takes {', '.join(allowed)}, not {request.method}"
         elif not container:
             message += f"; predictions go to POST {LOCAL_PREDICT_ROUTE}"
         return _error(status, message, error.headers)
@@ -383,6 +407,8 @@ def create_app(
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+    # /health/ would otherwise be redirected to a URL built from the request's Host header.
+    app.router.redirect_slashes = False
     app.state.load_error = None
     app.state.on_load_error = None  # set by the server: what to do when the model cannot load
     return app

@@ -69,8 +69,9 @@ def model_registry(
 ) -> ModelRegistryTarget:
     """The model registry of ``target``; on Vertex, uploads are served by ``serving_image``.
 
-    An empty ``serving_image`` picks the project's serving image, ``prebuilt`` Vertex AI's
-    prebuilt TensorFlow image (``gpu``: its GPU variant); the local registry needs no image.
+    ``serving_image`` is an image URI (the project's serving image by default, compiled into
+    the pipeline), or ``prebuilt``: Vertex AI's prebuilt TensorFlow image (``gpu``: its GPU
+    variant); the local registry needs no image.
     """
     _check(target, local_state_dir, project, location)
     if target == LOCAL:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from components.lib.targets.machines import check_machine
+
 LOCAL = "local"
 VERTEX = "vertex"
 TARGETS = (LOCAL, VERTEX)
@@ -43,11 +45,30 @@ class Serving:
             )
         if bool(self.accelerator_type) != (self.accelerator_count > 0):
             raise ValueError(
-                "set accelerator_type and accelerator_count together (both empty/0 for CPU only)"
+                f"serving_accelerator_type {self.accelerator_type!r} and "
+                f"serving_accelerator_count {self.accelerator_count}: set both (both empty/0 for "
+                "CPU only)"
             )
+        check_machine(self.machine_type, self.accelerator_type, self.accelerator_count)
+
+    @classmethod
+    def from_parameters(cls, values: dict[str, Any]) -> Serving:
+        """The settings from the pipeline parameters that carry them (``SERVING_PARAMETERS``);
+        ValueError, in one line, for settings Vertex AI would refuse at the deploy step."""
+        return cls(**{field: values[name] for name, field in SERVING_PARAMETERS.items()})
 
 
 DEFAULT_SERVING = Serving()
+SERVING_PARAMETERS = {
+    "machine_type": "machine_type",
+    "min_replicas": "min_replicas",
+    "max_replicas": "max_replicas",
+    "serving_accelerator_type": "accelerator_type",
+    "serving_accelerator_count": "accelerator_count",
+    "traffic_percentage": "traffic_percentage",
+    "serving_service_account": "service_account",
+}
+"""Pipeline parameter -> ``Serving`` field."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +76,8 @@ class Registration:
     """Where a run registers and serves its model, and under which names (the pipeline
     parameters of the same names): ``target`` (``local`` or ``vertex``), the project and region
     (empty: the pipeline job's own), the local registry's folder (target ``local``), the model
-    and endpoint display names, and the prediction image (empty: the project's serving image)."""
+    and endpoint display names. (The prediction image's default is the serving image built
+    beside the steps' images: ``components.images``, compiled in.)"""
 
     target: str = VERTEX
     project: str = ""
@@ -63,7 +85,6 @@ class Registration:
     local_state_dir: str = ""
     model_display_name: str = "beer-classifier"
     endpoint_display_name: str = "beer-classifier-endpoint"
-    serving_image: str = ""
 
 
 DEFAULT_ALIAS = "default"

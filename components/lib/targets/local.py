@@ -65,11 +65,20 @@ def _write_json_atomic(path: str, record: dict[str, Any]) -> None:
         raise
 
 
+class CorruptRecordError(ValueError):
+    """A record of the local registry or endpoints that is not the JSON it should be."""
+
+
 def _read_json(path: str) -> dict[str, Any] | None:
+    """The record at ``path``, None if there is none; CorruptRecordError (naming the file) if
+    it cannot be read as JSON."""
     if not os.path.exists(path):
         return None
-    with open(path) as file:
-        return json.load(file)
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (ValueError, RecursionError) as error:  # not JSON, or not UTF-8
+        raise CorruptRecordError(f"{path} is not a readable JSON record: {error}") from None
 
 
 class _LocalStore:
@@ -342,7 +351,7 @@ class LocalEndpoints:
         name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
         record = EndpointRegistry(self.root, project, location).get(endpoint_id)
         if record is None or record["name"] != name:
-            raise routing.EndpointNotFoundError(f"endpoint {name} not found in {self.root}")
+            raise routing.EndpointNotFoundError(f"endpoint {name} not found")
         if not record.get("deployedModels"):
             raise routing.NothingDeployedError(f"endpoint {name} has no deployed model")
         deployed_id = pick_deployment(record["trafficSplit"], self._rng)

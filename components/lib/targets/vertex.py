@@ -31,7 +31,6 @@ from google.cloud.aiplatform import initializer, utils
 from google.cloud.aiplatform.constants import prediction
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
-from components import SERVING_IMAGE
 from components.lib.serving.routing import (
     CONTAINER_HEALTH_ROUTE,
     CONTAINER_PORT,
@@ -47,6 +46,7 @@ from components.lib.targets.base import (
     Serving,
     most_traffic,
     plan_traffic,
+    resource_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -55,9 +55,9 @@ T = TypeVar("T")
 RETRY_ATTEMPTS = 4
 RETRY_FIRST_DELAY_S = 2.0
 DEPLOY_TIMEOUT_S = 60 * 60
-UPLOAD_SETTLE_S = 10 * 60
-"""How long a retried upload waits for a lost upload still running to finish."""
 """How long a deploy or undeploy is waited for: a GPU replica can take half an hour to start."""
+UPLOAD_SETTLE_S = 10 * 60
+"""How long a retried upload or deploy waits for a lost one still running to finish."""
 # Artifact Registry multi-regions that host Vertex AI's prebuilt prediction images.
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
 _LABEL_LIMIT = 63
@@ -188,7 +188,6 @@ def prediction_image(location: str, tensorflow_version: str, gpu: bool = False) 
     return images[version]
 
 
-# The model's serving container: the project's serving image by default.
 PREBUILT = "prebuilt"
 """``serving_image`` keyword: Vertex AI's prebuilt TensorFlow Serving image (prediction_image)."""
 
@@ -196,24 +195,30 @@ PREBUILT = "prebuilt"
 def serving_container(serving_image: str, location: str, gpu: bool) -> dict[str, Any]:
     """``Model.upload``'s container arguments for the pipeline parameter ``serving_image``.
 
-    Empty: the project's serving image (docker/Dockerfile.serving), with the routes and port of
-    its contract. ``prebuilt``: Vertex AI's prebuilt TensorFlow image (``prediction_image``),
-    which brings its own. Any other URI is taken to follow the serving image's contract.
+    A URI: the project's serving image (docker/Dockerfile.serving; the compiled default is the
+    one pushed beside the steps' images) or another that follows its contract, with the routes
+    and port of that contract. ``prebuilt``: Vertex AI's prebuilt TensorFlow image
+    (``prediction_image``), which brings its own.
     """
+    if not serving_image:
+        raise ValueError(
+            "serving_image is empty: set it to the serving image's URI (docker/build.sh pushes "
+            f"it beside the pipeline's images) or to {PREBUILT!r}"
+        )
     if serving_image == PREBUILT:
         return {
             "serving_container_image_uri": prediction_image(
                 location, installed_tensorflow_version(), gpu
             )
         }
-    if gpu and not serving_image:
+    if gpu:
         logger.warning(
             "the serving image runs TensorFlow on CPU; set serving_image=%s for Vertex AI's "
             "GPU TensorFlow image",
             PREBUILT,
         )
     return {
-        "serving_container_image_uri": serving_image or SERVING_IMAGE,
+        "serving_container_image_uri": serving_image,
         "serving_container_predict_route": CONTAINER_PREDICT_ROUTE,
         "serving_container_health_route": CONTAINER_HEALTH_ROUTE,
         "serving_container_ports": [CONTAINER_PORT],
@@ -254,6 +259,33 @@ def _single_by_display_name(
             f"delete or rename all but one, or give the pipeline another {kind} display name"
         )
     return found[0] if found else None
+
+
+def settle(client: Any, resource: str, metadata_type: type) -> None:
+    """Wait, at most ``UPLOAD_SETTLE_S``, until no operation of ``metadata_type`` (an upload,
+    a deploy) runs on ``resource``: one whose answer was lost may still be running when it is
+    retried, and its result exists only once it has finished; looking earlier would make a
+    second. The operations are listed where the service keeps them, under the resource
+    (``.../models/M/operations``, ``.../endpoints/E/operations``)."""
+    wanted = metadata_type.pb().DESCRIPTOR
+    deadline = time.monotonic() + UPLOAD_SETTLE_S
+    while time.monotonic() < deadline:
+        running, token = False, ""
+        while True:
+            try:
+                page = client.list_operations(request={"name": resource, "page_token": token})
+            except exceptions.GoogleAPICallError as error:
+                logger.warning("cannot list the operations of %s (%s)", resource, error)
+                return
+            running = running or any(
+                not op.done and op.metadata.Is(wanted) for op in page.operations
+            )
+            token = page.next_page_token
+            if running or not token:
+                break
+        if not running:
+            return
+        time.sleep(1.0)
 
 
 def _client(client_class: type, location: str) -> Any:
@@ -304,6 +336,15 @@ class VertexModelRegistry:
             existing = self._find_in(parent.resource_name, artifact_dir)
             if existing:
                 return existing
+        # A first upload names its model (the display name's id), so that a retry after a lost
+        # answer knows where the upload's operation lives (``models/M/operations``) and is
+        # refused ALREADY_EXISTS rather than registering a second model of the same name.
+        model_id = None if parent else resource_id(display_name)
+        model_name = (
+            parent.resource_name
+            if parent
+            else f"projects/{self.project}/locations/{self.location}/models/{model_id}"
+        )
 
         def upload() -> ModelVersion:
             model = aiplatform.Model.upload(
@@ -311,6 +352,7 @@ class VertexModelRegistry:
                 artifact_uri=artifact_dir,
                 **container,
                 parent_model=parent.resource_name if parent else None,
+                model_id=model_id,
                 is_default_version=True,
                 version_aliases=[alias for alias in aliases if alias != DEFAULT_ALIAS],
                 version_description=description
@@ -324,42 +366,11 @@ class VertexModelRegistry:
             )
 
         def recover() -> ModelVersion | None:
-            self._finish_running_uploads()
+            client = _client(utils.ModelClientWithOverride, self.location)
+            settle(client, model_name, aiplatform_v1.UploadModelOperationMetadata)
             return self.find_version(display_name, artifact_dir)
 
         return call_vertex(f"upload model {display_name!r}", upload, recover=recover)
-
-    def _finish_running_uploads(self) -> None:
-        """Wait, at most ``UPLOAD_SETTLE_S``, until no upload runs in the location.
-
-        An upload whose answer was lost may still be running when it is retried: its version
-        exists only once it has finished, and looking for it earlier would register a second.
-        """
-        client = _client(utils.ModelClientWithOverride, self.location)
-        upload_type = aiplatform_v1.UploadModelOperationMetadata.pb().DESCRIPTOR
-        deadline = time.monotonic() + UPLOAD_SETTLE_S
-        while time.monotonic() < deadline:
-            running, token = False, ""
-            while True:
-                try:
-                    page = client.list_operations(
-                        request={
-                            "name": f"projects/{self.project}/locations/{self.location}",
-                            "page_token": token,
-                        }
-                    )
-                except exceptions.GoogleAPICallError as error:
-                    logger.warning("cannot list the running operations (%s)", error)
-                    return
-                running = running or any(
-                    not op.done and op.metadata.Is(upload_type) for op in page.operations
-                )
-                token = page.next_page_token
-                if running or not token:
-                    break
-            if not running:
-                return
-            time.sleep(1.0)
 
     def find_version(self, display_name: str, source_uri: str) -> ModelVersion | None:
         """The version of ``display_name`` whose artifact is ``source_uri``, if any."""
@@ -604,13 +615,27 @@ class VertexEndpoints:
         logger.info(
             "%s with traffic split %s (waiting at most %d s)", what, split, DEPLOY_TIMEOUT_S
         )
-        operation = call_vertex(
-            what,
-            lambda: self._client.deploy_model(
+
+        def deploy() -> Any:
+            operation = self._client.deploy_model(
                 endpoint=endpoint, deployed_model=deployed, traffic_split=split
-            ),
-        )
-        wait_for_operation(what, operation)
+            )
+            return wait_for_operation(what, operation)
+
+        def recover() -> Any:
+            """The deploy whose answer was lost, once it has finished, if it took effect."""
+            settle(self._client, endpoint, aiplatform_v1.DeployModelOperationMetadata)
+            served = self._get(endpoint).deployed_models
+            return next(
+                (
+                    d
+                    for d in served
+                    if (d.model, d.model_version_id) == (version.model, version.version_id)
+                ),
+                None,
+            )
+
+        call_vertex(what, deploy, recover=recover)
 
 
 def _deployments(endpoint: aiplatform_v1.Endpoint) -> list[Deployment]:

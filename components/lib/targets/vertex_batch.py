@@ -12,6 +12,7 @@ local output in the same format as local batch prediction, so a run resumes the 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -36,6 +37,7 @@ from components.lib.serving.contract import (
     OUTPUT_PROBABILITIES,
     SERVING_INPUT,
 )
+from components.lib.serving.protocol import DEFAULT_LIMITS, BadRequestError, shrunk
 from components.lib.storage import filesystem, is_gcs
 from components.lib.targets.lookup import split_reference
 from components.lib.targets.vertex import VertexError, call_vertex
@@ -90,7 +92,9 @@ def batch_predict_vertex(
     writer = JsonlWriter(summary)
     try:
         try:
-            keys_by_hash = _write_instances(source, pending, f"{run}/instances.jsonl", writer)
+            keys_by_hash, largest = _write_instances(
+                source, pending, f"{run}/instances.jsonl", writer
+            )
         except FileNotFoundError:
             raise VertexError(
                 f"cannot write under --staging {staging}: does its bucket exist?"
@@ -106,6 +110,7 @@ def batch_predict_vertex(
                 gcs_destination_prefix=f"{run}/output",
                 predictions_format="jsonl",
                 machine_type=machine_type,
+                batch_size=batch_size(largest),
                 starting_replica_count=1,
                 max_replica_count=max_replicas,
                 sync=False,
@@ -131,24 +136,43 @@ def _class_names(model_uri: str) -> list[str]:
         return json.load(file)
 
 
+def batch_size(largest_instance: int) -> int:
+    """Instances per request to the serving container: the SDK's 64, fewer when 64 of the
+    largest instance would pass the server's body limit (a 4xx fails the whole batch)."""
+    budget = int(DEFAULT_LIMITS.max_body_bytes * 0.9)  # the request's own JSON around them
+    return max(1, min(SDK_BATCH_SIZE, budget // max(1, largest_instance + 2)))
+
+
+SDK_BATCH_SIZE = 64
+"""``Model.batch_predict``'s default instances per request."""
+
+
 def _write_instances(
     source: InstanceSource, keys: list[str], uri: str, writer: JsonlWriter
-) -> dict[str, list[str]]:
-    """Write the instances of ``keys`` to ``uri``; unreadable inputs go to ``writer`` as errors.
-    Returns the input keys by instance content (the same image may come from two files)."""
+) -> tuple[dict[str, list[str]], int]:
+    """Write the instances of ``keys`` to ``uri`` (large photos ``shrunk``); unreadable inputs
+    go to ``writer`` as errors. Returns the input keys by instance content (the same image may
+    come from two files) and the largest instance line's length."""
     keys_by_hash: dict[str, list[str]] = {}
+    largest = 0
     fs, path = filesystem(uri)
     with fs.open(path, "wt") as file:
         for item in source.read(keys):
+            try:
+                image = shrunk(item.image) if not item.error else b""
+            except BadRequestError as error:
+                item = dataclasses.replace(item, error=str(error))
             if item.error:
                 writer.write([error_record(item.key, item.error)])
                 continue
-            b64 = base64.b64encode(item.image).decode()
+            b64 = base64.b64encode(image).decode()
             digest = _instance_hash(b64)
             if digest not in keys_by_hash:
-                file.write(json.dumps({SERVING_INPUT: {"b64": b64}}) + "\n")
+                line = json.dumps({SERVING_INPUT: {"b64": b64}})
+                largest = max(largest, len(line))
+                file.write(line + "\n")
             keys_by_hash.setdefault(digest, []).append(item.key)
-    return keys_by_hash
+    return keys_by_hash, largest
 
 
 def _follow(job: aiplatform.BatchPredictionJob, summary: Summary, progress: bool) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import random
 
+from components.lib.tuning.settings import TrialSettings
 from components.lib.tuning.study import STUDY, Study, Trial, described, trials_table
-from components.lib.tuning.trial import TrialData, TrialSettings, run_trial
+from components.lib.tuning.trial import TrialData, run_trial
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -36,64 +34,12 @@ from components.lib.data.records import (
     read_split,
 )
 from components.lib.modelling.features import extract_features
-from components.lib.modelling.model import TrainingConfig, train_classifier
+from components.lib.modelling.model import train_classifier
 from components.lib.modelling.variants import DEFAULT_BACKBONE, input_size
+from components.lib.tuning.settings import TrialSettings
 from components.lib.tuning.study import STUDY, Study, Trial
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """What every trial of a study shares: the training parameters that are not tuned (the
-    train step's, by name), the image size (0: each backbone's native size) and the share of
-    training images held out for validation."""
-
-    training: dict[str, Any]
-    image_size: int = 0
-    validation_fraction: float = 0.1
-
-    def __post_init__(self) -> None:
-        fields = {field.name for field in dataclasses.fields(TrainingConfig)}
-        unknown = set(self.training) - fields
-        if unknown:
-            raise ValueError(f"unknown training parameters: {', '.join(sorted(unknown))}")
-        if self.validation_fraction <= 0:
-            raise ValueError(
-                "tuning measures every trial on the validation split: validation_fraction must "
-                f"be above 0, got {self.validation_fraction}"
-            )
-
-    @classmethod
-    def from_step_arguments(cls, arguments: Mapping[str, Any]) -> TrialSettings:
-        """The settings among a tuning step's arguments (its ``locals()`` on entry), by name.
-
-        A step declares the train step's parameters that tuning leaves alone, the image size
-        and the validation share in its signature (a KFP step's inputs are its signature);
-        this reads them from there, so that no step lists them a second time."""
-        tuned = {parameter.name for parameter in STUDY.parameters}
-        training = [f.name for f in dataclasses.fields(TrainingConfig) if f.name not in tuned]
-        missing = [
-            name
-            for name in [*training, "image_size", "validation_fraction"]
-            if name not in arguments
-        ]
-        if missing:
-            raise TypeError(f"a tuning step must take the parameters {', '.join(missing)}")
-        return cls(
-            training={name: arguments[name] for name in training},
-            image_size=arguments["image_size"],
-            validation_fraction=arguments["validation_fraction"],
-        )
-
-    @property
-    def seed(self) -> int:
-        """The seed of the validation split, as of training."""
-        return int(self.training.get("seed", TrainingConfig.seed))
-
-    def config(self, parameters: dict[str, Any]) -> TrainingConfig:
-        """The training configuration of a trial: these settings with its parameters."""
-        return TrainingConfig(**{**self.training, **parameters})
 
 
 class TrialData:
@@ -164,12 +110,32 @@ def _arguments(argv: list[str] | None, study: Study) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, study: Study = STUDY) -> int:
-    """Run the trial Vertex AI asked for and report its metric to the tuning job."""
+def metric_reporter() -> Any:
+    """cloudml-hypertune's reporter, its file (``CLOUD_ML_HP_METRIC_FILE``) known to be
+    writable before the trial trains, not after: trials run as uid 1000, and a folder only root
+    may write (GoogleCloudPlatform/cloudml-hypertune#6) would lose the trial's whole training.
+    Exits with one line naming the file when it is not writable."""
     import hypertune
 
+    path = os.environ.get("CLOUD_ML_HP_METRIC_FILE", hypertune.hypertune._DEFAULT_METRIC_PATH)
+    try:
+        reporter = hypertune.HyperTune()  # creates the file's folder
+        with open(reporter.metric_path, "a"):
+            pass
+    except OSError as error:
+        raise SystemExit(
+            f"error: the trial cannot write its metric file {path} (CLOUD_ML_HP_METRIC_FILE) as "
+            f"uid {os.getuid()}: {error.strerror or error}; the image must let its user create "
+            "and write that folder"
+        ) from None
+    return reporter
+
+
+def main(argv: list[str] | None = None, study: Study = STUDY) -> int:
+    """Run the trial Vertex AI asked for and report its metric to the tuning job."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _arguments(argv, study)
+    reporter = metric_reporter()
     settings = TrialSettings(**json.loads(args.settings))
     parameters = study.parse({p.name: getattr(args, p.name) for p in study.parameters})
     trial_id = os.environ.get("CLOUD_ML_TRIAL_ID", "0")
@@ -184,7 +150,7 @@ def main(argv: list[str] | None = None, study: Study = STUDY) -> int:
         result.seconds,
         ", ".join(f"{name}={value}" for name, value in parameters.items()),
     )
-    hypertune.HyperTune().report_hyperparameter_tuning_metric(
+    reporter.report_hyperparameter_tuning_metric(
         hyperparameter_metric_tag=study.metric, metric_value=result.metric
     )
     return 0

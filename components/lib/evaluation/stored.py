@@ -1,5 +1,10 @@
-"""Where an evaluation as the registry keeps it lies in its artifact, and reading it back: light
-(no NumPy, no TensorFlow), so that the upload and infra validation steps read it cheaply."""
+"""The evaluation file kept with a model version: its name, its reader and writer, and the
+per-photo results beside it.
+
+Apart from the metrics (which need TensorFlow to score a model), so that the upload step, which
+only reads the file, runs in the light image, and infra validation, which completes it, in the
+serving image.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ ROWS_FILE = "predictions.jsonl"
 
 
 def read_model_evaluation(directory: str) -> dict[str, Any]:
-    """The record that ``model_evaluation.write_model_evaluation`` wrote in ``directory``."""
+    """What ``model_evaluation.write_model_evaluation`` wrote in ``directory``."""
     with open(os.path.join(directory, EVALUATION_FILE)) as file:
         return json.load(file)
 
