@@ -546,7 +546,8 @@ def build_pipeline(
             .set_display_name("infra-validate")
             .set_caching_options(False)
         )
-        with dsl.If(infra.outputs["deploy"] == True, name="gate"):  # noqa: E712
+        # The branch keeps its name; it now also holds infra validation's serving budgets.
+        with dsl.If(infra.outputs["deploy"] == True, name="accuracy-gate"):  # noqa: E712
             upload = (
                 upload_model(
                     model=train.outputs["model"],
@@ -580,7 +581,7 @@ def build_pipeline(
                 .set_display_name("deploy")
                 .set_caching_options(False)
             )
-        with dsl.Else(name="gate-closed"):
+        with dsl.Else(name="accuracy-gate-closed"):
             rejected = (
                 report_not_deployed(reason=infra.outputs["reason"])
                 .set_display_name("not-deployed")
