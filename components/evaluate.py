@@ -50,7 +50,9 @@ def evaluate_model(
     ``model_evaluation`` holds this model's evaluation as the registry will keep it, and its
     per-photo results (the infra validation step completes it; upload attaches it to the new
     version). The decision is on accuracy; the rule's serving budgets (``gate`` in ``summary``)
-    are applied by infra validation, which has the figures.
+    are applied by infra validation, which has the figures. TFLite models exported with it
+    (``export_tflite``) are scored on the same photos: ``summary["tflite"]``, the metrics and
+    the report give each one's accuracy, its change from the SavedModel's and its size.
     """
     import dataclasses
     import logging
@@ -58,6 +60,7 @@ def evaluate_model(
 
     from components.lib.artifacts import write_metadata_file
     from components.lib.data.sources import read_source_description
+    from components.lib.evaluation.edge import evaluate_edge_models
     from components.lib.evaluation.metrics import (
         COMPARED,
         Champion,
@@ -76,6 +79,7 @@ def evaluate_model(
 
     logger = logging.getLogger(__name__)
     evaluation = evaluate_saved_model(model.uri, raw_data.path)
+    edge = evaluate_edge_models(model.uri, raw_data.path)
     served = champion_version(target, local_state_dir, project, location, endpoint_display_name)
     itself = served is not None and normalized_uri(served.source_uri) == normalized_uri(model.uri)
     if itself:
@@ -118,8 +122,10 @@ def evaluate_model(
         "temperature": evaluation.temperature,
         "ece_before": None if ece_before is None else round(ece_before, 4),
         "ece_after": None if ece_after is None else round(ece_after, 4),
+        "calibration": evaluation.calibration_decision or None,
         "gate": {**dataclasses.asdict(rule), "rule": rule.describe()},
         "trained_with": STUDY.chosen(model.metadata.get("training_config", {})),
+        "tflite": [score.to_dict(evaluation) for score in edge] or None,
     }
     summary = {name: value for name, value in summary.items() if value is not None}
     metrics.log_metric("accuracy", round(evaluation.accuracy, 4))
@@ -136,6 +142,9 @@ def evaluate_model(
     for name in ("ece_before", "ece_after", "temperature"):
         if name in summary:
             metrics.log_metric(name, round(summary[name], 4))
+    for figures in summary.get("tflite", []):
+        metrics.log_metric(f"tflite_{figures['kind']}_accuracy", figures["accuracy"])
+        metrics.log_metric(f"tflite_{figures['kind']}_mb", round(figures["size_bytes"] / 1e6, 3))
     metrics.log_metric("deploy", decision.deploy)
     metrics.metadata["decision"] = decision.reason
     metrics.metadata["champion"] = champion.describe()
@@ -163,6 +172,7 @@ def evaluate_model(
                 rule,
                 summary["eval_split"],
                 Provenance.of(raw_data.uri, model.uri, served.resource_name if itself else ""),
+                edge,
             )
         )
     outputs = namedtuple(

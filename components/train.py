@@ -23,6 +23,7 @@ def train_model(
     early_stopping_patience: int,
     imbalance_ratio: float,
     seed: int,
+    export_tflite: bool,
     model: dsl.Output[dsl.Model],
     training_metrics: dsl.Output[dsl.Metrics],
 ) -> None:
@@ -34,13 +35,15 @@ def train_model(
     writes the model; all report the same metadata (they hold the same weights). Checkpoints
     go under ``pipeline_root`` and are removed once the model is written. TensorBoard logs go
     to ``<model>/tensorboard/`` and, when Vertex AI sets ``AIP_TENSORBOARD_LOG_DIR`` (a custom
-    job with a TensorBoard: ``compile --tensorboard``), there too.
+    job with a TensorBoard: ``compile --tensorboard``), there too. With ``export_tflite``, the
+    float16 and int8 TFLite models go to ``<model>/tflite/`` (``modelling.edge``).
     """
     import dataclasses
     import shutil
 
     from components.lib.artifacts import write_metadata_file
     from components.lib.data.records import load_preprocessed
+    from components.lib.modelling.edge import export_edge_models
     from components.lib.modelling.features import check_features
     from components.lib.modelling.model import (
         TrainingConfig,
@@ -74,10 +77,18 @@ def train_model(
         data, config, features.path, checkpoint_dir, log_dirs=log_dirs(model.path)
     )
     history = result.history
+    edge_models = []
     if result.chief:
         export_serving_model(
-            result.model, data.class_names, data.image_size, model.path, result.temperature
+            result.model,
+            data.class_names,
+            data.image_size,
+            model.path,
+            result.temperature,
+            result.calibration,
         )
+        if export_tflite:
+            edge_models = export_edge_models(result.model, data, model.path, result.temperature)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     model.metadata.update(
         {
@@ -90,6 +101,7 @@ def train_model(
             "replicas": result.replicas,
             "mixed_precision": result.mixed_precision,
             "calibration": result.calibration,
+            "tflite": [dataclasses.asdict(edge) for edge in edge_models],
         }
     )
     for name, values in history.items():

@@ -33,7 +33,9 @@ def upload_model(
     for lineage. A model already registered (a re-run whose training was cached) is not
     registered again: its version is returned, and the log says so. The version carries
     ``model_evaluation`` (what the evaluate step wrote) as its evaluation in the registry, once
-    per set of eval photos.
+    per set of eval photos. TFLite models exported with the SavedModel (``export_tflite``) are
+    files under ``tflite/`` of the artifact, so the version keeps them; a label per model holds
+    its eval accuracy.
     """
     import logging
 
@@ -65,6 +67,10 @@ def upload_model(
                 "champion_status": evaluation["champion_status"],
                 **rule.labels(),
                 **({"mcnemar_p": f"{test['p_value']:.4f}"} if test else {}),
+                **{
+                    f"tflite_{edge['kind']}_accuracy": f"{edge['accuracy']:.4f}"
+                    for edge in evaluation.get("tflite", [])
+                },
             },
             aliases=[version_alias(pipeline_job)],
             description=f"{decision}. Rule: {rule.describe()}",

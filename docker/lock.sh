@@ -2,7 +2,8 @@
 # Regenerate the exact versions the images install, from pyproject.toml:
 #   docker/requirements.lock          the GPU image: every dependency, TensorFlow with its CUDA
 #                                     libraries (the `gpu` extra) and Beam's Dataflow extra
-#   docker/cpu-requirements.lock      the CPU image: the same with TensorFlow's CPU build
+#   docker/cpu-requirements.lock      the CPU image: CPU_PACKAGES, TensorFlow's CPU build, Beam's
+#                                     Dataflow extra
 #   docker/light-requirements.lock    the light image: LIGHT_PACKAGES, no TensorFlow
 #   docker/serving-requirements.lock  the serving image: SERVING_PACKAGES and TensorFlow's CPU build
 # Each lock after the first is constrained by it: every image runs the versions the tests ran.
@@ -18,10 +19,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # platform, so the locks hold the wheels that install there.
 PYTHON_VERSION=3.11
 PLATFORM=x86_64-manylinux_2_36
-# What the steps of the light image and the server import, by distribution name
+# What the steps of the light and CPU images and the server import, by distribution name
 # (tests/test_images.py holds these locks to what `python -m pipeline.image_check` imports).
 LIGHT_PACKAGES="kfp google-cloud-aiplatform google-cloud-storage gcsfs fsspec numpy pillow pyyaml"
-SERVING_PACKAGES="fsspec gcsfs numpy pillow starlette uvicorn httptools uvloop prometheus-client pyyaml"
+CPU_PACKAGES="$LIGHT_PACKAGES matplotlib apache-beam tensorflow"
+# kfp: the serving image also runs one pipeline step, infra validation (KFP's executor).
+SERVING_PACKAGES="fsspec gcsfs numpy pillow starlette uvicorn httptools uvloop prometheus-client pyyaml kfp"
 
 if ! command -v uv >/dev/null; then
   echo "lock.sh: uv not found; install it with: pip install uv" >&2
@@ -63,10 +66,10 @@ compile docker/requirements.lock pyproject.toml --extra gpu --extra dataflow "$@
 # made first (a failure stops here, before uv could lock an empty input).
 # Beam's Dataflow extra as pyproject.toml names it, for the CPU image's preprocess on Dataflow.
 dataflow=$(python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dataflow"])')
-cpu=$(requirements)
+# shellcheck disable=SC2086 # the package lists are words
+cpu=$(requirements $CPU_PACKAGES)
 compile docker/cpu-requirements.lock - --constraint docker/requirements.lock "$@" <<<"$cpu
 $dataflow"
-# shellcheck disable=SC2086 # the package lists are words
 light=$(requirements $LIGHT_PACKAGES)
 compile docker/light-requirements.lock - --constraint docker/requirements.lock "$@" <<<"$light"
 # shellcheck disable=SC2086

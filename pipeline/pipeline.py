@@ -43,7 +43,7 @@ from components.lib.data.options import (
     ValidationOptions,
 )
 from components.lib.evaluation.rule import GateRule
-from components.lib.modelling.config import TrainingConfig
+from components.lib.modelling.config import ExportOptions, TrainingConfig
 from components.lib.targets.base import Registration, Serving
 from components.lib.targets.machines import check_machine, machine_for
 from components.lib.tuning.study import OFF, STUDY, VERTEX, TuningOptions
@@ -69,6 +69,7 @@ SOURCE = SourceOptions()
 VALIDATION = ValidationOptions()
 PREPROCESS = PreprocessOptions()
 TRAINING = TrainingConfig()
+EXPORT = ExportOptions()
 GATE = GateRule()
 REGISTRATION = Registration()
 SERVING = Serving()
@@ -294,6 +295,7 @@ def build_pipeline(
         brightness_contrast: float = TRAINING.brightness_contrast,
         imbalance_ratio: float = TRAINING.imbalance_ratio,
         seed: int = SEED,
+        export_tflite: bool = EXPORT.export_tflite,
         min_accuracy: float = GATE.min_accuracy,
         max_regression: float = GATE.max_regression,
         allow_class_change: bool = GATE.allow_class_change,
@@ -362,6 +364,10 @@ def build_pipeline(
                 class has more than this many times the images of the smallest.
             seed: Random seed of the carved eval split, the validation split, shuffling,
                 initialisation, augmentation and dropout, for repeatable runs.
+            export_tflite: Also write the model as TFLite for phones and boards: float16 and int8
+                (quantized, calibrated on training images), kept with the registered version
+                under its artifact URI (tflite/); evaluate scores both on the eval split and the
+                report shows their accuracy and size (docs: edge export).
             min_accuracy: Accuracy on the eval split that the model must reach to be deployed.
             max_regression: How much lower than the served model's (champion's) accuracy on the
                 same eval photos the new model may score and still replace it (0: not worse),
@@ -510,6 +516,7 @@ def build_pipeline(
             dataset=preprocess.outputs["dataset"],
             features=features.outputs["features"],
             pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+            export_tflite=export_tflite,
             **tuned,
             **training,
         ).set_display_name("train")

@@ -89,17 +89,19 @@ def predict(args: argparse.Namespace) -> Summary:
     if args.target == VERTEX:
         from pipeline.submit import check_caller
 
-        check_caller()  # before the first request (a gs:// source's listing): one line
-    source = InstanceSource(args.source, exclude=args.output)
-    if args.target == VERTEX:
-        from components.lib.targets.vertex_batch import batch_predict_vertex, resolve_vertex
-
+        # The settings first (no network), then credentials before the first request (a gs://
+        # source's listing): one line each.
         project = _setting(args.project, "PROJECT", "--project")
         region = _setting(args.region, "REGION", "--region")
         root = os.environ.get(f"{ENV_PREFIX}PIPELINE_ROOT")
         staging = args.staging or (root and f"{root.rstrip('/')}/batch-prediction")
         if not staging:
             raise UsageError(f"--target vertex needs --staging (or {ENV_PREFIX}PIPELINE_ROOT)")
+        check_caller()
+    source = InstanceSource(args.source, exclude=args.output)
+    if args.target == VERTEX:
+        from components.lib.targets.vertex_batch import batch_predict_vertex, resolve_vertex
+
         model = resolve_vertex(project, region, args.model)
         print(f"model version  {model.versioned_resource_name}", file=sys.stderr)
         return batch_predict_vertex(

@@ -768,6 +768,8 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         "temperature": evaluation.get("temperature"),
         "ece_before": evaluation.get("ece_before"),
         "ece_after": evaluation.get("ece_after"),
+        "calibration": evaluation.get("calibration"),
+        "tflite": evaluation.get("tflite"),
         "min_accuracy": values["min_accuracy"],
         "gate_rule": evaluation["gate"]["rule"],
         "serving": evaluation["serving"],
@@ -926,6 +928,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         if summary["ece_before"] is not None
         else "not calibrated (no validation split)"
     )
+    if summary.get("calibration"):
+        calibration += f"; {summary['calibration']}"
     rows = [
         (
             "accuracy",
@@ -937,6 +941,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("champion", summary["champion"]),
         ("calibration", calibration),
         ("serving", ServingFigures.from_dict(summary["serving"]).describe()),
+        *(
+            (
+                f"tflite {edge['kind']}",
+                f"{edge['accuracy']:.4f} ({edge['accuracy_change']:+.4f} vs the SavedModel), "
+                f"{edge['size_bytes'] / 1e6:.2f} MB, {edge['file']}",
+            )
+            for edge in summary.get("tflite") or ()
+        ),
         ("decision", summary["decision"]),
         ("model version", summary["model_version"] or "none registered"),
         ("endpoint", summary["endpoint"] or "none"),

@@ -24,7 +24,7 @@ from components.lib.data.options import (
     ValidationOptions,
 )
 from components.lib.evaluation.rule import GateRule
-from components.lib.modelling.config import TrainingConfig
+from components.lib.modelling.config import ExportOptions, TrainingConfig
 from components.lib.targets.base import Registration, Serving
 from components.lib.tuning.study import TuningOptions
 from pipeline.pipeline import CHALLENGE_DATA_URI
@@ -43,6 +43,7 @@ SETTINGS: list[tuple[type, dict[str, str]]] = [
     (ValidationOptions, {}),
     (PreprocessOptions, {}),
     (TrainingConfig, {}),
+    (ExportOptions, {}),
     (GateRule, {}),
     (Registration, {}),
     (

@@ -34,6 +34,7 @@ CONFIG = {
     "early_stopping_patience": 0,
     "imbalance_ratio": 1.5,
     "seed": 42,
+    "export_tflite": False,
 }
 
 

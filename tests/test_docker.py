@@ -41,10 +41,10 @@ LOCKS = {
     "Dockerfile.serving": "serving-requirements.lock",
 }
 BASE_IMAGE = "python:3.11-slim-bookworm"
-# Left out of the serving image: the pipeline's SDKs, training and the GPU build of TensorFlow.
+# Left out of the serving image: the Vertex SDK, training and the GPU build of TensorFlow (it
+# holds kfp, to run the infra validation step).
 TRAINING_PACKAGES = (
     "tensorflow",
-    "kfp",
     "google-cloud-aiplatform",
     "google-cloud-pipeline-components",
     "matplotlib",

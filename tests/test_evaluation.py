@@ -20,6 +20,7 @@ from components.lib.evaluation.metrics import (
 )
 from components.lib.evaluation.statistics import mcnemar_exact, wilson_interval
 from components.lib.modelling.calibration import (
+    choose_temperature,
     expected_calibration_error,
     fit_temperature,
     scale,
@@ -112,6 +113,81 @@ def test_temperature_fitted_to_overconfident_probabilities_recovers_it() -> None
     assert (calibrated.argmax(axis=1) == overconfident.argmax(axis=1)).all()
     before = expected_calibration_error(overconfident, labels)
     assert expected_calibration_error(calibrated, labels) < before / 4
+
+
+# Eight validation photos of four classes, seven right, at the moderate confidences label
+# smoothing gives (0.48 to 0.88): the fitted temperature sharpens them (T about 0.69), which
+# raises the ECE of these very photos (0.206 -> 0.226) and of held-out ones (-> 0.249).
+SMALL_SPLIT_CONFIDENCE = [0.78, 0.6, 0.75, 0.5, 0.74, 0.62, 0.88, 0.48]
+SMALL_SPLIT_RIGHT = [True] * 7 + [False]
+
+
+def small_split() -> tuple[np.ndarray, np.ndarray]:
+    labels = np.arange(8) % 4
+    probabilities = np.zeros((8, 4))
+    for row, (confidence, right) in enumerate(
+        zip(SMALL_SPLIT_CONFIDENCE, SMALL_SPLIT_RIGHT, strict=True)
+    ):
+        probabilities[row] = (1 - confidence) / 3
+        probabilities[row, labels[row] if right else (labels[row] + 1) % 4] = confidence
+    return probabilities, labels
+
+
+def test_a_temperature_that_raises_held_out_ece_is_not_applied() -> None:
+    probabilities, labels = small_split()
+
+    choice = choose_temperature(probabilities, labels)
+
+    assert choice.fitted_temperature == pytest.approx(0.69, abs=0.01)
+    assert choice.held_out_ece_before == pytest.approx(0.20625)
+    assert choice.held_out_ece_after == pytest.approx(0.2491, abs=1e-4)
+    assert choice.temperature == 1.0 and not choice.applied
+    assert choice.describe() == (
+        "temperature 1 kept (fitted 0.690 not applied): on validation images it was not fitted "
+        "on (5-fold cross-fitting over 8) ECE 0.2062 -> 0.2491, no lower"
+    )
+
+
+def test_training_keeps_temperature_1_when_it_would_raise_held_out_ece() -> None:
+    """Where training calls it: ``calibrate`` on a model that outputs the small split's
+    probabilities keeps T = 1 and says so (it used to apply the fitted 0.69)."""
+    import keras
+    import tensorflow as tf
+
+    from components.lib.modelling.model import calibrate
+
+    probabilities, labels = small_split()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Identity()])
+    validation = tf.data.Dataset.from_tensor_slices((probabilities, labels)).batch(3)
+
+    temperature, figures = calibrate(model, validation)
+
+    assert temperature == 1.0
+    assert figures["val_ece_before"] == pytest.approx(0.20625)
+    assert figures["val_ece_after"] == pytest.approx(0.20625)
+    assert figures["decision"].startswith("temperature 1 kept (fitted 0.690 not applied)")
+
+
+def test_a_temperature_that_lowers_held_out_ece_is_applied() -> None:
+    """Overconfident (softmax(2z) for labels drawn from softmax(z)) on 400 photos: the
+    cross-fitted temperatures lower the held-out ECE, so the one fitted on all is applied."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, (400, 4))
+    truth = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(4, p=row) for row in truth])
+
+    choice = choose_temperature(scale(truth, 0.5), labels)
+
+    assert choice.applied and choice.temperature == choice.fitted_temperature
+    assert choice.temperature == pytest.approx(2.0, rel=0.2)
+    assert choice.held_out_ece_after < 0.7 * choice.held_out_ece_before
+    assert choice.describe().startswith(f"temperature {choice.temperature:.3f} applied: ")
+
+
+def test_one_validation_photo_keeps_temperature_1() -> None:
+    choice = choose_temperature(np.array([[0.7, 0.3]]), np.array([0]))
+    assert choice.temperature == 1.0 and choice.folds == 1
+    assert "too few" in choice.describe()
 
 
 def test_evaluate_demo_model_through_serving_signature(

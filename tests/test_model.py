@@ -74,7 +74,12 @@ def test_same_seed_and_data_train_the_same_model(demo_data_dir: Path, tmp_path: 
     for run in ("first", "second"):
         trained = train_classifier(dataset, config)
         export_serving_model(
-            trained.model, dataset.class_names, 64, str(tmp_path / run), trained.temperature
+            trained.model,
+            dataset.class_names,
+            64,
+            str(tmp_path / run),
+            trained.temperature,
+            trained.calibration,
         )
         results.append((trained, evaluate_saved_model(str(tmp_path / run), str(demo_data_dir))))
 
@@ -84,7 +89,10 @@ def test_same_seed_and_data_train_the_same_model(demo_data_dir: Path, tmp_path: 
     assert first_history == second_trained.history
     assert first_trained.calibration == second_trained.calibration
     assert first_trained.calibration["val_images"] == 8
-    assert first.temperature == first_trained.temperature != 1.0
+    assert (
+        first.temperature == first_trained.temperature == first_trained.calibration["temperature"]
+    )
+    assert first.calibration_decision == first_trained.calibration["decision"]
     assert first.confusion_matrix == second.confusion_matrix
     assert first.accuracy == second.accuracy
     np.testing.assert_array_equal(np.asarray(first.confusion_matrix).sum(axis=1), [6, 6, 6, 6])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import io
 import json
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from kfp import dsl
 
@@ -300,3 +302,72 @@ def _two_class_model(tmp_path: Path, data: Path) -> Path:
     trained = train_classifier(dataset, TrainingConfig(epochs=1, fine_tune_epochs=0))
     export_serving_model(trained.model, dataset.class_names, 32, str(tmp_path / "model"))
     return tmp_path / "model"
+
+
+def many_class_evaluation() -> Evaluation:
+    """120 classes (a dog-breed task's size) of 3 to 11 eval photos, generated: three planted
+    confusions (class 7 read as 8 five times, 30 as 31 three times, 99 as 5 twice) and a
+    scatter of single mistakes."""
+    from components.lib.evaluation.metrics import confusion_matrix
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(3, 12, 120)
+    counts[[7, 30, 99]] = 10
+    labels = np.repeat(np.arange(120), counts)
+    predictions = labels.copy()
+    for (true, predicted), times in {(7, 8): 5, (30, 31): 3, (99, 5): 2}.items():
+        predictions[np.flatnonzero(labels == true)[:times]] = predicted
+    for photo in rng.choice(np.flatnonzero(~np.isin(labels, [7, 30, 99])), 25, replace=False):
+        predictions[photo] = (labels[photo] + 1 + rng.integers(0, 118)) % 120
+    matrix = confusion_matrix(labels, predictions, 120)
+    return Evaluation([f"breed-{index:03d}" for index in range(120)], matrix.tolist())
+
+
+def test_a_120_class_report_fits_the_page_and_lists_the_top_confusions() -> None:
+    from PIL import Image
+
+    from components.lib.evaluation.report import (
+        PAGE_WIDTH_PX,
+        TOP_CONFUSIONS,
+        confusion_heatmap,
+    )
+
+    evaluation = many_class_evaluation()
+    decision = Decision(True, "accuracy 0.95 >= required 0.8, no champion serving: deploy")
+
+    page = build_report(evaluation, {}, decision, Champion(NO_CHAMPION), GateRule())
+
+    with Image.open(io.BytesIO(embedded_png(page, "confusion-matrix"))) as picture:
+        assert picture.width <= PAGE_WIDTH_PX
+    assert "img{max-width:100%}" in page
+    assert len(confusion_heatmap(evaluation).axes[0].texts) == 0, "no numbers in the cells"
+    confusions = page.split('<table id="top-confusions">', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", confusions)[1:]
+    assert len(rows) == TOP_CONFUSIONS
+    cells = [re.findall(r"<t[dh]>(.*?)</t[dh]>", row) for row in rows[:3]]
+    assert cells == [
+        ["7", "breed-007", "8", "breed-008", "5", "50%"],
+        ["30", "breed-030", "31", "breed-031", "3", "30%"],
+        ["99", "breed-099", "5", "breed-005", "2", "20%"],
+    ]
+    per_class = page.split('<table id="per-class">', 1)[1].split("</table>", 1)[0]
+    classes = [
+        re.findall(r"<t[dh]>(.*?)</t[dh]>", row) for row in re.findall(r"<tr>(.*?)</tr>", per_class)
+    ]
+    assert classes[0] == ["#", "class", "images", "precision", "recall (accuracy)", "F1"]
+    assert len(classes) == 121, "every class, sorted by accuracy"
+    assert classes[1][:3] == ["7", "breed-007", "10"] and classes[1][4] == "0.5000"
+    accuracies = [float(row[4]) for row in classes[1:]]
+    assert accuracies == sorted(accuracies) and accuracies[-1] == 1.0
+
+
+def test_a_report_of_a_dozen_classes_keeps_counts_in_the_cells() -> None:
+    from components.lib.evaluation.report import MANY_CLASSES, confusion_matrix_png
+
+    names = [f"c{index}" for index in range(MANY_CLASSES)]
+    matrix = (np.eye(MANY_CLASSES, dtype=int) * 3).tolist()
+    page = build_report(
+        Evaluation(names, matrix), {}, Decision(True, "deploy"), Champion(NO_CHAMPION), GateRule()
+    )
+    assert 'id="top-confusions"' not in page and "<th>#</th>" not in page
+    assert confusion_matrix_png(Evaluation(names, matrix)) in page

@@ -49,9 +49,13 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArtifactRegistryStandIn]:
+def registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service_account_key: Path
+) -> Iterator[ArtifactRegistryStandIn]:
     """The stand-in, reached by kfp's client (context file) and by aiplatform (urllib), with
-    application default credentials that carry a known token."""
+    application default credentials that carry a known token (and a key file, which the CLI
+    checks before its first request)."""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_key))
     stand_in = ArtifactRegistryStandIn()
     monkeypatch.setenv(CONTEXT_ENV, str(stand_in.context_file(tmp_path)))
     monkeypatch.setattr(

@@ -333,7 +333,9 @@ def test_a_trial_runs_the_trial_module_in_the_pipeline_image_on_the_train_jobs_m
     [cpu] = worker_pool_specs("image", "gs://b/v", settings, "n1-standard-8")
     assert cpu["machine_spec"] == {"machine_type": "n1-standard-8"}
     # The machine type comes from the compile-time resources of the train job.
-    assert TrainResources(machine_type="a2-highgpu-1g").machine_type == "a2-highgpu-1g"
+    assert TrainResources(
+        machine_type="a2-highgpu-1g", accelerator_type="NVIDIA_TESLA_A100"
+    ).machine_type == ("a2-highgpu-1g")
 
 
 def test_the_job_is_named_by_the_ops_gcp_resources() -> None:

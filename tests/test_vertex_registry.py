@@ -199,7 +199,7 @@ def test_serving_settings_are_checked() -> None:
         Serving(min_replicas=2, max_replicas=1)
     with pytest.raises(ValueError, match=r"traffic_percentage must be 1\.\.100"):
         Serving(traffic_percentage=0)
-    with pytest.raises(ValueError, match="accelerator_type and accelerator_count together"):
+    with pytest.raises(ValueError, match="serving_accelerator_count 0: set both"):
         Serving(accelerator_type="NVIDIA_TESLA_T4")
 
 
@@ -404,3 +404,61 @@ def test_an_address_that_does_not_resolve_fails_at_once(
         upload("run-a")
     assert time.monotonic() - started < 10
     assert vertex_emulator.requests == []
+
+
+def test_a_version_keeps_its_edge_models_under_its_artifact_uri(
+    vertex_emulator: VertexEmulator, gcs_emulator: str, colour_models: dict, tmp_path
+) -> None:
+    """The TFLite files sit in the model artifact's tflite/ folder, and the version's artifact
+    URI is that artifact: the registered version holds them (read back here from the GCS
+    emulator through the storage seam); a label per model holds its eval accuracy. The
+    registry never reads the files, so stand-in bytes do here."""
+    import json
+    import shutil
+
+    from kfp import dsl
+
+    from components.lib.artifacts import VertexModel
+    from components.lib.modelling.edge import read_edge_models
+    from components.lib.storage import local_copy
+    from components.upload import upload_model
+
+    artifact = tmp_path / "model"
+    shutil.copytree(colour_models["v1"], artifact)
+    (artifact / "tflite").mkdir()
+    manifest = [
+        {"kind": kind, "file": f"tflite/{kind}.tflite", "size_bytes": size, "image_size": 8}
+        for kind, size in (("float16", 64), ("int8", 32))
+    ]
+    for entry in manifest:
+        (artifact / entry["file"]).write_bytes(b"\0" * entry["size_bytes"])
+    (artifact / "tflite" / "tflite.json").write_text(json.dumps(manifest))
+    model_uri = upload_folder(gcs_emulator_client(gcs_emulator), artifact, "edge/model", "bucket")
+    upload_model.python_func(
+        model=dsl.Model(uri=model_uri),
+        model_evaluation=evaluation_artifact(tmp_path / "evaluation"),
+        accuracy=0.9691,
+        champion_accuracy=-1.0,
+        decision="accuracy 0.9691 >= required 0.8000, no champion serving: deploy",
+        evaluation={
+            "champion_status": "none",
+            "gate": {"min_accuracy": 0.8, "max_regression": 0.0, "allow_class_change": False},
+            "tflite": [{**manifest[0], "accuracy": 0.9691}, {**manifest[1], "accuracy": 0.9588}],
+        },
+        model_display_name="beer-edge",
+        pipeline_job="beer-classifier-training-20261122",
+        serving_image="",
+        accelerator_type="",
+        local_state_dir="",
+        vertex_model=VertexModel(uri=str(tmp_path / "model-artifact")),
+        **VERTEX_TARGET,
+    )
+
+    uploads = vertex_emulator.calls("UploadModel")
+    [request] = [call for call in uploads if call.model.artifact_uri == model_uri]
+    assert request.model.labels["tflite_float16_accuracy"] == "0-9691"
+    assert request.model.labels["tflite_int8_accuracy"] == "0-9588"
+    registry = model_registry("vertex", "", VERTEX_PROJECT, VERTEX_LOCATION, IMAGE)
+    version = registry.find_version("beer-edge", model_uri)
+    kept = local_copy(version.artifact_uri, str(tmp_path / "copy"))
+    assert [model.size_bytes for model in read_edge_models(kept)] == [64, 32]

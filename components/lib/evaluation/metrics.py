@@ -18,7 +18,12 @@ import numpy as np
 from components.lib.data.layout import discover_layout
 from components.lib.evaluation.rule import GateRule
 from components.lib.evaluation.statistics import SIGNIFICANCE, mcnemar_exact, wilson_interval
-from components.lib.modelling.calibration import expected_calibration_error, read_temperature, scale
+from components.lib.modelling.calibration import (
+    expected_calibration_error,
+    read_calibration_decision,
+    read_temperature,
+    scale,
+)
 from components.lib.serving.prediction import ServingModel
 
 logger = logging.getLogger(__name__)
@@ -50,8 +55,9 @@ class Misclassified:
 class Evaluation:
     """A model's scores on one eval split; with each photo's path, true class index and served
     probabilities (``photos``, ``labels``, ``probabilities``) when it was scored photo by photo,
-    the calibration ``temperature`` its export applies (None: not calibrated), and the
-    ``fingerprint`` of the eval photos it was scored on (``eval_fingerprint``)."""
+    the calibration ``temperature`` its export applies (None: not calibrated) and why
+    (``calibration_decision``: applied, or 1 kept), and the ``fingerprint`` of the eval photos it
+    was scored on (``eval_fingerprint``)."""
 
     class_names: list[str]
     confusion_matrix: list[list[int]]
@@ -61,6 +67,7 @@ class Evaluation:
     probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)
     temperature: float | None = None
     fingerprint: str = ""
+    calibration_decision: str = ""
 
     @property
     def count(self) -> int:
@@ -164,6 +171,34 @@ def relative_photo(path: str, data_dir: str) -> str:
     return os.path.relpath(path, data_dir)
 
 
+def scored(
+    class_names: list[str],
+    listed: list[tuple[str, int]],
+    probabilities: np.ndarray,
+    **details: object,
+) -> Evaluation:
+    """The ``Evaluation`` of a model that gave ``probabilities`` (one row per photo of
+    ``listed``, as ``eval_photos`` lists them); its class is the most probable one. ``details``:
+    the other fields of ``Evaluation`` (temperature, fingerprint)."""
+    labels = np.asarray([index for _, index in listed], dtype=np.int64)
+    predictions = np.asarray(probabilities).argmax(axis=-1)
+    misclassified = tuple(
+        Misclassified(path, class_names[index], class_names[guess], float(row[guess]))
+        for (path, index), guess, row in zip(listed, predictions, probabilities, strict=True)
+        if guess != index
+    )
+    matrix = confusion_matrix(labels, predictions, len(class_names))
+    return Evaluation(
+        class_names=list(class_names),
+        confusion_matrix=matrix.tolist(),
+        misclassified=misclassified,
+        photos=tuple(path for path, _ in listed),
+        labels=tuple(labels.tolist()),
+        probabilities=probabilities,
+        **details,
+    )
+
+
 def evaluate_saved_model(
     model_dir: str,
     data_dir: str,
@@ -177,36 +212,20 @@ def evaluate_saved_model(
     class_names, listed = eval_photos(data_dir, split)
     if class_names != model.class_names:
         raise ClassMismatchError(model.class_names, class_names, split)
-    labels, predictions, misclassified, served, digests = [], [], [], [], []
+    served, digests = [], []
     for start in range(0, len(listed), batch_size):
-        chunk = listed[start : start + batch_size]
         batch = []
-        for path, _ in chunk:
+        for path, _ in listed[start : start + batch_size]:
             with open(path, "rb") as file:
                 batch.append(file.read())
             digests.append((relative_photo(path, data_dir), hashlib.sha256(batch[-1]).hexdigest()))
-        predicted = model.predict(batch)
-        for (path, index), label, probabilities in zip(
-            chunk, predicted.classes.tolist(), predicted.probabilities, strict=True
-        ):
-            if label != index:
-                misclassified.append(
-                    Misclassified(
-                        path, class_names[index], class_names[label], float(probabilities[label])
-                    )
-                )
-        predictions.extend(predicted.classes.tolist())
-        labels.extend(index for _, index in chunk)
-        served.extend(predicted.probabilities)
-    matrix = confusion_matrix(np.asarray(labels), np.asarray(predictions), len(model.class_names))
-    evaluation = Evaluation(
-        class_names=model.class_names,
-        confusion_matrix=matrix.tolist(),
-        misclassified=tuple(misclassified),
-        photos=tuple(path for path, _ in listed),
-        labels=tuple(labels),
-        probabilities=np.asarray(served, dtype=np.float64),
+        served.extend(model.predict(batch).probabilities)
+    evaluation = scored(
+        class_names,
+        listed,
+        np.asarray(served, dtype=np.float64),
         temperature=read_temperature(model.model_dir),
+        calibration_decision=read_calibration_decision(model.model_dir),
         fingerprint=eval_fingerprint(digests),
     )
     logger.info(

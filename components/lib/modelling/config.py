@@ -27,3 +27,11 @@ class TrainingConfig:
     early_stopping_patience: int = 3
     imbalance_ratio: float = 1.5
     seed: int = SEED
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the train step writes besides the serving SavedModel (the pipeline's export
+    parameters); not training settings, so the checkpoints and tuning trials ignore them."""
+
+    export_tflite: bool = False

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -21,8 +21,8 @@ from components.lib.data.images import decode_and_resize
 from components.lib.data.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
 from components.lib.modelling.backbone import build_efficientnet_lite
 from components.lib.modelling.calibration import (
+    choose_temperature,
     expected_calibration_error,
-    fit_temperature,
     scale,
     write_calibration,
 )
@@ -141,8 +141,9 @@ def class_weights(counts: dict[str, int], imbalance_ratio: float) -> dict[int, f
 class TrainedClassifier:
     """A training run's result. ``model`` is a float32 single-device copy of the classifier,
     ready to export with its calibration ``temperature``; only the ``chief`` process of a
-    multi-worker job exports it. ``calibration`` holds the temperature and the validation
-    split's calibration error before and after it."""
+    multi-worker job exports it. ``calibration`` holds the temperature, whether it was applied
+    and why (``TemperatureChoice``), and the validation split's calibration error before and
+    after it."""
 
     model: keras.Model
     history: dict[str, list[float]]
@@ -150,14 +151,15 @@ class TrainedClassifier:
     replicas: int
     mixed_precision: bool
     temperature: float = 1.0
-    calibration: dict[str, float] | None = None
+    calibration: dict[str, float | int | str] | None = None
 
 
 def calibrate(
     model: keras.Model, validation: tf.data.Dataset
-) -> tuple[float, dict[str, float] | None]:
-    """Fit the temperature on the validation split (``calibration`` module): the model's
-    probabilities on those images, and the split's ECE before and after."""
+) -> tuple[float, dict[str, float | int | str] | None]:
+    """Choose the temperature on the validation split (``calibration.choose_temperature``: one
+    that does not lower the ECE of held-out images is not applied): the model's probabilities on
+    those images, the choice, and the split's ECE before and after."""
     probabilities, labels = [], []
     for images, batch_labels in validation:
         probabilities.append(model(tf.cast(images, tf.float32), training=False).numpy())
@@ -165,20 +167,15 @@ def calibrate(
     if not labels:
         return 1.0, None
     probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
-    temperature = fit_temperature(probabilities, labels)
+    choice = choose_temperature(probabilities, labels)
+    temperature = choice.temperature
     figures = {
-        "temperature": temperature,
+        **choice.to_dict(),
         "val_images": len(labels),
         "val_ece_before": expected_calibration_error(probabilities, labels),
         "val_ece_after": expected_calibration_error(scale(probabilities, temperature), labels),
     }
-    logger.info(
-        "calibration on %d validation images: temperature %.3f, ECE %.4f -> %.4f",
-        figures["val_images"],
-        temperature,
-        figures["val_ece_before"],
-        figures["val_ece_after"],
-    )
+    logger.info("calibration on %d validation images: %s", len(labels), choice.describe())
     return temperature, figures
 
 
@@ -375,16 +372,18 @@ def export_serving_model(
     image_size: int,
     export_dir: str,
     temperature: float = 1.0,
+    calibration: Mapping[str, object] | None = None,
 ) -> None:
     """Write a SavedModel whose ``serving_default`` maps ``bytes`` to CLASSES and PROBABILITIES,
     the probabilities scaled by the calibration ``temperature``, loadable both by
     ``tf.saved_model.load`` and by TF Serving's session loader.
 
     The class names go beside it, because the signature returns indices (the challenge's
-    contract), and the temperature (``calibration.json``), for evaluation's before/after figures.
+    contract), and the temperature with how it was chosen (``calibration``, as training
+    returns it) in ``calibration.json``, for evaluation's before/after figures.
     """
     module = _ServingModule(model, image_size, temperature)
     tf.saved_model.save(module, export_dir, signatures={SIGNATURE_NAME: module.serve})
     with open(os.path.join(export_dir, CLASS_NAMES_FILE), "w") as file:
         json.dump(class_names, file, indent=2)
-    write_calibration(export_dir, temperature)
+    write_calibration(export_dir, temperature, calibration)
