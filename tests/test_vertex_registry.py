@@ -447,7 +447,7 @@ def test_a_version_keeps_its_edge_models_under_its_artifact_uri(
         },
         model_display_name="beer-edge",
         pipeline_job="beer-classifier-training-20261122",
-        serving_image="",
+        serving_image=PLACEHOLDERS.serving,
         accelerator_type="",
         local_state_dir="",
         vertex_model=VertexModel(uri=str(tmp_path / "model-artifact")),

@@ -11,6 +11,7 @@ import pytest
 from kfp import dsl
 
 from components.evaluate import evaluate_model
+from components.images import PLACEHOLDERS
 from components.infra_validate import infra_validate
 from components.lib.artifacts import VertexModel
 from components.lib.evaluation.metrics import evaluate_champion, evaluate_saved_model
@@ -103,7 +104,7 @@ def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dic
         evaluation=served.summary,
         model_display_name="beer-classifier",
         pipeline_job=run,
-        serving_image="",
+        serving_image=PLACEHOLDERS.serving,
         accelerator_type="",
         local_state_dir="",
         vertex_model=VertexModel(uri=str(work / "vertex-model")),
