@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from components.lib.serving.infra import percentile as percentile  # the benchmarks' too
+
 MIB = 1024**2
 GIB = 1024**3
 
@@ -142,14 +144,6 @@ class ProcessTreePeaks:
         self._stop.set()
         if self._thread:
             self._thread.join()
-
-
-def percentile(values: Sequence[float], share: float) -> float:
-    """Nearest-rank percentile: the smallest value with at least ``share`` of them at or below."""
-    if not values:
-        raise ValueError("percentile of no values")
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 def ratio(numerator: float, denominator: float) -> float:

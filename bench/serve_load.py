@@ -27,6 +27,8 @@ from pathlib import Path
 import requests
 
 from bench.common import percentile, run_in_threads
+from components.lib.serving.infra import stop
+from components.lib.serving.protocol import request_body
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,18 +85,7 @@ def server_process(
         host = "127.0.0.1" if address.group(1) == "0.0.0.0" else address.group(1)
         yield ServerProcess(process, f"http://{host}:{address.group(2)}", first_line)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def request_body(images: list[bytes]) -> bytes:
-    """A Vertex prediction request of ``images``, one instance each."""
-    instances = [{"bytes": {"b64": base64.b64encode(image).decode()}} for image in images]
-    return json.dumps({"instances": instances}).encode()
+        stop(process)
 
 
 def run_load(

@@ -15,6 +15,9 @@ def evaluate_model(
     min_accuracy: float,
     max_regression: float,
     allow_class_change: bool,
+    max_latency_p95_ms: float,
+    max_model_size_mb: float,
+    max_load_seconds: float,
     endpoint_display_name: str,
     target: str,
     project: str,
@@ -44,10 +47,12 @@ def evaluate_model(
     training was cached), it is scored once and the decision says so. The champion is not
     scored again when its evaluation in the registry is of the same eval photos (fingerprint):
     its per-photo results are read back, and the champion line says which it was.
-    ``model_evaluation`` holds this model's evaluation as the registry will keep it (the upload
-    step attaches it to the new version). TFLite models exported with it (``export_tflite``) are
-    scored on the same photos: ``summary["tflite"]``, the metrics and the report give each one's
-    accuracy, its change from the SavedModel's and its size.
+    ``model_evaluation`` holds this model's evaluation as the registry will keep it, and its
+    per-photo results (the infra validation step completes it; upload attaches it to the new
+    version). The decision is on accuracy; the rule's serving budgets (``gate`` in ``summary``)
+    are applied by infra validation, which has the figures. TFLite models exported with it
+    (``export_tflite``) are scored on the same photos: ``summary["tflite"]``, the metrics and
+    the report give each one's accuracy, its change from the SavedModel's and its size.
     """
     import dataclasses
     import logging
@@ -89,7 +94,14 @@ def evaluate_model(
             raw_data.path,
             evaluation,
         )
-    rule = GateRule(min_accuracy, max_regression, allow_class_change)
+    rule = GateRule(
+        min_accuracy,
+        max_regression,
+        allow_class_change,
+        max_latency_p95_ms,
+        max_model_size_mb,
+        max_load_seconds,
+    )
     decision = deployment_decision(evaluation, champion, rule)
     if itself:
         reason = f"{decision.reason} (the same model as {served.resource_name}, served already)"

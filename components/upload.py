@@ -45,8 +45,7 @@ def upload_model(
     from components.lib.targets import model_registry, resource_uri
     from components.lib.targets.base import ModelEvaluationRecord, version_alias
 
-    gate = evaluation["gate"]
-    rule = GateRule(gate["min_accuracy"], gate["max_regression"], gate["allow_class_change"])
+    rule = GateRule.from_dict(evaluation["gate"])
     registry = model_registry(
         target, local_state_dir, project, location, serving_image, gpu=bool(accelerator_type)
     )

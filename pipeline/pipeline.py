@@ -1,5 +1,6 @@
-"""The training pipeline: download, validate, preprocess, backbone features, train, evaluate, then
-behind the accuracy gate upload and deploy.
+"""The training pipeline: download, validate, preprocess, backbone features, train, evaluate,
+infra validation (the model served as Vertex AI serves it), then behind the gate upload and
+deploy.
 
 Its parameters, with their descriptions (shown in the Vertex Pipelines console), are the one
 place where a run is configured; their defaults are read from the settings dataclasses of the
@@ -34,6 +35,7 @@ from components.features import extract_features
 from components.fingerprint import fingerprint_data
 from components.gate import report_not_deployed
 from components.images import PLACEHOLDERS, ImageSet, Role
+from components.infra_validate import infra_validate
 from components.lib.data.options import (
     SEED,
     PreprocessOptions,
@@ -271,7 +273,8 @@ def build_pipeline(
         name=PIPELINE_NAME,
         description=(
             "Transfer learning on EfficientNet-Lite for image classification; the model is "
-            "registered and deployed only when it passes the accuracy gate."
+            "registered and deployed only when it passes the gate: accuracy, and the serving "
+            "budgets of infra validation (the model served as the endpoint will serve it)."
         ),
     )
     def training_pipeline(
@@ -301,6 +304,9 @@ def build_pipeline(
         min_accuracy: float = GATE.min_accuracy,
         max_regression: float = GATE.max_regression,
         allow_class_change: bool = GATE.allow_class_change,
+        max_latency_p95_ms: float = GATE.max_latency_p95_ms,
+        max_model_size_mb: float = GATE.max_model_size_mb,
+        max_load_seconds: float = GATE.max_load_seconds,
         model_display_name: str = REGISTRATION.model_display_name,
         endpoint_display_name: str = REGISTRATION.endpoint_display_name,
         serving_image: str = images.serving,
@@ -384,6 +390,15 @@ def build_pipeline(
                 photos; the exact McNemar test of the difference is reported. Allowed: 0 to 1.
             allow_class_change: Let a new model replace a served one trained on other classes
                 (false: it is never deployed over it, and the run says so).
+            max_latency_p95_ms: Serving budget: the 95th percentile latency, in milliseconds, of
+                a one-image prediction request from one client, measured by the infra
+                validation step on the model served as the endpoint will serve it (the serving
+                image's server). A slower model is not deployed.
+            max_model_size_mb: Serving budget: the exported model's size in MB (10^6 bytes). A
+                larger model is not deployed.
+            max_load_seconds: Serving budget: seconds from the serving container's start to
+                its first healthy answer (loading TensorFlow and the model), as infra
+                validation measures it. A model slower to start is not deployed.
             model_display_name: Model in the registry that each deployed run adds a version to.
             endpoint_display_name: Endpoint that serves the deployed version.
             serving_image: Prediction image of the registered model on Vertex AI: by default
@@ -545,21 +560,41 @@ def build_pipeline(
                 min_accuracy=min_accuracy,
                 max_regression=max_regression,
                 allow_class_change=allow_class_change,
+                max_latency_p95_ms=max_latency_p95_ms,
+                max_model_size_mb=max_model_size_mb,
+                max_load_seconds=max_load_seconds,
                 endpoint_display_name=endpoint_display_name,
                 **registry,
             )
             .set_display_name("evaluate")
             .set_caching_options(False)
         )
-        with dsl.If(evaluate.outputs["deploy"] == True, name="accuracy-gate"):  # noqa: E712
+        # The serving image's server on the model, as the endpoint will run it; never cached,
+        # as evaluate is not (and its latency is this run's). It fails when the model cannot
+        # be served, so such a model never reaches upload.
+        infra = (
+            infra_validate(
+                model=train.outputs["model"],
+                raw_data=validate.outputs["dataset"],
+                evaluation=evaluate.outputs["model_evaluation"],
+                evaluation_report=evaluate.outputs["report"],
+                evaluate_deploy=evaluate.outputs["deploy"],
+                evaluate_reason=evaluate.outputs["reason"],
+                evaluation_summary=evaluate.outputs["summary"],
+            )
+            .set_display_name("infra-validate")
+            .set_caching_options(False)
+        )
+        # The branch keeps its name; it now also holds infra validation's serving budgets.
+        with dsl.If(infra.outputs["deploy"] == True, name="accuracy-gate"):  # noqa: E712
             upload = (
                 upload_model(
                     model=train.outputs["model"],
-                    model_evaluation=evaluate.outputs["model_evaluation"],
+                    model_evaluation=infra.outputs["model_evaluation"],
                     accuracy=evaluate.outputs["accuracy"],
                     champion_accuracy=evaluate.outputs["champion_accuracy"],
-                    decision=evaluate.outputs["reason"],
-                    evaluation=evaluate.outputs["summary"],
+                    decision=infra.outputs["reason"],
+                    evaluation=infra.outputs["summary"],
                     model_display_name=model_display_name,
                     pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                     serving_image=serving_image,
@@ -587,7 +622,7 @@ def build_pipeline(
             )
         with dsl.Else(name="accuracy-gate-closed"):
             rejected = (
-                report_not_deployed(reason=evaluate.outputs["reason"])
+                report_not_deployed(reason=infra.outputs["reason"])
                 .set_display_name("not-deployed")
                 .set_caching_options(False)
             )
@@ -595,12 +630,12 @@ def build_pipeline(
         return PipelineOutputs(
             accuracy=evaluate.outputs["accuracy"],
             champion_accuracy=evaluate.outputs["champion_accuracy"],
-            deployed=evaluate.outputs["deploy"],
-            decision=evaluate.outputs["reason"],
+            deployed=infra.outputs["deploy"],
+            decision=infra.outputs["reason"],
             model_version=dsl.OneOf(upload.outputs["Output"], rejected.output),
             endpoint=dsl.OneOf(deploy.outputs["Output"], rejected.output),
-            report=evaluate.outputs["report"],
-            evaluation=evaluate.outputs["summary"],
+            report=infra.outputs["report"],
+            evaluation=infra.outputs["summary"],
         )
 
     return training_pipeline

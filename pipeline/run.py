@@ -31,6 +31,7 @@ from components.lib.data.demo import (
 )
 from components.lib.evaluation.rule import GateRule
 from components.lib.parameters import parameter_problems, state_dir_problem
+from components.lib.serving.infra import ServingFigures
 from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path, redact_text
 from components.lib.targets import resolve_target
 from components.lib.targets.base import (
@@ -783,6 +784,7 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         "tflite": evaluation.get("tflite"),
         "min_accuracy": values["min_accuracy"],
         "gate_rule": evaluation["gate"]["rule"],
+        "serving": evaluation["serving"],
         # typed again: a whole number inside a step's dict output comes back as a float
         "trained_with": STUDY.chosen(evaluation.get("trained_with", {})),
         "tuning_trials": values["tuning_trials"],
@@ -842,6 +844,10 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
         "ece_after": summary["ece_after"],
         "temperature": summary["temperature"],
         "deployed": summary["deployed"],
+        **{
+            name: summary["serving"][name]
+            for name in ("latency_p95_ms", "model_mb", "load_seconds")
+        },
     }
     return {name: float(value) for name, value in metrics.items() if value is not None}
 
@@ -951,6 +957,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("trained with", _trained_with(summary)),
         ("champion", summary["champion"]),
         ("calibration", calibration),
+        ("serving", ServingFigures.from_dict(summary["serving"]).describe()),
         *(
             (
                 f"tflite {edge['kind']}",

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from components.lib.evaluation.rule import GateRule
 from components.lib.targets.base import DEFAULT_SERVING, Serving
 
 if TYPE_CHECKING:
@@ -290,6 +291,11 @@ VERTEX_PROJECT = "test-project"
 VERTEX_LOCATION = "europe-west4"
 VERTEX_TARGET = {"target": "vertex", "project": VERTEX_PROJECT, "location": VERTEX_LOCATION}
 """The steps' target parameters for Vertex AI (the emulator)."""
+SERVING_BUDGETS = {
+    name: getattr(GateRule, name)
+    for name in ("max_latency_p95_ms", "max_model_size_mb", "max_load_seconds")
+}
+"""The evaluate step's serving budget parameters, at the pipeline's defaults."""
 
 
 def deploy_step(

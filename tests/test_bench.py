@@ -170,12 +170,18 @@ def _run(label: str, wall: float, steps: dict[str, float], peaks: dict[str, int]
 
 
 def test_pipeline_targets_on_warm_share_and_step_memory() -> None:
-    cold = _run("cold", 200.0, {"train-model": 180.0, "evaluate-model": 10.0}, {"train-model": GIB})
+    cold = _run(
+        "cold",
+        200.0,
+        {"train-model": 170.0, "evaluate-model": 10.0, "infra-validate": 10.0},
+        {"train-model": GIB},
+    )
     warm = _run("warm", 12.0, {"evaluate-model": 11.0}, {"evaluate-model": GIB // 2})
 
     table, figures, targets = pipeline_steps.evaluate(cold, warm)
 
     assert figures["warm_share"] == pytest.approx(0.06)
+    assert figures["infra_validation_share"] == pytest.approx(0.05)
     assert figures["largest_step"] == "train-model"
     assert all(target.met for target in targets)
     assert "cached" in table and "whole command (wall)" in table
@@ -183,7 +189,12 @@ def test_pipeline_targets_on_warm_share_and_step_memory() -> None:
     slow_warm = _run("warm", 60.0, {"evaluate-model": 50.0}, {"evaluate-model": 5 * GIB})
     _, figures, targets = pipeline_steps.evaluate(cold, slow_warm)
     assert figures["largest_step"] == "evaluate-model"
-    assert [target.met for target in targets] == [False, False]
+    assert [target.met for target in targets] == [False, False, True]
+
+    slow_infra = _run("cold", 200.0, {"infra-validate": 40.0}, {"infra-validate": GIB})
+    _, figures, targets = pipeline_steps.evaluate(slow_infra, warm)
+    assert figures["infra_validation_share"] == pytest.approx(0.2)
+    assert targets[-1].met is False and "infra-validate" in targets[-1].name
 
 
 def _cell(latency_s: float, images_per_second: float, wrong: int = 0) -> serve_latency.Cell:

@@ -15,8 +15,8 @@ IMAGE = "europe-west1-docker.pkg.dev/my-project/beer-pipeline/beer-pipeline:test
 
 
 def _step_images(images: ImageSet) -> set[str]:
-    """The images the steps run in (the serving one is the model's, no step's)."""
-    return {images.gpu, images.cpu, images.light}
+    """The images the steps run in: infra validation runs in the serving one, the model's."""
+    return {images.gpu, images.cpu, images.light, images.serving}
 
 
 def _compiled(path: Path) -> dict:

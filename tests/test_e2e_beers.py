@@ -8,6 +8,7 @@ files, read the others, and still pass the gate; the later runs train again on t
 from __future__ import annotations
 
 import base64
+import html
 import json
 import shutil
 import subprocess
@@ -88,10 +89,34 @@ def test_model_passes_the_gate_and_is_deployed(first_run: dict) -> None:
     assert first_run["champion_accuracy"] is None
     report = Path(first_run["report"]).read_text()
     assert 'id="confusion-matrix"' in report and 'id="training-curves"' in report
+    assert "serving within its budgets" in first_run["decision"]
     assert first_run["model_version"] == (
         "projects/local-project/locations/europe-west1/models/beer-classifier@1"
     )
     assert first_run["endpoint"] == ENDPOINT
+
+
+def test_the_model_was_served_as_the_endpoint_serves_it_before_it_was_registered(
+    state: Path, first_result: subprocess.CompletedProcess, first_run: dict
+) -> None:
+    """Infra validation: every eval photo through the server's predict route, its figures in
+    the summary, the JSON, the report and the evaluation the registry keeps."""
+    serving = first_run["serving"]
+    assert serving["photos_checked"] == first_run["eval_images"] == 97
+    assert 0 < serving["latency_p50_ms"] <= serving["latency_p95_ms"] < 1000
+    assert 0 < serving["concurrent_latency_p50_ms"] <= serving["concurrent_latency_p95_ms"]
+    assert serving["concurrent_clients"] == 4
+    assert 1 < serving["model_mb"] < 100 and 0 < serving["load_seconds"] < 300
+    assert "infra-validate" in first_run["step_seconds"]
+    assert first_run["metrics"]["latency_p95_ms"] == serving["latency_p95_ms"]
+    printed = [line for line in first_result.stdout.splitlines() if line.startswith("serving ")]
+    assert printed and f"/{serving['latency_p95_ms']:.1f} ms at 1 client" in printed[0]
+    report = Path(first_run["report"]).read_text()
+    assert 'id="serving"' in report
+    assert f"p95 {serving['latency_p95_ms']:g} ms (budget 1000 ms)" in report
+    model = json.loads((state / "models/beer-classifier/model.json").read_text())
+    [evaluation] = model["versions"][0]["evaluations"]
+    assert evaluation["metadata"]["serving"] == serving
 
 
 def test_bad_files_mixed_into_the_photos_are_skipped_and_reported(
@@ -153,9 +178,10 @@ def test_gate_holds_when_the_bar_is_above_the_model(
         "check-parameters",
         "fingerprint-data",
         "evaluate-model",
+        "infra-validate",
         "report-not-deployed",
-    }, "download, preprocess and train are cached on unchanged data; the fingerprint and "
-    "evaluate never are"
+    }, "download, preprocess and train are cached on unchanged data; the fingerprint, "
+    "evaluate and infra validation never are"
     model = json.loads((state / "models/beer-classifier/model.json").read_text())
     assert [v["versionId"] for v in model["versions"]] == ["1"]
     assert endpoint_record.read_text() == before
@@ -163,6 +189,27 @@ def test_gate_holds_when_the_bar_is_above_the_model(
     instances = [{"bytes": {"b64": base64.b64encode(photo.read_bytes()).decode()}}]
     response = requests.post(endpoint_url, json={"instances": instances}, timeout=60)
     assert response.status_code == 200 and response.json()["modelVersionId"] == "1"
+
+
+def test_a_latency_budget_too_low_holds_the_model_back(
+    state: Path, upload: Upload, first_run: dict
+) -> None:
+    endpoint_record = state / "endpoints" / "beer-classifier-endpoint.json"
+    before = endpoint_record.read_text()
+
+    held = summary_of(
+        run_pipeline(
+            state, upload.root, "--min-accuracy", "0", "--param", "max_latency_p95_ms=0.01"
+        )
+    )
+
+    assert held["deployed"] is False and held["model_version"] is None
+    assert held["decision"].startswith(
+        "held back by the latency budget: p95 latency of a one-image request "
+    )
+    assert "> 0.01 ms (max_latency_p95_ms), over by" in held["decision"]
+    assert html.escape(held["decision"]) in Path(held["report"]).read_text()
+    assert endpoint_record.read_text() == before
 
 
 def test_weaker_challenger_does_not_replace_the_champion(

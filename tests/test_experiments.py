@@ -33,6 +33,7 @@ def test_params_and_metrics_of_a_run_summary() -> None:
         "ece_after": 0.05,
         "temperature": 1.5,
         "deployed": True,
+        "serving": {"latency_p95_ms": 52.5, "model_mb": 18.5, "load_seconds": 9.2, "photos": 6},
     }
     assert run_metrics(summary) == {
         "accuracy": 0.9,
@@ -43,6 +44,9 @@ def test_params_and_metrics_of_a_run_summary() -> None:
         "ece_after": 0.05,
         "temperature": 1.5,
         "deployed": 1.0,
+        "latency_p95_ms": 52.5,
+        "model_mb": 18.5,
+        "load_seconds": 9.2,
     }
 
 

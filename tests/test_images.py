@@ -118,7 +118,10 @@ def test_a_default_run_pulls_the_light_image_for_most_steps() -> None:
     spec = yaml.safe_load((Path(__file__).parent.parent / "pipeline.yaml").read_text())
     steps = default_run_images(spec)
     assert sorted(steps) == sorted(
-        [PLACEHOLDERS.gpu] * 2 + [PLACEHOLDERS.cpu] * 2 + [PLACEHOLDERS.light] * 9
+        [PLACEHOLDERS.gpu] * 2
+        + [PLACEHOLDERS.cpu] * 2
+        + [PLACEHOLDERS.light] * 9
+        + [PLACEHOLDERS.serving]  # infra validation
     )
 
 

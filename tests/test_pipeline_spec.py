@@ -88,7 +88,8 @@ def _holding(spec: dict, task: str) -> dict:
     return tasks
 
 
-def test_upload_and_deploy_run_only_behind_the_accuracy_gate(spec: dict) -> None:
+def test_upload_and_deploy_run_only_behind_the_gate(spec: dict) -> None:
+    """The gate is infra validation's decision (evaluate's, with the serving budgets)."""
     components = spec["components"]
     gated = {
         name: dag
@@ -98,7 +99,7 @@ def test_upload_and_deploy_run_only_behind_the_accuracy_gate(spec: dict) -> None
     [gate] = [
         component["dag"]["tasks"]
         for component in components.values()
-        if "evaluate-model-deploy" in json.dumps(component.get("dag", {}).get("tasks", {}))
+        if "infra-validate-deploy" in json.dumps(component.get("dag", {}).get("tasks", {}))
     ]
     passing = [
         dag
@@ -106,21 +107,54 @@ def test_upload_and_deploy_run_only_behind_the_accuracy_gate(spec: dict) -> None
         if dag["triggerPolicy"]["condition"].startswith("inputs.parameter_values")
     ]
     assert len(passing) == 1
-    assert "evaluate-model-deploy" in passing[0]["triggerPolicy"]["condition"]
+    assert "infra-validate-deploy" in passing[0]["triggerPolicy"]["condition"]
     open_branch = gated[passing[0]["componentRef"]["name"]]["dag"]["tasks"]
     assert set(open_branch) == {"upload-model", "deploy-model"}
     root_tasks = spec["root"]["dag"]["tasks"]
     assert "upload-model" not in root_tasks and "deploy-model" not in root_tasks
     for task in ("upload-model", "deploy-model"):
         assert open_branch[task]["cachingOptions"] == {}, "registering must never be cached"
+    uploaded = open_branch["upload-model"]["inputs"]
+    # Inside the branch a task's input is the branch's, named after the task that made it.
+    assert uploaded["artifacts"]["model_evaluation"] == {
+        "componentInputArtifact": "pipelinechannel--infra-validate-model_evaluation"
+    }, "the version keeps the evaluation that infra validation completed"
+    assert uploaded["parameters"]["decision"] == {
+        "componentInputParameter": "pipelinechannel--infra-validate-reason"
+    }
+
+
+def test_infra_validation_serves_the_trained_model_after_evaluate(spec: dict) -> None:
+    task = spec["root"]["dag"]["tasks"]["infra-validate"]
+    artifacts = {
+        name: binding["taskOutputArtifact"]["producerTask"]
+        for name, binding in task["inputs"]["artifacts"].items()
+    }
+    assert artifacts == {
+        "model": "train-model",
+        "raw_data": "validate-data",
+        "evaluation": "evaluate-model",
+        "evaluation_report": "evaluate-model",
+    }
+    assert task["cachingOptions"] == {}, "its latency is this run's: never cached"
+    outputs = spec["root"]["dag"]["outputs"]
+    assert outputs["parameters"]["decision"]["valueFromParameter"]["producerSubtask"] == (
+        "infra-validate"
+    )
+    assert outputs["artifacts"]["report"]["artifactSelectors"][0]["producerSubtask"] == (
+        "infra-validate"
+    )
 
 
 def test_each_step_runs_in_its_roles_image(spec: dict) -> None:
     """TensorFlow steps that may get a GPU in the GPU image, the other TensorFlow steps in the
-    CPU image, the rest in the light one; the serving image is serving_image's default."""
+    CPU image, the rest in the light one; infra validation in the serving image (where the
+    endpoint's server runs), which is also serving_image's default."""
     from components.images import PLACEHOLDERS
 
     executors = dict(spec["deploymentSpec"]["executors"])
+    infra = executors.pop("exec-infra-validate")["container"]["image"]
+    assert infra == PLACEHOLDERS.serving, "infra validation runs where the endpoint's server runs"
     tuning_job = executors.pop("exec-hyperparameter-tuning-job")["container"]["image"]
     assert tuning_job.startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:"), (
         "the tuning job's task is Google's launcher; its trials run the project image"

@@ -30,7 +30,7 @@ from components.lib.evaluation.metrics import (
 from components.lib.evaluation.model_evaluation import CLASSIFICATION_METRICS_SCHEMA
 from components.lib.evaluation.report import Provenance, build_report
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
-from tests.conftest import add_bad_files, make_layout
+from tests.conftest import SERVING_BUDGETS, add_bad_files, make_layout
 
 HISTORY = {
     "head_loss": [1.2, 0.8],
@@ -182,6 +182,7 @@ def test_evaluate_step_writes_metrics_confusion_matrix_and_report(
         min_accuracy=0.8,
         max_regression=0.0,
         allow_class_change=False,
+        **SERVING_BUDGETS,
         endpoint_display_name="beer-classifier-endpoint",
         target="local",
         project="local-project",
@@ -261,6 +262,7 @@ def test_evaluate_step_says_a_champion_serves_but_is_not_compared(
         min_accuracy=0.0,
         max_regression=0.0,
         allow_class_change=False,
+        **SERVING_BUDGETS,
         endpoint_display_name="beer-ep",
         target="local",
         project="local-project",

@@ -243,6 +243,9 @@ def test_steps_output_vertex_artifacts_for_lineage(
         "gate_max_regression": "0-0100",
         "gate_allow_class_change": "false",
         "gate_test": "mcnemar-exact",
+        "gate_max_latency_p95_ms": "1000",
+        "gate_max_model_size_mb": "100",
+        "gate_max_load_seconds": "300",
     }
     assert request.model.labels["mcnemar_p"] == "0-2500"
     assert request.model.labels["champion_status"] == "compared"
@@ -444,7 +447,7 @@ def test_a_version_keeps_its_edge_models_under_its_artifact_uri(
         },
         model_display_name="beer-edge",
         pipeline_job="beer-classifier-training-20261122",
-        serving_image="",
+        serving_image=PLACEHOLDERS.serving,
         accelerator_type="",
         local_state_dir="",
         vertex_model=VertexModel(uri=str(tmp_path / "model-artifact")),

@@ -11,6 +11,8 @@ import pytest
 from kfp import dsl
 
 from components.evaluate import evaluate_model
+from components.images import PLACEHOLDERS
+from components.infra_validate import infra_validate
 from components.lib.artifacts import VertexModel
 from components.lib.evaluation.metrics import evaluate_champion, evaluate_saved_model
 from components.lib.storage import local_copy, mounted_path
@@ -18,6 +20,7 @@ from components.lib.targets.base import Serving
 from components.upload import upload_model
 from tests.conftest import (
     GCS_BUCKET,
+    SERVING_BUDGETS,
     VERTEX_TARGET,
     deploy_step,
     make_layout,
@@ -66,6 +69,7 @@ def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dic
         min_accuracy=0.5,
         max_regression=0.0,
         allow_class_change=False,
+        **SERVING_BUDGETS,
         endpoint_display_name=ENDPOINT,
         local_state_dir="",
         metrics=dsl.Metrics(uri=str(work / "metrics")),
@@ -75,16 +79,32 @@ def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dic
         **VERTEX_TARGET,
     )
     assert evaluation.deploy, evaluation.reason
+    # The serving image's server on the model in Cloud Storage, as on Vertex AI (gcsfs reads
+    # it: no mount holds it).
+    completed = dsl.Artifact(uri=f"{mounted}-served")
+    served = infra_validate.python_func(
+        model=dsl.Model(uri=model_uri),
+        raw_data=dsl.Dataset(uri=str(data_dir)),
+        evaluation=registry_record,
+        evaluation_report=dsl.HTML(uri=str(work / "report.html")),
+        evaluate_deploy=evaluation.deploy,
+        evaluate_reason=evaluation.reason,
+        evaluation_summary=evaluation.summary,
+        metrics=dsl.Metrics(uri=str(work / "serving-metrics")),
+        report=dsl.HTML(uri=str(work / "served-report.html")),
+        model_evaluation=completed,
+    )
+    assert served.deploy, served.reason
     version = upload_model.python_func(
         model=dsl.Model(uri=model_uri),
-        model_evaluation=registry_record,
+        model_evaluation=completed,
         accuracy=evaluation.accuracy,
         champion_accuracy=evaluation.champion_accuracy,
-        decision=evaluation.reason,
-        evaluation=evaluation.summary,
+        decision=served.reason,
+        evaluation=served.summary,
         model_display_name="beer-classifier",
         pipeline_job=run,
-        serving_image="",
+        serving_image=PLACEHOLDERS.serving,
         accelerator_type="",
         local_state_dir="",
         vertex_model=VertexModel(uri=str(work / "vertex-model")),
@@ -92,7 +112,7 @@ def run_gated_steps(model_uri: str, data_dir: Path, work: Path, run: str) -> dic
     )
     account = Serving(service_account="beer-serving@test-project.iam.gserviceaccount.com")
     endpoint, _ = deploy_step(version, ENDPOINT, str(work / "vertex-endpoint"), account)
-    return {"evaluation": evaluation, "version": version, "endpoint": endpoint}
+    return {"evaluation": evaluation, "served": served, "version": version, "endpoint": endpoint}
 
 
 @pytest.mark.slow
@@ -103,9 +123,11 @@ def test_evaluate_upload_deploy_on_vertex_run_after_run_with_a_champion_serving(
     demo_data_dir: Path,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     vertex_emulator.iam.grant_act_as("beer-serving@test-project.iam.gserviceaccount.com")
     caplog.set_level(logging.INFO)
+    monkeypatch.setenv("FSSPEC_GS_TOKEN", "anon")  # the server's process reads the emulator too
     root = f"{tmp_path.name}/pipeline-root"
     trained = upload_folder(emulated_gcs, demo_model_dir, f"{root}/run-1/train-model/model")
     accuracy = evaluate_saved_model(str(demo_model_dir), str(demo_data_dir)).accuracy
@@ -133,6 +155,9 @@ def test_evaluate_upload_deploy_on_vertex_run_after_run_with_a_champion_serving(
         imported.model_evaluation.metadata["eval_fingerprint"]
         == (first["evaluation"].summary["eval_fingerprint"])
     )
+    serving = dict(imported.model_evaluation.metadata["serving"])
+    assert serving == first["served"].summary["serving"], "infra validation's figures"
+    assert serving["photos_checked"] == first["evaluation"].summary["eval_images"]
 
     # A retrained model on the same photos: the champion's results come from the registry.
     retrained = upload_folder(emulated_gcs, demo_model_dir, f"{root}/run-3/train-model/model")

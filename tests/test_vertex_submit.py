@@ -99,14 +99,15 @@ def test_settings_come_from_environment_and_config_file(
     assert dict(job.labels)["team"] == "vision"
     executors = job.pipeline_spec["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values()}
-    # Every step runs the given image or one beside it, but the tuning job's launcher,
-    # Google's own image.
+    # Every step runs the given image or one beside it (infra validation the serving one), but
+    # the tuning job's launcher, Google's own image.
     google = "gcr.io/ml-pipeline/google-cloud-pipeline-components:"
     beside = ImageSet.beside(VERTEX_IMAGE)
     assert {image for image in images if not image.startswith(google)} == {
         beside.gpu,
         beside.cpu,
         beside.light,
+        beside.serving,
     }
     assert executors["exec-hyperparameter-tuning-job"]["container"]["image"].startswith(google)
 

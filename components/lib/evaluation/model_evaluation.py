@@ -35,7 +35,7 @@ from components.lib.evaluation.metrics import (
     evaluate_champion,
     relative_photo,
 )
-from components.lib.evaluation.stored import EVALUATION_FILE
+from components.lib.evaluation.stored import ROWS_FILE, write_record
 from components.lib.storage import gcs_uri, local_copy
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ CLASS_SLICE = "annotationSpec"
 """The slice dimension of one class (the value is the class's display name)."""
 THRESHOLDS = (*(round(0.05 * step, 2) for step in range(20)), 0.96, 0.97, 0.98, 0.99)
 """The confidence thresholds Vertex AI's own classification evaluations report."""
-ROWS_FILE = "predictions.jsonl"
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -208,8 +207,7 @@ def write_model_evaluation(
         "rows_uri": f"{gcs_uri(uri).rstrip('/')}/{ROWS_FILE}",
         "metadata": metadata,
     }
-    with open(os.path.join(directory, EVALUATION_FILE), "w") as file:
-        json.dump(record, file, indent=1)
+    write_record(directory, record)
     return record
 
 

@@ -160,6 +160,12 @@ def instance_bytes(index: int, instance: object) -> bytes:
         raise BadRequestError(f"instance {index}: the b64 value is not valid base64") from None
 
 
+def request_body(images: list[bytes]) -> bytes:
+    """A Vertex prediction request of ``images``, one instance each (what a client sends)."""
+    instances = [{SERVING_INPUT: {"b64": base64.b64encode(image).decode()}} for image in images]
+    return json.dumps({"instances": instances}).encode()
+
+
 def prediction_rows(classes: Any, probabilities: Any) -> list[dict[str, Any]]:
     """TF Serving's row format of the two outputs: one ``{CLASSES, PROBABILITIES}`` per image."""
     return [
