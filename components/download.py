@@ -23,12 +23,12 @@ def download_data(
     ``data_fingerprint`` (of the images ``data_uri`` names) is not read here: as an input it
     makes the step's cache key, and so every later step's, follow the data, not just its URI.
     """
-    from components.lib.data.layout import redact_uri
     from components.lib.data.sources import (
         SourceOptions,
         download_dataset,
         read_source_description,
     )
+    from components.lib.storage import redact_uri
 
     options = SourceOptions(
         eval_fraction=eval_fraction,

@@ -19,8 +19,8 @@ def fingerprint_data(
     folder or an import file, read as the download step reads it) names."""
     import logging
 
-    from components.lib.data.layout import redact_uri
     from components.lib.data.sources import SourceOptions, fingerprint_source
+    from components.lib.storage import redact_uri
 
     options = SourceOptions(
         file_column=csv_file_column, label_column=csv_label_column, image_folder=csv_image_folder

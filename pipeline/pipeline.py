@@ -47,6 +47,7 @@ from components.lib.modelling.config import ExportOptions, TrainingConfig
 from components.lib.targets.base import Registration, Serving
 from components.lib.targets.machines import check_machine, machine_for
 from components.lib.tuning.study import OFF, STUDY, VERTEX, TuningOptions
+from components.parameters import check_parameters
 from components.preprocess import preprocess_data
 from components.target import resolve_target
 from components.train import train_model
@@ -187,6 +188,7 @@ def _train_task(resources: TrainResources, image: str, **inputs: Any) -> dsl.Pip
 
 
 def _hyperparameters(
+    checked: dsl.PipelineTask,
     tuning_trials: PipelineChannel,
     raw_data: PipelineChannel,
     resources: TrainResources,
@@ -194,16 +196,19 @@ def _hyperparameters(
     given: dict[str, Any],
     **settings: Any,
 ) -> dict[str, dsl.OneOf]:
-    """The tasks that settle the parameters ``STUDY`` tunes: the ``given`` ones with no
-    trials, else the best trial's, from a Vertex AI tuning job (the pipeline root in Cloud
-    Storage) or from the search step. Returns them by name, for the steps that train.
+    """The tasks, after the ``checked`` parameters, that settle the parameters ``STUDY``
+    tunes: the ``given`` ones with no trials, else the best trial's, from a Vertex AI tuning
+    job (the pipeline root in Cloud Storage) or from the search step. Returns them by name,
+    for the steps that train.
 
     The trials train as the train step does (``settings``: its other parameters, the image
     size and the validation share) on machines like the train job's.
     """
-    plan = plan_tuning(
-        tuning_trials=tuning_trials, pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER
-    ).set_display_name("tuning-plan")
+    plan = (
+        plan_tuning(tuning_trials=tuning_trials, pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER)
+        .set_display_name("tuning-plan")
+        .after(checked)
+    )
     with dsl.If(plan.outputs["mode"] == OFF, name="no-tuning"):
         chosen = [given_hyperparameters(**given).set_display_name("hyperparameters")]
     with dsl.Elif(plan.outputs["mode"] == VERTEX, name="tuning-on-vertex"):
@@ -328,50 +333,61 @@ def build_pipeline(
                 a .csv table with the columns csv_file_column and csv_label_column. Class index =
                 position of the class (display) name in sorted order.
             eval_fraction: Share of each class's training images held out as the eval split
-                (stratified, seeded) when the data has no eval split.
+                (stratified, seeded) when the data has no eval split. Allowed: more than 0 and less
+                than 1.
             csv_file_column: Column of a label table (.csv) naming each image file; a name
                 without an extension matches <name>.<image extension>.
             csv_label_column: Column of a label table (.csv) holding each image's class name.
             csv_image_folder: Folder of a label table's images: a path relative to the .csv
                 file's folder, or a gs:// URI; empty: the .csv file's own folder.
-            min_image_size: Images smaller than this on a side are skipped as unusable.
-            max_unusable_share: The run fails when a larger share of the files is unusable
-                (corrupt, not images, too small, duplicates, train/eval leaks).
+            min_image_size: Images smaller than this on a side are skipped as unusable. Allowed: a
+                whole number, 1 to 4096.
+            max_unusable_share: The run fails when a larger share of the files is unusable (corrupt,
+                not images, too small, duplicates, train/eval leaks). Allowed: 0 to 1.
             backbone: ImageNet-trained network the classifier is built on: efficientnet-lite0,
                 efficientnet-lite1 or efficientnet-lite2 (larger: slower, more accurate on
                 ImageNet; the manual's Benchmarks compare them on the beer photos).
             image_size: Side in pixels that images are resized to before the backbone; 0: the
-                backbone's native size (224, 240 and 260 px for Lite0, Lite1 and Lite2).
-            epochs: Epochs that train the new classification head on the frozen backbone.
-            learning_rate: Adam learning rate of the head epochs.
+                backbone's native size (224, 240 and 260 px for Lite0, Lite1 and Lite2). Allowed: a
+                whole number, 0, or 32 to 1024.
+            epochs: Epochs that train the new classification head on the frozen backbone. Allowed: a
+                whole number, 1 to 1000.
+            learning_rate: Adam learning rate of the head epochs. Allowed: more than 0, at most 1.
             fine_tune_epochs: Epochs that then fine-tune the top of the backbone (0: head only).
-            fine_tune_learning_rate: Starting Adam learning rate of fine-tuning, decayed to 0
-                along a cosine.
+                Allowed: a whole number, 0 to 1000.
+            fine_tune_learning_rate: Starting Adam learning rate of fine-tuning, decayed to 0 along
+                a cosine. Allowed: more than 0, at most 1.
             fine_tune_from_block: First backbone block that fine-tuning trains; the blocks below
                 keep their ImageNet weights (0: the whole backbone; its block count, 16 for Lite0
-                and 21 for Lite1 and Lite2: only its last convolution). Batch normalisation
-                always stays frozen.
-            batch_size: Images per training step.
-            dropout: Dropout rate before the classification head.
-            validation_fraction: Share of each class's training images held out (stratified,
-                seeded) as the validation split for early stopping; the eval split is never used.
+                and 21 for Lite1 and Lite2: only its last convolution). Batch normalisation always
+                stays frozen. Allowed: a whole number, 0 to 21 (at most the backbone's block count).
+            batch_size: Images per training step. Allowed: a whole number, 1 to 4096.
+            dropout: Dropout rate before the classification head. Allowed: 0 or more, less than 1.
+            validation_fraction: Share of each class's training images held out (stratified, seeded)
+                as the validation split for early stopping; the eval split is never used. Allowed: 0
+                or more, less than 1.
             early_stopping_patience: Epochs without a lower validation loss after which a phase
-                stops and keeps its best weights (0: no early stopping).
-            label_smoothing: Label smoothing of the cross-entropy loss (0: none).
-            brightness_contrast: Largest random brightness and contrast change of training
-                images, as a fraction (0: none); flips, small rotations and zooms always apply.
+                stops and keeps its best weights (0: no early stopping). Allowed: a whole number, 0
+                to 1000.
+            label_smoothing: Label smoothing of the cross-entropy loss (0: none). Allowed: 0 or
+                more, less than 1.
+            brightness_contrast: Largest random brightness and contrast change of training images,
+                as a fraction (0: none); flips, small rotations and zooms always apply. Allowed: 0
+                to 1.
             imbalance_ratio: Class weights (inverse frequency) are used when the largest training
-                class has more than this many times the images of the smallest.
+                class has more than this many times the images of the smallest. Allowed: at least 1.
             seed: Random seed of the carved eval split, the validation split, shuffling,
-                initialisation, augmentation and dropout, for repeatable runs.
+                initialisation, augmentation and dropout, for repeatable runs. Allowed: a whole
+                number, 0 to 2147483647.
             export_tflite: Also write the model as TFLite for phones and boards: float16 and int8
                 (quantized, calibrated on training images), kept with the registered version
                 under its artifact URI (tflite/); evaluate scores both on the eval split and the
                 report shows their accuracy and size (docs: edge export).
             min_accuracy: Accuracy on the eval split that the model must reach to be deployed.
-            max_regression: How much lower than the served model's (champion's) accuracy on the
-                same eval photos the new model may score and still replace it (0: not worse),
-                counted in photos; the exact McNemar test of the difference is reported.
+                Allowed: 0 to 1.
+            max_regression: How much lower than the served model's (champion's) accuracy on the same
+                eval photos the new model may score and still replace it (0: not worse), counted in
+                photos; the exact McNemar test of the difference is reported. Allowed: 0 to 1.
             allow_class_change: Let a new model replace a served one trained on other classes
                 (false: it is never deployed over it, and the run says so).
             max_latency_p95_ms: Serving budget: the 95th percentile latency, in milliseconds, of
@@ -392,14 +408,18 @@ def build_pipeline(
                 accelerator); any other value is an image URI that follows the serving image's
                 contract.
             machine_type: Vertex AI machine type of the endpoint's replicas.
-            min_replicas: Replicas the endpoint always keeps (autoscaling lower bound).
-            max_replicas: Replicas the endpoint may scale up to under load.
+            min_replicas: Replicas the endpoint always keeps (autoscaling lower bound). Allowed: a
+                whole number, 1 to 1000.
+            max_replicas: Replicas the endpoint may scale up to under load. Allowed: a whole number,
+                1 to 1000.
             serving_accelerator_type: GPU of each replica on Vertex AI, e.g. NVIDIA_TESLA_T4;
                 empty for CPU only.
-            serving_accelerator_count: GPUs per replica (0 with no serving accelerator).
-            traffic_percentage: Share of the endpoint's traffic that the new version gets (100:
-                all; less: a canary beside the version that served most traffic before, which
-                keeps the rest). Every other deployed version is undeployed.
+            serving_accelerator_count: GPUs per replica (0 with no serving accelerator). Allowed: a
+                whole number, 0 to 8.
+            traffic_percentage: Share of the endpoint's traffic that the new version gets (100: all;
+                less: a canary beside the version that served most traffic before, which keeps the
+                rest). Every other deployed version is undeployed. Allowed: a whole number, 1 to
+                100.
             serving_service_account: Service account the deployed model runs as on Vertex AI;
                 empty uses Vertex AI's default one (the deploy step says so in its log).
             target: Where models are registered and served: 'local' (registry and endpoint
@@ -420,9 +440,18 @@ def build_pipeline(
                 each trained as the train step trains with the other parameters, and train with
                 the best trial's (highest validation accuracy): on Vertex AI a hyperparameter
                 tuning job (trials on machines like the train job's, two at once), elsewhere
-                one trial after another (manual: Tuning).
+                one trial after another (manual: Tuning). Allowed: a whole number, 0 to 1000.
         """
-        # Where models go, settled first: an empty project or location is the job's own; the
+        # Every parameter checked first, so that a console run fails in seconds.
+        given = dict(locals())
+        checked = (
+            check_parameters(
+                **{name: given[name] for name in check_parameters.component_spec.inputs}
+            )
+            .set_display_name("parameters")
+            .set_caching_options(False)
+        )
+        # Where models go, settled next: an empty project or location is the job's own; the
         # serving settings are checked here too, not first at the deploy step.
         resolved = resolve_target(
             target=target,
@@ -439,6 +468,7 @@ def build_pipeline(
             traffic_percentage=traffic_percentage,
             serving_service_account=serving_service_account,
         ).set_display_name("target")
+        resolved.after(checked)
         registry = {
             "target": target,
             "project": resolved.outputs["project"],
@@ -455,6 +485,7 @@ def build_pipeline(
             fingerprint_data(data_uri=data_uri, **csv_columns)
             .set_display_name("fingerprint")
             .set_caching_options(False)
+            .after(checked)
         )
         download = download_data(
             data_uri=data_uri,
@@ -481,6 +512,7 @@ def build_pipeline(
             "seed": seed,
         }
         tuned = _hyperparameters(
+            checked,
             tuning_trials,
             validate.outputs["dataset"],
             resources,

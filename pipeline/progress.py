@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
+from components.lib.storage import redact_text
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_START = re.compile(r"Executing task '([^']+)'")
 _CACHE_HIT = re.compile(r"Task '?([\w-]+)'? cache hit")
@@ -51,14 +53,19 @@ class StepProgress(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        self.log.write(text)
-        if self.verbose:
-            self.console.write(text)
+        """Whole lines go on, each with its URIs redacted (a step echoes its ``data_uri``,
+        signed URL or password included); a partial line waits for its end."""
         self._buffer += text
         *lines, self._buffer = self._buffer.split("\n")
         for line in lines:
-            self._line(_ANSI.sub("", line))
+            self._emit(redact_text(line) + "\n")
         return len(text)
+
+    def _emit(self, line: str) -> None:
+        self.log.write(line)
+        if self.verbose:
+            self.console.write(line)
+        self._line(_ANSI.sub("", line.rstrip("\n")))
 
     def flush(self) -> None:
         self.log.flush()
@@ -78,6 +85,9 @@ class StepProgress(io.TextIOBase):
         finally:
             root.removeHandler(handler)
             root.setLevel(level)
+            if self._buffer:
+                self._emit(redact_text(self._buffer))
+                self._buffer = ""
 
     def _say(self, text: str) -> None:
         if not self.verbose:

@@ -30,9 +30,9 @@ from components.lib.data.demo import (
     make_demo_dataset,
 )
 from components.lib.evaluation.rule import GateRule
-from components.lib.modelling.variants import BACKBONES
+from components.lib.parameters import parameter_problems, state_dir_problem
 from components.lib.serving.infra import ServingFigures
-from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path
+from components.lib.storage import GCS_MOUNT_ROOT_ENV, mounted_path, redact_text
 from components.lib.targets import resolve_target
 from components.lib.targets.base import (
     LOCAL,
@@ -132,9 +132,8 @@ def parse_params(assignments: list[str], parameters: dict[str, dict[str, Any]]) 
         except (KeyError, ValueError):
             expected = _PARAMETER_KINDS.get(kind, kind.lower())
             raise UsageError(f"--param {name}={text!r}: expected {expected}") from None
-    backbone = values.get("backbone")
-    if backbone is not None and backbone not in BACKBONES:
-        raise UsageError(f"--param backbone={backbone!r}: choose one of {', '.join(BACKBONES)}")
+    if problems := parameter_problems(values):
+        raise UsageError("; ".join(f"--param {problem}" for problem in problems))
     return values
 
 
@@ -432,6 +431,15 @@ def _arguments(args: argparse.Namespace, parameters: dict[str, dict[str, Any]]) 
     return arguments
 
 
+def _check_values(parameters: dict[str, dict[str, Any]], arguments: dict[str, Any]) -> None:
+    """UsageError listing every argument (or default) outside its allowed values, before
+    anything runs; the pipeline's first step checks the same for runs no CLI started."""
+    values = {name: spec.get("defaultValue") for name, spec in parameters.items()}
+    values.update(arguments)
+    if problems := parameter_problems(values):
+        raise UsageError("; ".join(problems))
+
+
 def _check_serving(arguments: dict[str, Any], parameters: dict[str, dict[str, Any]]) -> None:
     """Serving settings that the deploy step would refuse, refused before anything runs."""
     values = {
@@ -484,6 +492,7 @@ def _vertex_job(args: argparse.Namespace, spec_dir: str) -> tuple[VertexSettings
     arguments = {"project": settings.project, "location": settings.region}
     arguments.update(_arguments(args, parameters))
     arguments["target"] = VERTEX
+    _check_values(parameters, arguments)
     return settings, spec_path, arguments
 
 
@@ -676,6 +685,8 @@ def _local_job(args: argparse.Namespace) -> tuple[str, Any, dict, dict, str]:
     from kfp import components
 
     state_dir = os.path.abspath(args.state_dir)
+    if problem := state_dir_problem(state_dir):
+        raise UsageError(f"--state-dir: {problem}")
     target, pipeline_root = _local_target(args, state_dir)
     images = PLACEHOLDERS
     if args.runner == DOCKER:
@@ -696,6 +707,7 @@ def _local_job(args: argparse.Namespace) -> tuple[str, Any, dict, dict, str]:
         parameters = pipeline_parameters(yaml.safe_load(spec_text))
         pipeline = components.load_component_from_file(spec_path)
     arguments = _arguments(args, parameters)
+    _check_values(parameters, {**arguments, **target})
     if "data_uri" not in arguments:
         arguments["data_uri"] = make_demo_dataset(os.path.join(state_dir, "demo-data"))
         arguments.setdefault("model_display_name", DEMO_MODEL_DISPLAY_NAME)
@@ -806,9 +818,14 @@ def _experiment_name(args: argparse.Namespace) -> str | None:
 
 
 def run_params(values: dict[str, Any]) -> dict[str, str | int | float]:
-    """The run's pipeline parameters as an experiment records them (true/false as text)."""
+    """The run's pipeline parameters as an experiment records them (true/false as text; URIs
+    redacted, as everywhere a run's parameters are written)."""
     return {
-        name: str(value).lower() if isinstance(value, bool) else value
+        name: str(value).lower()
+        if isinstance(value, bool)
+        else redact_text(value)
+        if isinstance(value, str)
+        else value
         for name, value in sorted(values.items())
         if value is not None
     }
@@ -1019,6 +1036,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, PipelineFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
+    except OSError as error:  # the state folder filled up or went away mid-run
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         local = args.command is None and args.local
         hint = "; run the same command again to resume, finished steps are cached" if local else ""

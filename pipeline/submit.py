@@ -14,10 +14,6 @@ import difflib
 import logging
 import os
 import re
-import socket
-import threading
-import urllib.request
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,13 +25,18 @@ from google.cloud.aiplatform.constants.base import SUPPORTED_REGIONS
 from google.protobuf import field_mask_pb2
 
 from components.images import ImageSet
+from components.lib.storage import (
+    PROBE_TIMEOUT_S,
+    StorageSetupError,
+    check_credentials_file,
+    reach_problem,
+    redact_text,
+)
 from components.lib.targets.vertex import VertexError, call_vertex, use_emulator_if_set
 
 IAM_ENDPOINT_ENV = "BEER_IAM_ENDPOINT"
 """Base URL of the IAM API (default https://iam.googleapis.com), e.g. an emulator's."""
 ACT_AS = "iam.serviceAccounts.actAs"
-PROBE_TIMEOUT_S = 10.0
-"""How long the service's address may take to resolve, and then to accept a connection."""
 CREATE_TIMEOUT_S = 60.0
 """How long one request that creates a job or schedule may take."""
 PIPELINE_REGIONS = sorted(SUPPORTED_REGIONS - {"global"})
@@ -133,28 +134,17 @@ def console_url(settings: VertexSettings, job_id: str) -> str:
 def check_credentials() -> None:
     """Make sure credentials are there, without the network; SetupError says how to get some.
 
-    The same sources as ``google.auth.default``, in its order: the key file of
-    GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default credentials, then the
-    metadata server of a Google Cloud machine (only trusted to exist on one).
+    The same sources as ``google.auth.default``, in its order: a key file
+    (``storage.check_credentials_file``), then the metadata server of a Google Cloud machine
+    (only trusted to exist on one).
     """
-    import google.auth
-    from google.auth import _cloud_sdk
-    from google.auth import exceptions as auth_exceptions
     from google.auth.compute_engine import _metadata
 
-    explicit = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    path = explicit or _cloud_sdk.get_application_default_credentials_path()
-    if explicit or os.path.exists(path):
-        source = "GOOGLE_APPLICATION_CREDENTIALS" if explicit else "gcloud's default credentials"
-        try:
-            with warnings.catch_warnings():  # it warns against loading files one did not make
-                warnings.simplefilter("ignore", DeprecationWarning)
-                google.auth.load_credentials_from_file(path)
-        except (auth_exceptions.DefaultCredentialsError, OSError, ValueError) as error:
-            raise SetupError(
-                f"the credentials file {path} ({source}) cannot be used: {_first_line(error)}"
-            ) from None
-        return
+    try:
+        if check_credentials_file():
+            return
+    except StorageSetupError as error:
+        raise SetupError(str(error)) from None
     if os.environ.get("K_SERVICE") or _metadata.detect_gce_residency_linux():
         return  # a Google Cloud machine: its attached service account
     raise SetupError(
@@ -175,43 +165,9 @@ def api_address(settings: VertexSettings) -> tuple[str, int]:
 
 
 def check_reachable(service: str, host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Resolve ``host`` and open a TCP connection to it (or to the HTTPS proxy that would carry
-    the calls), each within ``timeout_s``; VertexError says what could not be reached and why."""
-    proxy = urllib.request.getproxies().get("https")
-    if proxy and not urllib.request.proxy_bypass(host):
-        parsed = urllib.request.urlparse(proxy if "://" in proxy else f"http://{proxy}")
-        service, host, port = f"the HTTPS proxy for {service}", parsed.hostname, parsed.port or 80
-    outcome: list[str | None] = []
-    probe = threading.Thread(
-        target=lambda: outcome.append(_connect_problem(host, port, timeout_s)), daemon=True
-    )
-    probe.start()
-    probe.join(2 * timeout_s + 1)
-    problem = outcome[0] if outcome else f"no answer from DNS within {2 * timeout_s:.0f} s"
-    if problem:
-        raise VertexError(f"cannot reach {service} at {host}:{port}: {problem}")
-
-
-def _connect_problem(host: str, port: int, timeout_s: float) -> str | None:
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        return (
-            f"the name does not resolve (DNS: {error.strerror}); check the network connection, "
-            "the region and --api-endpoint"
-        )
-    problem = "no address"
-    for family, kind, protocol, _, address in addresses:
-        try:
-            with socket.socket(family, kind, protocol) as connection:
-                connection.settimeout(timeout_s)
-                connection.connect(address)
-            return None
-        except TimeoutError:
-            problem = f"no answer within {timeout_s:.0f} s"
-        except OSError as error:
-            problem = error.strerror or str(error)
-    return f"{problem}; check the network connection, proxy and firewall"
+    """VertexError saying what could not be reached and why (``storage.reach_problem``)."""
+    if problem := reach_problem(service, host, port, timeout_s):
+        raise VertexError(problem)
 
 
 def check_caller() -> None:
@@ -263,6 +219,13 @@ def check_act_as(accounts: dict[str, str]) -> None:
         raise SetupError("; ".join(missing))
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Log records with the URIs in them redacted: the SDK logs the job's parameters."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 @contextlib.contextmanager
 def log_to_file(path: str) -> Iterator[None]:
     """Send every log record (the SDK's included) and warning to ``path``, none to the terminal.
@@ -274,7 +237,7 @@ def log_to_file(path: str) -> Iterator[None]:
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     handler = logging.FileHandler(path, delay=True)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     detached = [
         (logger, stream)

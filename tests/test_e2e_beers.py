@@ -175,6 +175,7 @@ def test_gate_holds_when_the_bar_is_above_the_model(
     assert second["accuracy"] == first_run["accuracy"]
     assert second["champion_accuracy"] == first_run["accuracy"], "the champion is the same model"
     assert set(second["step_seconds"]) == {
+        "check-parameters",
         "fingerprint-data",
         "evaluate-model",
         "infra-validate",

@@ -120,7 +120,7 @@ def test_a_default_run_pulls_the_light_image_for_most_steps() -> None:
     assert sorted(steps) == sorted(
         [PLACEHOLDERS.gpu] * 2
         + [PLACEHOLDERS.cpu] * 2
-        + [PLACEHOLDERS.light] * 8
+        + [PLACEHOLDERS.light] * 9
         + [PLACEHOLDERS.serving]  # infra validation
     )
 

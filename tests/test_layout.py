@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from components.lib.data.layout import DataLayoutError, discover_layout, redact_uri
+from components.lib.data.layout import DataLayoutError, discover_layout
 from components.lib.data.sources import download_dataset
+from components.lib.storage import redact_uri
 from tests.conftest import make_layout
 
 
@@ -20,9 +21,10 @@ def test_download_copies_every_image_and_counts_them(layout_dir: Path, tmp_path:
 
     assert copy.class_names == ["0red", "1blue"]
     assert copy.ignored == ("eval/1blue/notes.txt",)
-    assert json.loads((tmp_path / "copy/ignored_files.json").read_text()) == [
-        "eval/1blue/notes.txt"
-    ]
+    assert json.loads((tmp_path / "copy/ignored_files.json").read_text()) == {
+        "not_an_image": ["eval/1blue/notes.txt"],
+        "broken_link": [],
+    }
     assert copy.counts() == {"train": {"0red": 4, "1blue": 4}, "eval": {"0red": 4, "1blue": 4}}
     copied = sorted(
         p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*.jpg")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import time
 from pathlib import Path
 
 import fsspec
@@ -18,7 +20,7 @@ from components.lib.data.sources import (
     fingerprint_source,
     read_bad_rows,
 )
-from tests.conftest import GCS_BUCKET, make_layout, upload_folder
+from tests.conftest import GCS_BUCKET, gcs_emulator_client, make_layout, upload_folder
 
 
 def contents(layout: DatasetLayout) -> dict[str, str]:
@@ -167,3 +169,48 @@ def test_vertex_import_files_in_a_bucket_list_gs_images(
     assert count == 10 and fingerprint_source(f"{data_uri}/import.csv")[0] == first
     bucket.blob(f"{prefix}/train/1blue/000.jpg").upload_from_string(b"other bytes")
     assert fingerprint_source(f"{data_uri}/import.csv")[0] != first, "an image replaced"
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_bucket_fails_at_once_naming_the_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cloud Storage (the emulator's address) refuses connections: the data steps say so in
+    seconds, where gcsfs's retries took two minutes to report that the data "does not exist"."""
+    port = _closed_port()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    fsspec.filesystem("gs").clear_instance_cache()
+    started = time.monotonic()
+    with pytest.raises(DataLayoutError) as raised:
+        fingerprint_source("gs://beer-data/data")
+    assert time.monotonic() - started < 30
+    assert str(raised.value) == (
+        "cannot open data_uri 'gs://beer-data/data': cannot reach Cloud Storage at "
+        f"127.0.0.1:{port}: Connection refused; check the network connection, proxy and firewall"
+    )
+
+
+def test_a_broken_key_file_is_named_not_taken_for_anonymous_access(
+    gcs_emulator: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """gcsfs falls back to anonymous access when GOOGLE_APPLICATION_CREDENTIALS cannot be read;
+    the data steps name the file instead (here the bucket would even have answered)."""
+    folder = make_layout(tmp_path / "data")
+    data_uri = upload_folder(gcs_emulator_client(gcs_emulator), folder, "keyed")
+    broken = tmp_path / "key.json"
+    broken.write_text("{not json")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(broken))
+    fsspec.filesystem("gs").clear_instance_cache()
+    with pytest.raises(DataLayoutError) as raised:
+        download_dataset(data_uri, str(tmp_path / "out"))
+    assert str(raised.value).startswith(
+        f"cannot open data_uri {data_uri!r}: the credentials file {broken} "
+        "(GOOGLE_APPLICATION_CREDENTIALS) cannot be used: "
+    )

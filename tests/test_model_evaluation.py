@@ -141,7 +141,8 @@ def test_the_local_registry_keeps_the_evaluation_with_the_version(tmp_path: Path
     record = json.loads((tmp_path / "state/models/beer/model.json").read_text())
     [kept] = record["versions"][0]["evaluations"]
     assert kept["metadata"]["eval_fingerprint"] == first.fingerprint
-    assert kept["metadata"]["row_based_metrics_path"] == stored.rows_uri
+    # Kept relative to the state folder, which can then be moved whole.
+    assert tmp_path / "state" / kept["metadata"]["row_based_metrics_path"] == Path(stored.rows_uri)
     assert kept["sliceDimensions"] == ["annotationSpec"]
 
     # The same eval photos again: the same evaluation; other photos: a second one.
@@ -204,3 +205,18 @@ def test_the_champion_is_read_back_when_the_eval_photos_are_the_same_and_rescore
     write_image(changed / "eval" / "0red" / "002.jpg", COLOURS["0red"])
     with pytest.raises(ValueError, match="are not of the photos"):
         evaluation_from_rows(record["rows_uri"], str(changed), challenger.fingerprint)
+
+
+def test_a_kept_evaluation_follows_a_moved_state_folder(tmp_path: Path) -> None:
+    registry = ModelRegistry(str(tmp_path / "state"), "local-project", "europe-west1")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "saved_model.pb").write_bytes(b"model")
+    version = registry.upload_version("beer", str(tmp_path / "model"), {}, {})
+    registry.import_evaluation(version, record_of(crafted(), tmp_path / "evaluation-1"))
+
+    (tmp_path / "state").rename(tmp_path / "moved")
+
+    moved = ModelRegistry(str(tmp_path / "moved"), "local-project", "europe-west1")
+    [kept] = moved.list_evaluations(moved.get_version(version.model, version.version_id))
+    assert Path(kept.rows_uri).is_relative_to(tmp_path / "moved")
+    assert Path(kept.rows_uri).is_file()

@@ -29,3 +29,19 @@ def test_step_messages_are_shown_and_chatter_is_not() -> None:
     assert shown[3].startswith("  train-model done in ")
     assert "Sharding callback duration" in log.getvalue()  # kept in the full log
     assert progress.step_seconds.keys() == {"train-model"}
+
+
+def test_credentials_in_uris_never_reach_the_log_or_the_console() -> None:
+    """A signed URL or a password in a URI is redacted in every line, even one written in
+    pieces, in the log and in --verbose's console alike."""
+    for verbose in (False, True):
+        console, log = io.StringIO(), io.StringIO()
+        progress = StepProgress(log, console, verbose=verbose)
+        with progress.capturing():
+            print("Executing task 'fingerprint-data'")
+            print('    {"data_uri": "https://reader:PASSWORD@host.example/d', end="")
+            print('ata?X-Goog-Signature=SIGNATURE&X-Goog-Credential=KEY"}', end="")
+        written = log.getvalue() + console.getvalue()
+        assert '"data_uri": "https://host.example/data?<redacted>"}' in log.getvalue()
+        for secret in ("PASSWORD", "SIGNATURE", "KEY", "reader"):
+            assert secret not in written, (secret, verbose)

@@ -11,7 +11,7 @@ import pytest
 
 from components.lib.targets import endpoint_registry, model_registry
 from components.lib.targets.base import resource_id
-from components.lib.targets.local import EndpointRegistry, ModelRegistry
+from components.lib.targets.local import EndpointRegistry, LocalEndpoints, ModelRegistry
 from components.lib.targets.vertex import VertexEndpoints, VertexModelRegistry
 
 
@@ -146,7 +146,7 @@ def test_concurrent_runs_register_every_version_intact(tmp_path: Path) -> None:
     assert sorted(results[0] + results[1], key=int) == ids
     for version in record["versions"]:
         source_bytes = Path(version["sourceUri"], "saved_model.pb").read_bytes()
-        assert Path(version["artifactUri"], "saved_model.pb").read_bytes() == source_bytes
+        assert Path(state, version["artifactUri"], "saved_model.pb").read_bytes() == source_bytes
     assert [v["versionAliases"] for v in record["versions"]].count(["default"]) == 1
 
 
@@ -228,3 +228,43 @@ def test_traffic_plan_rules() -> None:
     assert (plan.split, plan.retire, plan.unchanged) == ({"2": 30, "1": 70}, (), False)
     plan = plan_traffic([a], {"1": 100}, "m", "1", 10)
     assert plan.unchanged and plan.split == {"1": 100}, "nothing else serves: keeps it all"
+
+
+def test_the_state_folder_can_be_moved_whole(tmp_path: Path, artifact: Path) -> None:
+    """No record holds the state folder's own path: moved (or copied) elsewhere, it serves the
+    versions it holds from their new place."""
+    state = tmp_path / "state"
+    version = ModelRegistry(str(state), "p", "l").upload_version("beer", str(artifact), {}, {})
+    EndpointRegistry(str(state), "p", "l").deploy("beer-endpoint", version)
+    records = [path.read_text() for path in state.rglob("*.json")]
+    assert records and not [text for text in records if str(state) in text]
+
+    moved = tmp_path / "elsewhere" / "state"
+    moved.parent.mkdir()
+    state.rename(moved)
+
+    routed = LocalEndpoints(str(moved)).route("p", "l", "beer-endpoint")
+    assert routed.artifact_uri == str(moved / "models/beer/versions/1")
+    assert (Path(routed.artifact_uri) / "saved_model.pb").read_bytes() == b"model bytes"
+
+
+def test_records_with_absolute_paths_are_still_read_after_a_move(
+    tmp_path: Path, artifact: Path
+) -> None:
+    """A record written with absolute paths (before they were relative) still serves: where
+    the path is, or at its place under the moved folder."""
+    state = tmp_path / "state"
+    ModelRegistry(str(state), "p", "l").upload_version("beer", str(artifact), {}, {})
+    record_path = state / "models/beer/model.json"
+    record = json.loads(record_path.read_text())
+    record["versions"][0]["artifactUri"] = str(state / "models/beer/versions/1")
+    record_path.write_text(json.dumps(record))
+    registry = ModelRegistry(str(state), "p", "l")
+    assert registry.get_version(record["name"], "1").artifact_uri == str(
+        state / "models/beer/versions/1"
+    )
+
+    state.rename(tmp_path / "moved")
+
+    version = ModelRegistry(str(tmp_path / "moved"), "p", "l").get_version(record["name"], "1")
+    assert version.artifact_uri == str(tmp_path / "moved/models/beer/versions/1")

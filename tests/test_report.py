@@ -371,3 +371,15 @@ def test_a_report_of_a_dozen_classes_keeps_counts_in_the_cells() -> None:
     )
     assert 'id="top-confusions"' not in page and "<th>#</th>" not in page
     assert confusion_matrix_png(Evaluation(names, matrix)) in page
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_written() -> None:
+    """A class folder named like matplotlib math (``$...$``) is a name, not a formula: the report
+    is built, and the names appear verbatim."""
+    names = [r"$\notacommand$", "cost $5 or $10", "plain"]
+    evaluation = Evaluation(names, [[2, 0, 0], [0, 3, 0], [0, 1, 1]])
+    page = build_report(
+        evaluation, HISTORY, Decision(True, "deploy"), Champion(NO_CHAMPION), GateRule(), "carved"
+    )
+    assert embedded_png(page, "confusion-matrix").startswith(b"\x89PNG")
+    assert "<th>$\\notacommand$</th>" in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from components.lib.serving.prediction import ServingModel
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
-from pipeline.run import UsageError, parse_params
+from pipeline.run import UsageError, parse_params, run_params
 from tests.conftest import ROOT, make_layout, run_cli
 
 RUN = [sys.executable, "-m", "pipeline.run", "--local"]
@@ -105,6 +106,7 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
     for path, content in beer_records.items():
         assert path.read_bytes() == content, path
     assert set(summary["step_seconds"]) == {
+        "check-parameters",
         "fingerprint-data",
         "resolve-target",
         "plan-tuning",
@@ -135,8 +137,8 @@ def test_demo_default_runs_end_to_end_and_never_touches_the_beer_endpoint(
     assert evaluation["metadata"]["eval_fingerprint"].startswith("sha256:")
     matrix = evaluation["metrics"]["confusionMatrix"]
     assert sum(map(sum, matrix["rows"])) == summary["eval_images"]
-    assert Path(evaluation["metadata"]["row_based_metrics_path"]).is_file()
-    logs = Path(version["artifactUri"]) / "tensorboard"
+    assert (state / evaluation["metadata"]["row_based_metrics_path"]).is_file()
+    logs = state / version["artifactUri"] / "tensorboard"
     assert list((logs / "train").glob("events.out.tfevents.*"))
 
 
@@ -189,6 +191,7 @@ def test_an_interrupted_run_resumes_from_its_finished_steps(tmp_path: Path) -> N
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     # resolve-target, independent of training, may have run before the interruption or not.
     assert set(summary["step_seconds"]) - {"resolve-target"} == {
+        "check-parameters",
         "fingerprint-data",
         "train-model",
         "evaluate-model",
@@ -226,7 +229,7 @@ def test_two_runs_at_once_against_one_registry_record_both_versions(tmp_path: Pa
     assert [v["versionId"] for v in record["versions"]] == ["1", "2"]
     assert len({v["sourceUri"] for v in record["versions"]}) == 2
     for version in record["versions"]:
-        assert ServingModel(version["artifactUri"]).class_names[1] == "1cat"
+        assert ServingModel(str(state / version["artifactUri"])).class_names[1] == "1cat"
     endpoint = json.loads((state / "endpoints/demo-classifier-endpoint.json").read_text())
     assert endpoint["deployedModels"][0]["modelVersionId"] in versions
 
@@ -264,6 +267,7 @@ def test_retraining_follows_the_data_under_one_uri(tmp_path: Path) -> None:
     for step in ("download-data", "validate-data", "preprocess-data", "train-model"):
         assert f"> {step}: cached" in log
     assert set(again["step_seconds"]) == {
+        "check-parameters",
         "fingerprint-data",
         "evaluate-model",
         "upload-model",
@@ -282,3 +286,49 @@ def test_retraining_follows_the_data_under_one_uri(tmp_path: Path) -> None:
     record = json.loads((state / "models/beer-classifier/model.json").read_text())
     assert [v["versionId"] for v in record["versions"]] == ["1", "2"]
     assert json.loads(endpoint_record.read_text())["trafficSplit"] == {"beer-classifier-v2": 100}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbose", [False, True])
+def test_credentials_in_the_data_uri_reach_neither_the_log_nor_the_terminal(
+    tmp_path: Path, verbose: bool
+) -> None:
+    """A signed URL with a password fails at its first step (nothing listens there); the run's
+    log, its terminal output (``--verbose``: everything kfp.local prints) and every file under
+    the state folder hold the URI redacted."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data_uri = (
+        f"https://reader:PASSWORD@127.0.0.1:{port}/beers?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+        "&X-Goog-Credential=KEYID&X-Goog-Signature=SIGNATURE"
+    )
+    state = tmp_path / "state"
+    flags = ["--verbose"] if verbose else []
+    result = run_cli("--local", "--state-dir", str(state), "--data-uri", data_uri, *flags)
+
+    assert result.returncode == 1
+    assert "step fingerprint-data failed" in result.stderr
+    [log] = (state / "logs").glob("run-*.log")
+    assert f"https://127.0.0.1:{port}/beers?<redacted>" in log.read_text()
+    written = [result.stdout, result.stderr]
+    written += [path.read_text(errors="replace") for path in state.rglob("*") if path.is_file()]
+    for secret in ("PASSWORD", "KEYID", "SIGNATURE", "reader:"):
+        assert not [text for text in written if secret in text], secret
+
+
+def test_the_summary_and_the_experiment_record_redacted_uris() -> None:
+    params = run_params(
+        {
+            "data_uri": "gs://beers/data?X-Goog-Signature=SIGNATURE",
+            "csv_image_folder": "https://reader:PASSWORD@host.example/images",
+            "epochs": 3,
+            "allow_class_change": False,
+        }
+    )
+    assert params == {
+        "allow_class_change": "false",
+        "csv_image_folder": "https://host.example/images?<redacted>",
+        "data_uri": "gs://beers/data?<redacted>",
+        "epochs": 3,
+    }

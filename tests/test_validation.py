@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from components.lib.data.sources import download_dataset
+from components.lib.data.sources import download_dataset, fingerprint_source
 from components.lib.data.validation import DataValidationError, validate_dataset
-from tests.conftest import add_bad_files, convert_photos, make_layout
+from tests.conftest import add_bad_files, convert_photos, make_layout, write_image
 
 
 @pytest.fixture
@@ -105,3 +107,59 @@ def test_exif_rotation_is_applied_the_way_viewers_show_the_photo(tmp_path: Path)
     assert shown.size == (64, 48)
     left, right = shown.getpixel((8, 24)), shown.getpixel((56, 24))
     assert left[0] > 180 > left[2] and right[2] > 180 > right[0]
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels and holds none: what a decompression bomb
+    looks like before it is decoded (a real one is a few kilobytes of compressed zeros)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])
+def test_an_oversized_image_is_skipped_and_named_and_the_run_goes_on(
+    tmp_path: Path, side: int
+) -> None:
+    """Past Pillow's bomb threshold (10,000^2 pixels: a warning; 20,000^2: an error raised by
+    open itself) the image is skipped from its header, like a corrupt file."""
+    root = make_layout(tmp_path / "source", {"0red": 12, "1blue": 12})
+    (root / "train/0red/bomb.png").write_bytes(png_header_only(side, side))
+    download_dataset(str(root), str(tmp_path / "raw"))
+
+    report = validate_dataset(
+        str(tmp_path / "raw"), str(tmp_path / "clean"), str(tmp_path / "report.md")
+    )
+
+    assert report.skipped["too_large"] == ["train/0red/bomb.png"]
+    assert report.counts["train"] == {"0red": 12, "1blue": 12}
+    assert "more pixels than the decode limit" in (tmp_path / "report.md").read_text()
+
+
+def test_images_in_sub_folders_count_and_broken_links_are_named(tmp_path: Path) -> None:
+    """Images in sub-folders of a class folder belong to the class; a broken link is skipped and
+    named in the validation report; the fingerprint counts exactly what is copied."""
+    root = make_layout(tmp_path / "source", {"0red": 6, "1blue": 6})
+    write_image(root / "train/0red/2019/nested.jpg", (200, 40, 40))
+    write_image(root / "train/1blue/a/b/deeper.png", (40, 40, 200), fmt="PNG")
+    write_image(root / "train/1blue/.thumbnails/hidden.jpg", (40, 40, 200))
+    (root / "train/0red/gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+
+    digest, images = fingerprint_source(str(root))
+    copy = download_dataset(str(root), str(tmp_path / "raw"), fingerprint=digest)
+    report = validate_dataset(
+        str(tmp_path / "raw"), str(tmp_path / "clean"), str(tmp_path / "report.md"), 32, 0.1
+    )
+
+    assert copy.counts()["train"] == {"0red": 7, "1blue": 7}
+    assert images == sum(sum(classes.values()) for classes in copy.counts().values()) == 26
+    assert report.counts["train"] == {"0red": 7, "1blue": 7}
+    assert report.skipped["broken_link"] == ["train/0red/gone.jpg"]
+    assert (
+        "**a broken link: names an image that is not there** (1): `train/0red/gone.jpg`"
+        in (tmp_path / "report.md").read_text()
+    )

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import urllib.parse
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,11 +20,14 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from components.lib.storage import StorageSetupError, check_gcs, is_gcs, redact_uri
+
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "eval")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 IGNORED_FILES = "ignored_files.json"
+"""Beside a copy: what the listing left out, by reason (a list: not images, in older copies)."""
 
 
 class DataLayoutError(ValueError):
@@ -40,6 +42,9 @@ class DatasetLayout:
     root: str
     files: Mapping[str, Mapping[str, list[str]]]
     ignored: tuple[str, ...] = ()
+    """Files of the layout that are not images (relative to ``root``)."""
+    broken: tuple[str, ...] = ()
+    """Entries named like images that are not files: broken symbolic links (relative)."""
 
     @property
     def class_names(self) -> list[str]:
@@ -56,17 +61,19 @@ def is_image_file(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _is_hidden(path: str) -> bool:
-    return os.path.basename(path).startswith(".")
+IMAGE, NOT_AN_IMAGE, BROKEN = "image", "not_an_image", "broken_link"
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` without user info, query string or fragment, where signed URLs carry secrets."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.scheme or not (parts.query or parts.fragment or "@" in parts.netloc):
-        return uri
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + "?<redacted>"
+def entry_kind(relative: str, info: Mapping, sep: str = "/") -> str | None:
+    """What a listed entry under a class folder (``relative`` to it, sub-folders included) is
+    to the dataset: an IMAGE, a file that is NOT_AN_IMAGE, a BROKEN link (an entry that is no
+    file: a symbolic link to nothing), or None when it does not count (hidden, in a hidden
+    folder). The one rule of the fingerprint and of the listing, so their counts agree."""
+    if any(part.startswith(".") for part in relative.split(sep)):
+        return None
+    if info.get("type") != "file":
+        return BROKEN if is_image_file(relative) else NOT_AN_IMAGE
+    return IMAGE if is_image_file(relative) else NOT_AN_IMAGE
 
 
 def _join(fs: fsspec.AbstractFileSystem, *parts: str) -> str:
@@ -75,11 +82,15 @@ def _join(fs: fsspec.AbstractFileSystem, *parts: str) -> str:
 
 def open_data_uri(data_uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The file system of ``data_uri`` and the path in it (no trailing separator); a
-    DataLayoutError, with any credentials in the URI redacted, when it cannot be opened."""
+    DataLayoutError, with any credentials in the URI redacted, when it cannot be opened; for
+    ``gs://``, also when Cloud Storage cannot be reached or the credentials file is broken,
+    naming that cause (``storage.check_gcs``)."""
     shown = redact_uri(data_uri)
     try:
         fs, path = url_to_fs(data_uri)
-    except (ImportError, ValueError) as error:
+        if is_gcs(data_uri):
+            check_gcs()
+    except (ImportError, ValueError, StorageSetupError) as error:
         reason = str(error).replace(data_uri, shown)
         raise DataLayoutError(f"cannot open data_uri {shown!r}: {reason}") from None
     return fs, path.rstrip(fs.sep) or path
@@ -109,7 +120,8 @@ def content_id(info: Mapping) -> str:
 def fingerprint_data(data_uri: str) -> tuple[str, int]:
     """A hash of what training would read under the folder ``data_uri``, and the number of images.
 
-    One listing (no file is read): the path of every image of the layout relative to
+    One listing (no file is read): the path of every image of the layout (``entry_kind``:
+    in sub-folders of a class folder too, not broken links) relative to
     ``data_uri``, its size and its content id (``_CONTENT_KEYS``). Adding, removing or replacing
     an image changes it; listing the same images again does not, so a pipeline step keyed on it
     is cached exactly while the data is unchanged.
@@ -118,9 +130,9 @@ def fingerprint_data(data_uri: str) -> tuple[str, int]:
     lines = []
     for path, info in sorted(fs.find(root, detail=True).items()):
         parts = path[len(root) + 1 :].split(fs.sep)
-        if len(parts) != 3 or parts[0] not in SPLITS:
+        if len(parts) < 3 or parts[0] not in SPLITS:
             continue
-        if _is_hidden(path) or not is_image_file(path):
+        if entry_kind(fs.sep.join(parts[2:]), info, fs.sep) != IMAGE:
             continue
         lines.append(f"{'/'.join(parts)}\t{info.get('size')}\t{content_id(info)}")
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
@@ -140,7 +152,9 @@ def discover_layout(
     fs, root = _open_root(data_uri)
 
     files: dict[str, dict[str, list[str]]] = {}
+    kinds: dict[str, list[str]] = {IMAGE: [], NOT_AN_IMAGE: [], BROKEN: []}
     ignored: list[str] = []
+    broken: list[str] = []
     for split in SPLITS:
         split_dir = _join(fs, root, split)
         if split != SPLITS[0] and eval_optional and not fs.isdir(split_dir):
@@ -159,16 +173,20 @@ def discover_layout(
             raise DataLayoutError(f"split {split!r} under {shown!r} has no class folders")
         files[split] = {}
         for class_dir in class_dirs:
-            names = sorted(
-                entry["name"]
-                for entry in fs.ls(class_dir, detail=True)
-                if entry["type"] == "file" and not _is_hidden(entry["name"])
-            )
-            files[split][class_dir.rsplit(fs.sep, 1)[-1]] = [p for p in names if is_image_file(p)]
-            ignored += [p[len(root) + 1 :] for p in names if not is_image_file(p)]
+            for kind in kinds.values():
+                kind.clear()
+            for path, info in sorted(fs.find(class_dir, detail=True).items()):
+                if kind := entry_kind(path[len(class_dir) + 1 :], info, fs.sep):
+                    kinds[kind].append(path)
+            files[split][class_dir.rsplit(fs.sep, 1)[-1]] = list(kinds[IMAGE])
+            ignored += [path[len(root) + 1 :] for path in kinds[NOT_AN_IMAGE]]
+            broken += [path[len(root) + 1 :] for path in kinds[BROKEN]]
 
     check_classes(shown, files)
-    return fs, DatasetLayout(root=root, files=files, ignored=tuple(ignored))
+    if broken:
+        logger.warning("left out %d broken links: %s", len(broken), broken)
+    layout = DatasetLayout(root=root, files=files, ignored=tuple(ignored), broken=tuple(broken))
+    return fs, layout
 
 
 def check_classes(data_uri: str, files: Mapping[str, Mapping[str, list[str]]]) -> None:
@@ -243,5 +261,7 @@ def copy_dataset(
             "ignored %d files that are not images: %s", len(layout.ignored), layout.ignored
         )
     with target_fs.open(_join(target_fs, target_root, IGNORED_FILES), "w") as file:
-        json.dump(list(layout.ignored), file, indent=2)
-    return DatasetLayout(root=target_root, files=copied, ignored=layout.ignored)
+        json.dump({NOT_AN_IMAGE: list(layout.ignored), BROKEN: list(layout.broken)}, file, indent=2)
+    return DatasetLayout(
+        root=target_root, files=copied, ignored=layout.ignored, broken=layout.broken
+    )

@@ -44,11 +44,10 @@ from components.lib.data.layout import (
     fingerprint_data,
     is_image_file,
     open_data_uri,
-    redact_uri,
 )
 from components.lib.data.options import SourceOptions
 from components.lib.data.splits import holdout
-from components.lib.storage import filesystem
+from components.lib.storage import filesystem, redact_uri
 
 logger = logging.getLogger(__name__)
 

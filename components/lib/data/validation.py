@@ -22,7 +22,13 @@ import fsspec
 from fsspec.core import url_to_fs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from components.lib.data.layout import IGNORED_FILES, SPLITS, discover_layout
+from components.lib.data.layout import (
+    BROKEN,
+    IGNORED_FILES,
+    NOT_AN_IMAGE,
+    SPLITS,
+    discover_layout,
+)
 from components.lib.data.options import ValidationOptions
 from components.lib.data.sources import (
     BAD_ROW_REASONS,
@@ -36,9 +42,11 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "validation.json"
 SKIP_REASONS: dict[str, str] = {
-    "not_an_image": "not an image file",
+    NOT_AN_IMAGE: "not an image file",
+    BROKEN: "a broken link: names an image that is not there",
     "undecodable": "cannot be decoded: corrupt or truncated",
     "too_small": "smaller than the minimum image size",
+    "too_large": "more pixels than the decode limit (a decompression bomb)",
     "duplicate": "the same image again in the same split",
     "leak": "also in the eval split (dropped from train so that eval stays unseen)",
 }
@@ -50,6 +58,10 @@ CONVERSIONS: dict[str, str] = {
     "exif_rotated": "EXIF orientation, rotated upright",
     "other_format": "a format other than JPEG/PNG, re-encoded as PNG",
 }
+MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS
+"""Pillow's own decompression-bomb threshold (89,478,485 pixels, about 9,459 x 9,459): a larger
+image is skipped from its header, before any pixel is decoded; decoding one would take
+hundreds of megabytes, and a bomb many gigabytes, on each of the step's threads."""
 IMBALANCE_RATIO = 3.0
 IO_THREADS = 16
 READ_CHUNK = 64
@@ -163,12 +175,16 @@ def _inspect(data: bytes, min_image_size: int) -> tuple[str | None, list[str], I
     """(skip reason or None, conversions needed, the upright RGB image if it must be rewritten)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                return "too_large", [], None
             image.load()
             fmt, mode = image.format, image.mode
             orientation = image.getexif().get(0x0112, 1)
             upright = ImageOps.exif_transpose(image) if orientation != 1 else image.copy()
     except UnidentifiedImageError:
         return "not_an_image", [], None
+    except Image.DecompressionBombError:  # raised by open() itself past twice the threshold
+        return "too_large", [], None
     except (OSError, SyntaxError, ValueError):
         return "undecodable", [], None
     if min(upright.size) < min_image_size:
@@ -247,7 +263,12 @@ def validate_dataset(
     ignored_path = f"{layout.root}/{IGNORED_FILES}"
     if fs.exists(ignored_path):
         with fs.open(ignored_path) as file:
-            report.skipped["not_an_image"].extend(json.load(file))
+            ignored = json.load(file)
+        if isinstance(ignored, list):  # a copy made before broken links were kept apart
+            ignored = {NOT_AN_IMAGE: ignored}
+        for reason, paths in ignored.items():
+            if paths:
+                report.skipped[reason].extend(paths)
     eval_hashes: set[str] = set()
     with ThreadPoolExecutor(IO_THREADS) as pool:
         for split in reversed(SPLITS):

@@ -28,6 +28,7 @@ from components.lib.evaluation.metrics import (
     Evaluation,
     GateRule,
 )
+from components.lib.storage import redact_uri
 
 THUMBNAIL_SIZE = 160
 MANY_CLASSES = 12
@@ -75,7 +76,7 @@ class Provenance:
 
     def facts(self) -> dict[str, str]:
         """The report's rows that say which data, model and time it is for."""
-        data = self.data_uri or "not recorded"
+        data = redact_uri(self.data_uri) or "not recorded"
         if self.fingerprint:
             data += f" (fingerprint {self.fingerprint})"
         version = self.model_version or (
@@ -112,8 +113,9 @@ def confusion_matrix_png(evaluation: Evaluation) -> str:
     figure = Figure(figsize=(1.2 * len(names) + 2, 1.2 * len(names) + 1.5))
     axes = figure.subplots()
     axes.imshow(matrix, cmap="Blues")
-    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axes.set_yticks(range(len(names)), names)
+    # Class names are folder names, shown as written: "$...$" is not matplotlib math here.
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right", parse_math=False)
+    axes.set_yticks(range(len(names)), names, parse_math=False)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     for (row, column), count in np.ndenumerate(matrix):

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 import tempfile
+import threading
+import urllib.parse
+import urllib.request
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +31,26 @@ DEFAULT_GCS_MOUNT_ROOT = "/gcs"
 # gcsfs 2026.x otherwise calls the Storage Control gRPC API first, which hangs against any
 # endpoint but Google's own (the GCS emulator among them).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>\\]+")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without user info, query string or fragment, where signed URLs carry secrets
+    (``user:password@``, ``X-Goog-Signature=``, ``sig=``...). The one redaction rule: every
+    writer of a URI that a person gave (logs, summaries, metadata, reports) applies it."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.scheme or not (parts.query or parts.fragment or "@" in parts.netloc):
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + "?<redacted>"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with ``redact_uri`` applied to every URI in it: for writers of free text (a
+    run's log, a step's output) that cannot know where a URI sits."""
+    return _URI_IN_TEXT.sub(lambda match: redact_uri(match.group()), text)
 
 
 def is_gcs(uri: str) -> bool:
@@ -66,6 +92,103 @@ def gcs_uri(path: str) -> str:
     if is_gcs(path) or not os.path.abspath(path).startswith(root):
         return path
     return GCS_SCHEME + os.path.abspath(path)[len(root) :]
+
+
+PROBE_TIMEOUT_S = 10.0
+"""How long a service's address may take to resolve, and then to accept a connection."""
+GCS_HOST = "storage.googleapis.com"
+
+
+class StorageSetupError(Exception):
+    """Cloud Storage cannot be used from here (credentials, network); the message says why."""
+
+
+def check_credentials_file() -> bool:
+    """Whether there is a key file that ``google.auth.default`` reads first (the one named by
+    GOOGLE_APPLICATION_CREDENTIALS, else gcloud's application default credentials); it
+    is loaded, without the network. StorageSetupError, naming the file and the reason, when it
+    cannot be used: gcsfs would otherwise fall back to anonymous access and report every
+    object as missing."""
+    import google.auth
+    from google.auth import _cloud_sdk
+    from google.auth import exceptions as auth_exceptions
+
+    explicit = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    path = explicit or _cloud_sdk.get_application_default_credentials_path()
+    if not (explicit or os.path.exists(path)):
+        return False
+    source = "GOOGLE_APPLICATION_CREDENTIALS" if explicit else "gcloud's default credentials"
+    try:
+        with warnings.catch_warnings():  # it warns against loading files one did not make
+            warnings.simplefilter("ignore", DeprecationWarning)
+            google.auth.load_credentials_from_file(path)
+    except (auth_exceptions.DefaultCredentialsError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StorageSetupError(
+            f"the credentials file {path} ({source}) cannot be used: {reason}"
+        ) from None
+    return True
+
+
+def reach_problem(
+    service: str, host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S
+) -> str | None:
+    """None when ``host`` resolves and accepts a TCP connection (or the HTTPS proxy that would
+    carry the calls does), each within ``timeout_s``; else what could not be reached and why.
+    Seconds, where a client's own retries take minutes to give up."""
+    proxy = urllib.request.getproxies().get("https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        parsed = urllib.request.urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        service, host, port = f"the HTTPS proxy for {service}", parsed.hostname, parsed.port or 80
+    outcome: list[str | None] = []
+    probe = threading.Thread(
+        target=lambda: outcome.append(_connect_problem(host, port, timeout_s)), daemon=True
+    )
+    probe.start()
+    probe.join(2 * timeout_s + 1)
+    problem = outcome[0] if outcome else f"no answer from DNS within {2 * timeout_s:.0f} s"
+    return f"cannot reach {service} at {host}:{port}: {problem}" if problem else None
+
+
+def _connect_problem(host: str, port: int, timeout_s: float) -> str | None:
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        return (
+            f"the name does not resolve (DNS: {error.strerror}); check the network connection "
+            "and the address"
+        )
+    problem = "no address"
+    for family, kind, protocol, _, address in addresses:
+        try:
+            with socket.socket(family, kind, protocol) as connection:
+                connection.settimeout(timeout_s)
+                connection.connect(address)
+            return None
+        except TimeoutError:
+            problem = f"no answer within {timeout_s:.0f} s"
+        except OSError as error:
+            problem = error.strerror or str(error)
+    return f"{problem}; check the network connection, proxy and firewall"
+
+
+def gcs_endpoint() -> tuple[str, int]:
+    """(host, port) of the Cloud Storage API that gcsfs calls: the emulator at
+    STORAGE_EMULATOR_HOST, or Google's."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if emulator in ("", "default"):
+        return GCS_HOST, 443
+    parts = urllib.parse.urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def check_gcs() -> None:
+    """Before a ``gs://`` URI is read: a key file that is there can be used, and Cloud Storage
+    answers. StorageSetupError with the cause, in seconds, instead of gcsfs's minutes of
+    retries ending in "does not exist"."""
+    check_credentials_file()
+    if problem := reach_problem("Cloud Storage", *gcs_endpoint()):
+        raise StorageSetupError(problem)
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

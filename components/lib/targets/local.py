@@ -3,6 +3,8 @@
 A model (found by display name) has numbered versions, each with its artifact, metrics, labels
 and aliases; an endpoint has deployed model versions and a traffic split. Records are JSON files
 written atomically under one lock, so a crash or a second run never leaves a half-written record.
+Paths inside the state folder are stored relative to it and resolved when read, so the folder can
+be moved or copied whole; records written with absolute paths are still read.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from components.lib.serving import routing
-from components.lib.storage import local_copy, normalized_uri
+from components.lib.storage import is_gcs, local_copy, normalized_uri
 from components.lib.targets.base import (
     DEFAULT_ALIAS,
     DEFAULT_SERVING,
     EVAL_FINGERPRINT,
     NEW_DEPLOYMENT,
+    ROWS_PATH,
     Deployment,
     ModelEvaluationRecord,
     ModelVersion,
@@ -92,6 +95,23 @@ class _LocalStore:
     def _resource(self, collection: str, resource: str) -> str:
         return f"projects/{self.project}/locations/{self.location}/{collection}/{resource}"
 
+    def _stored(self, path: str) -> str:
+        """``path`` as a record keeps it: relative to the state folder when inside it."""
+        if is_gcs(path) or not os.path.abspath(path).startswith(os.path.join(self.root, "")):
+            return path
+        return os.path.relpath(os.path.abspath(path), self.root)
+
+    def _resolved(self, stored: str, *canonical: str) -> str:
+        """A stored path read back: a relative one under this state folder. An absolute one
+        (a record written before paths were relative) where it is, or, when it is gone (the
+        folder was moved), at its ``canonical`` place under this state folder."""
+        if is_gcs(stored) or not stored:
+            return stored
+        if not os.path.isabs(stored):
+            return os.path.join(self.root, stored)
+        moved = os.path.join(self.root, *canonical) if canonical else ""
+        return moved if moved and not os.path.exists(stored) and os.path.exists(moved) else stored
+
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         os.makedirs(self.root, exist_ok=True)
@@ -137,7 +157,7 @@ class ModelRegistry(_LocalStore):
                 "createTime": _now(),
                 "versions": [],
             }
-            existing = _version_from(record, source_uri)
+            existing = self._version_from(record, source_uri)
             if existing:
                 return existing
             version_id = str(len(record["versions"]) + 1)
@@ -152,8 +172,8 @@ class ModelRegistry(_LocalStore):
             record["versions"].append(
                 {
                     "versionId": version_id,
-                    "artifactUri": artifact_uri,
-                    "sourceUri": source_uri,
+                    "artifactUri": self._stored(artifact_uri),
+                    "sourceUri": self._stored(source_uri),
                     "versionAliases": new_aliases,
                     "metrics": metrics,
                     "labels": labels,
@@ -167,14 +187,14 @@ class ModelRegistry(_LocalStore):
     def find_version(self, display_name: str, source_uri: str) -> ModelVersion | None:
         """The version registered from the artifact at ``source_uri``, if any."""
         record = self.get_model(display_name)
-        return _version_from(record, normalized_uri(source_uri)) if record else None
+        return self._version_from(record, normalized_uri(source_uri)) if record else None
 
     def get_version(self, model: str, version_id: str) -> ModelVersion:
         """Look up ``model`` (resource name) at ``version_id``; KeyError if it is not registered."""
         record = _read_json(self._record_path(model.rsplit("/", 1)[-1]))
         for version in (record or {}).get("versions", []):
             if version["versionId"] == version_id:
-                return _model_version(record, version)
+                return self._model_version(record, version)
         raise KeyError(f"{model}@{version_id} is not in the local registry at {self.root}")
 
     def import_evaluation(
@@ -191,7 +211,7 @@ class ModelRegistry(_LocalStore):
             evaluations = stored.setdefault("evaluations", [])
             for existing in evaluations:
                 if existing["metadata"].get(EVAL_FINGERPRINT) == evaluation.fingerprint:
-                    return _evaluation(existing)
+                    return self._evaluation(model_id, existing)
             number = 1 + sum(len(v.get("evaluations", [])) for v in record["versions"])
             name = f"{version.model}/evaluations/{number}"
             rows = os.path.join(self.root, "models", model_id, "evaluations", str(number))
@@ -203,7 +223,9 @@ class ModelRegistry(_LocalStore):
                 "displayName": evaluation.display_name,
                 "metricsSchemaUri": evaluation.metrics_schema_uri,
                 "metrics": evaluation.metrics,
-                "metadata": dataclasses.replace(evaluation, rows_uri=rows_copy).registry_metadata(),
+                "metadata": dataclasses.replace(
+                    evaluation, rows_uri=self._stored(rows_copy)
+                ).registry_metadata(),
                 "sliceDimensions": sorted({s["dimension"] for s in evaluation.slices}),
                 "slices": [
                     {**evaluation_slice, "name": f"{name}/slices/{index}"}
@@ -213,13 +235,49 @@ class ModelRegistry(_LocalStore):
             }
             evaluations.append(stored_evaluation)
             _write_json_atomic(self._record_path(model_id), record)
-        return _evaluation(stored_evaluation)
+        return self._evaluation(model_id, stored_evaluation)
 
     def list_evaluations(self, version: ModelVersion) -> list[ModelEvaluationRecord]:
         """The evaluations kept with ``version``, oldest first."""
-        record = _read_json(self._record_path(version.model.rsplit("/", 1)[-1]))
-        stored = _stored_version(record, version, self.root)
-        return [_evaluation(evaluation) for evaluation in stored.get("evaluations", [])]
+        model_id = version.model.rsplit("/", 1)[-1]
+        stored = _stored_version(_read_json(self._record_path(model_id)), version, self.root)
+        return [self._evaluation(model_id, e) for e in stored.get("evaluations", [])]
+
+    def _evaluation(self, model_id: str, stored: dict[str, Any]) -> ModelEvaluationRecord:
+        rows = stored["metadata"].get(ROWS_PATH, "")
+        number = stored["name"].rsplit("/", 1)[-1]
+        metadata = {
+            **stored["metadata"],
+            ROWS_PATH: self._resolved(
+                rows, "models", model_id, "evaluations", number, os.path.basename(rows)
+            ),
+        }
+        return ModelEvaluationRecord.from_registry(
+            name=stored["name"],
+            display_name=stored["displayName"],
+            metrics_schema_uri=stored["metricsSchemaUri"],
+            metrics=stored["metrics"],
+            metadata=metadata,
+            slices=[{k: v for k, v in s.items() if k != "name"} for s in stored["slices"]],
+        )
+
+    def _model_version(self, record: dict[str, Any], version: dict[str, Any]) -> ModelVersion:
+        model_id = record["name"].rsplit("/", 1)[-1]
+        return ModelVersion(
+            record["name"],
+            version["versionId"],
+            record["displayName"],
+            self._resolved(
+                version["artifactUri"], "models", model_id, "versions", version["versionId"]
+            ),
+            self._resolved(version["sourceUri"]),
+        )
+
+    def _version_from(self, record: dict[str, Any], source_uri: str) -> ModelVersion | None:
+        for version in record["versions"]:
+            if self._resolved(version["sourceUri"]) == source_uri:
+                return self._model_version(record, version)
+        return None
 
 
 def _stored_version(
@@ -229,34 +287,6 @@ def _stored_version(
         if stored["versionId"] == version.version_id:
             return stored
     raise KeyError(f"{version.resource_name} is not in the local registry at {root}")
-
-
-def _evaluation(stored: dict[str, Any]) -> ModelEvaluationRecord:
-    return ModelEvaluationRecord.from_registry(
-        name=stored["name"],
-        display_name=stored["displayName"],
-        metrics_schema_uri=stored["metricsSchemaUri"],
-        metrics=stored["metrics"],
-        metadata=stored["metadata"],
-        slices=[{k: v for k, v in s.items() if k != "name"} for s in stored["slices"]],
-    )
-
-
-def _model_version(record: dict[str, Any], version: dict[str, Any]) -> ModelVersion:
-    return ModelVersion(
-        record["name"],
-        version["versionId"],
-        record["displayName"],
-        version["artifactUri"],
-        version["sourceUri"],
-    )
-
-
-def _version_from(record: dict[str, Any], source_uri: str) -> ModelVersion | None:
-    for version in record["versions"]:
-        if version["sourceUri"] == source_uri:
-            return _model_version(record, version)
-    return None
 
 
 class EndpointRegistry(_LocalStore):

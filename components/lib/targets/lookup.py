@@ -23,14 +23,13 @@ def resolve_local(state_dir: str, reference: str) -> ModelVersion:
     """The local registry's version named by ``reference``; KeyError says what exists."""
     name, wanted = split_reference(reference)
     model_id = name.rsplit("/", 1)[-1] if name.startswith("projects/") else resource_id(name)
-    record = ModelRegistry(state_dir, "", "").get_model(model_id)
+    registry = ModelRegistry(state_dir, "", "")
+    record = registry.get_model(model_id)
     if record is None:
         raise KeyError(f"no model {name!r} in the local registry at {state_dir}")
     for version in record["versions"]:
         if wanted == version["versionId"] or wanted in version["versionAliases"]:
-            return ModelVersion(
-                record["name"], version["versionId"], record["displayName"], version["artifactUri"]
-            )
+            return registry.get_version(record["name"], version["versionId"])
     known = ", ".join("@".join([v["versionId"], *v["versionAliases"]]) for v in record["versions"])
     raise KeyError(f"{name} has no version or alias {wanted!r} (versions: {known})")
 
