@@ -393,12 +393,13 @@ def build_pipeline(
             max_latency_p95_ms: Serving budget: the 95th percentile latency, in milliseconds, of
                 a one-image prediction request from one client, measured by the infra
                 validation step on the model served as the endpoint will serve it (the serving
-                image's server). A slower model is not deployed.
+                image's server). A slower model is not deployed. Allowed: more than 0.
             max_model_size_mb: Serving budget: the exported model's size in MB (10^6 bytes). A
-                larger model is not deployed.
+                larger model is not deployed. Allowed: more than 0.
             max_load_seconds: Serving budget: seconds from the serving container's start to
                 its first healthy answer (loading TensorFlow and the model), as infra
-                validation measures it. A model slower to start is not deployed.
+                validation measures it. A model slower to start is not deployed. Allowed: more
+                than 0.
             model_display_name: Model in the registry that each deployed run adds a version to.
             endpoint_display_name: Endpoint that serves the deployed version.
             serving_image: Prediction image of the registered model on Vertex AI: by default
