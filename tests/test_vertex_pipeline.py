@@ -38,12 +38,13 @@ from tests.conftest import (
     running_vertex_emulator,
 )
 from tests.vertex_emulator import VertexEmulator
-from tests.vertex_emulator.serving import SERVING_IMAGE_ENV, image_name
+from tests.vertex_emulator.serving import image_name
 
 pytestmark = [
     pytest.mark.vertex_emulator,
-    # With a built serving image, the emulator's endpoints run it: the container tier.
-    *([pytest.mark.container] if os.environ.get(SERVING_IMAGE_ENV) else []),
+    # Where the images are built, this runs in the container tier, its endpoints on the built
+    # serving image (BEER_EMULATOR_SERVING_IMAGE).
+    *([pytest.mark.container] if os.environ.get("BEER_CONTAINER_TESTS") else []),
 ]
 
 BUCKET = "beer-pipeline"
