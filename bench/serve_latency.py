@@ -125,10 +125,31 @@ def deploy_locally(model_dir: str, state_dir: str) -> str:
         MODEL_NAME, model_dir, {}, {}
     )
     EndpointRegistry(state_dir, PROJECT, LOCATION).deploy(ENDPOINT_NAME, version)
+    _absolute_paths(state_dir)
     return (
         f"/v1/projects/{PROJECT}/locations/{LOCATION}/endpoints/"
         f"{resource_id(ENDPOINT_NAME)}:predict"
     )
+
+
+def _absolute_paths(state_dir: str) -> None:
+    """The registry keeps paths relative to the state folder, which the old server (a commit from
+    before) took as they are: give it the absolute paths it reads, which the new one reads too."""
+    import json
+
+    for path in Path(state_dir).rglob("*.json"):
+        record = json.loads(path.read_text())
+        if isinstance(record, dict):
+            for key in ("artifactUri", "sourceUri"):
+                value = record.get(key)
+                if (
+                    isinstance(value, str)
+                    and value
+                    and not os.path.isabs(value)
+                    and "://" not in value
+                ):
+                    record[key] = os.path.join(os.path.abspath(state_dir), value)
+            path.write_text(json.dumps(record))
 
 
 def deployed_model(

@@ -437,11 +437,15 @@ def plan_pipeline(
 
 
 def remember_arguments(state_dir: str, arguments: dict[str, Any]) -> None:
-    """Keep a local run's arguments, so that the next plan says which parameter changed."""
+    """Keep a local run's arguments, so that the next plan says which parameter changed; URIs
+    with credentials are kept redacted, as everywhere a URI is written."""
+    from components.lib.storage import redact_uri
+
+    kept = {k: redact_uri(v) if isinstance(v, str) else v for k, v in arguments.items()}
     path = os.path.join(state_dir, LAST_ARGUMENTS)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(f"{path}.tmp", "w") as file:
-        json.dump(arguments, file)
+        json.dump(kept, file)
     os.replace(f"{path}.tmp", path)
 
 

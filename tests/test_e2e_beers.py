@@ -167,6 +167,8 @@ def test_gate_holds_when_the_bar_is_above_the_model(
     endpoint_record = state / "endpoints" / "beer-classifier-endpoint.json"
     before = endpoint_record.read_text()
 
+    if first_run["accuracy"] > 0.99:
+        pytest.skip("a perfect model leaves no bar above it: min_accuracy is at most 1")
     bar = str(first_run["accuracy"] + 0.01)
     second = summary_of(run_pipeline(state, upload.root, "--min-accuracy", bar))
 

@@ -4,6 +4,7 @@ cache keys (kfp.local's cache folder, or Vertex ML Metadata through the emulator
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,8 @@ def test_local_plan_follows_the_cache_the_data_and_the_parameters(tmp_path: Path
     assert_runs_from(epochs, "train", "parameter changed: epochs 1 -> 2")
 
     table = run_cli("--local", "--plan", "--state-dir", str(state), *QUICK).stdout
-    assert "train            come from the cache  same inputs as a finished run" in table
+    # One row per step, its columns padded to the longest step name.
+    assert re.search(r"^train +come from the cache +same inputs as a finished run$", table, re.M)
 
     demo = state / "demo-data" / "train"
     write_image(demo / sorted(p.name for p in demo.iterdir())[0] / "added.jpg", (9, 99, 199))
