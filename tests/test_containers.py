@@ -52,8 +52,8 @@ PREDICT_ROUTE = "/v1/endpoints/1/deployedModels/2:predict"
 HEALTH_ROUTE = "/v1/endpoints/1/deployedModels/2"
 
 
-def podman(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=True, **kwargs)
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check)
 
 
 @pytest.fixture(scope="module")
