@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from bench.common import (
@@ -137,19 +138,26 @@ def _absolute_paths(state_dir: str) -> None:
     before) took as they are: give it the absolute paths it reads, which the new one reads too."""
     import json
 
+    root = os.path.abspath(state_dir)
+
+    def absolute(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: os.path.join(root, value)
+                if key in ("artifactUri", "sourceUri")
+                and isinstance(value, str)
+                and value
+                and not os.path.isabs(value)
+                and "://" not in value
+                else absolute(value)
+                for key, value in node.items()
+            }
+        if isinstance(node, list):
+            return [absolute(item) for item in node]
+        return node
+
     for path in Path(state_dir).rglob("*.json"):
-        record = json.loads(path.read_text())
-        if isinstance(record, dict):
-            for key in ("artifactUri", "sourceUri"):
-                value = record.get(key)
-                if (
-                    isinstance(value, str)
-                    and value
-                    and not os.path.isabs(value)
-                    and "://" not in value
-                ):
-                    record[key] = os.path.join(os.path.abspath(state_dir), value)
-            path.write_text(json.dumps(record))
+        path.write_text(json.dumps(absolute(json.loads(path.read_text()))))
 
 
 def deployed_model(

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -100,7 +101,7 @@ def container_run(docker_host: str, shared_dir: Path, beer_data_dir: Path) -> di
     params = [word for setting in TRAINING for word in ("--param", setting)]
     result = subprocess.run(
         [
-            *("python", "-m", "pipeline.run", "--local", "--runner", "docker"),
+            *(sys.executable, "-m", "pipeline.run", "--local", "--runner", "docker"),
             *("--data-uri", str(beer_data_dir), "--state-dir", str(state_dir), "--json"),
             *params,
         ],
