@@ -20,9 +20,9 @@ from components.lib.serving.batch import (
     InstanceSource,
     Summary,
 )
-from components.lib.targets.base import LOCAL, TARGETS, VERTEX
+from components.lib.targets import BatchOptions, batch_predict, model_registry, needs_cloud
+from components.lib.targets.base import LOCAL, TARGETS
 from components.lib.targets.local import default_state_dir
-from components.lib.targets.lookup import resolve_version
 
 ENV_PREFIX = "BEER_PIPELINE_"
 
@@ -83,10 +83,11 @@ def _setting(value: str | None, name: str, flag: str) -> str:
 
 
 def predict(args: argparse.Namespace) -> Summary:
-    """Resolve the version, then score locally or with a Vertex AI batch prediction job."""
+    """Resolve the version in the target's registry, then score with the target's batch path."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.target == VERTEX:
+    project = region = staging = ""
+    if needs_cloud(args.target):
         from pipeline.submit import check_caller
 
         # The settings first (no network), then credentials before the first request (a gs://
@@ -99,40 +100,23 @@ def predict(args: argparse.Namespace) -> Summary:
             raise UsageError(f"--target vertex needs --staging (or {ENV_PREFIX}PIPELINE_ROOT)")
         check_caller()
     source = InstanceSource(args.source, exclude=args.output)
-    if args.target == VERTEX:
-        from components.lib.targets.vertex_batch import batch_predict_vertex, resolve_vertex
-
-        model = resolve_vertex(project, region, args.model)
-        print(f"model version  {model.versioned_resource_name}", file=sys.stderr)
-        return batch_predict_vertex(
-            model,
-            source,
-            args.output,
-            staging,
-            machine_type=args.machine_type,
-            max_replicas=args.max_replicas,
-            progress=not args.no_progress,
-        )
-    from components.lib.serving.batch import predict_to_jsonl
-    from components.lib.serving.prediction import ServingModel
-
-    version = resolve_version(LOCAL, args.state_dir, "", "", args.model)
+    version = model_registry(args.target, args.state_dir, project, region).resolve(args.model)
     print(f"model version  {version.resource_name}", file=sys.stderr)
-    return predict_to_jsonl(
-        ServingModel(version.artifact_uri),
-        source,
-        args.output,
-        version.resource_name,
+    options = BatchOptions(
         batch_size=args.batch_size,
+        staging=staging,
+        machine_type=args.machine_type,
+        max_replicas=args.max_replicas,
         progress=not args.no_progress,
     )
+    return batch_predict(args.target, project, region, version, source, args.output, options)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     usage = (UsageError, BatchPredictionError, KeyError, ValueError)
     failures: tuple[type[Exception], ...] = usage
-    if args.target == VERTEX:
+    if needs_cloud(args.target):
         from components.lib.targets.vertex import VertexError
         from pipeline.submit import SetupError
 

@@ -17,14 +17,18 @@ from components.lib.serving.batch import (
     predict_to_jsonl,
 )
 from components.lib.serving.prediction import ServingModel
+from components.lib.targets.base import ModelVersion, split_reference
 from components.lib.targets.local import ModelRegistry
-from components.lib.targets.lookup import resolve_local, split_reference
 from pipeline import predict
 from tests.conftest import write_image
 from tests.serving_models import COLOURS, colour_model
 
 CLASSES = list(COLOURS)
 MODEL = "beer-classifier"
+
+
+def resolve_local(state_dir: str, reference: str) -> ModelVersion:
+    return ModelRegistry(state_dir, "", "").resolve(reference)
 
 
 @pytest.fixture(scope="module")

@@ -252,6 +252,19 @@ class ModelEvaluationRecord:
         )
 
 
+def split_reference(reference: str) -> tuple[str, str]:
+    """What a person types for a version, ``MODEL[@VERSION|@ALIAS]``, as (model, version).
+
+    ``MODEL`` is a display name (``beer-classifier``), a model id, or a resource name
+    (``projects/P/locations/L/models/M``); after ``@`` comes a version id (``3``) or an alias
+    (``champion``); without it, the ``default`` alias (the newest upload), as Vertex AI reads it.
+    """
+    name, _, version = reference.strip().partition("@")
+    if not name or "@" in version:
+        raise ValueError(f"model {reference!r}: write MODEL, MODEL@VERSION or MODEL@ALIAS")
+    return name, version or DEFAULT_ALIAS
+
+
 class ModelRegistryTarget(Protocol):
     """A model registry: display name -> model, with numbered versions and aliases."""
 
@@ -270,6 +283,10 @@ class ModelRegistryTarget(Protocol):
 
     def find_version(self, display_name: str, source_uri: str) -> ModelVersion | None:
         """The version of the model ``display_name`` registered from ``source_uri``, if any."""
+        ...
+
+    def resolve(self, reference: str) -> ModelVersion:
+        """The version named by ``reference`` (``split_reference``); KeyError if none is."""
         ...
 
     def get_version(self, model: str, version_id: str) -> ModelVersion:

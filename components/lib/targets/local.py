@@ -39,6 +39,7 @@ from components.lib.targets.base import (
     pick_deployment,
     plan_traffic,
     resource_id,
+    split_reference,
 )
 
 STATE_DIR_ENV = "BEER_PIPELINE_STATE_DIR"
@@ -188,6 +189,21 @@ class ModelRegistry(_LocalStore):
         """The version registered from the artifact at ``source_uri``, if any."""
         record = self.get_model(display_name)
         return self._version_from(record, normalized_uri(source_uri)) if record else None
+
+    def resolve(self, reference: str) -> ModelVersion:
+        """The version named by ``reference``; KeyError says what exists."""
+        name, wanted = split_reference(reference)
+        model_id = name.rsplit("/", 1)[-1] if name.startswith("projects/") else resource_id(name)
+        record = self.get_model(model_id)
+        if record is None:
+            raise KeyError(f"no model {name!r} in the local registry at {self.root}")
+        for version in record["versions"]:
+            if wanted == version["versionId"] or wanted in version["versionAliases"]:
+                return self._model_version(record, version)
+        known = ", ".join(
+            "@".join([v["versionId"], *v["versionAliases"]]) for v in record["versions"]
+        )
+        raise KeyError(f"{name} has no version or alias {wanted!r} (versions: {known})")
 
     def get_version(self, model: str, version_id: str) -> ModelVersion:
         """Look up ``model`` (resource name) at ``version_id``; KeyError if it is not registered."""

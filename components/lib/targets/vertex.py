@@ -47,6 +47,7 @@ from components.lib.targets.base import (
     most_traffic,
     plan_traffic,
     resource_id,
+    split_reference,
 )
 
 logger = logging.getLogger(__name__)
@@ -295,6 +296,24 @@ def _client(client_class: type, location: str) -> Any:
     )
 
 
+def find_model(project: str, location: str, reference: str) -> aiplatform.Model:
+    """The Model Registry version named by ``reference`` (display name, id or resource name)."""
+    name, version = split_reference(reference)
+    if not name.startswith("projects/"):
+        found = call_vertex(
+            f"list models named {name!r}",
+            lambda: aiplatform.Model.list(
+                filter=f'display_name="{name}"', project=project, location=location
+            ),
+        )
+        if found:
+            name = found[0].resource_name
+    return call_vertex(
+        f"get model {name}@{version}",
+        lambda: aiplatform.Model(name, version=version, project=project, location=location),
+    )
+
+
 class VertexModelRegistry:
     """Vertex AI Model Registry: each upload is a new version of the model with that name."""
 
@@ -387,6 +406,10 @@ class VertexModelRegistry:
             if version.artifact_uri and normalized_uri(version.artifact_uri) == wanted:
                 return _model_version(version)
         return None
+
+    def resolve(self, reference: str) -> ModelVersion:
+        """The version named by ``reference`` (display name, id or resource name)."""
+        return _model_version(find_model(self.project, self.location, reference).gca_resource)
 
     def get_version(self, model: str, version_id: str) -> ModelVersion:
         client = _client(utils.ModelClientWithOverride, self.location)

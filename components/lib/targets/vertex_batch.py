@@ -39,29 +39,11 @@ from components.lib.serving.contract import (
 )
 from components.lib.serving.protocol import DEFAULT_LIMITS, BadRequestError, shrunk
 from components.lib.storage import filesystem, is_gcs
-from components.lib.targets.lookup import split_reference
+from components.lib.targets.base import ModelVersion
 from components.lib.targets.vertex import VertexError, call_vertex
 
 POLL_SECONDS = 10.0
 _RESULT_FILES = ("prediction.results-", "prediction.errors_stats-")
-
-
-def resolve_vertex(project: str, location: str, reference: str) -> aiplatform.Model:
-    """The Model Registry version named by ``reference`` (display name, id or resource name)."""
-    name, version = split_reference(reference)
-    if not name.startswith("projects/"):
-        found = call_vertex(
-            f"list models named {name!r}",
-            lambda: aiplatform.Model.list(
-                filter=f'display_name="{name}"', project=project, location=location
-            ),
-        )
-        if found:
-            name = found[0].resource_name
-    return call_vertex(
-        f"get model {name}@{version}",
-        lambda: aiplatform.Model(name, version=version, project=project, location=location),
-    )
 
 
 def _instance_hash(b64: str) -> str:
@@ -69,7 +51,9 @@ def _instance_hash(b64: str) -> str:
 
 
 def batch_predict_vertex(
-    model: aiplatform.Model,
+    registered: ModelVersion,
+    project: str,
+    location: str,
     source: InstanceSource,
     output: str,
     staging: str,
@@ -78,9 +62,15 @@ def batch_predict_vertex(
     progress: bool = True,
 ) -> Summary:
     """Score the inputs of ``source`` not yet in ``output`` with a batch prediction job of
-    ``model``; inputs, job outputs and logs stay under ``staging`` (``gs://``)."""
+    ``registered``; inputs, job outputs and logs stay under ``staging`` (``gs://``)."""
     if not is_gcs(staging):
         raise VertexError(f"--staging {staging!r} must be a gs:// folder: the job reads from there")
+    model = call_vertex(
+        f"get model {registered.resource_name}",
+        lambda: aiplatform.Model(
+            registered.model, version=registered.version_id, project=project, location=location
+        ),
+    )
     version = model.versioned_resource_name
     done = resume(output, version)
     pending = [key for key in source.keys if key not in done]
