@@ -31,12 +31,13 @@ def infra_validate(
 
     from components.lib.artifacts import write_metadata_file
     from components.lib.evaluation.infra_validation import validate_candidate
+    from components.lib.evaluation.summary import EvaluationSummary
 
     result = validate_candidate(
         model.uri,
         raw_data.uri,
         evaluation.path,
-        evaluation_summary,
+        EvaluationSummary.from_dict(evaluation_summary),
         evaluate_deploy,
         evaluate_reason,
         evaluation_report.path,
@@ -49,4 +50,4 @@ def infra_validate(
     metrics.metadata["decision"] = result.reason
     write_metadata_file(metrics)
     outputs = namedtuple("InfraValidationOutputs", ["deploy", "reason", "summary"])
-    return outputs(result.deploy, result.reason, result.summary)
+    return outputs(result.deploy, result.reason, result.summary.to_dict())

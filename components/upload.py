@@ -40,12 +40,13 @@ def upload_model(
     import logging
 
     from components.lib.artifacts import describe_resource
-    from components.lib.evaluation.rule import GateRule
     from components.lib.evaluation.stored import read_model_evaluation
+    from components.lib.evaluation.summary import EvaluationSummary
     from components.lib.targets import model_registry, resource_uri
     from components.lib.targets.base import ModelEvaluationRecord, version_alias
 
-    rule = GateRule.from_dict(evaluation["gate"])
+    summary = EvaluationSummary.from_dict(evaluation)
+    rule = summary.rule
     registry = model_registry(
         target, local_state_dir, project, location, serving_image, gpu=bool(accelerator_type)
     )
@@ -55,7 +56,7 @@ def upload_model(
         logger.info("%s is this model already: not registered again", version.resource_name)
     else:
         champion = f"{champion_accuracy:.4f}" if champion_accuracy >= 0 else "none"
-        test = evaluation.get("paired_test") or {}
+        test = summary.paired_test or {}
         version = registry.upload_version(
             display_name=model_display_name,
             artifact_dir=model.uri,
@@ -64,12 +65,12 @@ def upload_model(
                 "pipeline_job": pipeline_job,
                 "accuracy": f"{accuracy:.4f}",
                 "champion_accuracy": champion,
-                "champion_status": evaluation["champion_status"],
+                "champion_status": summary.champion_status,
                 **rule.labels(),
                 **({"mcnemar_p": f"{test['p_value']:.4f}"} if test else {}),
                 **{
                     f"tflite_{edge['kind']}_accuracy": f"{edge['accuracy']:.4f}"
-                    for edge in evaluation.get("tflite", [])
+                    for edge in summary.tflite or []
                 },
             },
             aliases=[version_alias(pipeline_job)],

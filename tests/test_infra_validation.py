@@ -18,6 +18,7 @@ from components.lib.evaluation.infra_validation import (
 )
 from components.lib.evaluation.rule import GateRule
 from components.lib.evaluation.stored import read_model_evaluation
+from components.lib.evaluation.summary import EvaluationSummary
 from components.lib.serving.infra import (
     InfraValidationError,
     Latency,
@@ -45,7 +46,7 @@ def colour_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_layout(tmp_path_factory.mktemp("colours"), dict.fromkeys(CLASSES, 2))
 
 
-def evaluated(model_dir: Path, data_dir: Path, folder: Path) -> dict:
+def evaluated(model_dir: Path, data_dir: Path, folder: Path) -> EvaluationSummary:
     """What the evaluate step writes for ``model_dir`` on ``data_dir``: its scores (through the
     same signature, in this process) as the registry keeps them, and its summary's gate."""
     from components.lib.evaluation.metrics import evaluate_saved_model
@@ -53,7 +54,16 @@ def evaluated(model_dir: Path, data_dir: Path, folder: Path) -> dict:
 
     evaluation = evaluate_saved_model(str(model_dir), str(data_dir))
     write_model_evaluation(evaluation, str(data_dir), str(folder), str(folder))
-    return {"gate": {**dataclasses.asdict(GateRule()), "rule": GateRule().describe()}}
+    return EvaluationSummary(
+        accuracy_ci95=evaluation.accuracy_interval,
+        correct=evaluation.correct,
+        eval_images=evaluation.count,
+        eval_split="",
+        champion_status="none",
+        champion="none served",
+        eval_fingerprint=evaluation.fingerprint,
+        gate={**dataclasses.asdict(GateRule()), "rule": GateRule().describe()},
+    )
 
 
 def test_the_served_answers_are_evaluates_and_the_figures_are_measured(
@@ -84,8 +94,9 @@ def test_the_served_answers_are_evaluates_and_the_figures_are_measured(
     assert 0 < figures.load_seconds < GateRule().max_load_seconds
     assert result.deploy is True
     assert result.reason.startswith(ACCURATE + "; serving within its budgets (p95 ")
-    assert result.summary["serving"] == figures.to_dict()
-    assert result.summary["decision"] == result.reason
+    assert result.summary.serving == figures.to_dict()
+    assert result.summary.decision == result.reason
+    assert EvaluationSummary.from_dict(result.summary.to_dict()) == result.summary
     record = read_model_evaluation(str(tmp_path / "completed"))
     assert record["metadata"]["serving"] == figures.to_dict()
     assert record["rows_uri"] == read_model_evaluation(str(tmp_path / "evaluation"))["rows_uri"]
@@ -244,7 +255,7 @@ def test_a_broken_export_is_stopped_at_infra_validation(
             evaluation_report=imported(tmp_path / "report.html", dsl.HTML),
             evaluate_deploy=True,
             evaluate_reason=ACCURATE,
-            evaluation_summary=summary,
+            evaluation_summary=summary.to_dict(),
         )
 
     kfp.local.init(

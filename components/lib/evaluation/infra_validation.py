@@ -16,10 +16,10 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from components.lib.evaluation.rule import GateRule
 from components.lib.evaluation.stored import read_model_evaluation, read_rows, write_record
+from components.lib.evaluation.summary import SERVING, EvaluationSummary
 from components.lib.serving.infra import (
     CONCURRENT_CLIENTS,
     Expected,
@@ -28,8 +28,6 @@ from components.lib.serving.infra import (
 )
 from components.lib.serving.routing import CONTAINER_HEALTH_ROUTE, CONTAINER_PREDICT_ROUTE
 
-SERVING = "serving"
-"""The figures' key in the summary and in the registry's evaluation metadata."""
 _DECISION = re.compile(r'<p id="decision">.*?</p>', re.DOTALL)
 
 
@@ -40,7 +38,7 @@ class InfraValidation:
     deploy: bool
     reason: str
     figures: ServingFigures
-    summary: dict[str, Any]
+    summary: EvaluationSummary
 
 
 def expected_answers(evaluation_dir: str) -> tuple[list[str], list[Expected]]:
@@ -116,7 +114,7 @@ def validate_candidate(
     model_uri: str,
     data_dir: str,
     evaluation_dir: str,
-    evaluation_summary: dict[str, Any],
+    evaluation_summary: EvaluationSummary,
     evaluate_deploy: bool,
     evaluate_reason: str,
     report_path: str,
@@ -131,7 +129,7 @@ def validate_candidate(
     InfraValidationError when the server cannot load the model or answers otherwise."""
     class_names, expected = expected_answers(evaluation_dir)
     figures = validate_serving(model_uri, data_dir, expected, class_names, clients)
-    rule = GateRule.from_dict(evaluation_summary["gate"])
+    rule = evaluation_summary.rule
     deploy, reason = serving_decision(evaluate_deploy, evaluate_reason, rule, figures)
     record = read_model_evaluation(evaluation_dir)
     record["metadata"] = {**record["metadata"], SERVING: figures.to_dict()}
@@ -142,5 +140,5 @@ def validate_candidate(
         file.write(
             report_with_serving(report, deploy, reason, serving_section(model_uri, figures, rule))
         )
-    summary = {**evaluation_summary, SERVING: figures.to_dict(), "decision": reason}
+    summary = evaluation_summary.completed(figures.to_dict(), reason)
     return InfraValidation(deploy, reason, figures, summary)
