@@ -11,8 +11,8 @@ are skipped.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from typing import Any
 
 from components.lib.serving.batch import (
     DEFAULT_BATCH_SIZE,
@@ -23,8 +23,7 @@ from components.lib.serving.batch import (
 from components.lib.targets import BatchOptions, batch_predict, model_registry, needs_cloud
 from components.lib.targets.base import LOCAL, TARGETS
 from components.lib.targets.local import default_state_dir
-
-ENV_PREFIX = "BEER_PIPELINE_"
+from pipeline.settings import DEFAULT_CONFIG, ENV_PREFIX, UsageError, read_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,13 +55,21 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="local: images per call"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    vertex = parser.add_argument_group("Vertex AI (--target vertex)")
+    vertex = parser.add_argument_group(
+        "Vertex AI (--target vertex)",
+        f"project, region and pipeline root as pipeline.run reads them: the flag, else the "
+        f"environment ({ENV_PREFIX}<NAME>), else the config file",
+    )
     vertex.add_argument("--project", help=f"Google Cloud project (env {ENV_PREFIX}PROJECT)")
     vertex.add_argument("--region", help=f"Vertex AI region (env {ENV_PREFIX}REGION)")
     vertex.add_argument(
         "--staging",
         help="gs:// folder for the job's instances and outputs "
-        f"(default: batch-prediction under {ENV_PREFIX}PIPELINE_ROOT)",
+        f"(default: batch-prediction under the pipeline root, env {ENV_PREFIX}PIPELINE_ROOT)",
+    )
+    vertex.add_argument(
+        "--config",
+        help=f"YAML file of settings (env {ENV_PREFIX}CONFIG, default {DEFAULT_CONFIG})",
     )
     vertex.add_argument(
         "--machine-type", default="n1-standard-2", help="machines of the job (%(default)s)"
@@ -71,15 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class UsageError(Exception):
-    """A mistake in the command line; printed as one line, no traceback."""
-
-
-def _setting(value: str | None, name: str, flag: str) -> str:
-    value = value or os.environ.get(f"{ENV_PREFIX}{name}")
-    if not value:
-        raise UsageError(f"--target vertex needs {flag} (or {ENV_PREFIX}{name})")
-    return value
+def _setting(values: dict[str, Any], name: str, flag: str, path: str) -> str:
+    if not values[name]:
+        raise UsageError(
+            f"--target vertex needs {flag} (or {ENV_PREFIX}{name.upper()}, or {name!r} in {path})"
+        )
+    return values[name]
 
 
 def predict(args: argparse.Namespace) -> Summary:
@@ -92,12 +96,16 @@ def predict(args: argparse.Namespace) -> Summary:
 
         # The settings first (no network), then credentials before the first request (a gs://
         # source's listing): one line each.
-        project = _setting(args.project, "PROJECT", "--project")
-        region = _setting(args.region, "REGION", "--region")
-        root = os.environ.get(f"{ENV_PREFIX}PIPELINE_ROOT")
+        values, _, path = read_settings(args)
+        project = _setting(values, "project", "--project", path)
+        region = _setting(values, "region", "--region", path)
+        root = values["pipeline_root"]
         staging = args.staging or (root and f"{root.rstrip('/')}/batch-prediction")
         if not staging:
-            raise UsageError(f"--target vertex needs --staging (or {ENV_PREFIX}PIPELINE_ROOT)")
+            raise UsageError(
+                f"--target vertex needs --staging (or {ENV_PREFIX}PIPELINE_ROOT, or "
+                f"'pipeline_root' in {path})"
+            )
         check_caller()
     source = InstanceSource(args.source, exclude=args.output)
     version = model_registry(args.target, args.state_dir, project, region).resolve(args.model)

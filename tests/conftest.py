@@ -338,7 +338,7 @@ VERTEX_SETTINGS = [
 def no_ambient_vertex_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Vertex settings come only from what each test gives: no environment, no config file;
     commands log under ``tmp_path``."""
-    from pipeline.run import SETTINGS
+    from pipeline.settings import SETTINGS
 
     for name in SETTINGS:
         monkeypatch.delenv(f"BEER_PIPELINE_{name.upper()}", raising=False)
@@ -354,7 +354,9 @@ def compiled_once(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     """``pipeline.run`` compiles the pipeline once per (resources, image) in a test session
     rather than once per command: the same spec, half a second less each time
     (tests/test_pipeline_spec.py checks a fresh compile)."""
-    import pipeline.run
+    import pipeline.run_local
+    import pipeline.run_templates
+    import pipeline.run_vertex
     from pipeline.compile import compile_pipeline
 
     def compiled(output: str, *args, **kwargs) -> str:
@@ -366,7 +368,8 @@ def compiled_once(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
         shutil.copyfile(_COMPILED[key], output)
         return output
 
-    monkeypatch.setattr(pipeline.run, "compile_pipeline", compiled)
+    for module in (pipeline.run_local, pipeline.run_templates, pipeline.run_vertex):
+        monkeypatch.setattr(module, "compile_pipeline", compiled)
 
 
 @pytest.fixture(scope="session")

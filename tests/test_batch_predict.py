@@ -230,3 +230,24 @@ def test_empty_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(BatchPredictionError, match="holds no files"):
         InstanceSource(str(tmp_path / "empty"))
+
+
+@pytest.mark.usefixtures("no_ambient_vertex_settings")
+def test_vertex_settings_come_from_the_config_file_as_pipeline_run_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    config = tmp_path / "vertex.yaml"
+    config.write_text("project: from-config\nregion: europe-west4\n")
+    out = str(tmp_path / "p.jsonl")
+    command = [MODEL, str(tmp_path), "-o", out, "--target", "vertex", "--config", str(config)]
+    # project and region found: what is missing next is where the job stages its files
+    assert predict.main(command) == 2
+    assert f"needs --staging (or BEER_PIPELINE_PIPELINE_ROOT, or 'pipeline_root' in {config})" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(config))
+    assert predict.main(command[:-2]) == 2  # the same file, named by the environment
+    assert "needs --staging" in capsys.readouterr().err
+    config.write_text("project: from-config\nregion: europe-west4\nzone: a\n")
+    assert predict.main(command) == 2
+    assert "unknown keys ['zone']" in capsys.readouterr().err

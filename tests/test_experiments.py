@@ -10,7 +10,7 @@ import pytest
 from google.cloud import aiplatform
 
 from components.lib.targets import experiments
-from pipeline.run import run_metrics, run_params
+from pipeline.run_summary import run_metrics, run_params
 from tests.conftest import VERTEX_LOCATION, VERTEX_PROJECT
 from tests.vertex_emulator import VertexEmulator
 

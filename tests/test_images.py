@@ -101,10 +101,10 @@ def test_compile_refuses_placeholders_unless_asked(
 
 
 def test_the_checked_in_spec_is_the_deliberate_placeholder_compile() -> None:
-    from pipeline.run import _images
+    from pipeline.run_templates import spec_images
 
     spec = yaml.safe_load((Path(__file__).parent.parent / "pipeline.yaml").read_text())
-    assert {image for image in _images(spec) if "registry.invalid" in image} == {
+    assert {image for image in spec_images(spec) if "registry.invalid" in image} == {
         PLACEHOLDERS.gpu,
         PLACEHOLDERS.cpu,
         PLACEHOLDERS.light,

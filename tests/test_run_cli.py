@@ -14,7 +14,9 @@ import pytest
 
 from components.lib.serving.prediction import ServingModel
 from components.lib.targets.local import EndpointRegistry, ModelRegistry
-from pipeline.run import UsageError, parse_params, run_params
+from pipeline.arguments import parse_params
+from pipeline.run_summary import run_params
+from pipeline.settings import UsageError
 from tests.conftest import ROOT, make_layout, run_cli
 
 RUN = [sys.executable, "-m", "pipeline.run", "--local"]

@@ -192,7 +192,8 @@ def test_cli_without_settings_says_all_that_is_missing_in_one_line(
 def test_flags_win_over_environment_which_wins_over_config(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from pipeline.run import _parser, vertex_settings
+    from pipeline.run import _parser
+    from pipeline.settings import vertex_settings
 
     config = tmp_path / "vertex.yaml"
     config.write_text(
