@@ -1,4 +1,4 @@
-"""Pipeline step: transfer learning on an EfficientNet-Lite, exported as a serving SavedModel."""
+"""Pipeline step: transfer learning on an ImageNet backbone, exported as a serving SavedModel."""
 
 from kfp import dsl
 

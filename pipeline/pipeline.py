@@ -346,10 +346,12 @@ def build_pipeline(
                 not images, too small, duplicates, train/eval leaks). Allowed: 0 to 1.
             backbone: ImageNet-trained network the classifier is built on: efficientnet-lite0,
                 efficientnet-lite1 or efficientnet-lite2 (larger: slower, more accurate on
-                ImageNet; the manual's Benchmarks compare them on the beer photos).
+                ImageNet; the manual's Benchmarks compare them on the beer photos), or
+                mobilenet-v3-small (its weights are downloaded when the step runs: it needs the
+                network; tuning draws from the EfficientNet-Lite ones only).
             image_size: Side in pixels that images are resized to before the backbone; 0: the
-                backbone's native size (224, 240 and 260 px for Lite0, Lite1 and Lite2). Allowed: a
-                whole number, 0, or 32 to 1024.
+                backbone's native size (224, 240 and 260 px for Lite0, Lite1 and Lite2, 224 for
+                MobileNetV3). Allowed: a whole number, 0, or 32 to 1024.
             epochs: Epochs that train the new classification head on the frozen backbone. Allowed: a
                 whole number, 1 to 1000.
             learning_rate: Adam learning rate of the head epochs. Allowed: more than 0, at most 1.

@@ -29,6 +29,7 @@ from components.lib.modelling.variants import (  # noqa: E402
     BACKBONES,
     BLOCK_ARGS,
     DEFAULT_BACKBONE,
+    BackboneVariant,
     get_variant,
     input_size,
 )
@@ -62,7 +63,9 @@ def state() -> dict[str, np.ndarray]:
     scope="module",
     # Lite0 in the fast tier; the larger variants' weight packages in the slow one.
     params=[
-        name if name == LITE0 else pytest.param(name, marks=pytest.mark.slow) for name in BACKBONES
+        name if name == LITE0 else pytest.param(name, marks=pytest.mark.slow)
+        for name, spec in BACKBONES.items()
+        if isinstance(spec, BackboneVariant)
     ],
 )
 def classifier(request: pytest.FixtureRequest) -> keras.Model:
@@ -252,6 +255,7 @@ def test_image_size_defaults_to_the_backbones_native_size() -> None:
     assert input_size("efficientnet-lite2", 160) == 160
     with pytest.raises(ValueError, match="native size"):
         input_size(LITE0, -1)
+    assert input_size("mobilenet-v3-small") == 224
     with pytest.raises(ValueError, match="choose one of efficientnet-lite0, efficientnet-lite1"):
         input_size("efficientnet-b7")
 

@@ -24,7 +24,7 @@ from google_cloud_pipeline_components.v1.hyperparameter_tuning_job import (
 from kfp import dsl
 
 from components.images import PLACEHOLDERS, ImageSet
-from components.lib.modelling.variants import BACKBONES
+from components.lib.modelling.variants import OFFLINE_BACKBONES
 from components.lib.tuning.study import (
     LOCAL,
     OFF,
@@ -78,7 +78,7 @@ def _branch(spec: dict, task: str) -> tuple[str, dict]:
 def test_the_study_tunes_the_train_steps_parameters_over_every_backbone() -> None:
     assert TUNED == ["learning_rate", "fine_tune_learning_rate", "fine_tune_from_block", "backbone"]
     by_name = {parameter.name: parameter for parameter in STUDY.parameters}
-    assert by_name["backbone"].values == tuple(BACKBONES)
+    assert by_name["backbone"].values == tuple(OFFLINE_BACKBONES)
     assert (by_name["fine_tune_from_block"].low, by_name["fine_tune_from_block"].high) == (4, 16)
     assert (STUDY.metric, STUDY.goal, STUDY.algorithm) == (
         "val_accuracy",
@@ -97,7 +97,7 @@ def test_samples_are_seeded_and_inside_the_ranges() -> None:
     # Log scale: about as many draws below the geometric middle (1e-2) as above it.
     assert 70 < sum(rate < 1e-2 for rate in rates) < 130
     assert {d["fine_tune_from_block"] for d in draws} == set(range(4, 17))
-    assert {d["backbone"] for d in draws} == set(BACKBONES)
+    assert {d["backbone"] for d in draws} == set(OFFLINE_BACKBONES)
     assert all(1e-5 <= d["fine_tune_learning_rate"] <= 1e-3 for d in draws)
 
 
@@ -208,7 +208,7 @@ def test_the_tuning_job_gets_the_study_serialised_by_google_cloud_pipeline_compo
             "learning_rate": hpt.DoubleParameterSpec(min=1e-3, max=1e-1, scale="log"),
             "fine_tune_learning_rate": hpt.DoubleParameterSpec(min=1e-5, max=1e-3, scale="log"),
             "fine_tune_from_block": hpt.IntegerParameterSpec(min=4, max=16, scale="linear"),
-            "backbone": hpt.CategoricalParameterSpec(values=list(BACKBONES)),
+            "backbone": hpt.CategoricalParameterSpec(values=list(OFFLINE_BACKBONES)),
         }
     )
     # The compiled YAML keeps numbers as floats (a protobuf Struct): 2 is 2.0 there.
@@ -517,7 +517,7 @@ def test_a_vertex_tuning_job_runs_its_trials_and_the_best_one_is_read_back(
     assert (rate.double_value_spec.min_value, rate.double_value_spec.max_value) == (1e-3, 1e-1)
     assert rate.scale_type.name == "UNIT_LOG_SCALE"
     assert (block.integer_value_spec.min_value, block.integer_value_spec.max_value) == (4, 16)
-    assert list(backbone.categorical_value_spec.values) == list(BACKBONES)
+    assert list(backbone.categorical_value_spec.values) == list(OFFLINE_BACKBONES)
     assert (sent.max_trial_count, sent.parallel_trial_count) == (2, 2)
     [pool] = sent.trial_job_spec.worker_pool_specs
     assert pool.container_spec.image_uri == PLACEHOLDERS.gpu

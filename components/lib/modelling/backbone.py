@@ -413,6 +413,8 @@ def build_efficientnet_lite(
     reproduces, so the port matches the reference outputs.
     """
     spec = get_variant(variant)
+    if not isinstance(spec, BackboneVariant):
+        raise ValueError(f"{variant} is not an EfficientNet-Lite (backbones.build_backbone is)")
     if input_shape is None:
         input_shape = (spec.native_image_size, spec.native_image_size, 3)
     if weights not in ("imagenet", None):

@@ -35,7 +35,7 @@ from components.lib.data.records import (
 )
 from components.lib.data.tasks import run_tasks
 from components.lib.modelling.accelerator import require_usable_gpu
-from components.lib.modelling.backbone import build_efficientnet_lite
+from components.lib.modelling.backbones import build_backbone
 from components.lib.modelling.variants import DEFAULT_BACKBONE
 from components.lib.storage import filesystem
 
@@ -49,7 +49,7 @@ FEATURES = "features"
 def _embedder(backbone: str, image_size: int) -> Callable[[tf.Tensor], tf.Tensor]:
     """The frozen ImageNet ``backbone`` as ``uint8 images -> float32 features``; built once per
     process (a Beam worker runs many tasks), not once per task."""
-    network = build_efficientnet_lite(backbone, (image_size, image_size, 3), weights="imagenet")
+    network = build_backbone(backbone, (image_size, image_size, 3), weights="imagenet")
     return tf.function(
         lambda images: network(tf.cast(images, tf.float32), training=False),
         input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)],

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from components.lib.data.images import decode_and_resize
 from components.lib.data.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
-from components.lib.modelling.backbone import build_efficientnet_lite
+from components.lib.modelling.backbones import build_backbone, description
 from components.lib.modelling.calibration import (
     choose_temperature,
     expected_calibration_error,
@@ -55,13 +55,14 @@ def build_classifier(
     weights: str | None = "imagenet",
     backbone: str = DEFAULT_BACKBONE,
 ) -> keras.Model:
-    """ImageNet EfficientNet-Lite ``backbone`` with a new softmax head; RGB pixels in [0, 255] in.
+    """ImageNet ``backbone`` (a name of ``variants.BACKBONES``) with a new softmax head; RGB
+    pixels in [0, 255] in.
 
     The backbone always runs its batch normalisation in inference mode, so fine-tuning on a
     small dataset does not disturb the ImageNet statistics. The head computes in float32 even
     under mixed precision, so probabilities and the loss keep their precision.
     """
-    network = build_efficientnet_lite(backbone, (image_size, image_size, 3), weights=weights)
+    network = build_backbone(backbone, (image_size, image_size, 3), weights=weights)
     pixels = keras.Input(shape=(image_size, image_size, 3), name="pixels")
     features = network(pixels, training=False)
     features = keras.layers.Dropout(dropout, name="head_dropout")(features)
@@ -96,17 +97,6 @@ def augmentation(brightness_contrast: float, seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augment")
 
 
-def _depth(layer_name: str, num_blocks: int) -> int:
-    """Block number of a backbone layer: the stem counts as block 0, the head convolution as
-    ``num_blocks``, layers without weights (rescaling, pooling) as -1."""
-    prefix = layer_name.split("_")[0]
-    if prefix == "stem":
-        return 0
-    if prefix == "head":
-        return num_blocks
-    return int(prefix[5:]) if prefix.startswith("block") and prefix[5:].isdigit() else -1
-
-
 def unfreeze_top(backbone: keras.Model, from_block: int) -> int:
     """Make the backbone trainable from block ``from_block`` up (0: all of it; its block count:
     only its head convolution); batch normalisation stays frozen. Returns the trainable layer
@@ -114,7 +104,8 @@ def unfreeze_top(backbone: keras.Model, from_block: int) -> int:
 
     The top blocks hold the most task-specific features; the lower ones stay ImageNet's.
     """
-    num_blocks = sum(1 for layer in backbone.layers if layer.name.endswith("_project_conv"))
+    spec = description(backbone)
+    num_blocks = spec.num_blocks
     if not 0 <= from_block <= num_blocks:
         raise ValueError(
             f"fine_tune_from_block must be in [0, {num_blocks}] ({backbone.name} has blocks "
@@ -122,7 +113,7 @@ def unfreeze_top(backbone: keras.Model, from_block: int) -> int:
         )
     backbone.trainable = True
     for layer in backbone.layers:
-        layer.trainable = _depth(layer.name, num_blocks) >= from_block and not isinstance(
+        layer.trainable = spec.block_of(layer.name) >= from_block and not isinstance(
             layer, keras.layers.BatchNormalization
         )
     return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)

