@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -164,6 +164,21 @@ def predict_in_batches(
         response = requests.post(url, json={"instances": instances}, timeout=120)
         assert response.status_code == 200, response.text
         yield response.json(), batch
+
+
+def evaluation_summary(**fields: Any) -> dict[str, Any]:
+    """The evaluate step's summary output, as upload reads it, with ``fields`` set."""
+    from components.lib.evaluation.summary import EvaluationSummary
+
+    defaults = {
+        "accuracy_ci95": (0.9, 0.99),
+        "correct": 95,
+        "eval_images": 100,
+        "eval_split": "",
+        "champion": "",
+        "eval_fingerprint": "sha256:0",
+    }
+    return EvaluationSummary(**{**defaults, **fields}).to_dict()
 
 
 def evaluation_artifact(folder: Path):

@@ -23,6 +23,7 @@ from tests.conftest import (
     VERTEX_TARGET,
     deploy_step,
     evaluation_artifact,
+    evaluation_summary,
     upload_folder,
 )
 from tests.serving_models import INSTANCES
@@ -33,10 +34,10 @@ pytestmark = pytest.mark.vertex_emulator
 ENDPOINT = "beer-classifier-endpoint"
 
 
-FIRST_MODEL_EVALUATION = {
-    "champion_status": "none",
-    "gate": {"min_accuracy": 0.8, "max_regression": 0.0, "allow_class_change": False},
-}
+FIRST_MODEL_EVALUATION = evaluation_summary(
+    champion_status="none",
+    gate={"min_accuracy": 0.8, "max_regression": 0.0, "allow_class_change": False},
+)
 """What the evaluate step hands the upload step when no champion serves."""
 
 

@@ -17,6 +17,7 @@ from tests.conftest import (
     VERTEX_TARGET,
     deploy_step,
     evaluation_artifact,
+    evaluation_summary,
     gcs_emulator_client,
     upload_folder,
 )
@@ -218,11 +219,11 @@ def test_steps_output_vertex_artifacts_for_lineage(
         accuracy=0.95,
         champion_accuracy=0.93,
         decision="accuracy 0.9500 >= required 0.8000; vs champion 0.9300: deploy",
-        evaluation={
-            "champion_status": "compared",
-            "paired_test": {"p_value": 0.25},
-            "gate": {"min_accuracy": 0.8, "max_regression": 0.01, "allow_class_change": False},
-        },
+        evaluation=evaluation_summary(
+            champion_status="compared",
+            paired_test={"p_value": 0.25},
+            gate={"min_accuracy": 0.8, "max_regression": 0.01, "allow_class_change": False},
+        ),
         model_display_name="beer",
         pipeline_job="beer-classifier-training-20261121",
         serving_image=PLACEHOLDERS.serving,
@@ -440,11 +441,11 @@ def test_a_version_keeps_its_edge_models_under_its_artifact_uri(
         accuracy=0.9691,
         champion_accuracy=-1.0,
         decision="accuracy 0.9691 >= required 0.8000, no champion serving: deploy",
-        evaluation={
-            "champion_status": "none",
-            "gate": {"min_accuracy": 0.8, "max_regression": 0.0, "allow_class_change": False},
-            "tflite": [{**manifest[0], "accuracy": 0.9691}, {**manifest[1], "accuracy": 0.9588}],
-        },
+        evaluation=evaluation_summary(
+            champion_status="none",
+            gate={"min_accuracy": 0.8, "max_regression": 0.0, "allow_class_change": False},
+            tflite=[{**manifest[0], "accuracy": 0.9691}, {**manifest[1], "accuracy": 0.9588}],
+        ),
         model_display_name="beer-edge",
         pipeline_job="beer-classifier-training-20261122",
         serving_image=PLACEHOLDERS.serving,

@@ -145,10 +145,10 @@ class BatchOptions:
     """How a batch of inputs is scored: ``batch_size`` images per call of the local model; on
     Vertex AI, a job on ``machine_type`` (at most ``max_replicas``) staged under ``staging``."""
 
-    batch_size: int = 32
-    staging: str = ""
-    machine_type: str = "n1-standard-2"
-    max_replicas: int = 1
+    batch_size: int
+    staging: str
+    machine_type: str
+    max_replicas: int
     progress: bool = True
 
 
