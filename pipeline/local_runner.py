@@ -72,15 +72,19 @@ def kfp_runner(kind: str, state_dir: str, pipeline_root: str, mounts: Iterable[s
 def run_container(
     client: Any, image: str, command: list[str], volumes: dict[str, Any], **run_args: Any
 ) -> int:
-    """Run one step's container to its end; print its output; return its exit status."""
+    """Run one step's container to its end, its command in place of the image's ENTRYPOINT;
+    print its output; return its exit status."""
     from kfp.local.docker_task_handler import add_latest_tag_if_not_present
 
     image = add_latest_tag_if_not_present(image)
     if not client.images.list(name=image):
         print(f"Pulling image {image!r}")
         client.images.pull(image)
+    # The step's command replaces the image's ENTRYPOINT, as Kubernetes' `command` does on
+    # Vertex AI; kfp passes it as Docker's CMD, which would become arguments of the serving
+    # image's ENTRYPOINT (`python -m pipeline.serve sh -c ...`).
     container = client.containers.run(
-        image=image, command=command, detach=True, volumes=volumes, **run_args
+        image=image, entrypoint=command, command=[], detach=True, volumes=volumes, **run_args
     )
     try:
         for line in container.logs(stream=True, follow=True):

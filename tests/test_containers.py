@@ -126,10 +126,12 @@ def test_every_step_runs_in_its_image_and_the_run_deploys(container_run: dict) -
     summary = container_run["summary"]
     assert summary["deployed"] is True, summary["decision"]
     assert summary["accuracy"] >= 0.8
-    # One container per step that ran, each in its role's image (the serving one runs no step).
+    # One container per step that ran, each in its role's image (the serving one runs infra
+    # validation: the candidate served by the image the endpoint will run).
     images = container_run["images"]
     assert len(images) == len(summary["step_seconds"]), (images, summary["step_seconds"])
-    assert set(images) == {LOCAL_IMAGES.light, LOCAL_IMAGES.cpu, LOCAL_IMAGES.gpu}
+    assert set(images) == {LOCAL_IMAGES.for_role(role) for role in Role}
+    assert summary["serving"]["photos_checked"] == summary["eval_images"], "all served alike"
 
 
 def test_the_steps_wrote_as_the_images_non_root_user(container_run: dict) -> None:
@@ -141,7 +143,8 @@ def test_the_steps_wrote_as_the_images_non_root_user(container_run: dict) -> Non
         if "pipeline_root" in path.parts or "models" in path.parts
     ]
     assert written
-    assert {path.lstat().st_uid for path in written} == {IMAGE_USER}
+    others = [str(path) for path in written if path.lstat().st_uid != IMAGE_USER]
+    assert not others, others[:10]
 
 
 @pytest.fixture(scope="module")
