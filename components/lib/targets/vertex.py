@@ -31,6 +31,7 @@ from google.cloud.aiplatform import initializer, utils
 from google.cloud.aiplatform.constants import prediction
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
+from components.lib.monitoring.sampler import MONITORING_URI_ENV, requests_root
 from components.lib.serving.routing import (
     CONTAINER_HEALTH_ROUTE,
     CONTAINER_PORT,
@@ -322,7 +323,8 @@ class VertexModelRegistry:
         An artifact that is already a version of the model returns that version: a re-run whose
         training was cached registers nothing, and neither does a retry after an upload whose
         answer was lost. It is served by the container that ``serving_container`` picks
-        for ``serving_image``.
+        for ``serving_image``; the project's server is told where to write its request samples
+        (``monitoring.sampler.requests_root``).
         """
         artifact_dir = gcs_uri(artifact_dir)
         if not artifact_dir.startswith("gs://"):
@@ -331,6 +333,10 @@ class VertexModelRegistry:
                 "pipeline root must be a gs:// folder"
             )
         container = serving_container(self.serving_image, self.location, self.gpu)
+        if self.serving_image != PREBUILT:  # the project's server samples requests for drift
+            container["serving_container_environment_variables"] = {
+                MONITORING_URI_ENV: requests_root(artifact_dir)
+            }
         parent = self._model(display_name)
         if parent is not None:
             existing = self._find_in(parent.resource_name, artifact_dir)
