@@ -63,6 +63,7 @@ UPLOAD_SETTLE_S = 10 * 60
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
 _LABEL_LIMIT = 63
 EMULATOR_HOST_ENV = "BEER_VERTEX_EMULATOR_HOST"
+DESCRIPTION_LIMIT = 2048  # characters of an endpoint's description kept for a canary review
 # How gRPC says that the service's address could not be resolved or connected to.
 _DNS_FAILURE = re.compile(
     r"DNS resolution failed|errors resolving|lookup failed|Name or service not known", re.I
@@ -584,6 +585,52 @@ class VertexEndpoints:
                 what,
                 lambda retired=retired: self._client.undeploy_model(
                     endpoint=endpoint.name, deployed_model_id=retired.id
+                ),
+            )
+            wait_for_operation(what, operation)
+        return _describe(self._get(endpoint.name), changed=True)
+
+    def deployments(self, display_name: str) -> tuple[list[Deployment], dict[str, int], str]:
+        """The endpoint's deployments, traffic split and resource name (KeyError: no endpoint)."""
+        endpoint = self._find(display_name)
+        if endpoint is None:
+            raise KeyError(f"no endpoint {display_name!r} in {self.project}/{self.location}")
+        return _deployments(endpoint), dict(endpoint.traffic_split), endpoint.name
+
+    def set_traffic(
+        self, display_name: str, split: dict[str, int], retire: Sequence[str], review: dict
+    ) -> dict[str, Any]:
+        """Give the endpoint ``split`` and record ``review`` with it (its labels
+        ``canary-review`` and ``canary-deployed-model``, its description the reasons), then
+        undeploy ``retire``: the split is in place before anything is taken away."""
+        endpoint = self._find(display_name)
+        if endpoint is None:
+            raise KeyError(f"no endpoint {display_name!r} in {self.project}/{self.location}")
+        labels = {
+            **dict(endpoint.labels),
+            "canary-review": label_value(review["action"]),
+            "canary-deployed-model": label_value(review["canary"]),
+        }
+        call_vertex(
+            f"set the traffic split of {endpoint.name} to {split}",
+            lambda: self._client.update_endpoint(
+                endpoint=aiplatform_v1.Endpoint(
+                    name=endpoint.name,
+                    traffic_split=split,
+                    labels=labels,
+                    description=review["summary"][:DESCRIPTION_LIMIT],
+                ),
+                update_mask=field_mask_pb2.FieldMask(
+                    paths=["traffic_split", "labels", "description"]
+                ),
+            ),
+        )
+        for deployed_id in retire:
+            what = f"undeploy {deployed_id} from {endpoint.name}"
+            operation = call_vertex(
+                what,
+                lambda deployed_id=deployed_id: self._client.undeploy_model(
+                    endpoint=endpoint.name, deployed_model_id=deployed_id
                 ),
             )
             wait_for_operation(what, operation)
