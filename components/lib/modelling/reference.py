@@ -16,7 +16,7 @@ import tensorflow as tf
 from components.lib.data.records import TRAIN, VALIDATION, PreprocessedDataset, read_split
 from components.lib.modelling.calibration import scale
 from components.lib.modelling.model import embedding_model
-from components.lib.monitoring.reference import REFERENCE_SIZE, Reference, sample_indices
+from components.lib.monitoring.reference import REFERENCE_SIZE, Reference, reference_of
 
 BATCH_SIZE = 32
 
@@ -46,17 +46,14 @@ def build_reference(
     """``classifier``'s reference on ``dataset``; the validation split's predictions, or the
     train split's where there is no validation split."""
     model = embedding_model(classifier)
-    embeddings, train_probabilities, labels = _predict_split(model, dataset, TRAIN)
-    keep = sample_indices(labels, size, seed)
+    embeddings, probabilities, labels = _predict_split(model, dataset, TRAIN)
     if dataset.split_size(VALIDATION) > 0:
         _, probabilities, _ = _predict_split(model, dataset, VALIDATION)
-    else:
-        probabilities = train_probabilities
-    probabilities = scale(probabilities, temperature)
-    return Reference(
-        class_names=list(dataset.class_names),
-        embeddings=embeddings[keep],
-        labels=labels[keep],
-        confidences=probabilities.max(axis=1),
-        classes=probabilities.argmax(axis=1),
+    return reference_of(
+        dataset.class_names,
+        embeddings,
+        labels,
+        scale(probabilities, temperature),
+        size,
+        seed,
     )

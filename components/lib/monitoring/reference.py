@@ -65,6 +65,28 @@ def sample_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     return np.sort(rng.choice(picked, min(size, len(picked)), replace=False))
 
 
+def reference_of(
+    class_names: list[str],
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    size: int = REFERENCE_SIZE,
+    seed: int = 0,
+) -> Reference:
+    """The reference from a model's outputs: a class-stratified sample of ``size`` of the
+    training photos' ``embeddings`` (with their ``labels``), and the top probability and class of
+    each row of ``probabilities`` (held-out photos, as served)."""
+    keep = sample_indices(labels, size, seed)
+    probabilities = np.asarray(probabilities)
+    return Reference(
+        class_names=list(class_names),
+        embeddings=np.asarray(embeddings, np.float32)[keep],
+        labels=np.asarray(labels)[keep],
+        confidences=probabilities.max(axis=1),
+        classes=probabilities.argmax(axis=1),
+    )
+
+
 def write_reference(model_dir: str, reference: Reference) -> str:
     """Write ``reference`` under ``model_dir`` (a folder or ``gs://``); returns the file's URI."""
     buffer = io.BytesIO()
