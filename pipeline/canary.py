@@ -10,7 +10,6 @@ canary), 2 bad input, 1 failure.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -72,15 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from components.lib.targets.base import LOCAL
-    from components.lib.targets.canary import (
-        CanaryError,
-        read_cloud_monitoring,
-        read_feedback,
-        read_metrics_url,
-        review_canary,
-    )
-    from components.lib.targets.served import NotServedError, served_endpoint
+    from components.lib.targets.canary import CanaryError, review_endpoint
+    from components.lib.targets.served import NotServedError
 
     try:
         rule = CanaryRule(
@@ -90,23 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             args.min_feedback,
             args.max_accuracy_drop,
         )
-        target = target_of(args)
-        endpoint = served_endpoint(*target, args.endpoint)
-        if target[0] == LOCAL:
-            served = read_metrics_url(args.metrics_url)
-        else:
-            until = datetime.datetime.now(datetime.timezone.utc)
-            since = until - datetime.timedelta(hours=args.since_hours)
-            served = read_cloud_monitoring(target[2], endpoint.name, since, until)
-        feedback = read_feedback(args.feedback) if args.feedback else None
-        versions = {s.deployment.id: s.version for s in endpoint.versions}
-        decision = review_canary(
-            endpoint.endpoints,
+        endpoint, decision = review_endpoint(
+            *target_of(args),
             args.endpoint,
-            served,
             rule,
-            versions,
-            feedback,
+            args.metrics_url,
+            args.since_hours,
+            args.feedback or "",
             apply=not args.dry_run,
         )
     except (ValueError, NotServedError, CanaryError) as error:
@@ -114,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = sys.stderr if args.json else sys.stdout
     if decision is None:
-        print(f"no canary on {endpoint.name}: one version takes all the traffic", file=out)
+        print(f"no canary on {endpoint}: one version takes all the traffic", file=out)
     else:
         done = " (dry run: nothing changed)" if args.dry_run else ""
         print(f"{decision.summary()}{done}", file=out)

@@ -152,32 +152,39 @@ def main(argv: list[str] | None = None) -> int:
     from components.lib.monitoring.reference import load_reference
     from components.lib.monitoring.report import write_report
     from components.lib.monitoring.sampler import read_recent
-    from components.lib.targets.served import NotServedError, served_endpoint
+    from components.lib.targets.served import (
+        NotServedError,
+        check_endpoint_drift,
+        served_endpoint,
+    )
 
     try:
-        facts: dict[str, str] = {}
-        if args.model:
-            model_uri, samples_uri = args.model, args.samples
-            facts["model"] = model_uri
+        if not (args.model or args.images):  # the endpoint's recent requests: the usual case
+            verdict, written = check_endpoint_drift(
+                *target_of(args),
+                args.endpoint,
+                args.report_dir,
+                args.sample_size,
+                args.alpha,
+                args.permutations,
+                args.seed,
+            )
         else:
-            endpoint = served_endpoint(*target_of(args), args.endpoint)
-            champion = endpoint.champion
-            model_uri, samples_uri = champion.version.artifact_uri, champion.samples_uri
-            facts |= {"endpoint": endpoint.name, "served version": champion.label}
-        reference = load_reference(model_uri)
-        if args.images:
-            sample = images_sample(model_uri, list_images(args.images, args.sample_size))
-            facts["photos"] = args.images
-        else:
-            sample, windows = read_recent(samples_uri, args.sample_size)
-            facts["request samples"] = f"{samples_uri} ({windows} newest windows)"
-            if not len(sample.confidences):
-                raise ValueError(
-                    f"no request samples under {samples_uri} yet: the server writes them every "
-                    "--sample-interval-s once it has answered requests"
-                )
-        verdict = compare(reference, sample, args.alpha, args.permutations, args.seed)
-        written = write_report(args.report_dir, verdict, reference, sample, facts)
+            if args.model:
+                model_uri, samples_uri, facts = args.model, args.samples, {"model": args.model}
+            else:
+                champion = served_endpoint(*target_of(args), args.endpoint).champion
+                model_uri, samples_uri = champion.version.artifact_uri, champion.samples_uri
+                facts = {"served version": champion.label}
+            reference = load_reference(model_uri)
+            if args.images:
+                sample = images_sample(model_uri, list_images(args.images, args.sample_size))
+                facts["photos"] = args.images
+            else:
+                sample, windows = read_recent(samples_uri, args.sample_size)
+                facts["request samples"] = f"{samples_uri} ({windows} newest windows)"
+            verdict = compare(reference, sample, args.alpha, args.permutations, args.seed)
+            written = write_report(args.report_dir, verdict, reference, sample, facts)
     except (ValueError, NotServedError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

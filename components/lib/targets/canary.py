@@ -288,3 +288,37 @@ def review_canary(
         }
         endpoints.set_traffic(display_name, {keep.id: 100}, retire, record)
     return decision
+
+
+def review_endpoint(
+    target: str,
+    local_state_dir: str,
+    project: str,
+    location: str,
+    display_name: str,
+    rule: CanaryRule,
+    metrics_url: str = "",
+    since_hours: float = 24.0,
+    feedback_uri: str = "",
+    apply: bool = True,
+) -> tuple[str, CanaryDecision | None]:
+    """``review_canary`` for the endpoint ``display_name`` of ``target``: what its versions
+    served from the local server's ``metrics_url`` or from Cloud Monitoring over the last
+    ``since_hours``, and their accuracy on ``feedback_uri`` where given. Returns the
+    endpoint's resource name and the decision."""
+    from components.lib.targets.base import LOCAL
+    from components.lib.targets.served import served_endpoint
+
+    endpoint = served_endpoint(target, local_state_dir, project, location, display_name)
+    if target == LOCAL:
+        served = read_metrics_url(metrics_url)
+    else:
+        until = datetime.datetime.now(datetime.timezone.utc)
+        since = until - datetime.timedelta(hours=since_hours)
+        served = read_cloud_monitoring(project, endpoint.name, since, until)
+    feedback = read_feedback(feedback_uri) if feedback_uri else None
+    versions = {s.deployment.id: s.version for s in endpoint.versions}
+    decision = review_canary(
+        endpoint.endpoints, display_name, served, rule, versions, feedback, apply
+    )
+    return endpoint.name, decision

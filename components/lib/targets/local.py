@@ -356,7 +356,6 @@ class EndpointRegistry(_LocalStore):
             _write_json_atomic(self._record_path(endpoint_id), record)
         return {**record, "changed": True}
 
-
     def deployments(self, display_name: str) -> tuple[list[Deployment], dict[str, int], str]:
         """The endpoint's deployments, traffic split and resource name (KeyError: no endpoint)."""
         record = self.get(resource_id(display_name))

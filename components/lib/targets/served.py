@@ -41,6 +41,10 @@ class NotServedError(LookupError):
     """No such endpoint, or nothing deployed on it."""
 
 
+class NoSamplesError(ValueError):
+    """The served version has no request sample yet (no traffic since it was deployed)."""
+
+
 def served_endpoint(
     target: str, local_state_dir: str, project: str, location: str, display_name: str
 ) -> ServedEndpoint:
@@ -70,3 +74,41 @@ def served_endpoint(
     if not any(served.share for served in versions):
         raise NotServedError(f"endpoint {name} serves no model")
     return ServedEndpoint(name, endpoints, versions)
+
+
+def check_endpoint_drift(
+    target: str,
+    local_state_dir: str,
+    project: str,
+    location: str,
+    display_name: str,
+    report_dir: str,
+    sample_size: int,
+    alpha: float,
+    permutations: int,
+    seed: int = 0,
+):
+    """The drift test of the endpoint's champion: its newest request samples against its
+    reference; the verdict (``drift.Verdict``) and the report's files. NoSamplesError when there
+    is no sample yet; NotServedError, NoReferenceError as their names say."""
+    from components.lib.monitoring.drift import compare
+    from components.lib.monitoring.reference import load_reference
+    from components.lib.monitoring.report import write_report
+    from components.lib.monitoring.sampler import read_recent
+
+    endpoint = served_endpoint(target, local_state_dir, project, location, display_name)
+    champion = endpoint.champion
+    reference = load_reference(champion.version.artifact_uri)
+    sample, windows = read_recent(champion.samples_uri, sample_size)
+    if not len(sample.confidences):
+        raise NoSamplesError(
+            f"no request samples under {champion.samples_uri} yet: the server writes them every "
+            "--sample-interval-s once it has answered requests"
+        )
+    facts = {
+        "endpoint": endpoint.name,
+        "served version": champion.label,
+        "request samples": f"{champion.samples_uri} ({windows} newest windows)",
+    }
+    verdict = compare(reference, sample, alpha, permutations, seed)
+    return verdict, write_report(report_dir, verdict, reference, sample, facts)
