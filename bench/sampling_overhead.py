@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                     cells[name].latencies += cell.latencies
                     cells[name].wrong_answers += cell.wrong_answers
         windows = len(list(Path(samples).rglob("*.npz")))
-    p50 = {name: percentile(cell.latencies, 50) * 1000 for name, cell in cells.items()}
-    p99 = {name: percentile(cell.latencies, 99) * 1000 for name, cell in cells.items()}
+    p50 = {name: percentile(cell.latencies, 0.5) * 1000 for name, cell in cells.items()}
+    p99 = {name: percentile(cell.latencies, 0.99) * 1000 for name, cell in cells.items()}
     rows = [
         (name, len(cells[name].latencies), f"{p50[name]:.1f}", f"{p99[name]:.1f}")
         for name in servers
