@@ -128,7 +128,7 @@ class RequestSampler:
         stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
         embeddings = [row[0] for row in rows]
         buffer = io.BytesIO()
-        np.savez_compressed(
+        np.savez(  # not compressed: float16 embeddings hardly shrink, and zlib costs CPU
             buffer,
             embeddings=(
                 np.stack(embeddings) if embeddings[0] is not None else np.zeros((0, 0), np.float16)
