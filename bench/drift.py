@@ -2,13 +2,15 @@
 photos of other domains made from them, with the sample sizes.
 
     .venv/bin/python -m bench.drift [--data-uri DIR] [--sample-size 40] [--repeats 100]
+        [--model-dir EXPORT]
 
 The model is the ImageNet EfficientNet-Lite backbone under a seeded head, exported as training
-exports it (the monitoring signature gives the embeddings); the reference is made from the
-train split as training makes it (``monitoring.reference.reference_of``: 200 embeddings, and the
-other train photos' predictions). Each repeat draws ``--sample-size`` eval photos (the null
-case) or their shifted copies (recoloured, blurred, rotated, cropped; and other objects:
-scikit-image's sample photos, cropped at random) and runs the monitor's test. Targets: no drift
+exports it, or a trained model's export (``--model-dir``); its monitoring signature gives the
+embeddings. The reference is made from the train split as training makes it
+(``monitoring.reference.reference_of``: 200 embeddings of half the train photos, and the other
+half's predictions). Each repeat draws ``--sample-size`` eval photos (the null case) or their
+shifted copies (recoloured, blurred, rotated, cropped; and other objects: scikit-image's sample
+photos, cropped at random) and runs the monitor's test. Targets: no drift
 in at least 95% of the null repeats; drift at p < 0.01 in every repeat of every shift.
 """
 
@@ -99,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=100, help="null repeats (%(default)s)")
     parser.add_argument("--shift-repeats", type=int, default=20, help="(%(default)s)")
     parser.add_argument("--permutations", type=int, default=1000)
+    parser.add_argument(
+        "--model-dir",
+        help="a trained model's export to test with (default: the seeded ImageNet backbone)",
+    )
     args = parser.parse_args(argv)
     if not args.data_uri or not os.path.isdir(os.path.join(args.data_uri, "train")):
         print("error: --data-uri (or BEER_DATA_DIR) must be the beer photos", file=sys.stderr)
@@ -116,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     with tempfile.TemporaryDirectory() as folder:
-        progress("exporting the ImageNet backbone with the monitoring signature")
-        model = ServingModel(export_backbone_model(folder, len(classes)), with_embeddings=True)
+        if not args.model_dir:
+            progress("exporting the ImageNet backbone with the monitoring signature")
+        model_dir = args.model_dir or export_backbone_model(folder, len(classes))
+        model = ServingModel(model_dir, with_embeddings=True)
+        if not model.has_embeddings:
+            print(f"error: {model_dir} has no monitoring signature", file=sys.stderr)
+            return 2
 
         def embed(images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
             embeddings, probabilities = [], []
