@@ -36,7 +36,9 @@ def train_model(
     go under ``pipeline_root`` and are removed once the model is written. TensorBoard logs go
     to ``<model>/tensorboard/`` and, when Vertex AI sets ``AIP_TENSORBOARD_LOG_DIR`` (a custom
     job with a TensorBoard: ``compile --tensorboard``), there too. With ``export_tflite``, the
-    float16 and int8 TFLite models go to ``<model>/tflite/`` (``modelling.edge``).
+    float16 and int8 TFLite models go to ``<model>/tflite/`` (``modelling.edge``). The drift
+    monitor's reference (training embeddings, validation confidences) goes to
+    ``<model>/monitoring/reference.npz`` (``monitoring.reference``).
     """
     import dataclasses
     import shutil
@@ -50,8 +52,10 @@ def train_model(
         export_serving_model,
         train_classifier,
     )
+    from components.lib.modelling.reference import build_reference
     from components.lib.modelling.tensorboard import log_dirs
     from components.lib.modelling.training import checkpoint_directory
+    from components.lib.monitoring.reference import write_reference
 
     data = load_preprocessed(dataset.path)
     config = TrainingConfig(
@@ -87,6 +91,7 @@ def train_model(
             result.temperature,
             result.calibration,
         )
+        write_reference(model.path, build_reference(result.model, data, result.temperature))
         if export_tflite:
             edge_models = export_edge_models(result.model, data, model.path, result.temperature)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -14,6 +14,11 @@ import os
 import sys
 from typing import NoReturn
 
+from components.lib.monitoring.sampler import (
+    MONITORING_URI_ENV,
+    SamplingSettings,
+    sampling_destination,
+)
 from components.lib.serving.batching import DEFAULT_BATCHING, BatchingConfig
 from components.lib.serving.protocol import DEFAULT_LIMITS, ServingLimits
 from components.lib.serving.routing import (
@@ -137,7 +142,71 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=batching.max_concurrent_batches,
         help="model calls that may run at once (%(default)s)",
     )
+    sampling = SamplingSettings()
+    parser.add_argument(
+        "--sample-requests",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep a bounded sample of request embeddings and confidences for the drift monitor "
+        "(`python -m pipeline.monitor`), written every --sample-interval-s under --sample-uri "
+        "(default: on)",
+    )
+    parser.add_argument(
+        "--sample-uri",
+        help=f"where samples go, a folder or gs:// (default: ${MONITORING_URI_ENV}/"
+        "$AIP_DEPLOYED_MODEL_ID in a serving container, which the model's upload sets; else "
+        "<state-dir>/monitoring/<deployed model>)",
+    )
+    parser.add_argument(
+        "--sample-size",
+        type=int,
+        default=sampling.capacity,
+        help="predictions kept per window at most, whatever the traffic (%(default)s)",
+    )
+    parser.add_argument(
+        "--sample-interval-s",
+        type=float,
+        default=sampling.interval_s,
+        help="a window's length; each is written as one file (%(default)s s)",
+    )
+    parser.add_argument(
+        "--sample-windows",
+        type=int,
+        default=sampling.keep_windows,
+        help="newest windows kept; older files are deleted (%(default)s)",
+    )
+    parser.add_argument(
+        "--sample-images",
+        action="store_true",
+        help="also store the sampled request images beside each window (off: no request image "
+        "is ever stored)",
+    )
     return parser.parse_args(argv)
+
+
+def _sampling(args: argparse.Namespace, in_container: bool) -> SamplingSettings:
+    """Where the server samples requests: ``--sample-uri``; in a container, the upload's
+    ``$BEER_MONITORING_URI`` per deployed model (none set: no sampling); locally, the state
+    folder (per deployed model, or ``model`` for --model-dir)."""
+    destination = ""
+    if args.sample_requests:
+        if args.sample_uri:
+            destination = args.sample_uri
+        elif in_container:
+            root = os.environ.get(MONITORING_URI_ENV, "")
+            deployed = os.environ.get("AIP_DEPLOYED_MODEL_ID", "") or "model"
+            destination = sampling_destination(root, deployed) if root else ""
+        else:
+            destination = os.path.join(args.state_dir, "monitoring")
+            if args.model_dir:
+                destination = sampling_destination(destination, args.model_dir)
+    return SamplingSettings(
+        destination,
+        args.sample_size,
+        args.sample_interval_s,
+        args.sample_windows,
+        args.sample_images,
+    )
 
 
 def _env_port() -> int:
@@ -174,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         batching = BatchingConfig(
             args.batching, args.max_batch_size, args.batch_timeout_ms, args.max_concurrent_batches
         )
+        sampling = _sampling(args, in_container)
         if model_dir:
             source: ContainerModel | LocalEndpoints = ContainerModel(
                 model_dir,
@@ -209,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         if not paths:
             print("no endpoint deployed yet: run `python -m pipeline.run --local`", flush=True)
 
-    app = create_app(source, limits, batching)
+    app = create_app(source, limits, batching, sampling)
     return serve(app, sock, settings, announce)
 
 

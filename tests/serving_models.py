@@ -100,3 +100,24 @@ def unservable_model(directory: Path) -> Path:
     tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
     (directory / CLASS_NAMES_FILE).write_text(json.dumps(list(COLOURS)))
     return directory
+
+
+class _FailingModule(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        count = tf.size(images)
+        tf.debugging.assert_less(count, 0, message="this model fails every request")
+        probabilities = tf.fill([count, len(COLOURS)], 1.0 / len(COLOURS))
+        return {
+            OUTPUT_CLASSES: tf.zeros([count], tf.int64),
+            OUTPUT_PROBABILITIES: probabilities,
+        }
+
+
+def failing_model(directory: Path) -> Path:
+    """A SavedModel that loads (the server is healthy) and fails every prediction (HTTP 500):
+    a broken canary."""
+    module = _FailingModule()
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    (directory / CLASS_NAMES_FILE).write_text(json.dumps(list(COLOURS)))
+    return directory

@@ -11,6 +11,7 @@ the traffic split and answer in Vertex AI's format.
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from google.protobuf import json_format
 from tests.artifact_registry import ContainerImages
 from tests.vertex_emulator.context import Context, now
 from tests.vertex_emulator.iam import Iam
+from tests.vertex_emulator.monitoring import PredictionMetrics
 from tests.vertex_emulator.registry import ModelRegistry
 from tests.vertex_emulator.resources import (
     ApiError,
@@ -85,6 +87,7 @@ class Endpoints:
         self._busy: set[str] = set()
         self._random = random.Random(seed)
         self._files: dict[str, ModelFiles] = {}
+        self.metrics = PredictionMetrics()  # what Cloud Monitoring reports of the predictions
 
     def _endpoint(self, name: str) -> v1.Endpoint:
         endpoint = self.endpoints.get(self.context.names.canonical(name))
@@ -273,11 +276,14 @@ class Endpoints:
     def predict_json(self, endpoint_name: str, instances: list[Any], parameters: Any) -> dict:
         """A prediction in Vertex AI's REST format (also the basis of the gRPC answer)."""
         deployed, container = self._route(endpoint_name)
+        started = time.perf_counter()
         try:
             predictions = container.predict(instances, parameters)
         except PredictError as error:
+            self._observe(endpoint_name, deployed, started, failed=True)
             code = grpc.StatusCode.INVALID_ARGUMENT if error.invalid else grpc.StatusCode.INTERNAL
             raise ApiError(code, f"{error}") from None
+        self._observe(endpoint_name, deployed, started, failed=False)
         return {
             "predictions": predictions,
             "deployedModelId": deployed.id,
@@ -309,12 +315,21 @@ class Endpoints:
 
     def raw_predict_bytes(self, endpoint_name: str, body: bytes, content_type: str):
         deployed, container = self._route(endpoint_name)
+        started = time.perf_counter()
         try:
             data, answer_type = container.raw_predict(body, content_type)
         except PredictError as error:
+            self._observe(endpoint_name, deployed, started, failed=True)
             code = grpc.StatusCode.INVALID_ARGUMENT if error.invalid else grpc.StatusCode.INTERNAL
             raise ApiError(code, f"{error}") from None
+        self._observe(endpoint_name, deployed, started, failed=False)
         return data, answer_type, deployed
+
+    def _observe(
+        self, endpoint_name: str, deployed: v1.DeployedModel, started: float, failed: bool
+    ) -> None:
+        canonical = self.context.names.canonical(endpoint_name)
+        self.metrics.record(canonical, deployed.id, failed, time.perf_counter() - started)
 
     def raw_predict(self, request: v1.RawPredictRequest) -> httpbody_pb2.HttpBody:
         body = request.http_body

@@ -1,5 +1,6 @@
 """The emulator: the services over gRPC with TLS (what the aiplatform SDK speaks), predictions
-also over REST (what ``gcloud ai endpoints predict`` and plain HTTP clients speak).
+also over REST (what ``gcloud ai endpoints predict`` and plain HTTP clients speak), and Cloud
+Monitoring's ``timeSeries.list`` of the prediction metrics (``monitoring.py``).
 
 Every request is recorded (``calls``). Faults: ``fail(method, *codes)`` answers the next calls
 of ``method`` with those status codes before doing anything; ``fail_after(method, code)`` does
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -47,6 +49,7 @@ _V1 = "google.cloud.aiplatform.v1."
 _REST_PREDICT = re.compile(
     r"^/v1/(?P<endpoint>projects/[^/]+/locations/[^/]+/endpoints/[^/:]+):(?P<verb>predict|rawPredict)$"
 )
+_REST_TIME_SERIES = re.compile(r"^/v3/projects/(?P<project>[^/]+)/timeSeries$")
 _REST_TEST_IAM = re.compile(
     r"^/v1/projects/[^/]+/serviceAccounts/(?P<account>[^/:]+):testIamPermissions$"
 )
@@ -512,6 +515,23 @@ def _rest_handler(emulator: VertexEmulator) -> type[BaseHTTPRequestHandler]:
             status = _HTTP_STATUS.get(code, HTTPStatus.INTERNAL_SERVER_ERROR)
             payload = {"error": {"code": status.value, "message": message, "status": code.name}}
             self._reply(status.value, json.dumps(payload).encode(), "application/json")
+
+        def do_GET(self) -> None:
+            """Cloud Monitoring's ``projects.timeSeries.list`` (``monitoring.py``)."""
+            path, _, query = self.path.partition("?")
+            match = _REST_TIME_SERIES.match(path)
+            if not match:
+                self._error(grpc.StatusCode.NOT_FOUND, f"no route GET {path}")
+                return
+            try:
+                parent = emulator.context.names.parent(f"projects/{match['project']}/locations/-")
+                answer = emulator.endpoint_service.metrics.list_time_series(
+                    parent.split("/")[1], urllib.parse.parse_qs(query)
+                )
+            except ApiError as error:
+                self._error(error.code, error.message)
+                return
+            self._reply(200, json.dumps(answer).encode(), "application/json")
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))

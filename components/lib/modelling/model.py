@@ -39,7 +39,9 @@ from components.lib.modelling.training import Checkpoints, Objective, Phase, run
 from components.lib.modelling.variants import DEFAULT_BACKBONE, get_variant
 from components.lib.serving.contract import (
     CLASS_NAMES_FILE,
+    MONITORING_SIGNATURE,
     OUTPUT_CLASSES,
+    OUTPUT_EMBEDDINGS,
     OUTPUT_PROBABILITIES,
     SERVING_INPUT,
     SIGNATURE_NAME,
@@ -334,27 +336,39 @@ class _ServingModule(tf.Module):
     def __init__(self, classifier: keras.Model, image_size: int, temperature: float) -> None:
         super().__init__()
         self.classifier_variables = [variable.value for variable in classifier.variables]
+        with_features = embedding_model(classifier)
 
-        def serve(bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
             pixels = tf.map_fn(
                 lambda encoded: decode_and_resize(encoded, image_size),
-                bytes,
+                images,
                 fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
             )
-            probabilities = tf.cast(
-                classifier(tf.cast(pixels, tf.float32), training=False), tf.float32
-            )
+            embeddings, probabilities = with_features(tf.cast(pixels, tf.float32), training=False)
+            probabilities = tf.cast(probabilities, tf.float32)
             if temperature != 1.0:  # calibrated: softmax(log p / T), a constant; the same argmax
                 log_probabilities = tf.math.log(tf.maximum(probabilities, 1e-30))
                 probabilities = tf.nn.softmax(log_probabilities / temperature)
             return {
                 OUTPUT_CLASSES: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
                 OUTPUT_PROBABILITIES: probabilities,
+                OUTPUT_EMBEDDINGS: tf.cast(embeddings, tf.float32),
             }
 
-        self.serve = tf.function(
-            serve, input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)]
-        )
+        def serve(bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+            outputs = predict(bytes)
+            return {name: outputs[name] for name in (OUTPUT_CLASSES, OUTPUT_PROBABILITIES)}
+
+        spec = [tf.TensorSpec([None], tf.string, name=SERVING_INPUT)]
+        self.serve = tf.function(serve, input_signature=spec)
+        self.monitor = tf.function(predict, input_signature=spec)
+
+
+def embedding_model(classifier: keras.Model) -> keras.Model:
+    """The classifier with two outputs: the backbone's pooled features (what the head sees,
+    before dropout) and the probabilities; the same layers and weights."""
+    features = classifier.get_layer("head_dropout").input
+    return keras.Model(classifier.inputs, [features, classifier.outputs[0]])
 
 
 def export_serving_model(
@@ -374,7 +388,11 @@ def export_serving_model(
     returns it) in ``calibration.json``, for evaluation's before/after figures.
     """
     module = _ServingModule(model, image_size, temperature)
-    tf.saved_model.save(module, export_dir, signatures={SIGNATURE_NAME: module.serve})
+    tf.saved_model.save(
+        module,
+        export_dir,
+        signatures={SIGNATURE_NAME: module.serve, MONITORING_SIGNATURE: module.monitor},
+    )
     with open(os.path.join(export_dir, CLASS_NAMES_FILE), "w") as file:
         json.dump(class_names, file, indent=2)
     write_calibration(export_dir, temperature, calibration)

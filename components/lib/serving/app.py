@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +38,12 @@ from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from components.lib.monitoring.sampler import (
+    NO_SAMPLING,
+    RequestSampler,
+    SamplingSettings,
+    sampling_destination,
+)
 from components.lib.serving.batching import DEFAULT_BATCHING, Batcher, BatchingConfig
 from components.lib.serving.contract import CLASS_NAMES_FILE
 from components.lib.serving.logs import FIELDS
@@ -81,20 +88,42 @@ def _error(status: HTTPStatus, message: str, headers: dict[str, str] | None = No
 class _LoadedModel:
     model: Any  # prediction.ServingModel; its module imports TensorFlow
     batcher: Batcher
+    sampler: RequestSampler | None = None
 
 
-def _load_serving_model(uri: str) -> Any:
+def _load_serving_model(uri: str, with_embeddings: bool) -> Any:
     from components.lib.serving.prediction import ServingModel
 
-    return ServingModel(uri)
+    return ServingModel(uri, with_embeddings=with_embeddings)
+
+
+def _sampled(predict: Any, sampler: RequestSampler) -> Any:
+    """``predict`` that offers each model call's answer to ``sampler`` (in the worker thread)."""
+
+    def predict_and_sample(images: list[bytes]) -> Any:
+        outputs = predict(images)
+        sampler.observe(outputs.embeddings, outputs.probabilities, images)
+        return outputs
+
+    return predict_and_sample
 
 
 class _Models:
-    """Models by artifact URI, each loaded once (in a worker thread) with its own batcher."""
+    """Models by artifact URI, each loaded once (in a worker thread) with its own batcher, and
+    with ``sampling``, its own request sampler (``monitoring.sampler``): the container's under
+    the destination itself, the local endpoints' under a folder per deployed version."""
 
-    def __init__(self, batching: BatchingConfig, metrics: ServingMetrics) -> None:
+    def __init__(
+        self,
+        batching: BatchingConfig,
+        metrics: ServingMetrics,
+        sampling: SamplingSettings,
+        per_deployment: bool,
+    ) -> None:
         self._batching = batching
         self._metrics = metrics
+        self._sampling = sampling
+        self._per_deployment = per_deployment
         self._loaded: dict[str, _LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -108,10 +137,15 @@ class _Models:
                 if uri not in self._loaded:
                     logger.info("loading %s", uri, extra={FIELDS: {"artifactUri": uri}})
                     started = time.perf_counter()
-                    model = await asyncio.to_thread(_load_serving_model, uri)
-                    batcher = Batcher(model.predict, self._batching, self._observe_batch)
-                    self._loaded[uri] = _LoadedModel(model, batcher)
+                    sampling = bool(self._sampling.destination)
+                    model = await asyncio.to_thread(_load_serving_model, uri, sampling)
                     version = deployment.version_label(model.fingerprint)
+                    predict, sampler = model.predict, None
+                    if sampling:
+                        sampler = RequestSampler(self._sampler_settings(deployment, version))
+                        predict = _sampled(predict, sampler)
+                    batcher = Batcher(predict, self._batching, self._observe_batch)
+                    self._loaded[uri] = _LoadedModel(model, batcher, sampler)
                     self._metrics.model_info.labels(version, deployment.deployed_model_id).set(1)
                     logger.info(
                         "loaded %s in %.1f s",
@@ -121,12 +155,34 @@ class _Models:
                     )
         return self._loaded[uri]
 
+    def _sampler_settings(self, deployment: Deployment, version: str) -> SamplingSettings:
+        if not self._per_deployment:
+            return self._sampling
+        key = deployment.deployed_model_id or version.replace(":", "-")
+        destination = sampling_destination(self._sampling.destination, key)
+        return dataclasses.replace(self._sampling, destination=destination)
+
     def _observe_batch(self, size: int) -> None:
         self._metrics.batch_size.observe(size)
+
+    async def flush_samples(self) -> None:
+        """Write every sampler's window (a failed write is logged; serving goes on)."""
+        for loaded in list(self._loaded.values()):
+            if loaded.sampler:
+                try:
+                    await asyncio.to_thread(loaded.sampler.flush)
+                except Exception:
+                    logger.exception("the request sample could not be written")
+
+    async def sample_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._sampling.interval_s)
+            await self.flush_samples()
 
     async def close(self) -> None:
         for loaded in self._loaded.values():
             await loaded.batcher.close()
+        await self.flush_samples()
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -220,12 +276,14 @@ def create_app(
     source: ContainerModel | EndpointRouter,
     limits: ServingLimits = DEFAULT_LIMITS,
     batching: BatchingConfig = DEFAULT_BATCHING,
+    sampling: SamplingSettings = NO_SAMPLING,
 ) -> Starlette:
     """The ASGI app serving ``source``; ``app.state.ready`` tells whether it can answer and
-    ``app.state.load_error`` why a container's model failed to load."""
+    ``app.state.load_error`` why a container's model failed to load. With a ``sampling``
+    destination, each model's requests are sampled there for the drift monitor."""
     metrics = ServingMetrics()
-    models = _Models(batching, metrics)
     container = source if isinstance(source, ContainerModel) else None
+    models = _Models(batching, metrics, sampling, per_deployment=container is None)
     router = None if container else source
     health_route = container.health_route if container else "/health"
     predict_route = container.predict_route if container else LOCAL_PREDICT_ROUTE
@@ -267,6 +325,19 @@ def create_app(
           413: {description: body over the size limit}
           415: {description: Content-Type is not application/json}
         """
+        started = time.perf_counter()
+        response, deployment = await answer(request)
+        if deployment is not None:  # counted for the version that answered (the canary review)
+            metrics.observe_prediction(
+                deployment.deployed_model_id or "model",
+                response.status_code,
+                time.perf_counter() - started,
+            )
+        return response
+
+    async def answer(request: Request) -> tuple[Response, Deployment | None]:
+        """The answer, and the deployment that took the request (None: refused before)."""
+        deployment = None
         try:
             _require_json(request)
             body = await _read_body(request, limits.max_body_bytes)
@@ -276,25 +347,25 @@ def create_app(
             classes, probabilities = await loaded.batcher.predict(images)
         except _ApiError as error:
             close = {"Connection": "close"} if error.status.value in (413, 415) else None
-            return _error(error.status, str(error), close)
+            return _error(error.status, str(error), close), deployment
         except BadRequestError as error:
-            return _error(HTTPStatus.BAD_REQUEST, str(error))
+            return _error(HTTPStatus.BAD_REQUEST, str(error)), deployment
         except ClientDisconnect:
             logger.info("the client closed the connection before its request was read")
-            return Response(status_code=CLIENT_CLOSED_REQUEST)  # the server sends nothing
+            return Response(status_code=CLIENT_CLOSED_REQUEST), None  # the server sends nothing
         except Exception:
             # The detail (paths of the server's files among it) goes to the log, not the client.
             logger.exception("prediction failed")
             return _error(
                 HTTPStatus.INTERNAL_SERVER_ERROR, "prediction failed; the server's log says why"
-            )
+            ), deployment
         return JSONResponse(
             {
                 "predictions": prediction_rows(classes, probabilities),
                 **deployment.response_fields(),
             },
             headers={MODEL_VERSION_HEADER: deployment.version_label(loaded.model.fingerprint)},
-        )
+        ), deployment
 
     async def health(request: Request) -> Response:
         """
@@ -393,12 +464,15 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        loading = None
+        loading = sampler = None
         if container:
             loading = asyncio.create_task(_load_container_model(app, models, container))
+        if sampling.destination:
+            sampler = asyncio.create_task(models.sample_periodically())
         yield
-        if loading:
-            loading.cancel()
+        for task in (loading, sampler):
+            if task:
+                task.cancel()
         await models.close()
 
     app = Starlette(

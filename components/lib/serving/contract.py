@@ -11,3 +11,10 @@ OUTPUT_CLASSES = "CLASSES"
 OUTPUT_PROBABILITIES = "PROBABILITIES"
 CLASS_NAMES_FILE = "class_names.json"
 SIGNATURE_NAME = "serving_default"
+
+# A second signature, for drift monitoring: the same ``bytes`` in, CLASSES and PROBABILITIES
+# out as ``serving_default``, plus EMBEDDINGS (float32, the backbone's pooled features), in one
+# pass. ``serving_default`` stays as the contract says, so clients and TF Serving see no change;
+# a model exported without it is served and simply not monitored on embeddings.
+MONITORING_SIGNATURE = "monitoring"
+OUTPUT_EMBEDDINGS = "EMBEDDINGS"

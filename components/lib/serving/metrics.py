@@ -49,6 +49,21 @@ class ServingMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        # Per deployed version, as Cloud Monitoring's prediction metrics are: what the canary
+        # review reads (``monitoring.canary``).
+        self.deployed_requests = Counter(
+            "beer_serving_deployed_model_requests",
+            "Prediction requests that a deployed version answered, by status",
+            ("deployed_model_id", "code"),
+            registry=self.registry,
+        )
+        self.deployed_latency = Histogram(
+            "beer_serving_deployed_model_latency_seconds",
+            "Time from a prediction request's start to its answer, per deployed version",
+            ("deployed_model_id",),
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "beer_serving_model_info",
             "1 for each model version loaded and serving",
@@ -61,6 +76,10 @@ class ServingMetrics:
         if status >= 400:
             self.errors.labels(handler, str(status)).inc()
         self.latency.labels(handler).observe(seconds)
+
+    def observe_prediction(self, deployed_model_id: str, status: int, seconds: float) -> None:
+        self.deployed_requests.labels(deployed_model_id, str(status)).inc()
+        self.deployed_latency.labels(deployed_model_id).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,7 +12,9 @@ import tensorflow as tf
 
 from components.lib.serving.contract import (
     CLASS_NAMES_FILE,
+    MONITORING_SIGNATURE,
     OUTPUT_CLASSES,
+    OUTPUT_EMBEDDINGS,
     OUTPUT_PROBABILITIES,
     SERVING_INPUT,
     SIGNATURE_NAME,
@@ -25,15 +27,25 @@ from components.lib.storage import local_copy
 class Predictions:
     classes: np.ndarray
     probabilities: np.ndarray
+    embeddings: np.ndarray | None = None  # with_embeddings, from a model that has them
 
 
 class ServingModel:
-    """The serving signature of one exported model, plus its class names."""
+    """The serving signature of one exported model, plus its class names.
 
-    def __init__(self, model_uri: str) -> None:
+    With ``with_embeddings`` it calls the monitoring signature instead where the export has one
+    (the same predictions, and the embeddings, in one pass), for the drift monitor.
+    """
+
+    def __init__(self, model_uri: str, with_embeddings: bool = False) -> None:
         """``model_uri``: the model's folder, local or ``gs://`` (read through the storage seam)."""
+        self.model_uri = model_uri
         self.model_dir = local_copy(model_uri)
-        self._signature = tf.saved_model.load(self.model_dir).signatures[SIGNATURE_NAME]
+        signatures = tf.saved_model.load(self.model_dir).signatures
+        self.has_embeddings = with_embeddings and MONITORING_SIGNATURE in signatures
+        self._signature = signatures[
+            MONITORING_SIGNATURE if self.has_embeddings else SIGNATURE_NAME
+        ]
         with open(os.path.join(self.model_dir, CLASS_NAMES_FILE)) as file:
             self.class_names: list[str] = json.load(file)
         self.fingerprint = model_fingerprint(self.model_dir)
@@ -43,6 +55,7 @@ class ServingModel:
         return Predictions(
             classes=outputs[OUTPUT_CLASSES].numpy(),
             probabilities=outputs[OUTPUT_PROBABILITIES].numpy(),
+            embeddings=outputs[OUTPUT_EMBEDDINGS].numpy() if self.has_embeddings else None,
         )
 
     def predict(self, images: list[bytes]) -> Predictions:

@@ -372,6 +372,32 @@ class EndpointRegistry(_LocalStore):
             _write_json_atomic(self._record_path(endpoint_id), record)
         return {**record, "changed": True}
 
+    def deployments(self, display_name: str) -> tuple[list[Deployment], dict[str, int], str]:
+        """The endpoint's deployments, traffic split and resource name (KeyError: no endpoint)."""
+        record = self.get(resource_id(display_name))
+        if record is None:
+            raise KeyError(f"no local endpoint {display_name!r} under {self.root}")
+        return _deployments(record), dict(record["trafficSplit"]), record["name"]
+
+    def set_traffic(
+        self, display_name: str, split: dict[str, int], retire: Sequence[str], review: dict
+    ) -> dict[str, Any]:
+        """Give the endpoint ``split``, undeploy ``retire`` and keep ``review`` (why) in its
+        record's ``canaryReviews``, newest last; one atomic write."""
+        endpoint_id = resource_id(display_name)
+        with self._lock():
+            record = self.get(endpoint_id)
+            if record is None:
+                raise KeyError(f"no local endpoint {display_name!r} under {self.root}")
+            record["deployedModels"] = [
+                d for d in record["deployedModels"] if d["id"] not in set(retire)
+            ]
+            record["trafficSplit"] = dict(split)
+            record.setdefault("canaryReviews", []).append({**review, "time": _now()})
+            record["updateTime"] = _now()
+            _write_json_atomic(self._record_path(endpoint_id), record)
+        return record
+
 
 def _deployments(record: dict[str, Any]) -> list[Deployment]:
     return [

@@ -31,6 +31,7 @@ from google.cloud.aiplatform import initializer, utils
 from google.cloud.aiplatform.constants import prediction
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
+from components.lib.monitoring.sampler import MONITORING_URI_ENV, requests_root
 from components.lib.serving.routing import (
     CONTAINER_HEALTH_ROUTE,
     CONTAINER_PORT,
@@ -63,6 +64,7 @@ UPLOAD_SETTLE_S = 10 * 60
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
 _LABEL_LIMIT = 63
 EMULATOR_HOST_ENV = "BEER_VERTEX_EMULATOR_HOST"
+DESCRIPTION_LIMIT = 2048  # characters of an endpoint's description kept for a canary review
 # How gRPC says that the service's address could not be resolved or connected to.
 _DNS_FAILURE = re.compile(
     r"DNS resolution failed|errors resolving|lookup failed|Name or service not known", re.I
@@ -341,7 +343,8 @@ class VertexModelRegistry:
         An artifact that is already a version of the model returns that version: a re-run whose
         training was cached registers nothing, and neither does a retry after an upload whose
         answer was lost. It is served by the container that ``serving_container`` picks
-        for ``serving_image``.
+        for ``serving_image``; the project's server is told where to write its request samples
+        (``monitoring.sampler.requests_root``).
         """
         artifact_dir = gcs_uri(artifact_dir)
         if not artifact_dir.startswith("gs://"):
@@ -350,6 +353,10 @@ class VertexModelRegistry:
                 "pipeline root must be a gs:// folder"
             )
         container = serving_container(self.serving_image, self.location, self.gpu)
+        if self.serving_image != PREBUILT:  # the project's server samples requests for drift
+            container["serving_container_environment_variables"] = {
+                MONITORING_URI_ENV: requests_root(artifact_dir)
+            }
         parent = self._model(display_name)
         if parent is not None:
             existing = self._find_in(parent.resource_name, artifact_dir)
@@ -601,6 +608,52 @@ class VertexEndpoints:
                 what,
                 lambda retired=retired: self._client.undeploy_model(
                     endpoint=endpoint.name, deployed_model_id=retired.id
+                ),
+            )
+            wait_for_operation(what, operation)
+        return _describe(self._get(endpoint.name), changed=True)
+
+    def deployments(self, display_name: str) -> tuple[list[Deployment], dict[str, int], str]:
+        """The endpoint's deployments, traffic split and resource name (KeyError: no endpoint)."""
+        endpoint = self._find(display_name)
+        if endpoint is None:
+            raise KeyError(f"no endpoint {display_name!r} in {self.project}/{self.location}")
+        return _deployments(endpoint), dict(endpoint.traffic_split), endpoint.name
+
+    def set_traffic(
+        self, display_name: str, split: dict[str, int], retire: Sequence[str], review: dict
+    ) -> dict[str, Any]:
+        """Give the endpoint ``split`` and record ``review`` with it (its labels
+        ``canary-review`` and ``canary-deployed-model``, its description the reasons), then
+        undeploy ``retire``: the split is in place before anything is taken away."""
+        endpoint = self._find(display_name)
+        if endpoint is None:
+            raise KeyError(f"no endpoint {display_name!r} in {self.project}/{self.location}")
+        labels = {
+            **dict(endpoint.labels),
+            "canary-review": label_value(review["action"]),
+            "canary-deployed-model": label_value(review["canary"]),
+        }
+        call_vertex(
+            f"set the traffic split of {endpoint.name} to {split}",
+            lambda: self._client.update_endpoint(
+                endpoint=aiplatform_v1.Endpoint(
+                    name=endpoint.name,
+                    traffic_split=split,
+                    labels=labels,
+                    description=review["summary"][:DESCRIPTION_LIMIT],
+                ),
+                update_mask=field_mask_pb2.FieldMask(
+                    paths=["traffic_split", "labels", "description"]
+                ),
+            ),
+        )
+        for deployed_id in retire:
+            what = f"undeploy {deployed_id} from {endpoint.name}"
+            operation = call_vertex(
+                what,
+                lambda deployed_id=deployed_id: self._client.undeploy_model(
+                    endpoint=endpoint.name, deployed_model_id=deployed_id
                 ),
             )
             wait_for_operation(what, operation)
