@@ -20,8 +20,9 @@ from components.lib.serving.batch import (
     InstanceSource,
     Summary,
 )
-from components.lib.targets import BatchOptions, batch_predict, model_registry, needs_cloud
+from components.lib.targets import model_registry, needs_cloud
 from components.lib.targets.base import LOCAL, TARGETS
+from components.lib.targets.batch import BatchOptions, batch_predict
 from components.lib.targets.local import default_state_dir
 from pipeline.settings import DEFAULT_CONFIG, ENV_PREFIX, UsageError, read_settings
 

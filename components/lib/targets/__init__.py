@@ -8,9 +8,6 @@ imported only when it is chosen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from components.lib.targets.base import (
     DEFAULT_SERVING,
     LOCAL,
@@ -23,9 +20,6 @@ from components.lib.targets.base import (
     Serving,
 )
 from components.lib.targets.local import EndpointRegistry, Experiments, ModelRegistry
-
-if TYPE_CHECKING:
-    from components.lib.serving.batch import InstanceSource, Summary
 
 
 def _check(target: str, local_state_dir: str, project: str, location: str) -> None:
@@ -138,53 +132,3 @@ def needs_cloud(target: str) -> bool:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     return target != LOCAL
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """How a batch of inputs is scored: ``batch_size`` images per call of the local model; on
-    Vertex AI, a job on ``machine_type`` (at most ``max_replicas``) staged under ``staging``."""
-
-    batch_size: int
-    staging: str
-    machine_type: str
-    max_replicas: int
-    progress: bool = True
-
-
-def batch_predict(
-    target: str,
-    project: str,
-    location: str,
-    version: ModelVersion,
-    source: InstanceSource,
-    output: str,
-    options: BatchOptions,
-) -> Summary:
-    """Score what ``source`` holds with ``version`` of ``target``'s registry into ``output``
-    (JSONL): here through the serving path, or with a Vertex AI batch prediction job."""
-    if needs_cloud(target):
-        from components.lib.targets.vertex_batch import batch_predict_vertex
-
-        return batch_predict_vertex(
-            version,
-            project,
-            location,
-            source,
-            output,
-            options.staging,
-            machine_type=options.machine_type,
-            max_replicas=options.max_replicas,
-            progress=options.progress,
-        )
-    from components.lib.serving.batch import predict_to_jsonl
-    from components.lib.serving.prediction import ServingModel
-
-    return predict_to_jsonl(
-        ServingModel(version.artifact_uri),
-        source,
-        output,
-        version.resource_name,
-        batch_size=options.batch_size,
-        progress=options.progress,
-    )
