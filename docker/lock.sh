@@ -21,8 +21,9 @@ PYTHON_VERSION=3.11
 PLATFORM=x86_64-manylinux_2_36
 # What the steps of the light and CPU images and the server import, by distribution name
 # (tests/test_images.py holds these locks to what `python -m pipeline.image_check` imports).
+# prometheus-client: the CPU image's canary review reads a server's /metrics.
 LIGHT_PACKAGES="kfp google-cloud-aiplatform google-cloud-storage gcsfs fsspec numpy pillow pyyaml"
-CPU_PACKAGES="$LIGHT_PACKAGES matplotlib apache-beam tensorflow"
+CPU_PACKAGES="$LIGHT_PACKAGES matplotlib apache-beam tensorflow prometheus-client"
 # kfp: the serving image also runs one pipeline step, infra validation (KFP's executor).
 SERVING_PACKAGES="fsspec gcsfs numpy pillow starlette uvicorn httptools uvloop prometheus-client pyyaml kfp"
 

