@@ -129,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
         "Pipelines (settings below). With --local it runs on this machine with kfp.local, "
         "registers the model in a local registry and deploys it to a local endpoint (serve it "
         "with `python -m pipeline.serve`); without --data-uri the local run uses a small demo "
-        "dataset made from scikit-image's sample photos (a smoke test, not a benchmark).",
+        "dataset made from scikit-image's sample photos (a smoke test, not a benchmark: "
+        "trained at its photos' 160 px with 3 fine-tuning epochs unless --param says otherwise).",
     )
     parser.add_argument("--local", action="store_true", help="run on this machine with kfp.local")
     parser.add_argument(

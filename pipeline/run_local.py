@@ -18,6 +18,7 @@ from components.images import PLACEHOLDERS, ImageError
 from components.lib.data.demo import (
     DEMO_ENDPOINT_DISPLAY_NAME,
     DEMO_MODEL_DISPLAY_NAME,
+    DEMO_PARAMETERS,
     make_demo_dataset,
 )
 from components.lib.parameters import state_dir_problem
@@ -82,10 +83,13 @@ def local_job(args: argparse.Namespace) -> tuple[str, Any, dict, dict, str]:
         arguments["data_uri"] = make_demo_dataset(os.path.join(state_dir, "demo-data"))
         arguments.setdefault("model_display_name", DEMO_MODEL_DISPLAY_NAME)
         arguments.setdefault("endpoint_display_name", DEMO_ENDPOINT_DISPLAY_NAME)
+        for name, value in DEMO_PARAMETERS.items():
+            arguments.setdefault(name, value)
+        demo_training = ", ".join(f"{name}={arguments[name]}" for name in DEMO_PARAMETERS)
         print(
             f"using the offline demo dataset at {arguments['data_uri']}, registered as "
             f"{arguments['model_display_name']!r} on endpoint "
-            f"{arguments['endpoint_display_name']!r}",
+            f"{arguments['endpoint_display_name']!r}, trained with {demo_training}",
             file=sys.stderr,
         )
     arguments.update(target)
