@@ -22,6 +22,10 @@ SUBPROCESS = "subprocess"
 DOCKER = "docker"
 RUNNERS = (SUBPROCESS, DOCKER)
 
+STEP_LABEL = "beer-pipeline.local-step"
+"""The label of a step's container (value: the image), which tells it from other containers of
+the same images (the Vertex AI emulator runs the serving image too)."""
+
 LOCAL_IMAGES = ImageSet.beside(f"localhost/{NAME}:{VERSION}")
 """What ``bash docker/build.sh --registry localhost --no-push`` builds. ``localhost/``: with a
 short name kfp would try to pull each image first."""
@@ -84,7 +88,13 @@ def run_container(
     # Vertex AI; kfp passes it as Docker's CMD, which would become arguments of the serving
     # image's ENTRYPOINT (`python -m pipeline.serve sh -c ...`).
     container = client.containers.run(
-        image=image, entrypoint=command, command=[], detach=True, volumes=volumes, **run_args
+        image=image,
+        entrypoint=command,
+        command=[],
+        detach=True,
+        volumes=volumes,
+        labels={STEP_LABEL: image},
+        **run_args,
     )
     try:
         for line in container.logs(stream=True, follow=True):
