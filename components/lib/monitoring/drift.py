@@ -15,6 +15,7 @@ three tests), so the false-alarm rate stays at most ``alpha`` on photos like the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -56,6 +57,23 @@ def _normalised(embeddings: np.ndarray) -> np.ndarray:
 def _permutation_p(observed: float, permuted: np.ndarray) -> float:
     """(1 + permutations at least as extreme) / (1 + permutations): never 0, valid at any size."""
     return float((1 + np.sum(permuted >= observed - 1e-12)) / (1 + len(permuted)))
+
+
+def _permutation_test(
+    pooled: np.ndarray,
+    n: int,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    permutations: int,
+    rng: np.random.Generator,
+) -> TestResult:
+    """``statistic`` of the first ``n`` pooled values against the rest, and its p-value over
+    ``permutations`` random splits of the pool into the same sizes."""
+    observed = statistic(pooled[:n], pooled[n:])
+    permuted = np.empty(permutations)
+    for index in range(permutations):
+        order = rng.permutation(len(pooled))
+        permuted[index] = statistic(pooled[order[:n]], pooled[order[n:]])
+    return TestResult(observed, _permutation_p(observed, permuted))
 
 
 def _signs(labels: np.ndarray, n: int, m: int) -> np.ndarray:
@@ -101,13 +119,7 @@ def confidence_test(
 ) -> TestResult:
     """Kolmogorov-Smirnov distance between the top-probability distributions."""
     pooled = np.concatenate([reference, sample]).astype(np.float64)
-    n = len(reference)
-    statistic = _ks(pooled[:n], pooled[n:])
-    permuted = np.empty(permutations)
-    for index in range(permutations):
-        order = rng.permutation(len(pooled))
-        permuted[index] = _ks(pooled[order[:n]], pooled[order[n:]])
-    return TestResult(statistic, _permutation_p(statistic, permuted))
+    return _permutation_test(pooled, len(reference), _ks, permutations, rng)
 
 
 def class_mix_test(
@@ -119,18 +131,12 @@ def class_mix_test(
 ) -> TestResult:
     """Total variation distance between the predicted-class shares."""
     pooled = np.concatenate([reference, sample]).astype(np.int64)
-    n = len(reference)
 
     def distance(first: np.ndarray, second: np.ndarray) -> float:
         shares = [np.bincount(part, minlength=num_classes) / len(part) for part in (first, second)]
         return float(0.5 * np.abs(shares[0] - shares[1]).sum())
 
-    statistic = distance(pooled[:n], pooled[n:])
-    permuted = np.empty(permutations)
-    for index in range(permutations):
-        order = rng.permutation(len(pooled))
-        permuted[index] = distance(pooled[order[:n]], pooled[order[n:]])
-    return TestResult(statistic, _permutation_p(statistic, permuted))
+    return _permutation_test(pooled, len(reference), distance, permutations, rng)
 
 
 def compare(
