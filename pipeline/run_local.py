@@ -201,6 +201,19 @@ def _experiment_name(args: argparse.Namespace) -> str | None:
     return name
 
 
+def _project_and_location(state_dir: str, values: dict[str, Any]) -> tuple[str, str]:
+    """Where the run's target registers and serves: its project and location, local ones for
+    the local target."""
+    return resolve_target(
+        values["target"],
+        values["project"],
+        values["location"],
+        state_dir,
+        LOCAL_PROJECT,
+        LOCAL_LOCATION,
+    )
+
+
 def _record_run(
     experiment: str, values: dict[str, Any], state_dir: str, summary: dict[str, Any]
 ) -> str | None:
@@ -209,14 +222,7 @@ def _record_run(
     not undone: a warning says why."""
     from components.lib.targets import experiments
 
-    project, location = resolve_target(
-        values["target"],
-        values["project"],
-        values["location"],
-        state_dir,
-        LOCAL_PROJECT,
-        LOCAL_LOCATION,
-    )
+    project, location = _project_and_location(state_dir, values)
     tracker = experiments(values["target"], state_dir, project, location)
     run = f"run-{run_id()}"
     try:
@@ -231,14 +237,7 @@ def _record_run(
 
 def _existing_endpoint(state_dir: str, values: dict[str, Any]) -> str | None:
     """The endpoint that keeps serving when the gate is closed, if one was ever deployed."""
-    project, location = resolve_target(
-        values["target"],
-        values["project"],
-        values["location"],
-        state_dir,
-        LOCAL_PROJECT,
-        LOCAL_LOCATION,
-    )
+    project, location = _project_and_location(state_dir, values)
     endpoints = EndpointRegistry(state_dir, project, location)
     record = endpoints.get(resource_id(values["endpoint_display_name"]))
     return record["name"] if record else None
