@@ -13,7 +13,7 @@
 # - build: `podman build` of each docker/Dockerfile*, tagged localhost/<name>:<version> (the
 #   names docker/build.sh gives them, in the registry `localhost`).
 #
-# Podman's settings and store live under $BEER_CONTAINERS (default /var/tmp/beer-containers);
+# Podman's settings and store live under $IMAGE_CLASSIFIER_CONTAINERS (default /var/tmp/image-classifier-containers);
 # source .ci/podman-env.sh to use the same store from a shell or a test.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,11 +29,11 @@ tools() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
-  beer_podman_conf
+  podman_conf
 }
 
 base() {
-  local name=docker.io/library/python:3.11-slim-bookworm rootfs=$BEER_CONTAINERS/rootfs
+  local name=docker.io/library/python:3.11-slim-bookworm rootfs=$IMAGE_CLASSIFIER_CONTAINERS/rootfs
   if podman image exists "$name"; then
     step "base stand-in $name: already in the store"
     return

@@ -1,13 +1,13 @@
 # Podman without systemd or a Docker engine, for CI and the container tests; source it.
 # On these machines: cgroupfs, runc (crun 1.8 refuses hybrid cgroups), the host's network for
 # `podman run` (no bridge, no NAT), rlimits no higher than the hard limits the runtime inherits
-# (there is no CAP_SYS_RESOURCE), and a store of its own under $BEER_CONTAINERS.
-export BEER_CONTAINERS=${BEER_CONTAINERS:-/var/tmp/beer-containers}
-export CONTAINERS_CONF=$BEER_CONTAINERS/containers.conf
-export CONTAINERS_STORAGE_CONF=$BEER_CONTAINERS/storage.conf
+# (there is no CAP_SYS_RESOURCE), and a store of its own under $IMAGE_CLASSIFIER_CONTAINERS.
+export IMAGE_CLASSIFIER_CONTAINERS=${IMAGE_CLASSIFIER_CONTAINERS:-/var/tmp/image-classifier-containers}
+export CONTAINERS_CONF=$IMAGE_CLASSIFIER_CONTAINERS/containers.conf
+export CONTAINERS_STORAGE_CONF=$IMAGE_CLASSIFIER_CONTAINERS/storage.conf
 
-beer_podman_conf() {
-  mkdir -p "$BEER_CONTAINERS"
+podman_conf() {
+  mkdir -p "$IMAGE_CLASSIFIER_CONTAINERS"
   local nofile
   nofile=$(ulimit -Hn)
   if [[ $nofile == unlimited ]] || ((nofile > 8192)); then nofile=8192; fi
@@ -23,7 +23,7 @@ CONF
   cat >"$CONTAINERS_STORAGE_CONF" <<CONF
 [storage]
 driver = "overlay"
-graphroot = "$BEER_CONTAINERS/storage"
-runroot = "$BEER_CONTAINERS/run"
+graphroot = "$IMAGE_CLASSIFIER_CONTAINERS/storage"
+runroot = "$IMAGE_CLASSIFIER_CONTAINERS/run"
 CONF
 }

@@ -24,8 +24,8 @@ VERSION = "0.1.0"
 """pyproject.toml's version: the tag docker/build.sh gives the images (tests/test_docker.py)."""
 
 PLACEHOLDER_REGISTRY = "registry.invalid"
-NAME = "beer-pipeline"
-"""The GPU image's name; its siblings add the role (``beer-pipeline-light``, ...)."""
+NAME = "image-classifier"
+"""The GPU image's name; its siblings add the role (``image-classifier-light``, ...)."""
 
 
 class Role(str, enum.Enum):

@@ -2,7 +2,9 @@
 
 An empty ``project`` or ``location`` means the pipeline job's own: Vertex AI fills the
 ``job_project``/``job_location`` placeholders, so a run started from the console with every
-parameter at its default works. A target that cannot work, and serving settings that the
+parameter at its default works. The model's and endpoint's display names are settled here too:
+those given, else named after the data (``components.lib.targets.naming``). A target that
+cannot work, and serving settings that the
 deploy step would have refused (after training, and after upload moved ``default``), fail
 here, in seconds.
 """
@@ -29,13 +31,26 @@ def resolve_target(
     serving_accelerator_count: int,
     traffic_percentage: int,
     serving_service_account: str,
-) -> NamedTuple("Target", [("project", str), ("location", str)]):
-    """Returns the project and location of the model registry and endpoints."""
+    data_uri: str,
+    model_display_name: str,
+    endpoint_display_name: str,
+) -> NamedTuple(
+    "Target",
+    [
+        ("project", str),
+        ("location", str),
+        ("model_display_name", str),
+        ("endpoint_display_name", str),
+    ],
+):
+    """Returns the project and location of the model registry and endpoints, and the model's and
+    endpoint's display names."""
     import logging
     from collections import namedtuple
 
     from components.lib.targets import Serving
     from components.lib.targets import resolve_target as resolve
+    from components.lib.targets.naming import display_names
 
     Serving.from_parameters(
         {
@@ -51,5 +66,9 @@ def resolve_target(
     project, location = resolve(
         target, project, location, local_state_dir, job_project, job_location
     )
-    logging.getLogger(__name__).info("target %s: %s/%s", target, project, location)
-    return namedtuple("Target", ["project", "location"])(project, location)
+    model, endpoint = display_names(data_uri, model_display_name, endpoint_display_name)
+    logging.getLogger(__name__).info(
+        "target %s: %s/%s, model %r on endpoint %r", target, project, location, model, endpoint
+    )
+    names = ["project", "location", "model_display_name", "endpoint_display_name"]
+    return namedtuple("Target", names)(project, location, model, endpoint)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build the pipeline's images from docker/ and push them to Artifact Registry, named by the rule
 # of components/images.py (tests/test_docker.py keeps the two equal):
-#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-pipeline:VERSION          GPU steps (Dockerfile)
-#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-pipeline-cpu:VERSION      Dockerfile.cpu
-#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-pipeline-light:VERSION    Dockerfile.light
-#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/beer-pipeline-serving:VERSION  Dockerfile.serving
+#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/image-classifier:VERSION          GPU steps (Dockerfile)
+#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/image-classifier-cpu:VERSION      Dockerfile.cpu
+#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/image-classifier-light:VERSION    Dockerfile.light
+#   REGION-docker.pkg.dev/PROJECT/REPOSITORY/image-classifier-serving:VERSION  Dockerfile.serving
 # VERSION is pyproject.toml's version.
 set -euo pipefail
 
@@ -15,13 +15,13 @@ Usage: bash docker/build.sh --project PROJECT [OPTIONS]
 Build docker/Dockerfile (GPU steps), Dockerfile.cpu (preprocess, evaluate), Dockerfile.light
 (the steps without TensorFlow) and Dockerfile.serving (the model's container) and push them to
 Artifact Registry, tagged with pyproject.toml's version, as
-  ${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/beer-pipeline{,-cpu,-light,-serving}:${VERSION}
+  ${REGION}-docker.pkg.dev/${PROJECT}/${REPOSITORY}/image-classifier{,-cpu,-light,-serving}:${VERSION}
 
 Options (each also read from the environment variable named in capitals):
   --project PROJECT        Google Cloud project of the registry (required)
   --region REGION          Artifact Registry location, e.g. us, europe-west4 (default: us)
-  --repository REPOSITORY  Artifact Registry Docker repository (default: beer-pipeline)
-  --registry PREFIX        name the images PREFIX/beer-pipeline...:VERSION instead, e.g.
+  --repository REPOSITORY  Artifact Registry Docker repository (default: image-classifier)
+  --registry PREFIX        name the images PREFIX/image-classifier...:VERSION instead, e.g.
                            localhost for a local build (no project needed)
   --print-uri              print the GPU image's URI (what --image takes) and exit
   --print-images           print "ROLE DOCKERFILE URI" for each image and exit
@@ -41,7 +41,7 @@ die() {
 
 PROJECT=${PROJECT:-}
 REGION=${REGION:-us}
-REPOSITORY=${REPOSITORY:-beer-pipeline}
+REPOSITORY=${REPOSITORY:-image-classifier}
 REGISTRY=${REGISTRY:-}
 MODE=push
 while (($#)); do
@@ -78,13 +78,13 @@ gpu Dockerfile "
 images() { # role dockerfile uri, one line each
   local role dockerfile suffix
   while read -r role dockerfile suffix; do
-    echo "$role $dockerfile $REGISTRY/beer-pipeline$suffix:$VERSION"
+    echo "$role $dockerfile $REGISTRY/image-classifier$suffix:$VERSION"
   done <<<"$IMAGES"
 }
 
 case $MODE in
   print-uri)
-    echo "$REGISTRY/beer-pipeline:$VERSION"
+    echo "$REGISTRY/image-classifier:$VERSION"
     ;;
   print-images)
     images

@@ -135,7 +135,7 @@ def cli_page() -> str:
         "# Command line",
         "",
         "Every command answers `--help` with what follows. Settings of the Vertex AI commands "
-        "also come from `BEER_PIPELINE_*` variables and the config file "
+        "also come from `IMAGE_CLASSIFIER_*` variables and the config file "
         "([Vertex AI](../vertex.md#5-submit)); the defaults shown are those without them.",
     ]
     for module, arguments in COMMANDS:

@@ -15,7 +15,7 @@ import os
 import sys
 
 from components.lib.monitoring.canary import CanaryRule
-from pipeline.monitor import _Parser, add_target_arguments, target_of
+from pipeline.monitor import NO_ENDPOINT, _Parser, add_target_arguments, target_of
 
 DEFAULT_METRICS_URL = "http://127.0.0.1:8080/metrics"
 
@@ -65,7 +65,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dry-run", action="store_true", help="decide, change nothing")
     parser.add_argument("--json", action="store_true", help="print the decision as JSON, last")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.endpoint:
+        parser.error(NO_ENDPOINT)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,7 +144,7 @@ def imported_distributions() -> list[str]:
         for module in list(sys.modules.values())
         if getattr(module, "__file__", None)
     }
-    return sorted(names - {None, metadata.metadata("beer-vertex-pipeline")["Name"]})
+    return sorted(names - {None, metadata.metadata("image-classifier-pipeline")["Name"]})
 
 
 def main(argv: list[str] | None = None) -> int:

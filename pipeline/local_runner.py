@@ -22,7 +22,7 @@ SUBPROCESS = "subprocess"
 DOCKER = "docker"
 RUNNERS = (SUBPROCESS, DOCKER)
 
-STEP_LABEL = "beer-pipeline.local-step"
+STEP_LABEL = "image-classifier.local-step"
 """The label of a step's container (value: the image), which tells it from other containers of
 the same images (the Vertex AI emulator runs the serving image too)."""
 

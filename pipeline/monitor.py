@@ -17,7 +17,7 @@ import sys
 from typing import NoReturn
 
 from components.lib.monitoring.drift import DEFAULT_ALPHA, DEFAULT_PERMUTATIONS
-from components.lib.targets.base import LOCAL, TARGETS, Registration
+from components.lib.targets.base import LOCAL, TARGETS
 from components.lib.targets.local import default_state_dir
 
 DRIFT_EXIT = 3
@@ -31,13 +31,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+NO_ENDPOINT = (
+    "--endpoint: name the endpoint, as the training run's summary names it "
+    "(e.g. mugs-classifier-endpoint)"
+)
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """The endpoint to look at, on either target (shared with ``pipeline.canary``)."""
     parser.add_argument("--target", choices=TARGETS, default=LOCAL, help="(%(default)s)")
     parser.add_argument(
         "--endpoint",
-        default=Registration.endpoint_display_name,
-        help="the endpoint's display name (%(default)s)",
+        help="the endpoint's display name, as the training run's summary names it (e.g. "
+        "mugs-classifier-endpoint: named after the data unless the run was given a name)",
     )
     parser.add_argument(
         "--state-dir",
@@ -107,6 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--sample-size needs >= 2, --permutations >= 10, --alpha in (0, 1)")
     if args.model and not (args.samples or args.images):
         parser.error("--model needs --samples or --images")
+    if not (args.model or args.endpoint):
+        parser.error(NO_ENDPOINT + " (or --model)")
     return args
 
 

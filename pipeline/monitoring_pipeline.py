@@ -17,14 +17,14 @@ from components.check_drift import check_drift
 from components.images import PLACEHOLDERS, ImageError, ImageSet
 from components.lib.monitoring.canary import CanaryRule
 from components.lib.monitoring.drift import DEFAULT_ALPHA, DEFAULT_PERMUTATIONS
-from components.lib.targets.base import VERTEX, Registration
+from components.lib.targets.base import VERTEX
 from components.review_canary import review_canary
 from components.start_training import start_training
 from pipeline.compile import add_image_options, image_set
 from pipeline.pipeline import _run_in
 
 DEFAULT_OUTPUT = "monitoring-pipeline.yaml"
-PIPELINE_NAME = "beer-classifier-monitoring"
+PIPELINE_NAME = "image-classifier-monitoring"
 RULE = CanaryRule()
 
 
@@ -35,9 +35,9 @@ def build_monitoring_pipeline(images: ImageSet = PLACEHOLDERS):
         "the training pipeline when they drifted.",
     )
     def monitoring_pipeline(
+        endpoint_display_name: str,
         project: str = "",
         location: str = "",
-        endpoint_display_name: str = Registration.endpoint_display_name,
         target: str = VERTEX,
         local_state_dir: str = "",
         sample_size: int = 200,
@@ -58,7 +58,8 @@ def build_monitoring_pipeline(images: ImageSet = PLACEHOLDERS):
         training_service_account: str = "",
     ) -> None:
         """Each parameter as the CLIs' flags of the same names (python -m pipeline.canary,
-        python -m pipeline.monitor); project and location: the job's own when empty."""
+        python -m pipeline.monitor; endpoint_display_name: --endpoint, required, as the
+        training run's summary names it); project and location: the job's own when empty."""
         where = {
             "target": target,
             "project": project or "{{$.pipeline_google_cloud_project_id}}",

@@ -61,7 +61,7 @@ from components.tune import (
 from components.upload import upload_model
 from components.validate import validate_data
 
-PIPELINE_NAME = "beer-classifier-training"
+PIPELINE_NAME = "image-classifier-training"
 CHALLENGE_DATA_URI = "gs://ml6_junior_ml_engineer_challenge_cv_beer_data/data"
 TENSORBOARD_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/tensorboards/[^/]+")
 # The pipeline parameters' defaults, read from the settings dataclasses that own them: the one
@@ -403,7 +403,11 @@ def build_pipeline(
                 validation measures it. A model slower to start is not deployed. Allowed: more
                 than 0.
             model_display_name: Model in the registry that each deployed run adds a version to.
-            endpoint_display_name: Endpoint that serves the deployed version.
+                Empty: named after the data, <data name>-classifier, the data name being the
+                last folder of data_uri that is not a generic one (data, images, train...),
+                else its bucket (manual: Your data).
+            endpoint_display_name: Endpoint that serves the deployed version. Empty:
+                <model_display_name>-endpoint.
             serving_image: Prediction image of the registered model on Vertex AI: by default
                 the project's serving image (docker/Dockerfile.serving) pushed beside the
                 steps' images; "prebuilt" Vertex AI's prebuilt TensorFlow image for the
@@ -470,6 +474,9 @@ def build_pipeline(
             serving_accelerator_count=serving_accelerator_count,
             traffic_percentage=traffic_percentage,
             serving_service_account=serving_service_account,
+            data_uri=data_uri,
+            model_display_name=model_display_name,
+            endpoint_display_name=endpoint_display_name,
         ).set_display_name("target")
         resolved.after(checked)
         registry = {
@@ -566,7 +573,7 @@ def build_pipeline(
                 max_latency_p95_ms=max_latency_p95_ms,
                 max_model_size_mb=max_model_size_mb,
                 max_load_seconds=max_load_seconds,
-                endpoint_display_name=endpoint_display_name,
+                endpoint_display_name=resolved.outputs["endpoint_display_name"],
                 **registry,
             )
             .set_display_name("evaluate")
@@ -598,7 +605,7 @@ def build_pipeline(
                     champion_accuracy=evaluate.outputs["champion_accuracy"],
                     decision=infra.outputs["reason"],
                     evaluation=infra.outputs["summary"],
-                    model_display_name=model_display_name,
+                    model_display_name=resolved.outputs["model_display_name"],
                     pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                     serving_image=serving_image,
                     accelerator_type=serving_accelerator_type,
@@ -610,7 +617,7 @@ def build_pipeline(
             deploy = (
                 deploy_model(
                     model_version=upload.outputs["Output"],
-                    endpoint_display_name=endpoint_display_name,
+                    endpoint_display_name=resolved.outputs["endpoint_display_name"],
                     machine_type=machine_type,
                     min_replicas=min_replicas,
                     max_replicas=max_replicas,

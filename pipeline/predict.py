@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "model",
         help="MODEL[@VERSION|@ALIAS]: display name, id or resource name; without @, the "
-        "default alias (the newest version), e.g. beer-classifier@3",
+        "default alias (the newest version), e.g. mugs-classifier@3",
     )
     parser.add_argument(
         "source",
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state-dir",
         default=default_state_dir(),
-        help="local: the registry's folder (env BEER_PIPELINE_STATE_DIR, default %(default)s)",
+        help="local: the registry's folder (env IMAGE_CLASSIFIER_STATE_DIR, default %(default)s)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="local: images per call"

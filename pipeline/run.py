@@ -147,8 +147,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=TARGETS,
         default=LOCAL,
         help="with --local: where the model is registered and served (%(default)s); 'vertex' "
-        "registers and deploys on Vertex AI (or the emulator at BEER_VERTEX_EMULATOR_HOST) and "
-        "needs the Vertex settings, the pipeline root's bucket mounted at BEER_GCS_MOUNT_ROOT",
+        "registers and deploys on Vertex AI (or the emulator at "
+        "IMAGE_CLASSIFIER_VERTEX_EMULATOR_HOST) and needs the Vertex settings, the pipeline "
+        "root's bucket mounted at IMAGE_CLASSIFIER_GCS_MOUNT_ROOT",
     )
     _add_pipeline_options(parser, with_defaults=True)
     parser.add_argument(
@@ -158,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
         "--state-dir",
         default=default_state_dir(),
         help="folder of the local registry, endpoints, pipeline root and cache, and of the logs "
-        "(Vertex commands too) (env BEER_PIPELINE_STATE_DIR, default %(default)s)",
+        "(Vertex commands too) (env IMAGE_CLASSIFIER_STATE_DIR, default %(default)s)",
     )
     parser.add_argument(
         "--plan",

@@ -30,7 +30,7 @@ from pipeline.arguments import check_values, pipeline_arguments, pipeline_parame
 from pipeline.compile import compile_pipeline, image_set
 from pipeline.local_runner import DOCKER, LOCAL_IMAGES, RunnerError, kfp_runner
 from pipeline.progress import StepProgress
-from pipeline.run_summary import run_summary
+from pipeline.run_summary import registered_names, run_summary
 from pipeline.settings import (
     ENV_PREFIX,
     EXPERIMENT_NAME,
@@ -100,9 +100,9 @@ def _local_target(args: argparse.Namespace, state_dir: str) -> tuple[dict[str, A
     """The target parameters of a --local run, and where kfp.local keeps the steps' outputs.
 
     ``--target vertex`` registers and deploys on Vertex AI (or the emulator named by
-    ``BEER_VERTEX_EMULATOR_HOST``): the outputs then go under the pipeline root's gs:// folder
-    through its mount (``BEER_GCS_MOUNT_ROOT``, Cloud Storage FUSE), as on Vertex AI Pipelines,
-    so that Vertex AI reads the model the steps wrote.
+    ``IMAGE_CLASSIFIER_VERTEX_EMULATOR_HOST``): the outputs then go under the pipeline root's
+    gs:// folder through its mount (``IMAGE_CLASSIFIER_GCS_MOUNT_ROOT``, Cloud Storage FUSE), as
+    on Vertex AI Pipelines, so that Vertex AI reads the model the steps wrote.
     """
     if not needs_cloud(args.target):
         return (
@@ -191,7 +191,7 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _experiment_name(args: argparse.Namespace) -> str | None:
-    """``--experiment`` (or ``BEER_PIPELINE_EXPERIMENT``) of a local run, checked."""
+    """``--experiment`` (or ``IMAGE_CLASSIFIER_EXPERIMENT``) of a local run, checked."""
     name = getattr(args, "experiment", None) or os.environ.get(f"{ENV_PREFIX}EXPERIMENT")
     if name and not EXPERIMENT_NAME.fullmatch(name):
         raise UsageError(
@@ -239,7 +239,7 @@ def _existing_endpoint(state_dir: str, values: dict[str, Any]) -> str | None:
     """The endpoint that keeps serving when the gate is closed, if one was ever deployed."""
     project, location = _project_and_location(state_dir, values)
     endpoints = EndpointRegistry(state_dir, project, location)
-    record = endpoints.get(resource_id(values["endpoint_display_name"]))
+    record = endpoints.get(resource_id(registered_names(values)[1]))
     return record["name"] if record else None
 
 

@@ -9,6 +9,7 @@ from components.lib.evaluation.summary import EvaluationSummary
 from components.lib.serving.infra import ServingFigures
 from components.lib.storage import redact_text
 from components.lib.targets import needs_cloud
+from components.lib.targets.naming import display_names
 from components.lib.tuning.study import STUDY
 
 
@@ -26,6 +27,7 @@ def run_summary(
     parameters and the figures an experiment records."""
     champion_accuracy = outputs["champion_accuracy"]
     evaluation = EvaluationSummary.from_dict(outputs["evaluation"])
+    model_name, endpoint_name = registered_names(values)
     summary = {
         "accuracy": outputs["accuracy"],
         "accuracy_ci95": list(evaluation.accuracy_ci95),
@@ -48,6 +50,8 @@ def run_summary(
         "tuning_trials": values["tuning_trials"],
         "deployed": bool(outputs["deployed"]),
         "decision": outputs["decision"],
+        "model_display_name": model_name,
+        "endpoint_display_name": endpoint_name,
         "model_version": outputs["model_version"] or None,
         "endpoint": endpoint,
         "report": report,
@@ -59,6 +63,13 @@ def run_summary(
     summary["params"] = run_params(values)
     summary["metrics"] = run_metrics(summary)
     return summary
+
+
+def registered_names(values: dict[str, Any]) -> tuple[str, str]:
+    """The display names the run registers and serves under, as its target step settled them."""
+    return display_names(
+        values["data_uri"], values["model_display_name"], values["endpoint_display_name"]
+    )
 
 
 def run_params(values: dict[str, Any]) -> dict[str, str | int | float]:
@@ -127,6 +138,10 @@ def print_summary(summary: dict[str, Any]) -> None:
             for edge in summary.get("tflite") or ()
         ),
         ("decision", summary["decision"]),
+        (
+            "names",
+            f"model {summary['model_display_name']}, endpoint {summary['endpoint_display_name']}",
+        ),
         ("model version", summary["model_version"] or "none registered"),
         ("endpoint", summary["endpoint"] or "none"),
         ("steps run", steps or "all cached"),

@@ -69,7 +69,7 @@ def publish(args: argparse.Namespace) -> int:
         )
     if args.pipeline_file and not os.path.isfile(args.pipeline_file):
         raise UsageError(f"--pipeline-file {args.pipeline_file}: no such file")
-    version = args.tag or metadata.version("beer-vertex-pipeline")
+    version = args.tag or metadata.version("image-classifier-pipeline")
     with tempfile.TemporaryDirectory() as spec_dir:
         if args.pipeline_file:
             spec_path = args.pipeline_file

@@ -25,6 +25,7 @@ from components.lib.serving.routing import (
     CONTAINER_HEALTH_ROUTE,
     CONTAINER_PORT,
     CONTAINER_PREDICT_ROUTE,
+    MODEL_DISPLAY_NAME_ENV,
     ContainerModel,
 )
 from components.lib.serving.server import DEFAULT_SERVER, ServerSettings
@@ -186,8 +187,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _sampling(args: argparse.Namespace, in_container: bool) -> SamplingSettings:
     """Where the server samples requests: ``--sample-uri``; in a container, the upload's
-    ``$BEER_MONITORING_URI`` per deployed model (none set: no sampling); locally, the state
-    folder (per deployed model, or ``model`` for --model-dir)."""
+    ``$IMAGE_CLASSIFIER_MONITORING_URI`` per deployed model (none set: no sampling); locally, the
+    state folder (per deployed model, or ``model`` for --model-dir)."""
     destination = ""
     if args.sample_requests:
         if args.sample_uri:
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 _env_route("AIP_PREDICT_ROUTE", CONTAINER_PREDICT_ROUTE),
                 _env_route("AIP_HEALTH_ROUTE", CONTAINER_HEALTH_ROUTE),
                 os.environ.get("AIP_DEPLOYED_MODEL_ID", ""),
+                os.environ.get(MODEL_DISPLAY_NAME_ENV, ""),
             )
             paths = [source.predict_route]
             what = f"the model at {model_dir}"

@@ -1,6 +1,6 @@
-"""The settings of the CLIs that reach Google Cloud: flags, then ``BEER_PIPELINE_<NAME>``, then
-the config file (YAML, ``~/.config/beer-pipeline/vertex.yaml`` or ``--config`` /
-``BEER_PIPELINE_CONFIG``). ``pipeline.run`` and ``pipeline.predict`` read them the same way."""
+"""The settings of the CLIs that reach Google Cloud: flags, then ``IMAGE_CLASSIFIER_<NAME>``, then
+the config file (YAML, ``~/.config/image-classifier/vertex.yaml`` or ``--config`` /
+``IMAGE_CLASSIFIER_CONFIG``). ``pipeline.run`` and ``pipeline.predict`` read them the same way."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from pipeline.submit import VertexSettings
 
 
-ENV_PREFIX = "BEER_PIPELINE_"
-DEFAULT_CONFIG = "~/.config/beer-pipeline/vertex.yaml"
+ENV_PREFIX = "IMAGE_CLASSIFIER_"
+DEFAULT_CONFIG = "~/.config/image-classifier/vertex.yaml"
 SETTINGS = {
     "project": "Google Cloud project (required)",
     "region": "Vertex AI region, e.g. europe-west4 (required)",
@@ -87,8 +87,8 @@ def _labels(assignments: list[str], configured: dict[str, Any]) -> dict[str, str
 
 def read_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Every setting of ``SETTINGS`` (None where none is given): the flag of that name in
-    ``args``, else ``BEER_PIPELINE_<NAME>``, else the config file; with the config file's
-    content and its path (``--config``, ``BEER_PIPELINE_CONFIG`` or the default)."""
+    ``args``, else ``IMAGE_CLASSIFIER_<NAME>``, else the config file; with the config file's
+    content and its path (``--config``, ``IMAGE_CLASSIFIER_CONFIG`` or the default)."""
     path = getattr(args, "config", None) or os.environ.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG)
     config = read_config(os.path.expanduser(path))
     values = {
@@ -104,7 +104,7 @@ def read_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
 def vertex_settings(
     args: argparse.Namespace, required: tuple[str, ...] = REQUIRED_SETTINGS
 ) -> VertexSettings:
-    """Settings from flags, then ``BEER_PIPELINE_<NAME>``, then the config file.
+    """Settings from flags, then ``IMAGE_CLASSIFIER_<NAME>``, then the config file.
 
     Everything wrong is reported at once, in one UsageError: every missing one of ``required``,
     a region Vertex AI does not have, a pipeline root outside Cloud Storage, an image that is

@@ -34,7 +34,7 @@ from components.lib.storage import (
 )
 from components.lib.targets.vertex import VertexError, call_vertex, use_emulator_if_set
 
-IAM_ENDPOINT_ENV = "BEER_IAM_ENDPOINT"
+IAM_ENDPOINT_ENV = "IMAGE_CLASSIFIER_IAM_ENDPOINT"
 """Base URL of the IAM API (default https://iam.googleapis.com), e.g. an emulator's."""
 ACT_AS = "iam.serviceAccounts.actAs"
 CREATE_TIMEOUT_S = 60.0
@@ -172,7 +172,8 @@ def check_reachable(service: str, host: str, port: int, timeout_s: float = PROBE
 
 def check_caller() -> None:
     """Credentials before any call to Google Cloud (none for an emulator at
-    ``BEER_VERTEX_EMULATOR_HOST``): every CLI path calls this before its first request."""
+    ``IMAGE_CLASSIFIER_VERTEX_EMULATOR_HOST``): every CLI path calls this before its first
+    request."""
     if not use_emulator_if_set():
         check_credentials()
 

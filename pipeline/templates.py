@@ -7,7 +7,7 @@ A Kubeflow Pipelines repository in Artifact Registry
 version tag never moves to other content. ``pinned_template`` turns ``URI@tag`` into the digest
 the tag points at now, so a job or schedule records exactly which reviewed file it runs.
 
-All calls go through kfp's ``RegistryClient``. ``BEER_KFP_REGISTRY_CONTEXT`` names a kfp
+All calls go through kfp's ``RegistryClient``. ``IMAGE_CLASSIFIER_KFP_REGISTRY_CONTEXT`` names a kfp
 registry context file (JSON of the URLs the client calls) that replaces Artifact Registry's,
 for a proxy or a stand-in.
 """
@@ -27,7 +27,7 @@ from kfp.registry import RegistryClient
 
 LATEST = "latest"
 DIGEST_PREFIX = "sha256:"
-CONTEXT_ENV = "BEER_KFP_REGISTRY_CONTEXT"
+CONTEXT_ENV = "IMAGE_CLASSIFIER_KFP_REGISTRY_CONTEXT"
 _REPOSITORY = re.compile(
     r"^https://(?P<region>[a-z0-9-]+)-kfp\.pkg\.dev/(?P<project>[^/@]+)/(?P<repository>[^/@]+)$"
 )

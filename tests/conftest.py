@@ -333,9 +333,9 @@ def deploy_step(
     return endpoint_name, artifact
 
 
-VERTEX_ROOT_URI = "gs://beer-pipeline-root/runs"
+VERTEX_ROOT_URI = "gs://image-classifier-root/runs"
 VERTEX_IMAGE = (
-    f"{VERTEX_LOCATION}-docker.pkg.dev/{VERTEX_PROJECT}/beer-pipeline/beer-pipeline:0.1.0"
+    f"{VERTEX_LOCATION}-docker.pkg.dev/{VERTEX_PROJECT}/image-classifier/image-classifier:0.1.0"
 )
 VERTEX_SETTINGS = [
     "--project",
@@ -356,9 +356,9 @@ def no_ambient_vertex_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     from pipeline.settings import SETTINGS
 
     for name in SETTINGS:
-        monkeypatch.delenv(f"BEER_PIPELINE_{name.upper()}", raising=False)
-    monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(tmp_path / "absent.yaml"))
-    monkeypatch.setenv("BEER_PIPELINE_STATE_DIR", str(tmp_path / "state"))
+        monkeypatch.delenv(f"IMAGE_CLASSIFIER_{name.upper()}", raising=False)
+    monkeypatch.setenv("IMAGE_CLASSIFIER_CONFIG", str(tmp_path / "absent.yaml"))
+    monkeypatch.setenv("IMAGE_CLASSIFIER_STATE_DIR", str(tmp_path / "state"))
 
 
 _COMPILED: dict[tuple, str] = {}
@@ -486,12 +486,12 @@ def running_vertex_emulator(
     tls: tuple[Path, Path], gcs_url: str, mount_root: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """A Vertex AI emulator on loopback over the GCS emulator at ``gcs_url``, which this
-    process's SDK talks to (processes it starts: with ``BEER_VERTEX_EMULATOR_HOST``, see
+    process's SDK talks to (processes it starts: with ``IMAGE_CLASSIFIER_VERTEX_EMULATOR_HOST``, see
     ``emulator_host``).
 
-    ``mount_root`` (exported as ``BEER_GCS_MOUNT_ROOT``) stands in for the ``/gcs/`` FUSE mount:
-    what is written under ``<root>/<bucket>/`` reaches the GCS emulator before the emulator
-    reads it.
+    ``mount_root`` (exported as ``IMAGE_CLASSIFIER_GCS_MOUNT_ROOT``) stands in for the ``/gcs/``
+    FUSE mount: what is written under ``<root>/<bucket>/`` reaches the GCS emulator before the
+    emulator reads it.
     """
     from components.lib.storage import GCS_MOUNT_ROOT_ENV
     from pipeline.submit import IAM_ENDPOINT_ENV
@@ -598,13 +598,14 @@ def gcs_emulator() -> Iterator[str]:
 @pytest.fixture
 def emulated_gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch):
     """Clients of this test (google-cloud-storage, gcsfs via fsspec) talk to the emulator;
-    no ``/gcs`` mount holds anything (``BEER_GCS_MOUNT_ROOT`` points at an empty folder)."""
+    no ``/gcs`` mount holds anything (``IMAGE_CLASSIFIER_GCS_MOUNT_ROOT`` points at an empty
+    folder)."""
     import fsspec
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
-    monkeypatch.setenv("BEER_GCS_MOUNT_ROOT", "/nonexistent-gcs-mount")
+    monkeypatch.setenv("IMAGE_CLASSIFIER_GCS_MOUNT_ROOT", "/nonexistent-gcs-mount")
     monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "endpoint_url": gcs_emulator})
     # The emulator serves one connection at a time: one request in flight keeps gcsfs from
     # stalling on connections the emulator has not accepted yet.

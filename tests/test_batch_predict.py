@@ -242,10 +242,9 @@ def test_vertex_settings_come_from_the_config_file_as_pipeline_run_reads_them(
     command = [MODEL, str(tmp_path), "-o", out, "--target", "vertex", "--config", str(config)]
     # project and region found: what is missing next is where the job stages its files
     assert predict.main(command) == 2
-    assert f"needs --staging (or BEER_PIPELINE_PIPELINE_ROOT, or 'pipeline_root' in {config})" in (
-        capsys.readouterr().err
-    )
-    monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(config))
+    needs = f"needs --staging (or IMAGE_CLASSIFIER_PIPELINE_ROOT, or 'pipeline_root' in {config})"
+    assert needs in capsys.readouterr().err
+    monkeypatch.setenv("IMAGE_CLASSIFIER_CONFIG", str(config))
     assert predict.main(command[:-2]) == 2  # the same file, named by the environment
     assert "needs --staging" in capsys.readouterr().err
     config.write_text("project: from-config\nregion: europe-west4\nzone: a\n")

@@ -151,3 +151,14 @@ def test_review_refuses_an_unknown_endpoint_in_one_line(state: Path) -> None:
     assert (
         done.stderr.startswith("error: no local endpoint 'nope'") and done.stderr.count("\n") == 1
     )
+
+
+def test_canary_and_monitor_ask_for_the_endpoint_by_name(capsys: pytest.CaptureFixture) -> None:
+    """Endpoints are named after their data: there is no default one to review."""
+    from pipeline import canary, monitor
+
+    for module in (canary, monitor):
+        with pytest.raises(SystemExit) as exited:
+            module.parse_args([])
+        assert exited.value.code == 2
+        assert capsys.readouterr().err.startswith("error: --endpoint: name the endpoint")

@@ -12,6 +12,7 @@ import requests
 
 from components.images import PLACEHOLDERS
 from components.lib.monitoring.sampler import MONITORING_URI_ENV
+from components.lib.serving.routing import MODEL_DISPLAY_NAME_ENV
 from components.lib.targets import Serving, endpoint_registry, model_registry
 from components.lib.targets.base import ModelVersion
 from components.lib.targets.canary import MONITORING_API_ENV
@@ -81,10 +82,11 @@ def test_a_canary_that_answers_5xx_is_rolled_back(
     endpoint: VertexEmulator, artifacts: dict, capsys: pytest.CaptureFixture
 ) -> None:
     """The failing canary runs in the project's serving image, which the upload tells where
-    to write its request samples."""
+    to write its request samples and the model's name (the try-it page's title)."""
     canary = _deploy(artifacts["failing"], 50, PLACEHOLDERS.serving)
     env = {v.name: v.value for v in endpoint.calls("UploadModel")[-1].model.container_spec.env}
     assert env[MONITORING_URI_ENV] == "gs://bucket/failing/requests"
+    assert env[MODEL_DISPLAY_NAME_ENV] == "beer"
     statuses = _send(endpoint, 30)
     assert 500 in statuses and 200 in statuses
     split, deployed, _ = _served(endpoint)

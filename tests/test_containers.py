@@ -10,10 +10,10 @@ them.
    gets 400; the server runs as a non-root user.
 
 The Vertex AI emulator's endpoints run the built serving image too in this tier
-(``BEER_EMULATOR_SERVING_IMAGE``: tests/test_vertex_pipeline.py).
+(``IMAGE_CLASSIFIER_EMULATOR_SERVING_IMAGE``: tests/test_vertex_pipeline.py).
 
-Runs where the images are built (``BEER_CONTAINER_TESTS=1``, set by .ci/run); elsewhere it is
-skipped.
+Runs where the images are built (``IMAGE_CLASSIFIER_CONTAINER_TESTS=1``, set by .ci/run);
+elsewhere it is skipped.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from tests.vertex_emulator.storage import free_port
 pytestmark = [
     pytest.mark.container,
     pytest.mark.skipif(
-        not os.environ.get("BEER_CONTAINER_TESTS"),
+        not os.environ.get("IMAGE_CLASSIFIER_CONTAINER_TESTS"),
         reason="the container tier runs where .ci/images.sh built the images "
-        "(BEER_CONTAINER_TESTS=1)",
+        "(IMAGE_CLASSIFIER_CONTAINER_TESTS=1)",
     ),
 ]
 
@@ -84,7 +84,7 @@ def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def shared_dir() -> Iterator[Path]:
     """A folder the images' user can reach (pytest's own are private to root)."""
-    folder = Path(tempfile.mkdtemp(prefix="beer-containers-", dir="/var/tmp"))
+    folder = Path(tempfile.mkdtemp(prefix="image-classifier-containers-", dir="/var/tmp"))
     folder.chmod(0o755)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)

@@ -11,7 +11,7 @@ from components.images import PLACEHOLDERS, ImageSet
 from pipeline.compile import compile_pipeline, main
 from pipeline.pipeline import TrainResources
 
-IMAGE = "europe-west1-docker.pkg.dev/my-project/beer-pipeline/beer-pipeline:test"
+IMAGE = "europe-west1-docker.pkg.dev/my-project/image-classifier/image-classifier:test"
 
 
 def _step_images(images: ImageSet) -> set[str]:
@@ -79,7 +79,7 @@ def test_two_replicas_of_one_gpu_compile_to_worker_pools_in_the_given_image(
     assert inputs["strategy"]["defaultValue"] == "SPOT"
     assert inputs["restart_job_on_worker_restart"]["defaultValue"] is True
     assert inputs["service_account"]["defaultValue"] == "{{$.pipeline_service_account}}"
-    assert inputs["display_name"]["defaultValue"] == "beer-classifier-training-train"
+    assert inputs["display_name"]["defaultValue"] == "image-classifier-training-train"
 
     task = spec["root"]["dag"]["tasks"]["train-model"]
     assert "location" not in task["inputs"]["parameters"], "the job runs in the pipeline's region"

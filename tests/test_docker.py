@@ -269,7 +269,7 @@ def test_build_sh_names_the_images_by_the_pipelines_rule() -> None:
     assert pyproject()["project"]["version"] == VERSION
     args = ("--project", "acme", "--region", "europe-west4", "--repository", "pipes")
     uri = build_sh("--print-uri", *args).stdout.strip()
-    assert uri == f"europe-west4-docker.pkg.dev/acme/pipes/beer-pipeline:{VERSION}"
+    assert uri == f"europe-west4-docker.pkg.dev/acme/pipes/image-classifier:{VERSION}"
     listed = [line.split() for line in build_sh("--print-images", *args).stdout.splitlines()]
     images = ImageSet.beside(uri)
     assert [(role, dockerfile) for role, dockerfile, _ in listed] == [
@@ -280,14 +280,14 @@ def test_build_sh_names_the_images_by_the_pipelines_rule() -> None:
         role.value: images.for_role(role) for role in Role
     }
     local = build_sh("--print-uri", "--registry", "localhost").stdout.strip()
-    assert local == f"localhost/beer-pipeline:{VERSION}"
+    assert local == f"localhost/image-classifier:{VERSION}"
 
 
 def test_build_sh_takes_settings_from_flags_over_environment() -> None:
     from_env = build_sh("--print-uri", PROJECT="p1", REGION="europe-west4", REPOSITORY="r1")
-    assert from_env.stdout.strip().startswith("europe-west4-docker.pkg.dev/p1/r1/beer-pipeline:")
+    assert from_env.stdout.strip().startswith("europe-west4-docker.pkg.dev/p1/r1/image-classifier:")
     from_flags = build_sh("--print-uri", "--project", "p2", "--repository", "r2", REGION="asia")
-    assert from_flags.stdout.strip().startswith("asia-docker.pkg.dev/p2/r2/beer-pipeline:")
+    assert from_flags.stdout.strip().startswith("asia-docker.pkg.dev/p2/r2/image-classifier:")
     unknown = build_sh("--bogus")
     assert unknown.returncode != 0 and "unknown argument: --bogus" in unknown.stderr
     assert "--print-uri" in build_sh("--help").stdout

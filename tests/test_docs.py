@@ -122,7 +122,7 @@ def test_snippet_runs(script: str, slow: bool, tmp_path: Path) -> None:
             (tmp_path / name).symlink_to(ROOT / name)
     if not (tmp_path / ".venv").exists():  # tests run from another environment
         (tmp_path / ".venv").symlink_to(sys.prefix)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BEER_PIPELINE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_CLASSIFIER_")}
     log = tmp_path / "snippet.log"
     with log.open("w") as out:
         process = subprocess.Popen(

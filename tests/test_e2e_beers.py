@@ -29,7 +29,7 @@ from tests.conftest import (
     run_cli,
 )
 
-ENDPOINT = "projects/local-project/locations/europe-west1/endpoints/beer-classifier-endpoint"
+ENDPOINT = "projects/local-project/locations/europe-west1/endpoints/beers-classifier-endpoint"
 
 pytestmark = pytest.mark.e2e
 
@@ -91,7 +91,7 @@ def test_model_passes_the_gate_and_is_deployed(first_run: dict) -> None:
     assert 'id="confusion-matrix"' in report and 'id="training-curves"' in report
     assert "serving within its budgets" in first_run["decision"]
     assert first_run["model_version"] == (
-        "projects/local-project/locations/europe-west1/models/beer-classifier@1"
+        "projects/local-project/locations/europe-west1/models/beers-classifier@1"
     )
     assert first_run["endpoint"] == ENDPOINT
 
@@ -114,7 +114,7 @@ def test_the_model_was_served_as_the_endpoint_serves_it_before_it_was_registered
     report = Path(first_run["report"]).read_text()
     assert 'id="serving"' in report
     assert f"p95 {serving['latency_p95_ms']:g} ms (budget 1000 ms)" in report
-    model = json.loads((state / "models/beer-classifier/model.json").read_text())
+    model = json.loads((state / "models/beers-classifier/model.json").read_text())
     [evaluation] = model["versions"][0]["evaluations"]
     assert evaluation["metadata"]["serving"] == serving
 
@@ -164,7 +164,7 @@ def test_endpoint_classifies_the_eval_photos(
 def test_gate_holds_when_the_bar_is_above_the_model(
     state: Path, upload: Upload, first_run: dict, endpoint_url: str
 ) -> None:
-    endpoint_record = state / "endpoints" / "beer-classifier-endpoint.json"
+    endpoint_record = state / "endpoints" / "beers-classifier-endpoint.json"
     before = endpoint_record.read_text()
 
     if first_run["accuracy"] > 0.99:
@@ -184,7 +184,7 @@ def test_gate_holds_when_the_bar_is_above_the_model(
         "report-not-deployed",
     }, "download, preprocess and train are cached on unchanged data; the fingerprint, "
     "evaluate and infra validation never are"
-    model = json.loads((state / "models/beer-classifier/model.json").read_text())
+    model = json.loads((state / "models/beers-classifier/model.json").read_text())
     assert [v["versionId"] for v in model["versions"]] == ["1"]
     assert endpoint_record.read_text() == before
     photo = next(iter(eval_photos(upload.root)))[0]
@@ -196,7 +196,7 @@ def test_gate_holds_when_the_bar_is_above_the_model(
 def test_a_latency_budget_too_low_holds_the_model_back(
     state: Path, upload: Upload, first_run: dict
 ) -> None:
-    endpoint_record = state / "endpoints" / "beer-classifier-endpoint.json"
+    endpoint_record = state / "endpoints" / "beers-classifier-endpoint.json"
     before = endpoint_record.read_text()
 
     held = summary_of(
@@ -219,7 +219,7 @@ def test_weaker_challenger_does_not_replace_the_champion(
 ) -> None:
     """A one-epoch model at a learning rate too small to learn passes a zero bar but loses to
     the served model, so the endpoint keeps serving version 1."""
-    endpoint_record = state / "endpoints" / "beer-classifier-endpoint.json"
+    endpoint_record = state / "endpoints" / "beers-classifier-endpoint.json"
     before = endpoint_record.read_text()
     weak = ["--param", "epochs=1", "--param", "learning_rate=1e-7", "--param", "fine_tune_epochs=0"]
 

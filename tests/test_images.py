@@ -20,7 +20,7 @@ from packaging.utils import canonicalize_name
 from components.images import PLACEHOLDERS, ImageError, ImageSet, Role, is_placeholder
 from tests.test_docker import locked_versions
 
-USER_IMAGE = "us-docker.pkg.dev/acme-ml/pipes/beer-pipeline:1.2"
+USER_IMAGE = "us-docker.pkg.dev/acme-ml/pipes/image-classifier:1.2"
 DIGEST = "sha256:" + "ab" * 32
 ROLE_LOCKS = {
     Role.CPU: "cpu-requirements.lock",
@@ -42,9 +42,9 @@ def test_the_images_are_named_beside_the_gpu_image() -> None:
     images = ImageSet.beside(USER_IMAGE)
     assert images == ImageSet(
         gpu=USER_IMAGE,
-        cpu="us-docker.pkg.dev/acme-ml/pipes/beer-pipeline-cpu:1.2",
-        light="us-docker.pkg.dev/acme-ml/pipes/beer-pipeline-light:1.2",
-        serving="us-docker.pkg.dev/acme-ml/pipes/beer-pipeline-serving:1.2",
+        cpu="us-docker.pkg.dev/acme-ml/pipes/image-classifier-cpu:1.2",
+        light="us-docker.pkg.dev/acme-ml/pipes/image-classifier-light:1.2",
+        serving="us-docker.pkg.dev/acme-ml/pipes/image-classifier-serving:1.2",
     )
     # A registry with a port, no tag; one image named apart.
     other = ImageSet.beside("localhost:5000/img", serving="eu.gcr.io/p/server:3")
@@ -52,7 +52,7 @@ def test_the_images_are_named_beside_the_gpu_image() -> None:
 
 
 def test_a_digest_pinned_image_needs_the_others_named() -> None:
-    pinned = f"us-docker.pkg.dev/acme-ml/pipes/beer-pipeline@{DIGEST}"
+    pinned = f"us-docker.pkg.dev/acme-ml/pipes/image-classifier@{DIGEST}"
     with pytest.raises(ImageError, match="cpu, light, serving"):
         ImageSet.beside(pinned)
     named = {role: f"eu.gcr.io/p/{role}@{DIGEST}" for role in ("cpu", "light", "serving")}
@@ -76,7 +76,7 @@ def test_compile_for_a_registry_leaves_no_placeholder_anywhere(tmp_path: Path) -
     assert "registry.invalid" not in text and "your-project" not in text
     spec = yaml.safe_load(text)
     serving = spec["root"]["inputDefinitions"]["parameters"]["serving_image"]["defaultValue"]
-    assert serving == "us-docker.pkg.dev/acme-ml/pipes/beer-pipeline-serving:1.2"
+    assert serving == "us-docker.pkg.dev/acme-ml/pipes/image-classifier-serving:1.2"
 
 
 @pytest.mark.parametrize(

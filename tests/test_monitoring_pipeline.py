@@ -12,7 +12,7 @@ from components.images import ImageSet
 from pipeline.monitoring_pipeline import PIPELINE_NAME, compile_monitoring_pipeline, main
 from tests.conftest import ROOT, VERTEX_LOCATION, VERTEX_PROJECT
 
-IMAGE = "europe-west4-docker.pkg.dev/test-project/beer/beer-pipeline:0.1.0"
+IMAGE = "europe-west4-docker.pkg.dev/test-project/beer/image-classifier:0.1.0"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ def test_checked_in_pipeline_yaml_equals_a_fresh_compile(tmp_path: Path) -> None
     fresh = tmp_path / "pipeline.yaml"
     compile_pipeline(str(fresh))
     assert (ROOT / "pipeline.yaml").read_text() == fresh.read_text(), (
-        "pipeline.yaml is stale: run `python -m pipeline.compile` and commit it"
+        "pipeline.yaml is stale: `python -m pipeline.compile --placeholder-images`, then commit it"
     )
 
 
@@ -195,7 +195,12 @@ def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spe
         name: parameters[name]["defaultValue"] for name in ("target", "project", "location")
     }
     serving = {name: parameters[name]["defaultValue"] for name in SERVING_PARAMETERS}
+    names = {
+        name: parameters[name]["defaultValue"]
+        for name in ("data_uri", "model_display_name", "endpoint_display_name")
+    }
     assert defaults == {"target": "vertex", "project": "", "location": ""}
+    assert (names["model_display_name"], names["endpoint_display_name"]) == ("", "")
     tasks = spec["root"]["dag"]["tasks"]
     inputs = tasks["resolve-target"]["inputs"]["parameters"]
     assert inputs["job_project"] == {
@@ -206,7 +211,8 @@ def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spe
     }
     gated = _holding(spec, "upload-model")
     for task in (tasks["evaluate-model"], gated["upload-model"], gated["deploy-model"]):
-        for name in ("project", "location"):
+        named = "model_display_name" if task is gated["upload-model"] else "endpoint_display_name"
+        for name in ("project", "location", named):
             source = task["inputs"]["parameters"][name]
             producer = source.get("taskOutputParameter", {}).get("producerTask")
             producer = producer or source["componentInputParameter"]
@@ -215,11 +221,17 @@ def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spe
     resolved = resolve_target.python_func(
         **defaults,
         **serving,
+        **names,
         local_state_dir="",
         job_project="my-project",
         job_location="us-central1",
     )
     assert (resolved.project, resolved.location) == ("my-project", "us-central1")
+    # The challenge's bucket names the model: its folder, "data", says nothing.
+    assert (resolved.model_display_name, resolved.endpoint_display_name) == (
+        "ml6-junior-ml-engineer-challenge-cv-beer-classifier",
+        "ml6-junior-ml-engineer-challenge-cv-beer-classifier-endpoint",
+    )
     explicit = resolve_target.python_func(
         target="vertex",
         project="other",
@@ -228,12 +240,21 @@ def test_a_console_run_with_the_defaults_targets_the_jobs_project_and_region(spe
         job_project="my-project",
         job_location="us-central1",
         **serving,
+        data_uri="gs://acme/photos/mugs",
+        model_display_name="",
+        endpoint_display_name="",
     )
-    assert (explicit.project, explicit.location) == ("other", "europe-west4")
+    assert tuple(explicit) == (
+        "other",
+        "europe-west4",
+        "mugs-classifier",
+        "mugs-classifier-endpoint",
+    )
     with pytest.raises(ValueError, match="needs the pipeline parameters project and location"):
         resolve_target.python_func(
             **defaults,
             **serving,
+            **names,
             local_state_dir="",
             job_project="{{$.pipeline_google_cloud_project_id}}",
             job_location="{{$.pipeline_google_cloud_location}}",

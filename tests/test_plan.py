@@ -82,7 +82,7 @@ def test_fingerprint_follows_every_part_of_the_cache_key(spec: dict) -> None:
     assert task_fingerprint(parameters, other_artifact, component, container) != key
     changed = {**parameters, "min_image_size": 33}
     assert task_fingerprint(changed, artifacts, component, container) != key
-    container.image = "elsewhere/beer-pipeline:2"
+    container.image = "elsewhere/image-classifier:2"
     assert task_fingerprint(parameters, artifacts, component, container) != key
 
 
@@ -172,7 +172,7 @@ def record_run(capsys: pytest.CaptureFixture, spec: dict, data_uri: str, *args: 
                         credentials=AnonymousCredentials(),
                         schema_title=output["artifactType"]["schemaTitle"],
                         display_name=name,
-                        uri=f"gs://beer-pipeline-root/runs/{step['task']}/{name}",
+                        uri=f"gs://image-classifier-root/runs/{step['task']}/{name}",
                     )
                     for name, output in outputs.get("artifacts", {}).items()
                 ]

@@ -248,7 +248,7 @@ def _run_json(*args: str) -> tuple[dict, str]:
 def test_retraining_follows_the_data_under_one_uri(tmp_path: Path) -> None:
     from tests.conftest import write_image
 
-    state, data = tmp_path / "state", make_layout(tmp_path / "data")
+    state, data = tmp_path / "state", make_layout(tmp_path / "mugs")
     command = [
         "--local",
         "--json",
@@ -261,9 +261,14 @@ def test_retraining_follows_the_data_under_one_uri(tmp_path: Path) -> None:
         *("--param", "max_regression=1", "--param", "image_size=32"),
         *("--param", "epochs=2", "--param", "fine_tune_epochs=0"),
     ]
-    endpoint_record = state / "endpoints/beer-classifier-endpoint.json"
+    endpoint_record = state / "endpoints/mugs-classifier-endpoint.json"
     first, _ = _run_json(*command)
-    assert first["model_version"].endswith("@1")
+    # Named after the data's folder, as no name was given.
+    assert (first["model_display_name"], first["endpoint_display_name"]) == (
+        "mugs-classifier",
+        "mugs-classifier-endpoint",
+    )
+    assert first["model_version"].endswith("/models/mugs-classifier@1")
     served = endpoint_record.read_text()
 
     # The same images: every step up to train is cached; nothing is registered or redeployed.
@@ -288,9 +293,9 @@ def test_retraining_follows_the_data_under_one_uri(tmp_path: Path) -> None:
     retrained, log = _run_json(*command)
     assert {"download-data", "train-model"} <= set(retrained["step_seconds"])
     assert retrained["model_version"].endswith("@2")
-    record = json.loads((state / "models/beer-classifier/model.json").read_text())
+    record = json.loads((state / "models/mugs-classifier/model.json").read_text())
     assert [v["versionId"] for v in record["versions"]] == ["1", "2"]
-    assert json.loads(endpoint_record.read_text())["trafficSplit"] == {"beer-classifier-v2": 100}
+    assert json.loads(endpoint_record.read_text())["trafficSplit"] == {"mugs-classifier-v2": 100}
 
 
 @pytest.mark.slow

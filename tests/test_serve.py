@@ -285,16 +285,16 @@ def test_metrics_count_requests_errors_batches_and_versions(
     after = scrape()
     connection.close()
 
-    ok = 'beer_serving_requests_total{code="200",handler="predict"}'
-    bad = 'beer_serving_request_errors_total{code="400",handler="predict"}'
+    ok = 'image_classifier_serving_requests_total{code="200",handler="predict"}'
+    bad = 'image_classifier_serving_request_errors_total{code="400",handler="predict"}'
     assert metric(after, ok) - metric(before, ok) == 1
     assert metric(after, bad) - metric(before, bad) == 1
-    batches = "beer_serving_batch_size_sum"
+    batches = "image_classifier_serving_batch_size_sum"
     assert metric(after, batches) - metric(before, batches) == 3
-    assert metric(after, 'beer_serving_request_latency_seconds_count{handler="predict"}') >= 2
-    assert 'beer_serving_model_info{deployed_model_id="beer-v1",model_version="beer@1"} 1.0' in (
-        after
-    )
+    latency = 'image_classifier_serving_request_latency_seconds_count{handler="predict"}'
+    assert metric(after, latency) >= 2
+    info = 'image_classifier_serving_model_info{deployed_model_id="beer-v1",model_version="beer@1"}'
+    assert f"{info} 1.0" in after
 
 
 def test_openapi_page_and_models_describe_the_routes(server: ServerProcess) -> None:
@@ -311,6 +311,7 @@ def test_openapi_page_and_models_describe_the_routes(server: ServerProcess) -> N
     assert listed["models"] == [
         {
             "name": ENDPOINT,
+            "displayName": "beer",
             "predictPath": PREDICT,
             "classNames": ["0astronaut", "1cat", "2coffee", "3rocket"],
         }

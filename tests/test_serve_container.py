@@ -19,6 +19,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from bench.serve_load import ServerProcess, server_process
+from components.lib.serving.routing import MODEL_DISPLAY_NAME_ENV
 from tests.conftest import ROOT, upload_folder
 from tests.vertex_emulator.storage import free_port
 
@@ -60,6 +61,7 @@ def container_env(gcs_emulator: str, storage_uri: str) -> dict[str, str]:
         "AIP_PREDICT_ROUTE": PREDICT_ROUTE,
         "AIP_HEALTH_ROUTE": HEALTH_ROUTE,
         "AIP_DEPLOYED_MODEL_ID": "456",
+        MODEL_DISPLAY_NAME_ENV: "mugs-classifier",  # set by the upload (targets/vertex.py)
         "STORAGE_EMULATOR_HOST": gcs_emulator,
         "FSSPEC_GS_TOKEN": "anon",
     }
@@ -117,6 +119,12 @@ def test_answers_the_challenge_test_json(
     assert "model" not in answer  # not known inside a container: Vertex AI adds it
     fingerprint = model_fingerprint(str(demo_model_dir))
     assert response.headers["X-Model-Version"] == f"sha256:{fingerprint}"
+
+
+def test_the_page_is_titled_by_the_registered_model(container) -> None:
+    server, _ = container
+    listed = requests.get(server.url + "/models", timeout=30).json()["models"]
+    assert [(m["name"], m["displayName"]) for m in listed] == [("model", "mugs-classifier")]
 
 
 def test_only_the_aip_routes_predict(container) -> None:

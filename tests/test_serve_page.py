@@ -114,6 +114,8 @@ def test_a_picked_photo_shows_its_class_and_probabilities(
     assert bars[0] > 10 * bars[-1], f"bar widths {bars} do not follow the probabilities"
     assert browser.find_element(By.ID, "version").text == "version beer@1"
     assert browser.find_element(By.ID, "model").text == "beer-endpoint"
+    # Titled by the served model's display name, not by a product name.
+    assert browser.find_element(By.ID, "title").text == "beer" and browser.title == "beer"
 
     # The class name and the probability bars are drawn in the accent colour.
     added = accent_pixels(browser, tmp_path / "after.png") - before

@@ -38,7 +38,7 @@ SORTED_NAMES = [
 ]
 """Sorted by code point: capitals before lower case, so Orval's index moves from 1 to 4."""
 QUICK = ["--param", "epochs=8", "--param", "fine_tune_epochs=0", "--param", "image_size=160"]
-ENDPOINT = "projects/local-project/locations/europe-west1/endpoints/beer-classifier-endpoint"
+ENDPOINT = "projects/local-project/locations/europe-west1/endpoints/beers-classifier-endpoint"
 
 
 def run_pipeline(state: Path, data: Path | str, *args: str) -> tuple[dict, str]:
@@ -86,8 +86,8 @@ def three_class_run(
     """Three classes under display names against the served 5-class model; the endpoint
     record before the run is returned with the run's summary and output."""
     folder = tmp_path_factory.mktemp("three-classes")
-    before = (state / "endpoints/beer-classifier-endpoint.json").read_text()
-    three = import_csv(folder / "three.csv", beer_data_dir, list(DISPLAY_NAMES)[:3])
+    before = (state / "endpoints/beers-classifier-endpoint.json").read_text()
+    three = import_csv(folder / "beers.csv", beer_data_dir, list(DISPLAY_NAMES)[:3])
     summary, stdout = run_pipeline(state, three, "--min-accuracy", "0.5")
     return summary, stdout, before
 
@@ -127,7 +127,7 @@ def test_train_only_folder_carves_an_eval_split_and_deploys(
         f"carved from train: {carved} images, 20% of each class (eval_fraction 0.2, seed 42)"
     )
     assert train_only_run["accuracy"] >= 0.7  # head only, a few epochs: quick, not the best
-    assert train_only_run["model_version"].endswith("/models/beer-classifier@1")
+    assert train_only_run["model_version"].endswith("/models/beers-classifier@1")
 
 
 def test_a_three_class_model_is_not_deployed_over_the_five_class_one(
@@ -147,7 +147,7 @@ def test_a_three_class_model_is_not_deployed_over_the_five_class_one(
     page = Path(summary["report"]).read_text()
     assert "a model serves but could not be compared: it was trained on 5 classes" in page
     assert "none served" not in page
-    assert (state / "endpoints/beer-classifier-endpoint.json").read_text() == endpoint_before
+    assert (state / "endpoints/beers-classifier-endpoint.json").read_text() == endpoint_before
 
 
 def test_display_names_replace_the_served_model_only_when_allowed(
@@ -157,8 +157,8 @@ def test_display_names_replace_the_served_model_only_when_allowed(
     assert "allow_class_change is set: deploy" in vertex_run["decision"]
     assert vertex_run["eval_split"] == "the import file's test rows"
     assert vertex_run["eval_images"] == 97
-    assert vertex_run["model_version"].endswith("/models/beer-classifier@2")
-    record = json.loads((state / "models/beer-classifier/model.json").read_text())
+    assert vertex_run["model_version"].endswith("/models/beers-classifier@2")
+    record = json.loads((state / "models/beers-classifier/model.json").read_text())
     labels = record["versions"][1]["labels"]
     assert labels["gate_allow_class_change"] == "true"
     assert labels["champion_status"] == "not_comparable"
@@ -168,7 +168,7 @@ def test_display_names_replace_the_served_model_only_when_allowed(
 def test_the_endpoint_serves_the_display_names_in_sorted_order(
     endpoint_url: str, state: Path, beer_data_dir: Path
 ) -> None:
-    served = ServingModel(str(state / "models/beer-classifier/versions/2"))
+    served = ServingModel(str(state / "models/beers-classifier/versions/2"))
     assert served.class_names == SORTED_NAMES
     right = total = 0
     for folder, name in DISPLAY_NAMES.items():

@@ -25,7 +25,7 @@ from components.lib.serving.tf_serving import TFServingError, load_like_tf_servi
 from tests.conftest import ROOT, beer_photos, sample_photos
 
 # A Python whose TensorFlow is that of the serving image (.ci/run makes one with 2.15.1).
-SERVING_TF_PYTHON_ENV = "BEER_SERVING_TF_PYTHON"
+SERVING_TF_PYTHON_ENV = "IMAGE_CLASSIFIER_SERVING_TF_PYTHON"
 TOLERANCE = 1e-5
 
 

@@ -310,7 +310,7 @@ def test_every_tuning_step_returns_the_studys_parameters(spec: dict) -> None:
 def test_a_trial_runs_the_trial_module_in_the_pipeline_image_on_the_train_jobs_machine() -> None:
     settings = {"training": {"epochs": 3}, "image_size": 0, "validation_fraction": 0.1}
     [pool] = worker_pool_specs(
-        "europe-docker.pkg.dev/p/r/beer-pipeline:1",
+        "europe-docker.pkg.dev/p/r/image-classifier:1",
         "gs://b/validated",
         settings,
         "n1-standard-8",
@@ -325,7 +325,7 @@ def test_a_trial_runs_the_trial_module_in_the_pipeline_image_on_the_train_jobs_m
         },
         "replica_count": 1,
         "container_spec": {
-            "image_uri": "europe-docker.pkg.dev/p/r/beer-pipeline:1",
+            "image_uri": "europe-docker.pkg.dev/p/r/image-classifier:1",
             "command": ["python3", "-m", TRIAL_MODULE],
             "args": ["--raw-data", "gs://b/validated", "--settings", json.dumps(settings)],
         },
@@ -549,7 +549,7 @@ def test_a_vertex_tuning_job_runs_its_trials_and_the_best_one_is_read_back(
 
 
 def test_trials_run_in_the_compiled_image_on_the_train_jobs_machine(tmp_path: Path) -> None:
-    image = "europe-west1-docker.pkg.dev/my-project/beer-pipeline/beer-pipeline:test"
+    image = "europe-west1-docker.pkg.dev/my-project/image-classifier/image-classifier:test"
     resources = TrainResources(machine_type="g2-standard-8", accelerator_type="NVIDIA_L4")
     path = compile_pipeline(str(tmp_path / "pipeline.yaml"), resources, ImageSet.beside(image))
     _, tasks = _branch(yaml.safe_load(Path(path).read_text()), "tuning-job-spec")

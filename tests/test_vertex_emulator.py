@@ -260,7 +260,7 @@ def test_started_by_hand_it_prints_settings_that_reach_it(tmp_path: Path) -> Non
     from tests.conftest import ROOT
 
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "tests.vertex_emulator", "--bucket", "beer-pipeline"],
+        [sys.executable, "-m", "tests.vertex_emulator", "--bucket", "image-classifier"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -272,7 +272,7 @@ def test_started_by_hand_it_prints_settings_that_reach_it(tmp_path: Path) -> Non
             assert line, f"the emulator stopped: {''.join(lines)}"
             lines.append(line)
         exports = dict(re.findall(r"^  export (\w+)=(\S+)$", "".join(lines), re.MULTILINE))
-        assert os.path.isdir(Path(exports["BEER_GCS_MOUNT_ROOT"]) / "beer-pipeline")
+        assert os.path.isdir(Path(exports["IMAGE_CLASSIFIER_GCS_MOUNT_ROOT"]) / "image-classifier")
         client = (
             "from google.cloud import aiplatform\n"
             "from components.lib.targets.vertex import call_vertex\n"

@@ -43,12 +43,12 @@ from tests.vertex_emulator.serving import image_name
 pytestmark = [
     pytest.mark.vertex_emulator,
     # Where the images are built, this runs in the container tier, its endpoints on the built
-    # serving image (BEER_EMULATOR_SERVING_IMAGE).
-    *([pytest.mark.container] if os.environ.get("BEER_CONTAINER_TESTS") else []),
+    # serving image (IMAGE_CLASSIFIER_EMULATOR_SERVING_IMAGE).
+    *([pytest.mark.container] if os.environ.get("IMAGE_CLASSIFIER_CONTAINER_TESTS") else []),
 ]
 
-BUCKET = "beer-pipeline"
-ENDPOINT = "beer-classifier-endpoint"
+BUCKET = "image-classifier"
+ENDPOINT = "beers-classifier-endpoint"
 PIPELINE_ROOT = f"gs://{BUCKET}/root"
 FIRST_SHARE = 0.7  # of each class's training photos in the first run; the second run has all
 # Cheap training: head epochs on cached backbone features (0.1 s each), no fine-tuning, 160 px.
@@ -66,8 +66,8 @@ def emulator(
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
         for name in ("PROJECT", "REGION", "PIPELINE_ROOT", "SERVICE_ACCOUNT", "EXPERIMENT"):
-            monkeypatch.delenv(f"BEER_PIPELINE_{name}", raising=False)
-        monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(mount_root / "absent.yaml"))
+            monkeypatch.delenv(f"IMAGE_CLASSIFIER_{name}", raising=False)
+        monkeypatch.setenv("IMAGE_CLASSIFIER_CONFIG", str(mount_root / "absent.yaml"))
         client = storage.Client(credentials=AnonymousCredentials(), project="test")
         if client.lookup_bucket(BUCKET) is None:
             client.create_bucket(BUCKET)
@@ -80,7 +80,7 @@ def emulator(
 @pytest.fixture(scope="module")
 def data(beer_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The beer photos with part of each class's training photos held back for later."""
-    root = tmp_path_factory.mktemp("beers") / "data"
+    root = tmp_path_factory.mktemp("vertex-data") / "beers"
     shutil.copytree(beer_data_dir / "eval", root / "eval")
     for class_dir in sorted((beer_data_dir / "train").iterdir()):
         photos = sorted(class_dir.iterdir())

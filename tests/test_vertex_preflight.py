@@ -34,13 +34,13 @@ def run_isolated(
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("BEER_PIPELINE_", "GOOGLE_", "CLOUDSDK_"))
+        if not key.startswith(("IMAGE_CLASSIFIER_", "GOOGLE_", "CLOUDSDK_"))
     }
     env.update(
         HOME=str(tmp_path / "home"),
         CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
-        BEER_PIPELINE_CONFIG=str(tmp_path / "absent.yaml"),
-        BEER_PIPELINE_STATE_DIR=str(tmp_path / "state"),
+        IMAGE_CLASSIFIER_CONFIG=str(tmp_path / "absent.yaml"),
+        IMAGE_CLASSIFIER_STATE_DIR=str(tmp_path / "state"),
         PYTHONPATH=str(ROOT),
     )
     if credentials:
@@ -83,7 +83,7 @@ TEMPLATES = "https://europe-west4-kfp.pkg.dev/test-project/pipelines"
 WITHOUT_NETWORK_FIRST = {
     **COMMANDS,
     # Their first request downloads or uploads a template, not a Vertex AI call.
-    "template": [*SETTINGS[:6], "--template", f"{TEMPLATES}/beer-classifier-training@v1"],
+    "template": [*SETTINGS[:6], "--template", f"{TEMPLATES}/image-classifier-training@v1"],
     "publish": ["publish", "--repository", TEMPLATES, *SETTINGS[6:8]],
 }
 

@@ -79,11 +79,11 @@ def test_serving_image_keyword_picks_the_prebuilt_image(vertex_emulator: VertexE
 
 def test_labels_and_aliases_follow_vertex_rules() -> None:
     assert label_value("0.9691") == "0-9691"
-    assert label_value("Beer-Classifier-Training-20261121" + "x" * 60) == (
-        "beer-classifier-training-20261121" + "x" * 30
+    assert label_value("Image-Classifier-Training-20261121" + "x" * 60) == (
+        "image-classifier-training-20261121" + "x" * 29
     )
-    assert version_alias("beer-classifier-training-20261121060000") == (
-        "beer-classifier-training-20261121060000"
+    assert version_alias("image-classifier-training-20261121060000") == (
+        "image-classifier-training-20261121060000"
     )
     assert version_alias("20261121_run") == "run-20261121-run"
 
@@ -225,7 +225,7 @@ def test_steps_output_vertex_artifacts_for_lineage(
             gate={"min_accuracy": 0.8, "max_regression": 0.01, "allow_class_change": False},
         ),
         model_display_name="beer",
-        pipeline_job="beer-classifier-training-20261121",
+        pipeline_job="image-classifier-training-20261121",
         serving_image=PLACEHOLDERS.serving,
         accelerator_type="NVIDIA_TESLA_T4",
         local_state_dir="",
@@ -237,7 +237,7 @@ def test_steps_output_vertex_artifacts_for_lineage(
     assert container.image_uri == PLACEHOLDERS.serving
     assert (container.predict_route, container.health_route) == ("/predict", "/health")
     assert [port.container_port for port in container.ports] == [8080]
-    assert "beer-classifier-training-20261121" in request.model.version_aliases
+    assert "image-classifier-training-20261121" in request.model.version_aliases
     assert request.model.labels["champion_accuracy"] == "0-9300"
     assert {key: request.model.labels[key] for key in request.model.labels if "gate" in key} == {
         "gate_min_accuracy": "0-8000",
@@ -447,7 +447,7 @@ def test_a_version_keeps_its_edge_models_under_its_artifact_uri(
             tflite=[{**manifest[0], "accuracy": 0.9691}, {**manifest[1], "accuracy": 0.9588}],
         ),
         model_display_name="beer-edge",
-        pipeline_job="beer-classifier-training-20261122",
+        pipeline_job="image-classifier-training-20261122",
         serving_image=PLACEHOLDERS.serving,
         accelerator_type="",
         local_state_dir="",

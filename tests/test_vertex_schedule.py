@@ -28,7 +28,7 @@ def test_schedule_is_created_then_updated_not_duplicated(
     job = created.schedule.create_pipeline_job_request.pipeline_job
     assert job.pipeline_spec["pipelineInfo"]["name"] == PIPELINE_NAME
     assert job.runtime_config.parameter_values["target"] == "vertex"
-    assert job.runtime_config.gcs_output_directory == "gs://beer-pipeline-root/runs"
+    assert job.runtime_config.gcs_output_directory == "gs://image-classifier-root/runs"
 
     argv = ["schedule", "--cron", "0 4 * * *", *SETTINGS, "--param", "epochs=5"]
     assert main([*argv, "--service-account", account]) == 0

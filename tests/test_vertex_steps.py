@@ -52,7 +52,7 @@ def test_a_champion_in_cloud_storage_is_read_through_the_storage_seam(
     mirrored = mount / uri.removeprefix("gs://")
     mirrored.parent.mkdir(parents=True)
     mirrored.symlink_to(model_dir, target_is_directory=True)
-    monkeypatch.setenv("BEER_GCS_MOUNT_ROOT", str(mount))
+    monkeypatch.setenv("IMAGE_CLASSIFIER_GCS_MOUNT_ROOT", str(mount))
     assert local_copy(uri) == str(mirrored)
     assert evaluate_champion(uri, str(data_dir)).accuracy == expected
 

@@ -36,7 +36,7 @@ from tests.vertex_emulator import VertexEmulator
 
 ACCOUNT = "trainer@test-project.iam.gserviceaccount.com"
 PARENT = f"projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
-IMAGE = "europe-west4-docker.pkg.dev/test-project/beer/beer-pipeline:1"
+IMAGE = "europe-west4-docker.pkg.dev/test-project/beer/image-classifier:1"
 DOCS = ROOT / "docs" / "vertex-iam.md"
 
 
@@ -152,7 +152,7 @@ def test_the_iam_page_grants_what_each_feature_of_the_compiled_spec_needs(
 def test_a_gpu_gets_its_familys_machine_or_a_one_line_refusal(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    image = "us-docker.pkg.dev/acme-ml/pipes/beer-pipeline:1.2"
+    image = "us-docker.pkg.dev/acme-ml/pipes/image-classifier:1.2"
     output = tmp_path / "p.yaml"
     compile_main(
         ["--image", image, "--accelerator-type", "NVIDIA_L4", "--spot", "--output", str(output)]
@@ -217,8 +217,16 @@ def test_the_first_step_refuses_serving_settings_the_deploy_would() -> None:
         "serving_accelerator_count": 0,
         "traffic_percentage": 100,
         "serving_service_account": "",
+        "data_uri": "gs://acme-mugs/data",
+        "model_display_name": "",
+        "endpoint_display_name": "",
     }
-    assert tuple(resolve_target.python_func(**target)) == ("p", "europe-west4")
+    assert tuple(resolve_target.python_func(**target)) == (
+        "p",
+        "europe-west4",
+        "acme-mugs-classifier",
+        "acme-mugs-classifier-endpoint",
+    )
     with pytest.raises(ValueError, match=r"traffic_percentage must be 1\.\.100"):
         resolve_target.python_func(**{**target, "traffic_percentage": 150})
     with pytest.raises(ValueError, match="cannot attach to n1-standard-2"):

@@ -92,7 +92,7 @@ def test_settings_come_from_environment_and_config_file(
         f"region: {VERTEX_LOCATION}\npipeline_root: {ROOT_URI}\nlabels:\n  team: vision\n"
         f"image: {VERTEX_IMAGE}\n"
     )
-    monkeypatch.setenv("BEER_PIPELINE_PROJECT", VERTEX_PROJECT)
+    monkeypatch.setenv("IMAGE_CLASSIFIER_PROJECT", VERTEX_PROJECT)
     assert main(["--config", str(config)]) == 0
     job = vertex_emulator.calls("CreatePipelineJob")[0].pipeline_job
     assert job.runtime_config.gcs_output_directory == ROOT_URI
@@ -132,9 +132,9 @@ def test_wait_follows_the_job_and_fails_with_it(
 @pytest.mark.parametrize(
     ("missing", "message"),
     [
-        ("--project", "missing setting project (--project, BEER_PIPELINE_PROJECT or 'project'"),
-        ("--region", "missing setting region (--region, BEER_PIPELINE_REGION"),
-        ("--pipeline-root", "missing setting pipeline_root (--pipeline-root, BEER_PIPELINE_"),
+        ("--project", "missing setting project (--project, IMAGE_CLASSIFIER_PROJECT or 'project'"),
+        ("--region", "missing setting region (--region, IMAGE_CLASSIFIER_REGION"),
+        ("--pipeline-root", "missing setting pipeline_root (--pipeline-root, IMAGE_CLASSIFIER_"),
     ],
 )
 def test_missing_required_setting_is_one_line_naming_it(
@@ -183,9 +183,9 @@ def test_cli_without_settings_says_all_that_is_missing_in_one_line(
 ) -> None:
     assert main(["--config", str(tmp_path / "absent.yaml"), "--region", "mars-1"]) == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("error: missing settings project (--project, BEER_PIPELINE_PROJECT")
+    assert line.startswith("error: missing settings project (--project, IMAGE_CLASSIFIER_PROJECT")
     assert "pipeline_root (--pipeline-root" in line and "add --local" in line
-    assert "image (--image, BEER_PIPELINE_IMAGE" in line
+    assert "image (--image, IMAGE_CLASSIFIER_IMAGE" in line
     assert "region 'mars-1' is not a Vertex AI region" in line
 
 
@@ -200,9 +200,9 @@ def test_flags_win_over_environment_which_wins_over_config(
         "project: from-config\nregion: us-central1\npipeline_root: gs://config\n"
         f"image: {VERTEX_IMAGE}\n"
     )
-    monkeypatch.setenv("BEER_PIPELINE_CONFIG", str(config))
-    monkeypatch.setenv("BEER_PIPELINE_REGION", "europe-west4")
-    monkeypatch.setenv("BEER_PIPELINE_IMAGE", "eu.gcr.io/p/img:1")
+    monkeypatch.setenv("IMAGE_CLASSIFIER_CONFIG", str(config))
+    monkeypatch.setenv("IMAGE_CLASSIFIER_REGION", "europe-west4")
+    monkeypatch.setenv("IMAGE_CLASSIFIER_IMAGE", "eu.gcr.io/p/img:1")
     settings = vertex_settings(_parser().parse_args(["--project", "from-flag"]))
     assert (settings.project, settings.region, settings.pipeline_root, settings.image) == (
         "from-flag",

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mount-root",
         help="folder that stands in for the /gcs/ FUSE mount of the GCS emulator "
-        "(default: a temporary one); export it as BEER_GCS_MOUNT_ROOT",
+        "(default: a temporary one); export it as IMAGE_CLASSIFIER_GCS_MOUNT_ROOT",
     )
     parser.add_argument(
         "--bucket",
@@ -102,9 +102,9 @@ projects (ID = number in resource names): {numbers}
 
 In the shell that runs the pipeline or the SDK:
   export GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={cert}
-  export BEER_VERTEX_EMULATOR_HOST={host}
+  export IMAGE_CLASSIFIER_VERTEX_EMULATOR_HOST={host}
   export STORAGE_EMULATOR_HOST={gcs_url}
-  export BEER_GCS_MOUNT_ROOT={mount_root}
+  export IMAGE_CLASSIFIER_GCS_MOUNT_ROOT={mount_root}
   export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false
 
 In Python:

@@ -283,8 +283,8 @@ def image_name(uri: str) -> str:
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_SERVING_COMMAND = (sys.executable, "-m", "pipeline.serve")
 """The project's serving image's entrypoint (docker/Dockerfile.serving), run from this checkout."""
-SERVING_IMAGE_ENV = "BEER_EMULATOR_SERVING_IMAGE"
-"""A built serving image (e.g. ``localhost/beer-pipeline-serving:0.1.0``): when set, the
+SERVING_IMAGE_ENV = "IMAGE_CLASSIFIER_EMULATOR_SERVING_IMAGE"
+"""A built serving image (e.g. ``localhost/image-classifier-serving:0.1.0``): when set, the
 project's serving image runs as that container (podman, the host's network), as on Vertex AI,
 instead of the checkout's server."""
 CONTAINER_VARIABLES = (

@@ -2,8 +2,8 @@
 
 ``CloudStorage`` reads the GCS emulator (``gcp-storage-emulator``) with google-cloud-storage.
 ``MountMirror`` plays Cloud Storage FUSE for a local run: kfp.local writes the steps' outputs under
-``<mount root>/<bucket>/...`` (the ``/gcs/`` convention, ``BEER_GCS_MOUNT_ROOT``), and the
-mirror uploads what was written to the GCS emulator before Vertex AI reads it, as gcsfuse
+``<mount root>/<bucket>/...`` (the ``/gcs/`` convention, ``IMAGE_CLASSIFIER_GCS_MOUNT_ROOT``), and
+the mirror uploads what was written to the GCS emulator before Vertex AI reads it, as gcsfuse
 uploads a file when it is closed. Only the prefix being read is synchronised.
 """
 

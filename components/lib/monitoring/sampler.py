@@ -24,7 +24,7 @@ from components.lib.storage import filesystem
 
 logger = logging.getLogger(__name__)
 
-MONITORING_URI_ENV = "BEER_MONITORING_URI"
+MONITORING_URI_ENV = "IMAGE_CLASSIFIER_MONITORING_URI"
 """Set in the serving container's environment by the model's upload: the folder under which each
 deployed model's samples go (``<folder>/<deployed model id>``)."""
 SAMPLE_SUFFIX = ".npz"

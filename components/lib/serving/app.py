@@ -390,23 +390,30 @@ def create_app(
         summary: What this server predicts with, for the page at /
         description: Each model's predict path and class names (index = CLASSES).
         responses:
-          200: {description: '{"models": [{"name", "predictPath", "classNames"}]}'}
+          200: {description: '{"models": [{"name", "displayName", "predictPath", "classNames"}]}'}
         """
         if container:
-            served = [("model", container.predict_route, container.storage_uri)]
+            served = [("model", container.predict_route, container.deployment())]
         else:
             served = []
             for name in router.endpoint_names():
                 _, project, _, location, _, endpoint_id = name.split("/")
                 try:
-                    uri = router.route(project, location, endpoint_id).artifact_uri
+                    deployment = router.route(project, location, endpoint_id)
                 except NothingDeployedError:
                     continue
-                served.append((name, f"/v1/{name}:predict", uri))
+                served.append((name, f"/v1/{name}:predict", deployment))
         listed = []
-        for name, path, uri in served:
-            class_names = await asyncio.to_thread(_class_names, uri)
-            listed.append({"name": name, "predictPath": path, "classNames": class_names})
+        for name, path, deployment in served:
+            class_names = await asyncio.to_thread(_class_names, deployment.artifact_uri)
+            listed.append(
+                {
+                    "name": name,
+                    "displayName": deployment.model_display_name,
+                    "predictPath": path,
+                    "classNames": class_names,
+                }
+            )
         return JSONResponse({"models": listed})
 
     async def page(request: Request) -> Response:
@@ -456,7 +463,7 @@ def create_app(
     schema = SchemaGenerator(
         {
             "openapi": "3.0.0",
-            "info": {"title": "Beer classifier prediction server", "version": "1"},
+            "info": {"title": "Image classifier prediction server", "version": "1"},
             "components": {"schemas": _SCHEMAS},
         }
     ).get_schema(routes)

@@ -28,23 +28,26 @@ class ServingMetrics:
         self.registry = CollectorRegistry()
         labels = ("handler", "code")
         self.requests = Counter(
-            "beer_serving_requests", "HTTP requests answered", labels, registry=self.registry
+            "image_classifier_serving_requests",
+            "HTTP requests answered",
+            labels,
+            registry=self.registry,
         )
         self.errors = Counter(
-            "beer_serving_request_errors",
+            "image_classifier_serving_request_errors",
             "HTTP requests answered with a status of 400 or more",
             labels,
             registry=self.registry,
         )
         self.latency = Histogram(
-            "beer_serving_request_latency_seconds",
+            "image_classifier_serving_request_latency_seconds",
             "Time from a request's start to its answer",
             ("handler",),
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "beer_serving_batch_size",
+            "image_classifier_serving_batch_size",
             "Instances per model call (dynamic batching joins concurrent requests)",
             buckets=BATCH_BUCKETS,
             registry=self.registry,
@@ -52,20 +55,20 @@ class ServingMetrics:
         # Per deployed version, as Cloud Monitoring's prediction metrics are: what the canary
         # review reads (``monitoring.canary``).
         self.deployed_requests = Counter(
-            "beer_serving_deployed_model_requests",
+            "image_classifier_serving_deployed_model_requests",
             "Prediction requests that a deployed version answered, by status",
             ("deployed_model_id", "code"),
             registry=self.registry,
         )
         self.deployed_latency = Histogram(
-            "beer_serving_deployed_model_latency_seconds",
+            "image_classifier_serving_deployed_model_latency_seconds",
             "Time from a prediction request's start to its answer, per deployed version",
             ("deployed_model_id",),
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
         self.model_info = Gauge(
-            "beer_serving_model_info",
+            "image_classifier_serving_model_info",
             "1 for each model version loaded and serving",
             ("model_version", "deployed_model_id"),
             registry=self.registry,

@@ -58,6 +58,9 @@ class EndpointRouter(Protocol):
 CONTAINER_PORT = 8080
 CONTAINER_PREDICT_ROUTE = "/predict"
 CONTAINER_HEALTH_ROUTE = "/health"
+MODEL_DISPLAY_NAME_ENV = "IMAGE_CLASSIFIER_MODEL_DISPLAY_NAME"
+"""The registered model's display name, which the upload sets in the serving container's
+environment (Vertex AI sets no such variable): the try-it page's title."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class ContainerModel:
     predict_route: str = CONTAINER_PREDICT_ROUTE
     health_route: str = CONTAINER_HEALTH_ROUTE
     deployed_model_id: str = ""
+    model_display_name: str = ""
 
     def deployment(self) -> Deployment:
-        return Deployment(self.storage_uri, deployed_model_id=self.deployed_model_id)
+        return Deployment(
+            self.storage_uri,
+            deployed_model_id=self.deployed_model_id,
+            model_display_name=self.model_display_name,
+        )

@@ -2,9 +2,9 @@
 
 Every read of an artifact or a model by URI goes through here, so the ``gs://`` rule lives in one
 place. On Vertex AI a ``gs://bucket/x`` artifact is also at ``/gcs/bucket/x`` (Cloud Storage FUSE);
-``BEER_GCS_MOUNT_ROOT`` points that root elsewhere (a test's local mirror). Where no mount holds
-the object (a serving container given ``AIP_STORAGE_URI``, a laptop), ``local_copy`` downloads it
-with gcsfs instead. Listing and bulk copies use fsspec, which picks gcsfs for ``gs://``.
+``IMAGE_CLASSIFIER_GCS_MOUNT_ROOT`` points that root elsewhere (a test's local mirror). Where no
+mount holds the object (a serving container given ``AIP_STORAGE_URI``, a laptop), ``local_copy``
+downloads it with gcsfs instead. Listing and bulk copies use fsspec, which picks gcsfs for ``gs://``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 GCS_SCHEME = "gs://"
-GCS_MOUNT_ROOT_ENV = "BEER_GCS_MOUNT_ROOT"
+GCS_MOUNT_ROOT_ENV = "IMAGE_CLASSIFIER_GCS_MOUNT_ROOT"
 DEFAULT_GCS_MOUNT_ROOT = "/gcs"
 
 # gcsfs 2026.x otherwise calls the Storage Control gRPC API first, which hangs against any
@@ -243,7 +243,7 @@ def local_copy(uri: str, cache_root: str | None = None) -> str:
         for name, info in objects.items()
     )
     key = hashlib.sha256(repr((uri, listing)).encode()).hexdigest()[:16]
-    root = cache_root or os.path.join(tempfile.gettempdir(), "beer-storage-cache")
+    root = cache_root or os.path.join(tempfile.gettempdir(), "image-classifier-storage-cache")
     destination = os.path.join(root, key, os.path.basename(path.rstrip("/")))
     if not os.path.exists(destination):
         partial = f"{destination}.partial-{os.getpid()}"

@@ -76,15 +76,16 @@ class Registration:
     """Where a run registers and serves its model, and under which names (the pipeline
     parameters of the same names): ``target`` (``local`` or ``vertex``), the project and region
     (empty: the pipeline job's own), the local registry's folder (target ``local``), the model
-    and endpoint display names. (The prediction image's default is the serving image built
-    beside the steps' images: ``components.images``, compiled in.)"""
+    and endpoint display names (empty: named after the data, ``naming.display_names``). (The
+    prediction image's default is the serving image built beside the steps' images:
+    ``components.images``, compiled in.)"""
 
     target: str = VERTEX
     project: str = ""
     location: str = ""
     local_state_dir: str = ""
-    model_display_name: str = "beer-classifier"
-    endpoint_display_name: str = "beer-classifier-endpoint"
+    model_display_name: str = ""
+    endpoint_display_name: str = ""
 
 
 DEFAULT_ALIAS = "default"
@@ -255,7 +256,7 @@ class ModelEvaluationRecord:
 def split_reference(reference: str) -> tuple[str, str]:
     """What a person types for a version, ``MODEL[@VERSION|@ALIAS]``, as (model, version).
 
-    ``MODEL`` is a display name (``beer-classifier``), a model id, or a resource name
+    ``MODEL`` is a display name (``mugs-classifier``), a model id, or a resource name
     (``projects/P/locations/L/models/M``); after ``@`` comes a version id (``3``) or an alias
     (``champion``); without it, the ``default`` alias (the newest upload), as Vertex AI reads it.
     """

@@ -30,7 +30,7 @@ from components.lib.monitoring.canary import (
 from components.lib.storage import filesystem
 from components.lib.targets.base import Deployment, ModelVersion, most_traffic
 
-MONITORING_API_ENV = "BEER_MONITORING_API"
+MONITORING_API_ENV = "IMAGE_CLASSIFIER_MONITORING_API"
 """Cloud Monitoring's base URL (default https://monitoring.googleapis.com; the emulator's in
 tests)."""
 PREDICTION_METRICS = "aiplatform.googleapis.com/prediction/online/"
@@ -72,11 +72,11 @@ def served_from_prometheus(text: str) -> dict[str, Served]:
             deployed = sample.labels.get("deployed_model_id")
             if deployed is None:
                 continue
-            if sample.name == "beer_serving_deployed_model_requests_total":
+            if sample.name == "image_classifier_serving_deployed_model_requests_total":
                 requests[deployed] = requests.get(deployed, 0) + int(sample.value)
                 if sample.labels["code"].startswith("5"):
                     errors[deployed] = errors.get(deployed, 0) + int(sample.value)
-            elif sample.name == "beer_serving_deployed_model_latency_seconds_bucket":
+            elif sample.name == "image_classifier_serving_deployed_model_latency_seconds_bucket":
                 bound = float(sample.labels["le"])
                 buckets.setdefault(deployed, []).append((bound * 1000, sample.value))
     return {

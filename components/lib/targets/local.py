@@ -42,12 +42,12 @@ from components.lib.targets.base import (
     split_reference,
 )
 
-STATE_DIR_ENV = "BEER_PIPELINE_STATE_DIR"
+STATE_DIR_ENV = "IMAGE_CLASSIFIER_STATE_DIR"
 
 
 def default_state_dir() -> str:
     """Where a local run keeps its registry and endpoints unless told otherwise:
-    ``$BEER_PIPELINE_STATE_DIR``, else ``.vertex-local``."""
+    ``$IMAGE_CLASSIFIER_STATE_DIR``, else ``.vertex-local``."""
     return os.environ.get(STATE_DIR_ENV, ".vertex-local")
 
 

@@ -24,7 +24,7 @@ def start_training(
     by drift; returns the job's resource name. It does not wait for the run."""
     use_emulator_if_set()
     job = aiplatform.PipelineJob(
-        display_name="beer-classifier-retrain-on-drift",
+        display_name="image-classifier-retrain-on-drift",
         template_path=template,
         pipeline_root=pipeline_root or None,
         parameter_values=parameters,

@@ -8,8 +8,8 @@ local ``ModelRegistry`` and ``EndpointRegistry`` do, so the upload and deploy st
 on the target. Every API call goes through ``call_vertex``: a transient UNAVAILABLE is retried a
 bounded number of times, a service that cannot be reached or a refused permission becomes one
 message that says what to do. Long operations (deploy, undeploy) wait at most
-``DEPLOY_TIMEOUT_S``. With ``BEER_VERTEX_EMULATOR_HOST`` set, the calls go to a Vertex AI
-emulator instead.
+``DEPLOY_TIMEOUT_S``. With ``IMAGE_CLASSIFIER_VERTEX_EMULATOR_HOST`` set, the calls go to a
+Vertex AI emulator instead.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from components.lib.serving.routing import (
     CONTAINER_HEALTH_ROUTE,
     CONTAINER_PORT,
     CONTAINER_PREDICT_ROUTE,
+    MODEL_DISPLAY_NAME_ENV,
 )
 from components.lib.storage import gcs_uri, normalized_uri
 from components.lib.targets.base import (
@@ -63,7 +64,7 @@ UPLOAD_SETTLE_S = 10 * 60
 # Artifact Registry multi-regions that host Vertex AI's prebuilt prediction images.
 _PREDICTION_REGISTRIES = {"us": "us", "europe": "europe", "asia": "asia", "australia": "asia"}
 _LABEL_LIMIT = 63
-EMULATOR_HOST_ENV = "BEER_VERTEX_EMULATOR_HOST"
+EMULATOR_HOST_ENV = "IMAGE_CLASSIFIER_VERTEX_EMULATOR_HOST"
 DESCRIPTION_LIMIT = 2048  # characters of an endpoint's description kept for a canary review
 # How gRPC says that the service's address could not be resolved or connected to.
 _DNS_FAILURE = re.compile(
@@ -77,8 +78,9 @@ class VertexError(RuntimeError):
 
 
 def use_emulator_if_set() -> bool:
-    """Send the SDK's calls to the emulator at ``BEER_VERTEX_EMULATOR_HOST`` (``host:port``),
-    without credentials, as ``STORAGE_EMULATOR_HOST`` does for Cloud Storage; False if unset."""
+    """Send the SDK's calls to the emulator at ``IMAGE_CLASSIFIER_VERTEX_EMULATOR_HOST``
+    (``host:port``), without credentials, as ``STORAGE_EMULATOR_HOST`` does for Cloud Storage;
+    False if unset."""
     host = os.environ.get(EMULATOR_HOST_ENV)
     if host:
         # gRPC named: without a project, init would switch the SDK to REST.
@@ -355,7 +357,8 @@ class VertexModelRegistry:
         container = serving_container(self.serving_image, self.location, self.gpu)
         if self.serving_image != PREBUILT:  # the project's server samples requests for drift
             container["serving_container_environment_variables"] = {
-                MONITORING_URI_ENV: requests_root(artifact_dir)
+                MONITORING_URI_ENV: requests_root(artifact_dir),
+                MODEL_DISPLAY_NAME_ENV: display_name,
             }
         parent = self._model(display_name)
         if parent is not None:
