@@ -224,12 +224,16 @@ def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile: str) -
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_final_image_copies_no_sources_and_runs_as_a_non_root_user(dockerfile: str) -> None:
-    """The sources are copied into the build stage only; the image gets the installed venv and
-    package (COPY --from), so no layer keeps a copy of the tree."""
+    """The sources are copied into the build stage only; the image gets the installed package
+    (COPY --from), so no layer keeps a copy of the tree. Its venv is installed in the final
+    stage, once: copied from the build stage it would be written twice."""
     instructions = dockerfile_instructions(dockerfile)
     final = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
     copies = [a for keyword, a in instructions[final:] if keyword == "COPY"]
     assert copies and all(a.startswith("--from=build ") for a in copies), copies
+    runs = [a for keyword, a in instructions[final:] if keyword == "RUN"]
+    assert any("pip install --no-cache-dir -r /tmp/requirements.lock" in a for a in runs), runs
+    assert not any(a.startswith("--from=build /opt/venv") for a in copies), copies
     users = [arguments for keyword, arguments in instructions[final:] if keyword == "USER"]
     assert users, f"{dockerfile} never leaves root"
     assert users[-1].split(":")[0] not in ("root", "0")

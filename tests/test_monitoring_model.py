@@ -138,12 +138,13 @@ def test_monitor_reads_the_request_samples_of_the_served_version(
     sampler.observe(predicted.embeddings, predicted.probabilities, images)
     sampler.flush()
 
+    endpoint = ("--endpoint", "beer-classifier-endpoint")
     status, out, err = monitor(
-        "--state-dir", str(state), "--report-dir", str(tmp_path / "r"), "--json"
+        *endpoint, "--state-dir", str(state), "--report-dir", str(tmp_path / "r"), "--json"
     )
     assert status == 0, err
     assert json.loads(out.strip().splitlines()[-1])["sample_size"] == 24
     status, _, err = monitor(
-        "--state-dir", str(tmp_path / "none"), "--report-dir", str(tmp_path / "e")
+        *endpoint, "--state-dir", str(tmp_path / "none"), "--report-dir", str(tmp_path / "e")
     )
     assert status == 2 and err.startswith("error: no local endpoint") and err.count("\n") == 1
