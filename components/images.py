@@ -93,6 +93,12 @@ class ImageSet:
         """The URIs of this set that are still placeholders."""
         return [uri for uri in dataclasses.astuple(self) if is_placeholder(uri)]
 
+    def refuse_placeholders(self, remedy: str) -> None:
+        """``ImageError`` naming the first placeholder, and ``remedy``, when any is left: no
+        registry holds them, so a run on Vertex AI would fail at its first step's pull."""
+        if placeholders := self.placeholders():
+            raise ImageError(f"{placeholders[0]} is a placeholder that no registry holds: {remedy}")
+
 
 def _split_tag(image: str) -> tuple[str, str, str]:
     """``REPO/NAME:TAG`` -> ``(REPO/NAME, ":", TAG)``; a port in the host is not a tag."""

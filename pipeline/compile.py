@@ -60,11 +60,8 @@ def image_set(args: argparse.Namespace, allow_placeholders: bool = False) -> Ima
             )
         image = PLACEHOLDERS.gpu
     images = ImageSet.beside(image, **overrides)
-    if images.placeholders() and not allow_placeholders:
-        raise ImageError(
-            f"{images.placeholders()[0]} is a placeholder that no registry holds: give the "
-            "URIs of the images you pushed"
-        )
+    if not allow_placeholders:
+        images.refuse_placeholders("give the URIs of the images you pushed")
     return images
 
 

@@ -21,7 +21,7 @@ from components.lib.targets.base import VERTEX
 from components.review_canary import review_canary
 from components.start_training import start_training
 from pipeline.compile import add_image_options, image_set
-from pipeline.pipeline import _run_in
+from pipeline.pipeline import run_in_role_images
 
 DEFAULT_OUTPUT = "monitoring-pipeline.yaml"
 PIPELINE_NAME = "image-classifier-monitoring"
@@ -93,7 +93,7 @@ def build_monitoring_pipeline(images: ImageSet = PLACEHOLDERS):
                 parameter_values=training_parameters,
                 service_account=training_service_account,
             ).set_display_name("start-training").set_caching_options(False)
-        _run_in(images)
+        run_in_role_images(images)
 
     return monitoring_pipeline
 

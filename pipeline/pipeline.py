@@ -247,7 +247,7 @@ def _hyperparameters(
     }
 
 
-def _run_in(images: ImageSet) -> None:
+def run_in_role_images(images: ImageSet) -> None:
     """Run every task of the pipeline being defined in its role's image of ``images``.
 
     A component names its role by its placeholder image (``components.images``). One sweep,
@@ -636,7 +636,7 @@ def build_pipeline(
                 .set_display_name("not-deployed")
                 .set_caching_options(False)
             )
-        _run_in(images)
+        run_in_role_images(images)
         return PipelineOutputs(
             accuracy=evaluate.outputs["accuracy"],
             champion_accuracy=evaluate.outputs["champion_accuracy"],

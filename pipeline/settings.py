@@ -126,17 +126,13 @@ def vertex_settings(
         )
     if values["image"]:
         try:
-            placeholders = VertexSettings(**values).images.placeholders()
+            VertexSettings(**values).images.refuse_placeholders(
+                "build and push the images (bash docker/build.sh --project PROJECT --region "
+                f"REGION) and pass the GPU image's URI with --image, {ENV_PREFIX}IMAGE or "
+                f"'image' in {path}"
+            )
         except ImageError as error:
-            problems.append(str(error))
-        else:
-            if placeholders:
-                problems.append(
-                    f"image {placeholders[0]} is a placeholder, which no registry holds: build "
-                    "and push the images (bash docker/build.sh --project PROJECT --region "
-                    f"REGION) and pass the GPU image's URI with --image, {ENV_PREFIX}IMAGE or "
-                    f"'image' in {path}"
-                )
+            problems.append(f"image: {error}")
     if values["region"] and (problem := check_region(values["region"])):
         problems.append(problem)
     if values["pipeline_root"] and not values["pipeline_root"].startswith("gs://"):
