@@ -13,8 +13,9 @@
 # - build: `podman build` of each docker/Dockerfile*, tagged localhost/<name>:<version> (the
 #   names docker/build.sh gives them, in the registry `localhost`).
 #
-# Podman's settings and store live under $IMAGE_CLASSIFIER_CONTAINERS (default /var/tmp/image-classifier-containers);
-# source .ci/podman-env.sh to use the same store from a shell or a test.
+# Podman's settings and store live under $IMAGE_CLASSIFIER_CONTAINERS (default
+# /var/tmp/image-classifier-containers); source .ci/podman-env.sh to use the same store from a
+# shell or a test.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=podman-env.sh

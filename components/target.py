@@ -4,9 +4,8 @@ An empty ``project`` or ``location`` means the pipeline job's own: Vertex AI fil
 ``job_project``/``job_location`` placeholders, so a run started from the console with every
 parameter at its default works. The model's and endpoint's display names are settled here too:
 those given, else named after the data (``components.lib.targets.naming``). A target that
-cannot work, and serving settings that the
-deploy step would have refused (after training, and after upload moved ``default``), fail
-here, in seconds.
+cannot work, and serving settings that the deploy step would have refused (after training, and
+after upload moved ``default``), fail here, in seconds.
 """
 
 from typing import NamedTuple

@@ -91,12 +91,17 @@ class Registration:
 DEFAULT_ALIAS = "default"
 
 
+def slug(text: str) -> str:
+    """``text`` in lowercase letters, digits and single dashes, as Vertex AI's ids are."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
 def resource_id(display_name: str) -> str:
     """A Vertex-style resource id (lowercase letters, digits, dashes) from a display name."""
-    slug = re.sub(r"[^a-z0-9]+", "-", display_name.lower()).strip("-")
-    if not slug:
+    identifier = slug(display_name)
+    if not identifier:
         raise ValueError(f"display name {display_name!r} has no letters or digits to name it by")
-    return slug[:63]
+    return identifier[:63]
 
 
 def version_alias(text: str) -> str:

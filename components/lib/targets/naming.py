@@ -11,9 +11,10 @@ so that a run on a folder of mugs registers ``mugs-classifier`` and serves it on
 
 from __future__ import annotations
 
-import re
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
+
+from components.lib.targets.base import slug
 
 GENERIC_FOLDERS = frozenset(
     {
@@ -33,10 +34,6 @@ MODEL_SUFFIX = "-classifier"
 ENDPOINT_SUFFIX = "-endpoint"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def data_name(data_uri: str) -> str:
     """The data's name by the rule above: ``gs://acme/photos/mugs`` -> ``mugs``,
     ``gs://acme-mugs/data`` -> ``acme-mugs``, ``/home/me/mugs.csv`` -> ``mugs``. A URI's query
@@ -47,11 +44,11 @@ def data_name(data_uri: str) -> str:
     if parts and "." in parts[-1]:
         parts[-1] = PurePosixPath(parts[-1]).stem
     for part in reversed(parts):
-        slug = _slug(part)
-        if slug and slug not in GENERIC_FOLDERS:
-            if len(slug) > DATA_NAME_LENGTH:
-                slug = slug[:DATA_NAME_LENGTH].rsplit("-", 1)[0] or slug[:DATA_NAME_LENGTH]
-            return slug.strip("-")
+        name = slug(part)
+        if name and name not in GENERIC_FOLDERS:
+            if len(name) > DATA_NAME_LENGTH:
+                name = name[:DATA_NAME_LENGTH].rsplit("-", 1)[0] or name[:DATA_NAME_LENGTH]
+            return name.strip("-")
     return FALLBACK_DATA_NAME
 
 
